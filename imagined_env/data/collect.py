@@ -1,0 +1,135 @@
+"""Stepping a real Gymnasium MuJoCo env into an `EpisodeBuffer`, and reading/writing simulator state.
+
+Actions follow SB3's on-policy convention: the policy's sample is stored as is, the simulator gets
+`np.clip(sample, low, high)`.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+
+from imagined_env.data.buffer import EpisodeBuffer
+
+Policy = Callable[[np.ndarray], np.ndarray]
+"""obs [obs_dim] -> action [act_dim] as sampled (may lie outside the action bounds)."""
+
+
+def mujoco_state(env: gym.Env) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the simulator's qpos [nq] and qvel [nv]."""
+    data = env.unwrapped.data
+    return data.qpos.copy(), data.qvel.copy()
+
+
+def set_mujoco_state(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+    """Put the simulator in state (qpos, qvel) and return the observation the env shows there.
+
+    Used to replay generated actions open-loop from a real start state. Wrapper state (e.g. the
+    TimeLimit step counter) is left untouched.
+    """
+    env.unwrapped.set_state(np.asarray(qpos, np.float64), np.asarray(qvel, np.float64))
+    return env.unwrapped._get_obs()
+
+
+def _env_dims(env: gym.Env) -> tuple[int, int, int, int]:
+    obs_space, act_space = env.observation_space, env.action_space
+    if not (isinstance(obs_space, gym.spaces.Box) and isinstance(act_space, gym.spaces.Box)):
+        raise ValueError(f"need Box observation and action spaces, got {obs_space} and {act_space}")
+    if len(obs_space.shape) != 1 or len(act_space.shape) != 1:
+        raise ValueError(f"need flat spaces, got shapes {obs_space.shape} and {act_space.shape}")
+    qpos, qvel = mujoco_state(env)
+    return obs_space.shape[0], act_space.shape[0], len(qpos), len(qvel)
+
+
+def buffer_for_env(env: gym.Env, env_id: str | None = None) -> EpisodeBuffer:
+    """An empty buffer whose dimensions (obs, act, nq, nv) are read from `env`."""
+    return EpisodeBuffer(*_env_dims(env), env_id=env_id)
+
+
+def sb3_sampler(model: Any, normalize_obs: Callable[[np.ndarray], np.ndarray] | None = None) -> Policy:
+    """A `Policy` that samples `model`'s action distribution exactly as SB3's on-policy rollout does.
+
+    Returns the unclipped sample (what SB3's rollout buffer stores). `normalize_obs` maps raw
+    observations to what the policy was trained on (e.g. `VecNormalize.normalize_obs`). gSDE noise is
+    whatever the policy currently holds. Squashed policies are refused: their env action is a rescaling,
+    not a clip, of the sample.
+    """
+    import torch
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    policy = model.policy
+    if not isinstance(policy, ActorCriticPolicy) or policy.squash_output:
+        raise ValueError(f"need an unsquashed SB3 ActorCriticPolicy (PPO/A2C), got {type(policy).__name__}")
+    shape = model.action_space.shape
+
+    def sample(obs: np.ndarray) -> np.ndarray:
+        seen = obs if normalize_obs is None else normalize_obs(obs)
+        obs_tensor, _ = policy.obs_to_tensor(seen)
+        with torch.no_grad():
+            action = policy.get_distribution(obs_tensor).get_actions(deterministic=False)
+        return action.cpu().numpy().reshape(shape)
+
+    return sample
+
+
+def collect_episodes(
+    env: gym.Env,
+    buffer: EpisodeBuffer,
+    n_steps: int,
+    policy: Policy | None = None,
+    seed: int | None = None,
+) -> dict[str, float]:
+    """Step `env` for `n_steps` transitions from a fresh reset, storing every episode in `buffer`.
+
+    `policy=None` samples uniformly from `env.action_space`. `seed` seeds the first reset and the
+    action space, so a seeded call is reproducible. The episode cut by the step budget is stored as
+    not terminated. Returns counts and mean return/length over episodes the env itself ended (NaN if
+    none ended).
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}")
+    env_dims, buffer_dims = _env_dims(env), (buffer.obs_dim, buffer.act_dim, buffer.nq, buffer.nv)
+    if env_dims != buffer_dims:
+        raise ValueError(f"env dims (obs, act, nq, nv) {env_dims} do not match the buffer's {buffer_dims}")
+    low, high = env.action_space.low, env.action_space.high
+    if seed is not None:
+        env.action_space.seed(seed)
+    obs, _ = env.reset(seed=seed)
+    episode = _new_episode(env, obs)
+    returns, lengths, n_terminated = [], [], 0
+    for step in range(n_steps):
+        action = env.action_space.sample() if policy is None else np.array(policy(obs), np.float32)
+        obs, reward, terminated, truncated, _ = env.step(np.clip(action, low, high))
+        _record(episode, env, obs, action, float(reward))
+        if terminated or truncated or step == n_steps - 1:
+            arrays = {key: np.stack(rows) for key, rows in episode.items()}
+            buffer.add_episode(**arrays, terminated=terminated)
+        if terminated or truncated:
+            returns.append(float(np.sum(episode["rewards"])))
+            lengths.append(len(episode["actions"]))
+            n_terminated += bool(terminated)
+            if step < n_steps - 1:
+                obs, _ = env.reset()
+                episode = _new_episode(env, obs)
+    return {
+        "steps": float(n_steps),
+        "episodes_ended": float(len(returns)),
+        "episodes_terminated": float(n_terminated),
+        "mean_return": float(np.mean(returns)) if returns else float("nan"),
+        "mean_length": float(np.mean(lengths)) if lengths else float("nan"),
+    }
+
+
+def _new_episode(env: gym.Env, obs: np.ndarray) -> dict[str, list[np.ndarray]]:
+    qpos, qvel = mujoco_state(env)
+    return {"observations": [obs], "actions": [], "rewards": [], "qpos": [qpos], "qvel": [qvel]}
+
+
+def _record(
+    episode: dict[str, list], env: gym.Env, obs: np.ndarray, action: np.ndarray, reward: float
+) -> None:
+    qpos, qvel = mujoco_state(env)
+    new = {"observations": obs, "actions": action, "rewards": reward, "qpos": qpos, "qvel": qvel}
+    for key, value in new.items():
+        episode[key].append(value)

@@ -1,0 +1,83 @@
+"""Policy guidance: the score grad_a log pi(a | s) of a diagonal Gaussian policy, and the online
+tuning of the guidance scale. Pure tensor math; any policy enters as a callable.
+
+A policy is a `GaussianPolicyFn`: states [N, obs] (environment units) -> (mean, std), each [N, act]
+in the policy's own action units (for SB3: the unclipped Gaussian it samples from). Only the
+actions get a gradient (torch.autograd.grad on the actions), so sampling never leaves `.grad` on
+policy parameters.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass(frozen=True)
+class GuidanceConfig:
+    """How strongly and how adaptively imagined actions are pulled toward the policy."""
+
+    initial_scale: float = 0.005
+    """lambda_0, in unnormalised action units (paper: 0.005)."""
+    scale_lr: float = 3e-3
+    """Step of log(lambda) per imagination toward the target spread (paper: 3e-3)."""
+    target_std: float = 1.0
+    """Target std of standardised actions (a - mean_pi) / std_pi: 1 means on-policy spread."""
+    std_floor: float = 0.1
+    """Floor of the policy std inside the score, so that the score stays bounded."""
+    action_clamp_std: float = 3.0
+    """Actions are clamped to mean_pi +- this many std_pi at every step."""
+    adapt: bool = True
+    """Tune lambda online; False keeps `initial_scale`."""
+
+    def __post_init__(self) -> None:
+        if not (self.initial_scale > 0 and self.std_floor > 0 and self.action_clamp_std > 0):
+            raise ValueError(f"initial_scale, std_floor and action_clamp_std must be > 0, got {self}")
+
+
+def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Log density of a diagonal Gaussian, summed over the last axis: [..., act] -> [...]."""
+    z = (actions - mean) / std
+    return (-0.5 * z.pow(2) - std.log() - 0.5 * _LOG_2PI).sum(-1)
+
+
+def policy_moments(
+    policy: GaussianPolicyFn, states: torch.Tensor, std_floor: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The policy's mean and floored std at states [N, obs], without a graph to its parameters."""
+    with torch.no_grad():
+        mean, std = policy(states)
+    return mean, std.clamp(min=std_floor)
+
+
+def gaussian_score(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """grad_a log N(a; mean, std) by autograd on the actions only; [N, act] -> [N, act]."""
+    with torch.enable_grad():
+        a = actions.detach().requires_grad_(True)
+        (score,) = torch.autograd.grad(gaussian_log_prob(a, mean.detach(), std.detach()).sum(), a)
+    return score
+
+
+def policy_score(
+    policy: GaussianPolicyFn, states: torch.Tensor, actions: torch.Tensor, std_floor: float
+) -> torch.Tensor:
+    """grad_a log pi(a | s) at states [N, obs] and actions [N, act], with the std floored."""
+    return gaussian_score(actions, *policy_moments(policy, states, std_floor))
+
+
+def standardised_spread(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> float:
+    """Std of (a - mean) / std over all entries: 1.0 when actions are distributed like the policy."""
+    return float(((actions - mean) / std).std())
+
+
+def update_log_scale(log_scale: float, spread: float, config: GuidanceConfig) -> float:
+    """One step of log(lambda) += lr * (spread - target): too spread means guidance too weak."""
+    if not config.adapt or not math.isfinite(spread):
+        return log_scale
+    return log_scale + config.scale_lr * (spread - config.target_std)

@@ -1,0 +1,141 @@
+"""Policy-guided trajectory sampling (PolyGRAD, section 4 of shared/polygrad.md).
+
+States are denoised given the current actions; actions follow the policy's score plus fresh noise.
+One call produces B whole trajectories with one chain of network passes. The sampler takes the
+denoiser, schedule, normaliser and policy as arguments and owns no state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.guidance import (
+    GaussianPolicyFn,
+    GuidanceConfig,
+    gaussian_score,
+    policy_moments,
+    standardised_spread,
+)
+from imagined_env.diffusion.schedule import DiffusionSchedule, strided_timesteps
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Chain length and the step limits of the reverse process."""
+
+    n_sample_steps: int | None = None
+    """Network passes per imagination: None = the full T-step chain, else an even strided subset."""
+    late_clip_steps: int = 10
+    """At timesteps <= this (in full-chain units), the state update mu - x is limited..."""
+    late_clip: float = 0.25
+    """...to +- this (normalised units), which stops late-chain blow-ups."""
+
+
+@dataclass(frozen=True)
+class GuidedSample:
+    """x0: [B, L, obs+2] normalised rows; actions: [B, L, act] in policy units (unclipped);
+    spread: std of standardised actions (nan without a policy)."""
+
+    x0: torch.Tensor
+    actions: torch.Tensor
+    spread: float
+
+
+@dataclass(frozen=True)
+class ActionBounds:
+    """Bounds of the action the simulator sees; the denoiser is conditioned on clipped actions."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+
+    def clip(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.maximum(torch.minimum(a, self.high.to(a.device)), self.low.to(a.device))
+
+
+@torch.no_grad()
+def guided_sample(
+    denoiser: nn.Module,
+    schedule: DiffusionSchedule,
+    normaliser: Normaliser,
+    bounds: ActionBounds,
+    start_states: torch.Tensor,
+    n_rows: int,
+    *,
+    policy: GaussianPolicyFn | None,
+    scale: float,
+    guidance: GuidanceConfig,
+    config: SamplerConfig,
+    generator: torch.Generator | None = None,
+    first_action: torch.Tensor | None = None,
+) -> GuidedSample:
+    """Sample B trajectories of `n_rows` rows from start states [B, obs] (environment units).
+
+    `first_action` [B, act] (environment units), when given, fixes a_0 at every step: the rest of
+    the trajectory is then conditioned on an action the agent actually took.
+    Without a policy the actions are one draw of N(0, I) in normalised units (data-like), unguided.
+    """
+    device = start_states.device
+    batch, obs_dim = start_states.shape
+    act_dim = bounds.low.numel()
+    x_dim = obs_dim + 2
+    s0 = normaliser.normalise_obs(start_states)
+    x = torch.randn(batch, n_rows, x_dim, device=device, generator=generator)
+    x[:, 0, :obs_dim] = s0
+    a = torch.randn(batch, n_rows, act_dim, device=device, generator=generator)
+    fixed_a0 = None if first_action is None else normaliser.normalise_action(bounds.clip(first_action))
+    steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
+    spread = float("nan")
+    for i, t in enumerate(steps):
+        s = steps[i + 1] if i + 1 < len(steps) else -1
+        if fixed_a0 is not None:
+            a[:, 0] = fixed_a0
+        tt = torch.full((batch,), t, device=device, dtype=torch.long)
+        cond = normaliser.normalise_action(bounds.clip(normaliser.unnormalise_action(a)))
+        x0_hat = denoiser(x, schedule.signal_scale(tt)[:, None, None] * cond, tt)
+        x0_hat[:, 0, :obs_dim] = s0
+        mean, std = schedule.posterior(x0_hat, x, tt, torch.full_like(tt, s))
+        if t <= config.late_clip_steps:
+            mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
+        if policy is not None:
+            a, spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, scale, guidance,
+                                       last=s < 0, noise_std=std[:, :, :1], generator=generator)
+        if s < 0:
+            x = mean
+        else:
+            x = mean + std * torch.randn(x.shape, device=device, generator=generator)
+        x[:, 0, :obs_dim] = s0
+    actions = normaliser.unnormalise_action(a)
+    if first_action is not None:
+        actions[:, 0] = first_action
+    return GuidedSample(x0=x, actions=actions, spread=spread)
+
+
+def _guide_actions(
+    a: torch.Tensor,
+    states_norm: torch.Tensor,
+    normaliser: Normaliser,
+    policy: GaussianPolicyFn,
+    scale: float,
+    guidance: GuidanceConfig,
+    *,
+    last: bool,
+    noise_std: torch.Tensor,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, float]:
+    """Clamp actions to the policy's +-k std, then (except at the last step) take one guidance
+    step along grad_a log pi and add the chain's noise. a [B, L, act] normalised."""
+    batch, rows, act_dim = a.shape
+    states = normaliser.unnormalise_obs(states_norm).reshape(batch * rows, -1)
+    a_u = normaliser.unnormalise_action(a).reshape(batch * rows, act_dim)
+    mean, std = policy_moments(policy, states, guidance.std_floor)
+    k = guidance.action_clamp_std
+    a_u = torch.maximum(torch.minimum(a_u, mean + k * std), mean - k * std)
+    spread = standardised_spread(a_u, mean, std)
+    if last:
+        return normaliser.normalise_action(a_u).view(batch, rows, act_dim), spread
+    a_u = a_u + scale * gaussian_score(a_u, mean, std)
+    noise = torch.randn(a.shape, device=a.device, generator=generator)
+    return normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise, spread

@@ -1,0 +1,234 @@
+"""The PolyGRAD world model: denoiser + EMA copy + schedule + normaliser, its loss, guided
+imagination in environment units, and a one-file save format."""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from imagined_env.data.buffer import Windows
+from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
+from imagined_env.diffusion.guidance import GaussianPolicyFn, GuidanceConfig, update_log_scale
+from imagined_env.diffusion.sampler import ActionBounds, SamplerConfig, guided_sample
+from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig
+from imagined_env.utils import atomic_path, resolve_device
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What the model was trained on: the task id and the spaces it must be used with."""
+
+    env_id: str
+    obs_dim: int
+    act_dim: int
+    action_low: tuple[float, ...]
+    action_high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
+            raise ValueError(f"action bounds must have act_dim={self.act_dim} entries, got {self}")
+
+
+@dataclass(frozen=True)
+class WorldModelConfig:
+    """Everything that defines a world model's architecture and sampling; defaults = the paper's."""
+
+    horizon: int = 10
+    """H: imagined transitions per trajectory (the model diffuses H + 1 rows)."""
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
+    ema_decay: float = 0.99
+    """Decay of the EMA copy used for imagination."""
+    terminal_threshold: float = 0.5
+    """A generated terminal channel above this (environment units) ends the episode."""
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {self.horizon}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+        parts = {"denoiser": DenoiserConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
+                 "guidance": GuidanceConfig}
+        return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class Imagination:
+    """A batch of imagined trajectories in environment units (torch, on the model's device).
+
+    observations [B, H+1, obs]; actions [B, H, act] (policy units, unclipped); rewards [B, H];
+    terminations [B, H] bool (rows after the first termination are padding); spread: std of
+    standardised actions (nan when unguided).
+    """
+
+    observations: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminations: torch.Tensor
+    spread: float
+
+
+class WorldModel:
+    """Trained with `loss` + `update_ema`; used through `imagine` (EMA weights)."""
+
+    def __init__(self, spec: EnvSpec, config: WorldModelConfig, normaliser: Normaliser,
+                 device: str | torch.device = "auto"):
+        self.spec, self.config, self.normaliser = spec, config, normaliser
+        self.device = resolve_device(device)
+        self.n_rows = config.horizon + 1
+        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser).to(self.device)
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.schedule = DiffusionSchedule(config.schedule, self.device)
+        self.bounds = ActionBounds(
+            torch.tensor(spec.action_low, dtype=torch.float32, device=self.device),
+            torch.tensor(spec.action_high, dtype=torch.float32, device=self.device),
+        )
+        self.log_guidance_scale = math.log(config.guidance.initial_scale)
+
+    @property
+    def horizon(self) -> int:
+        return self.config.horizon
+
+    @property
+    def guidance_scale(self) -> float:
+        return math.exp(self.log_guidance_scale)
+
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.denoiser.parameters())
+
+    def loss(self, windows: Windows, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0-prediction MSE over all entries of B windows, with the start state inpainted."""
+        obs_dim, dev = self.spec.obs_dim, self.device
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)  # noqa: E731
+        x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards), as_t(windows.terminals))
+        cond = self.normaliser.normalise_action(self.bounds.clip(as_t(windows.actions)))
+        batch = x0.shape[0]
+        t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)
+        noise = torch.randn(x0.shape, device=dev, generator=generator)
+        xt = self.schedule.q_sample(x0, t, noise)
+        xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
+        pred = self.denoiser(xt, self.schedule.signal_scale(t)[:, None, None] * cond, t)
+        pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
+        return F.mse_loss(pred, x0)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = self.config.ema_decay
+        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
+            e.lerp_(p, 1.0 - decay)
+
+    def imagine(
+        self,
+        start_obs: torch.Tensor | np.ndarray,
+        policy: GaussianPolicyFn | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        first_action: torch.Tensor | np.ndarray | None = None,
+        n_sample_steps: int | None = None,
+        adapt_guidance: bool = True,
+    ) -> Imagination:
+        """B guided trajectories of H steps from start observations [B, obs], in one batched call.
+
+        `policy` maps states [N, obs] to (mean, std) [N, act]; `n_sample_steps` overrides the
+        configured chain length (None: use the config). When guided and `adapt_guidance`, the
+        guidance scale takes one tuning step toward the target action spread.
+        """
+        s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
+        a0 = None if first_action is None else self._checked(first_action, self.spec.act_dim, "first_action")
+        if a0 is not None and a0.shape[0] != s0.shape[0]:
+            raise ValueError(f"first_action has {a0.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
+        sampler = self.config.sampler if n_sample_steps is None else replace(self.config.sampler,
+                                                                             n_sample_steps=n_sample_steps)
+        out = guided_sample(
+            self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
+            policy=policy, scale=self.guidance_scale, guidance=self.config.guidance, config=sampler,
+            generator=generator, first_action=a0,
+        )
+        if policy is not None and adapt_guidance:
+            self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)
+        states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
+        states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
+        h = self.horizon
+        return Imagination(
+            observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
+            terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
+        )
+
+    def _checked(self, v: torch.Tensor | np.ndarray, dim: int, name: str) -> torch.Tensor:
+        t = torch.as_tensor(v, dtype=torch.float32, device=self.device)
+        if t.dim() != 2 or t.shape[1] != dim or t.shape[0] < 1:
+            raise ValueError(f"{name} must have shape [B, {dim}] with B >= 1, got {tuple(t.shape)}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or inf")
+        return t
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One file: network, EMA, normaliser, spec, config, guidance scale, format version."""
+        payload = {
+            "format_version": FORMAT_VERSION,
+            "spec": asdict(self.spec),
+            "config": self.config.to_dict(),
+            "normaliser": self.normaliser.to_dict(),
+            "denoiser": self.denoiser.state_dict(),
+            "ema": self.ema.state_dict(),
+            "log_guidance_scale": self.log_guidance_scale,
+        }
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+             env_id: str | None = None) -> "WorldModel":
+        """Load a file written by `save`; `env_id`, when given, must match the file's task."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"world model file {path} does not exist")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises several types for truncated/corrupt archives
+            raise ValueError(f"world model file {path} is truncated or corrupt: {exc}") from exc
+        if not isinstance(payload, dict) or "format_version" not in payload:
+            raise ValueError(f"{path} is not a world model file (no format_version)")
+        version = payload["format_version"]
+        if version > FORMAT_VERSION:
+            raise ValueError(f"world model file {path} has format version {version}; this imagined-env "
+                             f"reads up to {FORMAT_VERSION}: upgrade imagined-env")
+        try:
+            spec_d = payload["spec"]
+            spec = EnvSpec(**{**spec_d, "action_low": tuple(spec_d["action_low"]),
+                              "action_high": tuple(spec_d["action_high"])})
+            if env_id is not None and spec.env_id != env_id:
+                raise ValueError(f"world model file {path} was trained on {spec.env_id!r}, not {env_id!r}")
+            model = cls(spec, WorldModelConfig.from_dict(payload["config"]),
+                        Normaliser.from_dict(payload["normaliser"]), device)
+            model.denoiser.load_state_dict(payload["denoiser"])
+            model.ema.load_state_dict(payload["ema"])
+        except (KeyError, TypeError, RuntimeError) as exc:
+            raise ValueError(f"world model file {path} is inconsistent: {exc}") from exc
+        model.log_guidance_scale = float(payload["log_guidance_scale"])
+        return model
+
+
+def _inpaint_start(x: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:
+    """Replace the states of row 0 by s0 without an in-place write on a graph tensor."""
+    obs_dim = s0.shape[-1]
+    row0 = torch.cat([s0, x[:, 0, obs_dim:]], dim=-1)
+    return torch.cat([row0[:, None], x[:, 1:]], dim=1)

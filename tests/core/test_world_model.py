@@ -1,0 +1,143 @@
+"""World model: loss/training on a synthetic system, guided sampling, save/load, bad input."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from imagined_env.diffusion.guidance import GuidanceConfig
+from imagined_env.world_model import FORMAT_VERSION, WorldModel
+from tests.conftest import ACT, H, OBS, linear_step
+
+
+def fixed_policy(mean: float, std: float):
+    return lambda s: (torch.full((len(s), ACT), mean), torch.full((len(s), ACT), std))
+
+
+def test_training_beats_no_model_baseline(trained_linear_model):
+    model, buf, losses = trained_linear_model
+    assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:20])
+    s0, _, _ = buf.start_states(np.random.default_rng(5), 256)
+    out = model.imagine(s0, fixed_policy(0.0, 0.7), generator=torch.Generator().manual_seed(0))
+    truth, _ = linear_step(s0, out.actions[:, 0].numpy())
+    model_err = np.mean((out.observations[:, 1].numpy() - truth) ** 2)
+    copy_err = np.mean((s0 - truth) ** 2)
+    assert model_err < 0.25 * copy_err, (model_err, copy_err)
+
+
+def test_shapes_units_and_start_states_preserved(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    s0, _, _ = buf.start_states(np.random.default_rng(0), 7)
+    out = model.imagine(s0, fixed_policy(0.2, 0.3))
+    assert out.observations.shape == (7, H + 1, OBS) and out.actions.shape == (7, H, ACT)
+    assert out.rewards.shape == (7, H) and out.terminations.shape == (7, H)
+    assert out.terminations.dtype == torch.bool
+    assert torch.equal(out.observations[:, 0], torch.as_tensor(s0))      # exactly, not approximately
+    # rewards come back in task units: the true reward of the start state is -|s0|^2
+    np.testing.assert_allclose(out.rewards[:, 0].numpy(), -(s0 ** 2).sum(-1), rtol=0.3, atol=0.5)
+
+
+def test_guidance_moves_actions_toward_policy(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    s0, _, _ = buf.start_states(np.random.default_rng(1), 512)
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    unguided = model.imagine(s0, None, generator=g()).actions
+    guided = model.imagine(s0, fixed_policy(0.8, 0.1), generator=g(), adapt_guidance=False).actions
+    assert (guided - 0.8).abs().mean() < 0.5 * (unguided - 0.8).abs().mean()
+    assert ((guided - 0.8).abs() <= 3 * 0.1 + 1e-5).all()          # clamped to +-3 std of the policy
+
+
+def test_scale_tuning_reaches_unit_spread(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    tuned = WorldModel(model.spec, dataclasses.replace(model.config, guidance=GuidanceConfig(initial_scale=1e-4, scale_lr=0.3)),
+                       model.normaliser, "cpu")
+    tuned.ema.load_state_dict(model.ema.state_dict())
+    s0, _, _ = buf.start_states(np.random.default_rng(2), 256)
+    gen = torch.Generator().manual_seed(0)
+    spreads = [tuned.imagine(s0, fixed_policy(0.0, 0.2), generator=gen).spread for _ in range(60)]
+    assert abs(spreads[0] - 1.0) > 0.3                    # the untuned scale is off...
+    assert abs(np.mean(spreads[-10:]) - 1.0) < 0.15       # ...and tuning brings it to ~1
+
+
+def test_first_action_is_fixed(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    s0, _, _ = buf.start_states(np.random.default_rng(3), 64)
+    a0 = np.tile(np.array([[0.9, -0.9]], np.float32), (64, 1))
+    out = model.imagine(s0, fixed_policy(-0.5, 0.1), first_action=a0, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(out.actions[:, 0].numpy(), a0)
+    truth, _ = linear_step(s0, a0)
+    other, _ = linear_step(s0, np.full_like(a0, -0.5))
+    err = np.mean((out.observations[:, 1].numpy() - truth) ** 2)
+    assert err < 0.5 * np.mean((out.observations[:, 1].numpy() - other) ** 2)
+
+
+def test_sampling_leaves_no_policy_gradients(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    net = nn.Linear(OBS, ACT)
+    pi = lambda s: (net(s), torch.full((len(s), ACT), 0.3))  # noqa: E731
+    model.imagine(buf.start_states(np.random.default_rng(0), 4)[0], pi, adapt_guidance=False)
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_strided_chain_is_reproducible_and_shorter(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    s0, _, _ = buf.start_states(np.random.default_rng(4), 8)
+    a = model.imagine(s0, None, n_sample_steps=5, generator=torch.Generator().manual_seed(9))
+    b = model.imagine(s0, None, n_sample_steps=5, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a.observations, b.observations)
+
+
+def test_save_load_roundtrip(tmp_path, trained_linear_model):
+    model, buf, _ = trained_linear_model
+    path = tmp_path / "wm.pt"
+    model.save(path)
+    loaded = WorldModel.load(path, device="cpu", env_id="Linear-v0")
+    assert loaded.spec == model.spec and loaded.config == model.config
+    assert loaded.guidance_scale == model.guidance_scale
+    s0, _, _ = buf.start_states(np.random.default_rng(0), 5)
+    a = model.imagine(s0, fixed_policy(0, 0.5), generator=torch.Generator().manual_seed(1), adapt_guidance=False)
+    b = loaded.imagine(s0, fixed_policy(0, 0.5), generator=torch.Generator().manual_seed(1), adapt_guidance=False)
+    assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
+    assert [p.name for p in tmp_path.iterdir()] == ["wm.pt"]             # no temp file left behind
+
+
+def test_load_errors_name_the_file(tmp_path, trained_linear_model):
+    model, _, _ = trained_linear_model
+    path = tmp_path / "wm.pt"
+    model.save(path)
+    with pytest.raises(ValueError, match="trained on 'Linear-v0', not 'Hopper-v4'"):
+        WorldModel.load(path, env_id="Hopper-v4")
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="cut.pt.*truncated or corrupt"):
+        WorldModel.load(cut)
+    payload = torch.load(path, weights_only=True)
+    payload["format_version"] = FORMAT_VERSION + 1
+    newer = tmp_path / "newer.pt"
+    torch.save(payload, newer)
+    with pytest.raises(ValueError, match="newer.pt.*format version"):
+        WorldModel.load(newer)
+    with pytest.raises(ValueError, match="does not exist"):
+        WorldModel.load(tmp_path / "missing.pt")
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((4, OBS + 1)), r"start_obs must have shape \[B, 3\]"),
+    (np.zeros(OBS), r"start_obs must have shape"),
+    (np.full((2, OBS), np.nan), "NaN"),
+])
+def test_bad_start_states(trained_linear_model, bad, match):
+    model, _, _ = trained_linear_model
+    with pytest.raises(ValueError, match=match):
+        model.imagine(bad)
+
+
+def test_bad_first_action(trained_linear_model):
+    model, _, _ = trained_linear_model
+    with pytest.raises(ValueError, match="first_action has 1 rows, expected 2"):
+        model.imagine(np.zeros((2, OBS)), first_action=np.zeros((1, ACT)))
+    with pytest.raises(ValueError, match="first_action contains NaN"):
+        model.imagine(np.zeros((2, OBS)), first_action=np.full((2, ACT), np.inf))
