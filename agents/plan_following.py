@@ -1,0 +1,87 @@
+"""On-policy learning in imagination with SB3: learners that record exactly the planned actions.
+
+`ImaginationPPO` / `ImaginationA2C` are drop-in replacements for SB3's PPO / A2C. On an imagined
+env they (1) guide the env's plans by their own policy, wired once by reference, (2) record the
+planned action (whose consequences the env generated) with its log-probability under the current
+policy, and (3) make the env re-plan after every update, so no update sees an older policy's
+trajectories. On any other env they behave exactly like SB3's classes.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+
+from agents.guidance import sb3_guide
+from agents.sb3_vec_env import ImaginedSB3VecEnv
+from imagined_env.vector_env import ImaginedVectorEnv
+
+
+class PlanFollowingPolicy(ActorCriticPolicy):
+    """An MlpPolicy whose rollout action is the imagined plan's next action, when wired to a plan."""
+
+    plan_source: ImaginedVectorEnv | None = None
+
+    def forward(self, obs: torch.Tensor, deterministic: bool = False):
+        if self.plan_source is None:
+            return super().forward(obs, deterministic)
+        planned = torch.as_tensor(self.plan_source.planned_actions(), device=self.device)
+        features = self.extract_features(obs)
+        if self.share_features_extractor:
+            latent_pi, latent_vf = self.mlp_extractor(features)
+        else:
+            latent_pi = self.mlp_extractor.forward_actor(features[0])
+            latent_vf = self.mlp_extractor.forward_critic(features[1])
+        distribution = self._get_action_dist_from_latent(latent_pi)
+        return planned, self.value_net(latent_vf), distribution.log_prob(planned)
+
+
+def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNormalize | None]:
+    """The imagined env under any stack of SB3 VecEnv wrappers, and the VecNormalize among them."""
+    vec_normalize = None
+    while isinstance(env, VecEnvWrapper):
+        if isinstance(env, VecNormalize) and vec_normalize is None:
+            vec_normalize = env
+        env = env.venv
+    return (env.imagined if isinstance(env, ImaginedSB3VecEnv) else None), vec_normalize
+
+
+class _ImaginationMixin:
+    """Wiring shared by the PPO and A2C variants."""
+
+    policy_aliases = {"MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
+                      "MultiInputPolicy": MultiInputActorCriticPolicy}
+    imagined: ImaginedVectorEnv | None = None
+
+    def _setup_model(self) -> None:
+        super()._setup_model()  # type: ignore[misc]
+        self._wire(self.env)  # type: ignore[attr-defined]
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset)  # type: ignore[misc]
+        self._wire(self.env)  # type: ignore[attr-defined]
+
+    def _wire(self, env: VecEnv | None) -> None:
+        imagined, vec_normalize = find_imagined(env)
+        self.imagined = imagined
+        policy = self.policy  # type: ignore[attr-defined]
+        if isinstance(policy, PlanFollowingPolicy):
+            policy.plan_source = imagined
+        if imagined is not None:
+            imagined.set_policy(sb3_guide(policy, vec_normalize))
+
+    def train(self) -> None:
+        super().train()  # type: ignore[misc]
+        if self.imagined is not None:
+            self.imagined.replan()
+
+
+class ImaginationPPO(_ImaginationMixin, PPO):
+    """SB3 PPO that follows imagined plans (see module docstring)."""
+
+
+class ImaginationA2C(_ImaginationMixin, A2C):
+    """SB3 A2C that follows imagined plans (see module docstring)."""

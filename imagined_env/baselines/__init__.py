@@ -1,0 +1,17 @@
+"""Autoregressive world models that PolyGRAD is measured against, trained on the same `EpisodeBuffer`.
+
+Each returns the `Imagination` of `WorldModel.imagine`, so a benchmark treats all models alike:
+- `MLPEnsemble`: MBPO-style probabilistic MLP ensemble, one network call per imagined step;
+- `ARDiffusion`: the PolyGRAD denoiser family on single transitions, one full chain per step.
+"""
+from imagined_env.baselines.autoregressive_diffusion import ARDiffusion, ARDiffusionConfig, fit_ar_diffusion
+from imagined_env.baselines.mlp_ensemble import EnsembleConfig, MLPEnsemble, fit_mlp_ensemble
+
+__all__ = [
+    "ARDiffusion",
+    "ARDiffusionConfig",
+    "EnsembleConfig",
+    "MLPEnsemble",
+    "fit_ar_diffusion",
+    "fit_mlp_ensemble",
+]

@@ -1,0 +1,99 @@
+"""What both autoregressive baselines share: delta-state statistics, the real transitions as tensors,
+and the loop that turns a one-step model plus a policy into an `Imagination`.
+
+Actions are sampled from the policy at the model's own predicted state, one step at a time: that is
+what an autoregressive model does in an RL loop, and what PolyGRAD replaces with one guided chain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.diffusion.guidance import GaussianPolicyFn, standardised_spread
+from imagined_env.diffusion.sampler import ActionBounds
+from imagined_env.world_model import EnvSpec, Imagination
+
+StepFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+"""(obs [N, obs], actions [N, act] in policy units, unclipped) -> (next_obs [N, obs], rewards [N],
+terminations [N] bool); the step clips the actions itself."""
+
+
+@dataclass(frozen=True)
+class TransitionTensors:
+    """Every real transition on one device: obs [N, obs], actions [N, act] clipped to the env's
+    bounds (what the simulator executed), rewards [N], terminals [N] (0/1), next_obs [N, obs]."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    rewards: torch.Tensor
+    terminals: torch.Tensor
+    next_obs: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.obs.shape[0]
+
+
+def action_bounds(spec: EnvSpec, device: torch.device) -> ActionBounds:
+    return ActionBounds(torch.tensor(spec.action_low, dtype=torch.float32, device=device),
+                        torch.tensor(spec.action_high, dtype=torch.float32, device=device))
+
+
+def transition_tensors(buffer: EpisodeBuffer, bounds: ActionBounds, device: torch.device) -> TransitionTensors:
+    if buffer.n_transitions == 0:
+        raise ValueError("cannot fit a model on an empty episode buffer: collect real data first")
+    data = buffer.transitions()
+    as_t = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)  # noqa: E731
+    return TransitionTensors(obs=as_t(data.obs), actions=bounds.clip(as_t(data.actions)),
+                             rewards=as_t(data.rewards), terminals=as_t(data.terminals),
+                             next_obs=as_t(data.next_obs))
+
+
+def delta_statistics(data: TransitionTensors, min_std: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and floored std [obs] of s_{t+1} - s_t (float64 sums): the scale of what the models predict.
+
+    Deltas are far smaller than states, so z-scoring them separately keeps every output dimension
+    equally weighted in the loss.
+    """
+    delta = (data.next_obs - data.obs).double()
+    return delta.mean(0).float(), delta.std(0, correction=0).clamp(min=min_std).float()
+
+
+def checked_start(start_obs: torch.Tensor | np.ndarray, obs_dim: int, device: torch.device) -> torch.Tensor:
+    """Start observations as float32 [B, obs] on `device`; ValueError on a wrong shape or non-finite value."""
+    s0 = torch.as_tensor(start_obs, dtype=torch.float32, device=device)
+    if s0.dim() != 2 or s0.shape[1] != obs_dim or s0.shape[0] < 1:
+        raise ValueError(f"start_obs must have shape [B, {obs_dim}] with B >= 1, got {tuple(s0.shape)}")
+    if not torch.isfinite(s0).all():
+        raise ValueError("start_obs contains NaN or inf")
+    return s0
+
+
+@torch.no_grad()
+def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: GaussianPolicyFn, horizon: int,
+                           generator: torch.Generator | None = None) -> Imagination:
+    """H steps from start_obs [B, obs]: a_k ~ N(mean_pi(s_k), std_pi(s_k)), then s_{k+1} from `step`.
+
+    Rows after a predicted termination are still stepped (they are padding to the consumer).
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    states, actions, rewards, terminations, means, stds = [start_obs], [], [], [], [], []
+    for _ in range(horizon):
+        mean, std = policy(states[-1])
+        action = mean + std * torch.randn(mean.shape, device=mean.device, generator=generator)
+        next_obs, reward, terminal = step(states[-1], action)
+        states.append(next_obs)
+        actions.append(action)
+        rewards.append(reward)
+        terminations.append(terminal)
+        means.append(mean)
+        stds.append(std)
+    return Imagination(
+        observations=torch.stack(states, 1), actions=torch.stack(actions, 1),
+        rewards=torch.stack(rewards, 1), terminations=torch.stack(terminations, 1),
+        spread=standardised_spread(torch.cat(actions), torch.cat(means), torch.cat(stds)),
+    )

@@ -1,0 +1,42 @@
+"""Gymnasium ids `Imagined-<Task>-v4/v5`: `gym.make` gives one env, `gym.make_vec` the batched one."""
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+TASKS = ("HalfCheetah", "Hopper", "Walker2d")
+VERSIONS = ("v4", "v5")
+
+
+def imagined_id(env_id: str) -> str:
+    return f"Imagined-{env_id}"
+
+
+def make_single(env_id: str, **kwargs: Any) -> gym.Env:
+    from imagined_env.single_env import ImaginedEnv
+
+    return ImaginedEnv(env_id=env_id, **kwargs)
+
+
+def make_vector(env_id: str, num_envs: int = 1, **kwargs: Any) -> gym.vector.VectorEnv:
+    from imagined_env.vector_env import ImaginedVectorEnv
+
+    kwargs.pop("max_episode_steps", None)  # episodes end at the model's horizon
+    return ImaginedVectorEnv(num_envs=num_envs, env_id=env_id, **kwargs)
+
+
+def register_envs() -> None:
+    """Register every imagined task id (idempotent)."""
+    for task in TASKS:
+        for version in VERSIONS:
+            env_id = f"{task}-{version}"
+            if imagined_id(env_id) in gym.registry:
+                continue
+            gym.register(
+                id=imagined_id(env_id),
+                entry_point="imagined_env.registration:make_single",
+                vector_entry_point="imagined_env.registration:make_vector",
+                kwargs={"env_id": env_id},
+                disable_env_checker=False,
+            )

@@ -1,0 +1,183 @@
+"""The imagined task as a `gymnasium.vector.VectorEnv`: episode bookkeeping (horizon, truncation,
+same-step autoreset, final observations) over the batched plan-replay core."""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.diffusion.guidance import GaussianPolicyFn
+from imagined_env.replay import PlanReplay, ReplayConfig
+from imagined_env.world_model import WorldModel
+
+StartStates = EpisodeBuffer | np.ndarray | str | os.PathLike
+
+OFF_PLAN_WARNING = (
+    "The agent sent actions that differ from the imagined plan, so the env regenerated those "
+    "trajectories conditioned on the actions taken (one full diffusion chain per step: slow). "
+    "For the one-call speed let the learner follow the plan: agents.ImaginationPPO / "
+    "agents.ImaginationA2C, or send info['planned_action']."
+)
+
+
+def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id: str | None,
+                     device: str | torch.device) -> WorldModel:
+    if world_model is None:
+        raise ValueError(
+            f"no world model given for {env_id or 'the imagined env'}: pass world_model=<file>. Train one with "
+            "`imagined-env train --env <task>` (it writes world_model.pt in its run folder)."
+        )
+    if isinstance(world_model, (str, os.PathLike)):
+        return WorldModel.load(world_model, device=device, env_id=env_id)
+    if env_id is not None and world_model.spec.env_id != env_id:
+        raise ValueError(f"world model was trained on {world_model.spec.env_id!r}, not {env_id!r}")
+    return world_model
+
+
+def start_state_array(start_states: StartStates | None, obs_dim: int) -> np.ndarray:
+    """Real start observations [n, obs] from a buffer, a buffer file or an array."""
+    if start_states is None:
+        raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, or an array [n, obs] "
+                         "of real observations (the data the world model was trained on)")
+    if isinstance(start_states, EpisodeBuffer):
+        arr = start_states.observations()
+    elif isinstance(start_states, (str, os.PathLike)):
+        arr = EpisodeBuffer.load(start_states).observations()
+    else:
+        arr = np.asarray(start_states, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[1] != obs_dim or len(arr) == 0:
+        raise ValueError(f"start states must have shape [n >= 1, {obs_dim}] to match the world model, "
+                         f"got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("start states contain NaN or inf")
+    return np.asarray(arr, dtype=np.float32)
+
+
+class ImaginedVectorEnv(VectorEnv):
+    """`num_envs` imagined episodes of at most H steps, generated in batched world-model calls.
+
+    Plans are guided by `policy` (states -> (mean, std)); the learner that follows them (reads
+    `planned_actions()` or `info["planned_action"]`) gets the one-call speed. Any other action is
+    honoured exactly, by regenerating that env's trajectory from its current state with the action
+    fixed. Episodes end at H (truncation, `info["final_obs"]`) or at a predicted termination.
+    """
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+
+    def __init__(self, world_model: WorldModel | str | os.PathLike | None = None, num_envs: int = 1, *,
+                 start_states: StartStates | None = None, policy: GaussianPolicyFn | None = None,
+                 env_id: str | None = None, replay: ReplayConfig = ReplayConfig(),
+                 device: str | torch.device = "auto", render_mode: str | None = None):
+        if render_mode is not None:
+            raise ValueError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
+                             "use render_mode=None")
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.model = load_world_model(world_model, env_id, device)
+        spec = self.model.spec
+        self._starts = start_state_array(start_states, spec.obs_dim)
+        self.num_envs = num_envs
+        self.render_mode = None
+        self.horizon = self.model.horizon
+        self.single_observation_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float64)
+        self.single_action_space = spaces.Box(np.array(spec.action_low, np.float32),
+                                              np.array(spec.action_high, np.float32), dtype=np.float32)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.replay = PlanReplay(self.model, num_envs, self._sample_starts, replay)
+        self.replay.set_policy(policy)
+        self.elapsed = np.zeros(num_envs, np.int64)
+        self._needs_reset = True
+        self._warned = False
+        self.closed = False
+
+    # ---- guidance ----------------------------------------------------------------------
+    def set_policy(self, policy: GaussianPolicyFn | None) -> None:
+        """Guide plans by `policy` from now on (existing plans are regenerated)."""
+        self.replay.set_policy(policy)
+
+    def replan(self) -> None:
+        """The policy changed (e.g. after a learner update): regenerate from the current states."""
+        self.replay.invalidate()
+
+    def planned_actions(self) -> np.ndarray:
+        """[N, act] the action each env's plan takes next (policy units, unclipped)."""
+        self._check_usable()
+        return self.replay.planned_actions()
+
+    # ---- gymnasium API -----------------------------------------------------------------
+    def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        self._check_usable()
+        if isinstance(seed, list):
+            seed = seed[0]
+        super().reset(seed=seed)
+        self.replay.seed(int(self.np_random.integers(2 ** 62)))
+        self.replay.invalidate()
+        self.replay.restart(np.ones(self.num_envs, bool))
+        self.elapsed[:] = 0
+        self._needs_reset = False
+        return self.replay.current_obs().astype(np.float64), {}
+
+    def step(self, actions: np.ndarray):
+        obs, rewards, terminated, truncated, info = self.advance(actions)
+        done = terminated | truncated
+        if done.any():
+            final_obs = np.full(self.num_envs, None, dtype=object)
+            for i in np.flatnonzero(done):
+                final_obs[i] = obs[i]
+            info["final_obs"], info["_final_obs"] = final_obs, done.copy()
+            self.replay.restart(done)
+            self.elapsed[done] = 0
+            obs = self.replay.current_obs().astype(np.float64)
+        return obs, rewards, terminated, truncated, info
+
+    def advance(self, actions: np.ndarray):
+        """One step without autoreset: (next_obs, reward, terminated, truncated, info) batched."""
+        self._check_usable()
+        if self._needs_reset:
+            raise RuntimeError("call reset() before step()")
+        actions = self._checked_actions(actions)
+        next_obs, rewards, terminated, off_plan = self.replay.advance(actions)
+        if off_plan.any() and not self._warned:
+            warnings.warn(OFF_PLAN_WARNING, stacklevel=3)
+            self._warned = True
+        self.elapsed += 1
+        truncated = (self.elapsed >= self.horizon) & ~terminated
+        info = {"off_plan": off_plan, "_off_plan": np.ones(self.num_envs, bool)}
+        return next_obs.astype(np.float64), rewards.astype(np.float64), terminated, truncated, info
+
+    def render(self) -> None:
+        return None
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Drop the model and plans so their memory (GPU included) can be freed."""
+        self.replay = None  # type: ignore[assignment]
+        self.model = None  # type: ignore[assignment]
+        self.closed = True
+
+    # ---- checks ------------------------------------------------------------------------
+    def _sample_starts(self, n: int) -> np.ndarray:
+        return self._starts[self.np_random.integers(len(self._starts), size=n)]
+
+    def _check_usable(self) -> None:
+        if self.closed:
+            raise RuntimeError("this ImaginedVectorEnv is closed; make a new one")
+
+    def _checked_actions(self, actions: Any) -> np.ndarray:
+        arr = np.asarray(actions)
+        expected = (self.num_envs,) + self.single_action_space.shape
+        if arr.shape != expected:
+            raise ValueError(f"actions must have shape {expected}, got {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"actions must be a numeric array, got dtype {arr.dtype}")
+        arr = arr.astype(np.float32)
+        if not np.isfinite(arr).all():
+            raise ValueError(f"actions contain NaN or inf (envs {np.flatnonzero(~np.isfinite(arr).all(1)).tolist()})")
+        return arr

@@ -1,0 +1,122 @@
+"""SB3 PPO/A2C in imagination: every action in the rollout buffer produced the next observation."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecNormalize
+
+from agents import ImaginationA2C, ImaginationPPO, ImaginedSB3VecEnv, PlanFollowingPolicy
+from agents.guidance import sb3_guide
+from imagined_env.vector_env import ImaginedVectorEnv
+from tests.conftest import linear_buffer, linear_step
+from tests.fakes import LinearFakeModel
+
+
+class SnapshotBuffer(BaseCallback):
+    """Copies the rollout buffer, and log-probs under the policy that collected it, at rollout end."""
+
+    def __init__(self):
+        super().__init__()
+        self.snapshots = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buf = self.model.rollout_buffer
+        obs = torch.as_tensor(buf.observations.reshape(-1, buf.observations.shape[-1]))
+        act = torch.as_tensor(buf.actions.reshape(-1, buf.actions.shape[-1]))
+        with torch.no_grad():
+            _, logp, _ = self.model.policy.evaluate_actions(obs, act)
+        self.snapshots.append((buf.observations.copy(), buf.actions.copy(), buf.episode_starts.copy(),
+                               buf.log_probs.copy(), logp.numpy().reshape(buf.log_probs.shape)))
+
+
+def imagined_sb3_env(n_envs=8, horizon=5, terminate_above=np.inf):
+    model = LinearFakeModel(horizon, terminate_above)
+    return ImaginedSB3VecEnv(ImaginedVectorEnv(model, n_envs, start_states=linear_buffer(5, 10))), model
+
+
+def check_rollout_consistency(snapshots):
+    checked = 0
+    for obs, act, starts, logp_stored, logp_policy in snapshots:
+        np.testing.assert_allclose(logp_stored, logp_policy, rtol=1e-4, atol=1e-4)
+        for t in range(len(obs) - 1):
+            cont = starts[t + 1] == 0
+            expected, _ = linear_step(obs[t][cont], act[t][cont])
+            np.testing.assert_allclose(obs[t + 1][cont], expected, rtol=1e-5, atol=1e-5)
+            checked += int(cont.sum())
+    return checked
+
+
+@pytest.mark.parametrize("algo,kwargs", [(ImaginationPPO, {"n_epochs": 2, "batch_size": 32}), (ImaginationA2C, {})])
+def test_rollout_buffer_actions_produced_the_next_observations(algo, kwargs):
+    env, _ = imagined_sb3_env(terminate_above=1.5)
+    snap = SnapshotBuffer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)         # following the plan never goes off-plan
+        model = algo("MlpPolicy", env, n_steps=12, seed=0, policy_kwargs={"log_std_init": 0.0}, **kwargs)
+        model.learn(12 * 8 * 3, callback=snap)
+    assert isinstance(model.policy, PlanFollowingPolicy)
+    assert len(snap.snapshots) == 3
+    assert check_rollout_consistency(snap.snapshots) > 200
+    all_actions = np.concatenate([s[1].ravel() for s in snap.snapshots])
+    assert (np.abs(all_actions) > 1).mean() > 0.1           # the unclipped samples are what is stored
+
+
+def test_replans_after_every_update():
+    env, fake = imagined_sb3_env(n_envs=4, horizon=50)     # episodes longer than the rollouts
+    model = ImaginationPPO("MlpPolicy", env, n_steps=5, batch_size=20, n_epochs=1, seed=0)
+    model.learn(5 * 4 * 3)
+    assert len(fake.calls) == 3 and fake.calls == [4, 4, 4]  # one batched call per rollout, no more
+
+
+def test_plain_ppo_is_honoured_slowly_with_one_warning():
+    env, fake = imagined_sb3_env(n_envs=4)
+    snap = SnapshotBuffer()
+    model = PPO("MlpPolicy", env, n_steps=6, batch_size=24, n_epochs=1, seed=0)
+    with pytest.warns(UserWarning, match="differ from the imagined plan") as record:
+        model.learn(6 * 4, callback=snap)
+    assert sum("imagined plan" in str(w.message) for w in record) == 1
+    assert check_rollout_consistency(snap.snapshots) > 10
+    assert len(fake.calls) > 6                              # slow path: a regeneration per step
+
+
+def test_guidance_sees_observations_through_vecnormalize():
+    env, fake = imagined_sb3_env(n_envs=4)
+    venv = VecNormalize(env, norm_reward=False)
+    venv.obs_rms.mean[:] = 5.0
+    venv.obs_rms.var[:] = 4.0
+    model = ImaginationPPO("MlpPolicy", venv, n_steps=4, batch_size=16, seed=0)
+    guide = env.imagined.replay.policy
+    states = torch.randn(6, 3)
+    mean, std = guide(states)
+    normed = ((states - 5.0) / np.sqrt(4.0 + venv.epsilon)).clamp(-10, 10)
+    ref = model.policy.get_distribution(normed).distribution
+    torch.testing.assert_close(mean, ref.mean)
+    torch.testing.assert_close(std, ref.stddev)
+
+
+def test_gsde_policy_guides_through_sb3_distribution():
+    env, _ = imagined_sb3_env(n_envs=4)
+    model = ImaginationPPO("MlpPolicy", env, n_steps=4, batch_size=16, seed=0, use_sde=True)
+    model.learn(16)
+    mean, std = sb3_guide(model.policy)(torch.randn(5, 3))
+    assert mean.shape == (5, 2) and std.shape == (5, 2) and (std > 0).all()
+
+
+@pytest.mark.slow
+def test_real_tiny_world_model_smoke(trained_linear_model):
+    wm, buf, _ = trained_linear_model
+    env = ImaginedSB3VecEnv(ImaginedVectorEnv(wm, 16, start_states=buf))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        model = ImaginationPPO("MlpPolicy", env, n_steps=8, batch_size=64, n_epochs=1, seed=0)
+        model.learn(16 * 8 * 2)
+    assert model.num_timesteps == 256
+    assert np.isfinite(wm.guidance_scale)
