@@ -6,13 +6,16 @@ from typing import Any
 import gymnasium as gym
 
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
+from stable_baselines3.common.vec_env import VecMonitor
+
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.registration import imagined_id
 
 
-def make_imagined_vec_env(env_id: str, n_envs: int = 64, **kwargs: Any) -> ImaginedSB3VecEnv:
+def make_imagined_vec_env(env_id: str, n_envs: int = 64, **kwargs: Any) -> VecMonitor:
     """`env_id` may be the real task ("HalfCheetah-v4") or the imagined id; kwargs go to the env
-    (world_model=, start_states=, replay=, device=)."""
+    (world_model=, start_states=, replay=, device=). Wrapped in VecMonitor, as SB3's make_vec_env
+    wraps in Monitor, so `rollout/ep_rew_mean` reports imagined returns."""
     if not env_id.startswith("Imagined-"):
         env_id = imagined_id(env_id)
-    return ImaginedSB3VecEnv(gym.make_vec(env_id, num_envs=n_envs, **kwargs))
+    return VecMonitor(ImaginedSB3VecEnv(gym.make_vec(env_id, num_envs=n_envs, **kwargs)))

@@ -14,6 +14,7 @@ from gymnasium.vector.utils import batch_space
 
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.guidance import GaussianPolicyFn
+from imagined_env.pretrained import pretrained_paths
 from imagined_env.replay import PlanReplay, ReplayConfig
 from imagined_env.world_model import WorldModel
 
@@ -30,10 +31,8 @@ OFF_PLAN_WARNING = (
 def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id: str | None,
                      device: str | torch.device) -> WorldModel:
     if world_model is None:
-        raise ValueError(
-            f"no world model given for {env_id or 'the imagined env'}: pass world_model=<file>. Train one with "
-            "`imagined-env train --env <task>` (it writes world_model.pt in its run folder)."
-        )
+        raise ValueError("no world model given: pass world_model=<file> (train one with "
+                         "`imagined-env train --env <task>`; it writes world_model.pt in its run folder)")
     if isinstance(world_model, (str, os.PathLike)):
         return WorldModel.load(world_model, device=device, env_id=env_id)
     if env_id is not None and world_model.spec.env_id != env_id:
@@ -46,10 +45,10 @@ def start_state_array(start_states: StartStates | None, obs_dim: int) -> np.ndar
     if start_states is None:
         raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, or an array [n, obs] "
                          "of real observations (the data the world model was trained on)")
+    if isinstance(start_states, (str, os.PathLike)):
+        start_states = EpisodeBuffer.load(start_states)
     if isinstance(start_states, EpisodeBuffer):
-        arr = start_states.observations()
-    elif isinstance(start_states, (str, os.PathLike)):
-        arr = EpisodeBuffer.load(start_states).observations()
+        arr = start_states.start_observations()
     else:
         arr = np.asarray(start_states, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != obs_dim or len(arr) == 0:
@@ -62,6 +61,9 @@ def start_state_array(start_states: StartStates | None, obs_dim: int) -> np.ndar
 
 class ImaginedVectorEnv(VectorEnv):
     """`num_envs` imagined episodes of at most H steps, generated in batched world-model calls.
+
+    `world_model` is a WorldModel or a file; with none, the pretrained model shipped for `env_id`
+    (and its start states) is used. `start_states`: the real data to start episodes from.
 
     Plans are guided by `policy` (states -> (mean, std)); the learner that follows them (reads
     `planned_actions()` or `info["planned_action"]`) gets the one-call speed. Any other action is
@@ -80,6 +82,9 @@ class ImaginedVectorEnv(VectorEnv):
                              "use render_mode=None")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if world_model is None and env_id is not None:
+            world_model, shipped_starts = pretrained_paths(env_id)
+            start_states = shipped_starts if start_states is None else start_states
         self.model = load_world_model(world_model, env_id, device)
         spec = self.model.spec
         self._starts = start_state_array(start_states, spec.obs_dim)
@@ -106,6 +111,10 @@ class ImaginedVectorEnv(VectorEnv):
     def replan(self) -> None:
         """The policy changed (e.g. after a learner update): regenerate from the current states."""
         self.replay.invalidate()
+
+    def set_start_states(self, start_states: StartStates) -> None:
+        """Draw future episode starts from `start_states` (e.g. a buffer that has grown since)."""
+        self._starts = start_state_array(start_states, self.model.spec.obs_dim)
 
     def planned_actions(self) -> np.ndarray:
         """[N, act] the action each env's plan takes next (policy units, unclipped)."""

@@ -299,6 +299,14 @@ class EpisodeBuffer:
         row = (np.cumsum(lengths + 1) - (lengths + 1))[episode] + local
         return self._obs.view[row], self._qpos.view[row], self._qvel.view[row]
 
+    def start_observations(self) -> np.ndarray:
+        """Every observation an episode can start from [n, obs]: all but terminal final observations."""
+        self._require_data()
+        final = np.cumsum(self._lengths.view + 1) - 1
+        keep = np.ones(len(self._obs.view), bool)
+        keep[final[self._terminated.view]] = False
+        return self._obs.view[keep]
+
     def save(self, path: str | os.PathLike) -> None:
         """Write one `.npz` atomically (a crash leaves any previous file intact)."""
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:

@@ -24,9 +24,11 @@ class GuidanceConfig:
     """How strongly and how adaptively imagined actions are pulled toward the policy."""
 
     initial_scale: float = 0.005
-    """lambda_0, in unnormalised action units (paper: 0.005)."""
-    scale_lr: float = 3e-3
-    """Step of log(lambda) per imagination toward the target spread (paper: 3e-3)."""
+    """lambda_0, in unnormalised action units per step of the full chain (paper: 0.005). A strided
+    chain of S < T steps uses lambda * T / S per step, so one lambda fits every chain length."""
+    scale_lr: float = 0.05
+    """Step of log(lambda) per imagination toward the target spread. The paper uses 3e-3 over
+    ~250k imaginations; CPU runs make a few hundred, so the default adapts within ~50 calls."""
     target_std: float = 1.0
     """Target std of standardised actions (a - mean_pi) / std_pi: 1 means on-policy spread."""
     std_floor: float = 0.1

@@ -87,6 +87,8 @@ def guided_sample(
     a = torch.randn(batch, n_rows, act_dim, device=device, generator=generator)
     fixed_a0 = None if first_action is None else normaliser.normalise_action(bounds.clip(first_action))
     steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
+    # a strided chain takes fewer guidance steps: scale each so that lambda means the same for any length
+    step_scale = scale * schedule.n_steps / len(steps)
     spread = float("nan")
     for i, t in enumerate(steps):
         s = steps[i + 1] if i + 1 < len(steps) else -1
@@ -100,7 +102,7 @@ def guided_sample(
         if t <= config.late_clip_steps:
             mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
         if policy is not None:
-            a, spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, scale, guidance,
+            a, spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, step_scale, guidance,
                                        last=s < 0, noise_std=std[:, :, :1], generator=generator)
         if s < 0:
             x = mean

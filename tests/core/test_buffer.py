@@ -387,3 +387,11 @@ def test_normaliser_rejects_empty_buffer_and_bad_stats():
         Normaliser.from_dict({**stats, "obs_std": [1.0, 0.0, 1.0]})
     with pytest.raises(ValueError, match="reward statistics"):
         Normaliser.from_dict({**stats, "reward_mean": [0.0, 0.0], "reward_std": [1.0, 1.0]})
+
+
+def test_start_observations_exclude_terminal_final_observations():
+    buf = EpisodeBuffer(1, 1, 1, 1)
+    for terminated, base in ((True, 0.0), (False, 10.0)):
+        obs = base + np.arange(4, dtype=np.float32)[:, None]
+        buf.add_episode(obs, np.zeros((3, 1)), np.zeros(3), terminated, np.zeros((4, 1)), np.zeros((4, 1)))
+    np.testing.assert_array_equal(buf.start_observations()[:, 0], [0, 1, 2, 10, 11, 12, 13])
