@@ -101,13 +101,14 @@ def main() -> None:
         f"real {args.env} through SB3 PPO rollouts": n / real_s,
     }
     overhead = 1.0 - rows["imagined env through SB3 PPO rollouts"] / rows["raw batched generation"]
-    print(f"\n{args.env}, {args.n_envs} envs x H={horizon}, chain {imagined.replay.config.n_sample_steps or 'model default'}"
-          f" steps, {torch.get_num_threads()} threads")
+    chain = (imagined.replay.config.n_sample_steps or imagined.model.config.sampler.n_sample_steps
+             or imagined.model.schedule.n_steps)
+    print(f"\n{args.env}, {args.n_envs} envs x H={horizon}, {chain}-step chain, {torch.get_num_threads()} threads")
     print(f"{'path':<44} {'transitions/s':>14} {'ratio to raw':>13}")
     for name, rate in rows.items():
         print(f"{name:<44} {rate:>14.0f} {rate / rows['raw batched generation']:>13.2f}")
     print(f"SB3 + env overhead over raw generation: {100 * overhead:.1f}% (target <= 20%)")
-    result = {"env": args.env, "n_envs": args.n_envs, "horizon": horizon, "repeats": repeats,
+    result = {"env": args.env, "n_envs": args.n_envs, "horizon": horizon, "chain_steps": chain, "repeats": repeats,
               "transitions_per_second": rows, "sb3_overhead_fraction": overhead,
               "machine": {"platform": platform.platform(), "threads": torch.get_num_threads()}}
     with atomic_path(args.out) as tmp:

@@ -18,10 +18,13 @@ class TrainConfig:
     """Optimisation of the denoiser (paper: Adam 3e-4, batch 256)."""
 
     lr: float = 3e-4
+    """Adam learning rate of the denoiser (paper: 3e-4)."""
     batch_size: int = 256
+    """Windows per gradient step (paper: 256)."""
     grad_clip: float = 1.0
     """Max global gradient norm; diffusion losses spike at the noisiest steps early in training."""
     seed: int = 0
+    """Seeds window sampling and the diffusion noise of training."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.grad_clip <= 0:

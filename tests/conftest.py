@@ -11,6 +11,10 @@ from imagined_env.diffusion.schedule import ScheduleConfig
 from imagined_env.training import TrainConfig, fit_world_model
 from imagined_env.world_model import EnvSpec, WorldModelConfig
 
+# One torch thread: the tests' tensors are tiny, and OpenMP threads competing with MuJoCo, SB3 or any
+# other process on a small machine cost far more than they gain.
+torch.set_num_threads(1)
+
 OBS, ACT, H = 3, 2, 4
 A_MAT = np.array([[0.9, 0.1, 0.0], [0.0, 0.8, 0.2], [0.1, 0.0, 0.7]], np.float32)
 B_MAT = np.array([[0.5, 0.0], [0.0, 0.5], [0.3, -0.3]], np.float32)

@@ -1,4 +1,4 @@
-"""What both autoregressive baselines share: delta-state statistics, the real transitions as tensors,
+"""What both autoregressive baselines share: the delta-state target coding, the real transitions as tensors,
 and the loop that turns a one-step model plus a policy into an `Imagination`.
 
 Actions are sampled from the policy at the model's own predicted state, one step at a time: that is
@@ -6,13 +6,14 @@ what an autoregressive model does in an RL loop, and what PolyGRAD replaces with
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 
 from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.guidance import GaussianPolicyFn, standardised_spread
 from imagined_env.diffusion.sampler import ActionBounds
 from imagined_env.world_model import EnvSpec, Imagination
@@ -36,6 +37,10 @@ class TransitionTensors:
     def __len__(self) -> int:
         return self.obs.shape[0]
 
+    def take(self, index: torch.Tensor) -> TransitionTensors:
+        """The transitions at integer `index` [B] (a batch)."""
+        return TransitionTensors(*(getattr(self, f.name)[index] for f in fields(self)))
+
 
 def action_bounds(spec: EnvSpec, device: torch.device) -> ActionBounds:
     return ActionBounds(torch.tensor(spec.action_low, dtype=torch.float32, device=device),
@@ -52,14 +57,34 @@ def transition_tensors(buffer: EpisodeBuffer, bounds: ActionBounds, device: torc
                              next_obs=as_t(data.next_obs))
 
 
-def delta_statistics(data: TransitionTensors, min_std: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and floored std [obs] of s_{t+1} - s_t (float64 sums): the scale of what the models predict.
+@dataclass(frozen=True, eq=False)
+class DeltaCodec:
+    """Normalised one-step targets [delta-state, r, d] and back.
 
-    Deltas are far smaller than states, so z-scoring them separately keeps every output dimension
-    equally weighted in the loss.
+    The delta s_{t+1} - s_t is z-scored with its own statistics (deltas are far smaller than states,
+    so this keeps every output dimension equally weighted in a loss); reward and terminal use the world
+    model's normaliser, so all models predict them in the same units.
     """
-    delta = (data.next_obs - data.obs).double()
-    return delta.mean(0).float(), delta.std(0, correction=0).clamp(min=min_std).float()
+
+    normaliser: Normaliser
+    delta_mean: torch.Tensor
+    delta_std: torch.Tensor
+
+    @classmethod
+    def fit(cls, data: TransitionTensors, normaliser: Normaliser, min_std: float = 1e-2) -> DeltaCodec:
+        delta = (data.next_obs - data.obs).double()
+        return cls(normaliser, delta.mean(0).float(), delta.std(0, correction=0).clamp(min=min_std).float())
+
+    def encode(self, obs: torch.Tensor, next_obs: torch.Tensor, rewards: torch.Tensor,
+               terminals: torch.Tensor) -> torch.Tensor:
+        """obs, next_obs [N, obs], rewards, terminals [N] -> targets [N, obs+2]."""
+        rows = self.normaliser.normalise_rows(next_obs, rewards, terminals)
+        return torch.cat([(next_obs - obs - self.delta_mean) / self.delta_std, rows[..., -2:]], dim=-1)
+
+    def decode(self, obs: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """obs [N, obs], targets [N, obs+2] -> next_obs [N, obs], rewards [N], terminal values [N]."""
+        _, rewards, terminals = self.normaliser.unnormalise_rows(x)
+        return obs + x[..., :-2] * self.delta_std + self.delta_mean, rewards, terminals
 
 
 def checked_start(start_obs: torch.Tensor | np.ndarray, obs_dim: int, device: torch.device) -> torch.Tensor:

@@ -133,3 +133,63 @@ def _record(
     new = {"observations": obs, "actions": action, "rewards": reward, "qpos": qpos, "qvel": qvel}
     for key, value in new.items():
         episode[key].append(value)
+
+
+class RealCollector:
+    """Steps one real env a few steps at a time, for a loop that interleaves acting and learning.
+
+    The in-progress episode survives between `collect` calls; an episode goes to the buffer when the
+    env ends it (terminated, or truncated by its time limit: stored as not terminated). `flush` stores
+    the in-progress part as not terminated and continues the episode as a new buffer entry, so a
+    checkpoint (or a change of behaviour policy) can cut anywhere without losing a transition.
+    """
+
+    def __init__(self, env: gym.Env, buffer: EpisodeBuffer, seed: int | None = None) -> None:
+        env_dims, buffer_dims = _env_dims(env), (buffer.obs_dim, buffer.act_dim, buffer.nq, buffer.nv)
+        if env_dims != buffer_dims:
+            raise ValueError(f"env dims (obs, act, nq, nv) {env_dims} do not match the buffer's {buffer_dims}")
+        self.env, self.buffer = env, buffer
+        self._low, self._high = env.action_space.low, env.action_space.high
+        if seed is not None:
+            env.action_space.seed(seed)
+        self._obs, _ = env.reset(seed=seed)
+        self._episode = _new_episode(env, self._obs)
+        self._return = 0.0
+        self.real_steps = 0
+        """Transitions taken by this collector."""
+        self.episode_returns: list[float] = []
+        """Undiscounted return of every episode the env ended, in order."""
+
+    def collect(self, n_steps: int, policy: Policy | None = None) -> list[float]:
+        """Take `n_steps` transitions with `policy` (None: uniform random); returns the returns of the
+        episodes that ended during this call."""
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        n_before = len(self.episode_returns)
+        for _ in range(n_steps):
+            self._step(policy)
+        return self.episode_returns[n_before:]
+
+    def flush(self) -> None:
+        """Store the in-progress episode (if it has a transition) as not terminated; keep acting from here."""
+        if self._episode["actions"]:
+            self._store(terminated=False)
+            self._episode = _new_episode(self.env, self._obs)
+
+    def _step(self, policy: Policy | None) -> None:
+        action = self.env.action_space.sample() if policy is None else np.array(policy(self._obs), np.float32)
+        obs, reward, terminated, truncated, _ = self.env.step(np.clip(action, self._low, self._high))
+        _record(self._episode, self.env, obs, action, float(reward))
+        self.real_steps += 1
+        self._return += float(reward)
+        self._obs = obs
+        if terminated or truncated:
+            self._store(bool(terminated))
+            self.episode_returns.append(self._return)
+            self._return = 0.0
+            self._obs, _ = self.env.reset()
+            self._episode = _new_episode(self.env, self._obs)
+
+    def _store(self, terminated: bool) -> None:
+        arrays = {key: np.stack(rows) for key, rows in self._episode.items()}
+        self.buffer.add_episode(**arrays, terminated=terminated)

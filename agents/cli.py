@@ -1,0 +1,370 @@
+"""`imagined-env`: train | evaluate | compare | demo. This module only parses and checks arguments;
+the work is in `agents.coordinator`, `agents.compare`, `agents.evaluation` and `agents.demo`.
+
+Every input error (unknown task, budget below the prefill, unreadable config, unwritable output
+directory, ...) is reported as a usage error (exit code 2) before anything is trained.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+import torch
+
+import imagined_env  # noqa: F401  (registers the Imagined-* ids)
+from agents.compare import (IMAGINATION, CompareSpec, imagination_run_dir, parse_methods, run_comparison,
+                            summary)
+from agents.config_flags import add_config_flags, given_flags, leaf_values, merge_into, nest, read_config_file
+from agents.coordinator import SUPPORTED_TASKS, Coordinator, CoordinatorConfig
+from agents.demo import DemoConfig, run_demo
+from agents.evaluation import evaluate_real, load_learner
+from agents.run_files import find_checkpoint, read_state
+from agents.zoo import zoo_settings
+
+DESCRIPTION = ("PolyGRAD trajectory-diffusion world models as Gymnasium envs: train SB3 PPO/A2C in "
+               "imagination, evaluate on the real task, compare with the RL Zoo's tuned model-free "
+               "baselines, or run the demo. `imagined-env <command> --help` lists every option.")
+Job = Callable[[], int]
+PRESETS = ("cpu", "paper")
+CONFIG_ALIASES = {"env_id": ["--env"]}
+COMPARE_OWNED = frozenset({"env_id", "algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps"})
+"""Config fields `compare` sets itself, identically for every method."""
+DEFAULT_THREADS = 1
+"""Torch CPU threads. On a small shared machine, OpenMP threads competing with other processes slow
+the small-batch work of this package down by an order of magnitude; one thread is the safe default."""
+
+
+# ---- small parsers and checks ---------------------------------------------------------------------
+def positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"0,1,2" -> (0, 1, 2); repeats are an error (they would be the same run twice)."""
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected distinct comma-separated integers, got {text!r}")
+    return values
+
+
+def check_task(env_id: str, imagined: bool) -> None:
+    """The task must be a registered Gymnasium id, and one the coordinator supports when `imagined`."""
+    if env_id not in gym.registry:
+        real_ids = [k for k in gym.registry if not k.startswith("Imagined-")]
+        close = difflib.get_close_matches(env_id, real_ids, 3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown task id {env_id!r}{hint}")
+    if imagined and env_id not in SUPPORTED_TASKS:
+        raise ValueError(f"task {env_id!r} has no imagined version; supported: {', '.join(SUPPORTED_TASKS)}")
+
+
+def writable_dir(path: Path) -> Path:
+    """Create `path` if needed and prove a file can be written there (permissions alone lie for root)."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output directory {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"output directory {path} is not writable: {err.strerror or err}") from None
+    return path
+
+
+def check_budget(steps: int, config: CoordinatorConfig) -> None:
+    if steps < config.prefill_steps:
+        raise ValueError(f"--steps {steps} is below prefill_steps {config.prefill_steps} (the uniform-random "
+                         "real steps before any learning); raise --steps or lower --prefill-steps")
+
+
+# ---- configs --------------------------------------------------------------------------------------
+def preset_values() -> dict[str, dict[str, Any]]:
+    """Preset name -> {dotted field: value}, shown as defaults in `--help`."""
+    presets = {name: CoordinatorConfig.preset(name).to_dict() for name in PRESETS}
+    return {name: leaf_values(CoordinatorConfig, values) for name, values in presets.items()}
+
+
+def build_config(preset: str, config_file: str | None, flags: dict[str, Any],
+                 fixed: dict[str, Any] | None = None) -> CoordinatorConfig:
+    """preset < config file < flags < `fixed` (values a subcommand sets itself).
+
+    The preset is built for the final task, since presets adapt to it (Hopper's schedule).
+    """
+    layers = [read_config_file(config_file) if config_file else {}, nest(flags), fixed or {}]
+    given_ids = [layer["env_id"] for layer in layers if "env_id" in layer]
+    env_id = given_ids[-1] if given_ids else CoordinatorConfig.env_id
+    merged = CoordinatorConfig.preset(preset, env_id=env_id).to_dict()
+    for layer in layers:
+        merged = merge_into(CoordinatorConfig, merged, layer)
+    try:
+        return CoordinatorConfig.from_dict(merged)
+    except TypeError as err:
+        raise ValueError(f"invalid config value: {err}") from None
+
+
+def add_config_options(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
+    parser.add_argument("--preset", choices=PRESETS, default=None,
+                        help="starting values of every config field (cpu: learns on 2 CPU cores; paper: "
+                             "shared/polygrad.md section 5, a GPU recipe) [default cpu]")
+    parser.add_argument("--config", metavar="FILE.json",
+                        help="JSON config (a run's config.json, or any part of one) applied over the preset; "
+                             "the flags below override it. Dict fields (learner_kwargs) merge key by key")
+    add_config_flags(parser, CoordinatorConfig, preset_values(), exclude, CONFIG_ALIASES)
+
+
+# ---- train ------------------------------------------------------------------------------------------
+def prepare_train(args: argparse.Namespace) -> Job:
+    flags = given_flags(args)
+    if args.resume:
+        return prepare_resume(args, flags)
+    if args.steps is None:
+        raise ValueError("--steps (the real-step budget) is required for a new run")
+    config = build_config(args.preset or "cpu", args.config, flags)
+    check_budget(args.steps, config)
+    run_dir = writable_dir(args.run_dir or default_run_dir(config))
+    coordinator = Coordinator(config, run_dir, verbose=args.verbose)
+    return lambda: finish_train(coordinator.learn(args.steps, progress_bar=args.progress))
+
+
+def prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Job:
+    if flags or args.config or args.preset or args.run_dir:
+        raise ValueError("--resume continues a run with its own config.json: drop --preset/--config/"
+                         f"--run-dir and config flags (given: {', '.join(sorted(flags)) or 'none'})")
+    run_dir = Path(args.resume)
+    if not run_dir.is_dir() or find_checkpoint(run_dir) is None:
+        raise ValueError(f"--resume {run_dir}: no checkpoint there (expected "
+                         f"{run_dir}/checkpoint/state.json)")
+    coordinator = Coordinator.resume(run_dir, verbose=args.verbose)
+    if args.steps is not None:
+        check_budget(args.steps, coordinator.config)
+        if args.steps < coordinator.real_steps:
+            raise ValueError(f"--steps {args.steps} is below the {coordinator.real_steps} real steps taken")
+    return lambda: finish_train(coordinator.learn(args.steps, progress_bar=args.progress))
+
+
+def default_run_dir(config: CoordinatorConfig) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{config.env_id}_{config.algo}_seed{config.seed}_{stamp}"
+
+
+def finish_train(coordinator: Coordinator) -> int:
+    if coordinator.history:
+        last = coordinator.history[-1]
+        print(f"{coordinator.config.env_id}: real return {last['mean_return']:.1f} +- "
+              f"{last['std_return']:.1f} after {coordinator.real_steps} real steps")
+    print(f"run folder: {coordinator.run_dir} (continue: imagined-env train --resume {coordinator.run_dir})")
+    return 0
+
+
+# ---- evaluate ---------------------------------------------------------------------------------------
+def prepare_evaluate(args: argparse.Namespace) -> Job:
+    target = Path(args.target)
+    if target.is_dir():
+        model_path, stats_path, env_id, algo = run_dir_files(target, args.env)
+    elif target.suffix == ".zip" and target.is_file():
+        if args.env is None:
+            raise ValueError("--env is required to evaluate a learner .zip")
+        model_path, stats_path, env_id, algo = target, args.vecnormalize, args.env, args.algo
+    else:
+        raise ValueError(f"{target} is neither a run folder nor a learner .zip file")
+    check_task(env_id, imagined=False)
+    if stats_path is not None and not Path(stats_path).is_file():
+        raise ValueError(f"VecNormalize statistics {stats_path} do not exist")
+    try:
+        model, stats = load_learner(model_path, algo, env_id, args.seed, stats_path)
+    except Exception as err:  # SB3 and pickle raise many types for foreign or corrupt files
+        files = f"{model_path} / {stats_path}" if stats_path else f"{model_path}"
+        raise ValueError(f"cannot load {files}: {err}") from None
+
+    def job() -> int:
+        mean, std = evaluate_real(model, env_id, args.episodes, args.seed, stats, args.max_episode_steps)
+        frozen = f", frozen VecNormalize statistics from {stats_path}" if stats_path else ""
+        print(f"{env_id}: mean return {mean:.1f} +- {std:.1f} over {args.episodes} deterministic episodes "
+              f"(seed {args.seed}{frozen})")
+        return 0
+
+    return job
+
+
+def run_dir_files(run_dir: Path, env_id: str | None) -> tuple[Path, Path | None, str, str]:
+    """(learner.zip, vec_normalize.pkl or None, task, algo) of the last checkpoint of a run folder."""
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} is not a run folder with a checkpoint (no checkpoint/state.json)")
+    config = read_state(checkpoint)["config"]
+    if env_id is not None and env_id != config["env_id"]:
+        raise ValueError(f"the run in {run_dir} is of task {config['env_id']!r}, not {env_id!r}")
+    stats = checkpoint / "vec_normalize.pkl"
+    return checkpoint / "learner.zip", stats if stats.is_file() else None, config["env_id"], config["algo"]
+
+
+# ---- compare ----------------------------------------------------------------------------------------
+def prepare_compare(args: argparse.Namespace) -> Job:
+    methods = parse_methods(args.algos)
+    imagined = any(m in IMAGINATION for m in methods)
+    check_task(args.env, imagined)
+    for method in methods:
+        if method not in IMAGINATION:
+            zoo_settings(method, args.env)
+    config = None
+    if imagined:
+        fixed = {"env_id": args.env, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
+                 "eval_max_episode_steps": args.max_episode_steps}
+        config = build_config(args.preset or "cpu", args.config, given_flags(args), fixed)
+        check_budget(args.steps, config)
+    elif given_flags(args) or args.config or args.preset:
+        raise ValueError("--preset, --config and config flags shape the imagination runs; --algos has none")
+    if args.eval_every > args.steps:
+        raise ValueError(f"--eval-every {args.eval_every} exceeds --steps {args.steps}: only the final "
+                         "evaluation would run")
+    out_dir = writable_dir(args.out)
+    earlier = [d for m in methods if m in IMAGINATION for s in args.seeds
+               if find_checkpoint(d := imagination_run_dir(out_dir, m, s)) is not None]
+    if earlier:
+        raise ValueError(f"{out_dir} holds runs of an earlier comparison ({earlier[0]}); use another --out")
+    spec = CompareSpec(args.env, methods, args.seeds, args.steps, args.eval_every, args.eval_episodes, config,
+                       args.preset or "cpu", args.max_episode_steps)
+
+    def job() -> int:
+        points = run_comparison(spec, out_dir, progress=args.progress)
+        for method, s in summary(points).items():
+            print(f"{method:>16}: final real return {s['mean']:.1f} +- {s['std']:.1f} "
+                  f"over {s['seeds']} seeds")
+        print(f"wrote {out_dir / 'compare.csv'}, {out_dir / 'compare.json'}, {out_dir / 'compare.png'}")
+        return 0
+
+    return job
+
+
+# ---- demo -------------------------------------------------------------------------------------------
+def prepare_demo(args: argparse.Namespace) -> Job:
+    config = DemoConfig(**{**asdict(DemoConfig()), **given_flags(args)})
+    check_task(config.env_id, imagined=True)
+
+    def job() -> int:
+        run_demo(config, progress=args.progress)
+        return 0
+
+    return job
+
+
+# ---- parser -----------------------------------------------------------------------------------------
+def common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
+                        help="torch CPU threads; more only help on an idle machine with many cores "
+                             f"[default {DEFAULT_THREADS}]")
+    parent.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show progress bars [default on]")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagined-env", description=DESCRIPTION)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,compare,demo}")
+    parent = common_options()
+    add_train_parser(sub, parent)
+    add_evaluate_parser(sub, parent)
+    add_compare_parser(sub, parent)
+    add_demo_parser(sub, parent)
+    return parser
+
+
+def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("train", parents=[parent],
+                       help="train a learner in imagination (the coordinator loop)",
+                       description="Real data -> world model -> PPO/A2C in imagination -> real data, for a "
+                                   "budget of real environment steps. Precedence: preset < --config < flags.")
+    p.add_argument("--steps", type=positive_int, metavar="N",
+                   help="real-step budget in all, prefill included (required for a new run; with --resume "
+                        "[default: the run's own budget])")
+    p.add_argument("--run-dir", type=Path, help="run folder [default runs/<task>_<algo>_seed<seed>_<time>]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--verbose", type=int, default=1, help="1: print a table at each evaluation; 0: quiet")
+    add_config_options(p)
+    p.set_defaults(prepare=prepare_train)
+
+
+def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("evaluate", parents=[parent],
+                       help="real-task return of a run folder or a learner .zip",
+                       description="Mean and std of the real-task return over deterministic episodes; a "
+                                   "VecNormalize'd learner is evaluated with its frozen statistics.")
+    p.add_argument("target", help="a run folder (uses its last checkpoint) or a learner .zip")
+    p.add_argument("--vecnormalize", metavar="STATS.pkl", help="VecNormalize statistics saved with the .zip")
+    p.add_argument("--env", help="task id (required with a .zip; checked against a run folder's)")
+    p.add_argument("--algo", choices=("ppo", "a2c"), default="ppo",
+                   help="algorithm of the .zip [default ppo]")
+    p.add_argument("--episodes", type=positive_int, default=10, help="deterministic episodes [default 10]")
+    p.add_argument("--max-episode-steps", type=positive_int, help="episode time limit [default: the task's]")
+    p.add_argument("--seed", type=int, default=0, help="seed of the evaluation episodes [default 0]")
+    p.set_defaults(prepare=prepare_evaluate)
+
+
+def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("compare", parents=[parent],
+                       help="model-free (RL Zoo tuned) vs imagination, same budget",
+                       description="Runs each method for the same real-step budget and seeds, one after "
+                                   "another, evaluating every --eval-every real steps; writes compare.csv, "
+                                   "compare.json and compare.png. Model-free PPO uses the RL Baselines3 "
+                                   "Zoo's tuned settings for the task, A2C SB3's defaults, both with "
+                                   "VecNormalize (as the Zoo). The config options below shape the "
+                                   "imagination runs.")
+    p.add_argument("--env", default="HalfCheetah-v4", help="task id [default HalfCheetah-v4]")
+    p.add_argument("--algos", default="ppo,imagination-ppo",
+                   help="comma-separated methods: ppo, a2c (model-free), imagination-ppo, imagination-a2c "
+                        "[default ppo,imagination-ppo]")
+    p.add_argument("--steps", type=positive_int, required=True, metavar="N",
+                   help="real-step budget of every run")
+    p.add_argument("--seeds", type=int_list, default=(0, 1, 2), help="comma-separated seeds [default 0,1,2]")
+    p.add_argument("--eval-every", type=positive_int, default=5000, metavar="N",
+                   help="real steps between evaluations [default 5000]")
+    p.add_argument("--eval-episodes", type=positive_int, default=5, metavar="N",
+                   help="deterministic episodes per evaluation [default 5]")
+    p.add_argument("--max-episode-steps", type=positive_int, metavar="N",
+                   help="time limit of evaluation episodes, both sides [default: the task's]")
+    p.add_argument("--out", type=Path, default=Path("compare_out"),
+                   help="output folder [default compare_out]")
+    add_config_options(p, exclude=COMPARE_OWNED)
+    p.set_defaults(prepare=prepare_compare)
+
+
+def add_demo_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("demo", parents=[parent],
+                       help="PPO in imagination on the pretrained HalfCheetah model",
+                       description="Loads the pretrained HalfCheetah-v4 world model, trains PPO purely in "
+                                   "imagination, and prints the real-task return before and after.")
+    defaults = {"default": leaf_values(DemoConfig, asdict(DemoConfig()))}
+    add_config_flags(p, DemoConfig, defaults, aliases=CONFIG_ALIASES)
+    p.set_defaults(prepare=prepare_demo)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        job = args.prepare(args)
+    except ValueError as err:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
+    return job()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

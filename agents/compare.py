@@ -1,0 +1,280 @@
+"""Model-free vs imagination on one task: same real-step budget, same seeds, same evaluation.
+
+Runs are sequential (one heavy process at a time). Every method is evaluated on the real task with the
+deterministic policy every `eval_every` real steps; model-free learners under VecNormalize are evaluated
+with a frozen copy of the training statistics. Results go to `compare.csv`, `compare.json` and
+`compare.png`, rewritten after every run so an interrupted comparison keeps what it finished.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import textwrap
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.vec_env import VecNormalize
+
+from agents.coordinator import Coordinator, CoordinatorConfig
+from agents.evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
+from agents.zoo import BaselineSettings, zoo_settings
+from imagined_env.utils import atomic_path
+
+IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c"}
+METHODS = (*LEARNERS, *IMAGINATION)
+EVAL_SEED_OFFSET = 10_000
+"""Evaluation episodes are seeded apart from training so they never replay a training reset."""
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """Real-task return of one method/seed after `real_steps` real environment steps."""
+
+    method: str
+    seed: int
+    real_steps: int
+    mean_return: float
+    std_return: float
+
+
+@dataclass(frozen=True)
+class CompareSpec:
+    """What to compare: every method x seed gets `budget` real steps and the same evaluation."""
+
+    env_id: str
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    budget: int
+    eval_every: int
+    eval_episodes: int
+    imagination: CoordinatorConfig | None
+    """Base config of the imagination runs (None when only model-free methods run); env, algo, seed and
+    evaluation are set per run."""
+    preset: str = "cpu"
+    """Name of the preset `imagination` started from, for the record."""
+    max_episode_steps: int | None = None
+    """Time limit of evaluation episodes on both sides (None: the task's own)."""
+
+
+# ---- evaluation during model-free learning ---------------------------------------------------------
+class RealEvalCallback(BaseCallback):
+    """Evaluates at 0 real steps, every `eval_every` steps and at `budget`, and stops at `budget`
+    exactly (SB3 would otherwise finish its current rollout)."""
+
+    def __init__(self, method: str, spec: CompareSpec, seed: int):
+        super().__init__()
+        self.method, self.spec, self.seed = method, spec, seed
+        self.points: list[EvalPoint] = []
+
+    def _on_training_start(self) -> None:
+        self._evaluate()
+
+    def _on_step(self) -> bool:
+        steps, spec = self.num_timesteps, self.spec
+        if steps % spec.eval_every == 0 or steps == spec.budget:
+            self._evaluate()
+        return steps < spec.budget
+
+    def _evaluate(self) -> None:
+        spec = self.spec
+        mean, std = evaluate_real(self.model, spec.env_id, spec.eval_episodes, self.seed + EVAL_SEED_OFFSET,
+                                  self.training_env, spec.max_episode_steps)
+        self.points.append(EvalPoint(self.method, self.seed, self.num_timesteps, mean, std))
+
+
+# ---- runners --------------------------------------------------------------------------------------
+def make_model_free(settings: BaselineSettings, env_id: str, seed: int, device: str = "cpu") -> BaseAlgorithm:
+    """The Zoo's learner: its kwargs on one VecNormalize'd env (reward discount = the learner's gamma)."""
+    venv = VecNormalize(real_env(env_id, seed), norm_obs=settings.norm_obs, norm_reward=settings.norm_reward,
+                        gamma=settings.gamma)
+    return LEARNERS[settings.algo]("MlpPolicy", venv, seed=seed, device=device, verbose=0, **settings.kwargs)
+
+
+def run_model_free(method: str, spec: CompareSpec, seed: int, progress: bool = True) -> list[EvalPoint]:
+    """Train the Zoo-tuned model-free learner for exactly `spec.budget` real steps."""
+    model = make_model_free(zoo_settings(method, spec.env_id), spec.env_id, seed)
+    evaluations = RealEvalCallback(method, spec, seed)
+    bar = TqdmProgress(spec.budget, f"{method} seed {seed}", "real step", progress)
+    model.learn(total_timesteps=spec.budget, callback=CallbackList([bar, evaluations]))
+    model.get_env().close()
+    return evaluations.points
+
+
+def imagination_config(method: str, spec: CompareSpec, seed: int) -> CoordinatorConfig:
+    """The imagination side's config for one run: the base config with this run's task and seed."""
+    if spec.imagination is None:
+        raise ValueError(f"{method} needs CompareSpec.imagination, the base coordinator config")
+    return replace(spec.imagination, env_id=spec.env_id, algo=IMAGINATION[method], seed=seed,
+                   eval_every=spec.eval_every, eval_episodes=spec.eval_episodes,
+                   eval_max_episode_steps=spec.max_episode_steps)
+
+
+def imagination_run_dir(out_dir: Path, method: str, seed: int) -> Path:
+    """Each imagination run keeps its full run folder (logs, checkpoint, world model) under `out_dir`."""
+    return out_dir / "runs" / f"{method}_seed{seed}"
+
+
+def run_imagination(method: str, spec: CompareSpec, seed: int, out_dir: Path,
+                    progress: bool = True) -> list[EvalPoint]:
+    """The coordinator (real data -> world model -> learner in imagination) for `spec.budget` real steps."""
+    config = imagination_config(method, spec, seed)
+    coordinator = Coordinator(config, imagination_run_dir(out_dir, method, seed), verbose=0)
+    coordinator.learn(spec.budget, progress_bar=progress)
+    return [EvalPoint(method, seed, int(r["real_steps"]), float(r["mean_return"]), float(r["std_return"]))
+            for r in coordinator.history]
+
+
+def run_comparison(spec: CompareSpec, out_dir: Path, progress: bool = True,
+                   log: Callable[[str], None] = print) -> list[EvalPoint]:
+    """Every method x seed in turn; the tables and the plot are rewritten after each run."""
+    points: list[EvalPoint] = []
+    runs = [(m, s) for m in spec.methods for s in spec.seeds]
+    for i, (method, seed) in enumerate(runs, 1):
+        start = time.perf_counter()
+        if method in IMAGINATION:
+            new = run_imagination(method, spec, seed, out_dir, progress)
+        else:
+            new = run_model_free(method, spec, seed, progress)
+        points.extend(new)
+        write_outputs(points, spec, out_dir)
+        final = new[-1].mean_return if new else float("nan")
+        log(f"[{i}/{len(runs)}] {method} seed {seed}: final return {final:.1f} "
+            f"({time.perf_counter() - start:.0f} s)")
+    return points
+
+
+# ---- settings, tables and plot ----------------------------------------------------------------------
+def describe_imagination(config: CoordinatorConfig, preset: str) -> str:
+    """One line with the settings that shape an imagination run."""
+    wm = config.world_model
+    kwargs = ", ".join(f"{k} {v}" for k, v in sorted(config.learner_kwargs.items()))
+    steps = "full chain" if config.n_sample_steps is None else f"{config.n_sample_steps} sample steps"
+    return (f"{config.algo.upper()} in imagination ({preset} preset): prefill {config.prefill_steps}, "
+            f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
+            f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
+            f"{wm.denoiser.width}x{wm.denoiser.depth}; learner {kwargs}")
+
+
+def method_settings(spec: CompareSpec) -> dict[str, str]:
+    """Method -> the settings it used, as stated in the JSON and under the plot."""
+    out = {}
+    for method in spec.methods:
+        if method in IMAGINATION:
+            out[method] = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
+        else:
+            out[method] = zoo_settings(method, spec.env_id).describe()
+    return out
+
+
+def write_outputs(points: list[EvalPoint], spec: CompareSpec, out_dir: Path) -> None:
+    write_csv(points, out_dir / "compare.csv")
+    write_json(points, spec, out_dir / "compare.json")
+    plot_comparison(points, spec, out_dir / "compare.png")
+
+
+def write_csv(points: list[EvalPoint], path: Path) -> None:
+    """One row per evaluation: method, seed, real_steps, mean_return, std_return."""
+    fields = list(EvalPoint.__dataclass_fields__)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(asdict(p) for p in points)
+
+
+def results_by_method(points: list[EvalPoint]) -> dict[str, dict[str, list[dict[str, float]]]]:
+    """method -> seed (as a JSON key) -> evaluations in step order."""
+    out: dict[str, dict[str, list[dict[str, float]]]] = defaultdict(lambda: defaultdict(list))
+    for p in sorted(points, key=lambda p: (p.method, p.seed, p.real_steps)):
+        out[p.method][str(p.seed)].append({"real_steps": p.real_steps, "mean_return": p.mean_return,
+                                           "std_return": p.std_return})
+    return {m: dict(seeds) for m, seeds in out.items()}
+
+
+def write_json(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
+    """The comparison's setup, each method's settings, and every evaluation."""
+    payload = {
+        "env_id": spec.env_id, "budget": spec.budget, "seeds": list(spec.seeds),
+        "eval_every": spec.eval_every, "eval_episodes": spec.eval_episodes,
+        "max_episode_steps": spec.max_episode_steps, "settings": method_settings(spec),
+        "imagination_config": None if spec.imagination is None else spec.imagination.to_dict(),
+        "results": results_by_method(points),
+    }
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
+
+
+def seed_band(points: list[EvalPoint]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps and the mean, min and max over seeds of one method's returns at each evaluated step."""
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for p in points:
+        by_step[p.real_steps].append(p.mean_return)
+    steps = np.array(sorted(by_step))
+    values = [np.array(by_step[s]) for s in steps]
+    return (steps, np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
+            np.array([v.max() for v in values]))
+
+
+def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
+    """Real-task return vs real steps: mean over seeds, shaded min-max, each method's settings below."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    notes = "\n".join(textwrap.fill(f"{m}: {s}", 140, subsequent_indent="    ")
+                      for m, s in method_settings(spec).items())
+    text_height = 0.13 * (notes.count("\n") + 1) + 0.2
+    fig, (ax, text_ax) = plt.subplots(2, 1, figsize=(11, 5 + text_height),
+                                      gridspec_kw={"height_ratios": [5, text_height]})
+    for method in spec.methods:
+        mine = [p for p in points if p.method == method]
+        if not mine:
+            continue
+        steps, mean, low, high = seed_band(mine)
+        n_seeds = len({p.seed for p in mine})
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({n_seeds} seeds)")
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("real environment steps")
+    ax.set_ylabel(f"real-task return ({spec.eval_episodes} deterministic episodes)")
+    ax.set_title(f"{spec.env_id}: real-task return vs real steps (budget {spec.budget:,} real steps, seeds "
+                 f"{', '.join(map(str, spec.seeds))}; line: mean, band: min-max over seeds)", fontsize=10)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best")
+    text_ax.axis("off")
+    text_ax.text(0, 1, notes, fontsize=7, va="top", ha="left", family="monospace",
+                 transform=text_ax.transAxes)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """"ppo,imagination-ppo" -> ("ppo", "imagination-ppo"); unknown or repeated names are a ValueError."""
+    methods = tuple(m.strip().lower() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if not methods or unknown:
+        raise ValueError(f"unknown method(s) {unknown or text!r}; choose from {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise ValueError(f"repeated method in {text!r}")
+    return methods
+
+
+def summary(points: list[EvalPoint]) -> dict[str, Any]:
+    """method -> mean and std over seeds of the last evaluation, for the console."""
+    out = {}
+    for method in dict.fromkeys(p.method for p in points):
+        last: dict[int, EvalPoint] = {}
+        for p in points:
+            if p.method == method and (p.seed not in last or p.real_steps >= last[p.seed].real_steps):
+                last[p.seed] = p
+        finals = np.array([p.mean_return for p in last.values()])
+        out[method] = {"mean": float(finals.mean()), "std": float(finals.std()), "seeds": len(finals)}
+    return out

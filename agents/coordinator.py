@@ -1,0 +1,574 @@
+"""Training in imagination end to end: real data -> world model -> imagined on-policy updates -> real data.
+
+One `Coordinator` owns one run folder. Its loop (shared/polygrad.md section 5): a uniform-random
+prefill, the normaliser and an initial world-model fit, then repeatedly: `policy_every` real steps
+with the current stochastic policy, world-model gradient steps at the configured ratio, one policy
+update on imagined data (one rollout of `n_imagined_envs` x H guided steps + the learner's train),
+and, on their schedules, a normaliser refit, an evaluation on the real task and a checkpoint.
+
+Run folder: config.json; progress.csv and TensorBoard events (SB3 logger, one row per policy update,
+x-axis = real steps); evaluations.csv (one row per evaluation); world_model.pt (latest, loadable by
+`ImaginedVectorEnv(world_model=...)`); checkpoint/ (learner.zip, world_model.pt, trainer.pt,
+buffer.npz, vec_normalize.pkl when used, state.json), replaced atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import HumanOutputFormat
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from torch import nn
+from tqdm.auto import tqdm
+
+from agents.guidance import sb3_guide
+from agents.plan_following import ImaginationA2C, ImaginationPPO
+from agents.run_files import (
+    check_writable,
+    find_checkpoint,
+    make_logger,
+    new_checkpoint_dir,
+    read_state,
+    rng_states,
+    set_rng_states,
+    swap_in,
+    write_rows,
+    write_state,
+)
+from agents.sb3_vec_env import ImaginedSB3VecEnv
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.collect import RealCollector, buffer_for_env, sb3_sampler
+from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import DenoiserConfig
+from imagined_env.diffusion.guidance import GuidanceConfig, standardised_spread
+from imagined_env.evaluation import OpenLoopError, open_loop_error
+from imagined_env.registration import TASKS, VERSIONS
+from imagined_env.replay import ReplayConfig
+from imagined_env.training import TrainConfig, WorldModelTrainer, spec_from_env
+from imagined_env.utils import atomic_path, resolve_device
+from imagined_env.vector_env import ImaginedVectorEnv
+from imagined_env.world_model import WorldModel, WorldModelConfig
+
+SUPPORTED_TASKS = tuple(f"{task}-{version}" for task in TASKS for version in VERSIONS)
+LEARNERS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": ImaginationPPO, "a2c": ImaginationA2C}
+ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+"""Names allowed for `policy_kwargs["activation_fn"]` in `learner_kwargs` (the config stays JSON)."""
+_RESERVED_KWARGS = ("policy", "env", "seed", "device", "verbose", "tensorboard_log")
+
+MaybeCallback = BaseCallback | list[BaseCallback] | None
+
+
+def _cpu_world_model() -> WorldModelConfig:
+    return WorldModelConfig(horizon=10, denoiser=DenoiserConfig(width=256, depth=3, time_dim=64),
+                            guidance=GuidanceConfig(scale_lr=0.03))
+
+
+def _cpu_learner_kwargs() -> dict[str, Any]:
+    return {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5, "batch_size": 256,
+            "clip_range": 0.2, "ent_coef": 0.0, "max_grad_norm": 0.5,
+            "policy_kwargs": {"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": "relu",
+                              "log_std_init": 0.0, "ortho_init": False}}
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    """Everything that defines a run; JSON round trip via `to_dict`/`from_dict`, never mutated.
+
+    Defaults are the "cpu" preset for HalfCheetah; `preset(name, env_id=...)` adapts a preset to a task.
+    All schedules are counted in real environment steps, prefill included.
+    """
+
+    env_id: str = "HalfCheetah-v4"
+    """Real MuJoCo task (see SUPPORTED_TASKS)."""
+    algo: str = "ppo"
+    """"ppo" (ImaginationPPO) or "a2c" (ImaginationA2C)."""
+    seed: int = 0
+    """Seeds the learner, the real env, the world-model trainer (replaces `train.seed`), the global RNGs."""
+    prefill_steps: int = 5000
+    """Uniform-random real steps before anything is learned (paper 5000)."""
+    initial_world_model_steps: int = 2000
+    """World-model gradient steps right after the prefill, before the first policy update (paper 1000)."""
+    world_model_steps_per_real_step: float = 0.5
+    """World-model gradient steps per real step after the prefill (paper 1.0)."""
+    policy_every: int = 250
+    """Real steps between policy updates (paper 4); also the collection chunk of the loop."""
+    learning_starts: int = 0
+    """Real steps after the prefill, collected with the initial policy, before the first policy update."""
+    n_imagined_envs: int = 512
+    """Imagined trajectories per policy update (paper 1024); one batched world-model call each."""
+    n_sample_steps: int | None = 32
+    """Diffusion passes per imagination: an even strided subset of the T-step chain (None: all T)."""
+    normalize: bool = True
+    """Wrap the imagined env in VecNormalize (observations and rewards, as the RL Zoo's MuJoCo settings);
+    real collection, guidance and evaluation see observations through the same statistics."""
+    normaliser_refit_every: int = 10_000
+    """Real steps between refits of the world model's normaliser; the world-model steps that follow
+    in the same iteration adapt the model to the new statistics before the next imagination."""
+    eval_every: int = 5000
+    """Real steps between evaluations on the real task (paper 10k); one more at the end of `learn`."""
+    eval_episodes: int = 5
+    """Episodes per evaluation, deterministic actions (paper 20)."""
+    eval_max_episode_steps: int | None = None
+    """Time limit of evaluation episodes (None: the task's own, 1000)."""
+    open_loop_states: int = 16
+    """Real start states for the world model's open-loop error at each evaluation (0: skip)."""
+    checkpoint_every: int = 10_000
+    """Real steps between checkpoints; one more at the end of `learn`."""
+    world_model: WorldModelConfig = field(default_factory=_cpu_world_model)
+    """Architecture, schedule, sampler and guidance of the world model."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, batch_size=256))
+    """Optimisation of the world model."""
+    learner_kwargs: dict[str, Any] = field(default_factory=_cpu_learner_kwargs)
+    """Keyword arguments of ImaginationPPO/A2C, over the coordinator's defaults gamma 0.99, gae_lambda 0.9,
+    n_steps = horizon (one rollout = one imagined trajectory per env). JSON only: give
+    `policy_kwargs["activation_fn"]` as a name of ACTIVATIONS; learning-rate schedules are not supported."""
+    device: str = "auto"
+    """Torch device of the world model and the learner."""
+
+    def __post_init__(self) -> None:
+        if self.env_id not in SUPPORTED_TASKS:
+            raise ValueError(f"unknown task {self.env_id!r}; supported: {', '.join(SUPPORTED_TASKS)}")
+        if self.algo not in LEARNERS:
+            raise ValueError(f"unknown algo {self.algo!r}; supported: {', '.join(LEARNERS)}")
+        _check_counts(self)
+        if self.prefill_steps <= self.world_model.horizon:
+            raise ValueError(f"prefill_steps ({self.prefill_steps}) must exceed the world model horizon "
+                             f"({self.world_model.horizon}) so that training windows exist")
+        _check_learner_kwargs(self.learner_kwargs)
+        try:
+            resolve_device(self.device)
+        except RuntimeError as err:
+            raise ValueError(f"device {self.device!r} is not a torch device: {err}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CoordinatorConfig:
+        unknown = set(data) - {f for f in cls.__dataclass_fields__}
+        if unknown:
+            raise ValueError(f"unknown coordinator config fields {sorted(unknown)}")
+        parts = {"world_model": WorldModelConfig.from_dict, "train": lambda d: TrainConfig(**d)}
+        return cls(**{k: parts[k](v) if k in parts else v for k, v in data.items()})
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> CoordinatorConfig:
+        """"cpu": learns on 2 CPU cores in ~50k real steps; "paper": shared/polygrad.md section 5 ratios
+        and the paper's model sizes (a GPU recipe). Hopper gets the paper's schedule tau 0.1 unless
+        `world_model` is overridden. `overrides` replace fields."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")
+        fields = {**_PRESETS[name](), **overrides}
+        if str(fields.get("env_id", "")).startswith("Hopper") and "world_model" not in overrides:
+            wm = fields.get("world_model", _cpu_world_model())
+            fields["world_model"] = replace(wm, schedule=replace(wm.schedule, tau=0.1))
+        return cls(**fields)
+
+
+def _paper_preset() -> dict[str, Any]:
+    """The paper's code runs a one-gradient-step actor-critic per imagined batch (Adam, grad clip 0.1,
+    normalised advantages, entropy 1e-5, initial std 1): SB3's A2C with Adam is the closest learner."""
+    return {"prefill_steps": 5000, "initial_world_model_steps": 1000, "world_model_steps_per_real_step": 1.0,
+            "policy_every": 4, "learning_starts": 0, "n_imagined_envs": 1024, "n_sample_steps": None,
+            "normalize": False, "eval_every": 10_000, "eval_episodes": 20, "checkpoint_every": 50_000,
+            "world_model": WorldModelConfig(), "train": TrainConfig(), "algo": "a2c",
+            "learner_kwargs": {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "ent_coef": 1e-5,
+                               "max_grad_norm": 0.1, "normalize_advantage": True, "use_rms_prop": False}}
+
+
+def _cpu_preset() -> dict[str, Any]:
+    """The field defaults: chosen and timed on 2 CPU cores (see the README of agents)."""
+    return {}
+
+
+_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"cpu": _cpu_preset, "paper": _paper_preset}
+
+
+def _check_counts(config: CoordinatorConfig) -> None:
+    at_least = {"prefill_steps": 1, "initial_world_model_steps": 0, "policy_every": 1, "learning_starts": 0,
+                "n_imagined_envs": 1, "normaliser_refit_every": 1, "eval_every": 1, "eval_episodes": 1,
+                "open_loop_states": 0, "checkpoint_every": 1}
+    for name, low in at_least.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    for name in ("n_sample_steps", "eval_max_episode_steps"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if not config.world_model_steps_per_real_step >= 0:
+        raise ValueError("world_model_steps_per_real_step must be >= 0, got "
+                         f"{config.world_model_steps_per_real_step}")
+
+
+def _check_learner_kwargs(kwargs: dict[str, Any]) -> None:
+    reserved = sorted(set(kwargs) & set(_RESERVED_KWARGS))
+    if reserved:
+        raise ValueError(f"learner_kwargs may not set {reserved}: the coordinator sets them (seed, device "
+                         "are config fields)")
+    try:
+        json.dumps(kwargs)
+    except TypeError as err:
+        raise ValueError(f"learner_kwargs must be JSON-serialisable ({err}); give activation_fn by name, "
+                         f"one of {sorted(ACTIVATIONS)}") from None
+    activation = kwargs.get("policy_kwargs", {}).get("activation_fn")
+    if activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation_fn {activation!r}; choose one of {sorted(ACTIVATIONS)}")
+
+
+class Coordinator:
+    """Runs `CoordinatorConfig` in `run_dir`: `learn(budget)`, `resume(run_dir)`, `evaluate()`.
+
+    Before `learn` has prefilled, `world_model`, `trainer` and `learner` are None. Every input error
+    (task, run_dir, budget, a foreign checkpoint) raises ValueError before anything is trained.
+    """
+
+    def __init__(self, config: CoordinatorConfig, run_dir: str | os.PathLike, *, verbose: int = 1):
+        check_writable(Path(run_dir))
+        existing = find_checkpoint(run_dir)
+        if existing is not None:
+            raise ValueError(_existing_checkpoint_message(Path(run_dir), read_state(existing), config.env_id))
+        self._open(config, Path(run_dir), verbose, keep_progress_until=None)
+        set_random_seed(config.seed)
+        self.buffer = buffer_for_env(self._real_env, config.env_id)
+        self.collector = RealCollector(self._real_env, self.buffer, seed=config.seed)
+
+    @classmethod
+    def resume(cls, run_dir: str | os.PathLike, *, env_id: str | None = None,
+               verbose: int = 1) -> Coordinator:
+        """Continue the run of the last checkpoint in `run_dir`; `env_id`, when given, must be its task.
+
+        The real episode in progress at the checkpoint is not restored: collection restarts with a reset.
+        """
+        check_writable(Path(run_dir))
+        checkpoint = find_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ValueError(f"no checkpoint in {run_dir}; start a run with Coordinator(config, run_dir)")
+        state = read_state(checkpoint)
+        config = CoordinatorConfig.from_dict(state["config"])
+        if env_id is not None and env_id != config.env_id:
+            raise ValueError(f"the checkpoint in {run_dir} is of task {config.env_id!r}, not {env_id!r}")
+        coordinator = cls.__new__(cls)
+        coordinator._open(config, Path(run_dir), verbose, keep_progress_until=state["real_steps"])
+        coordinator._restore(checkpoint, state)
+        return coordinator
+
+    # ---- public ------------------------------------------------------------------------
+    def learn(self, total_real_steps: int | None = None, callback: MaybeCallback = None,
+              progress_bar: bool = True) -> Coordinator:
+        """Train until `total_real_steps` real steps in all (None: the budget of the resumed run).
+
+        `callback`: SB3 callbacks, bound to the learner; `on_step` runs once per loop iteration (every
+        `policy_every` real steps, after that iteration's policy update) and returning False stops the
+        run early (it is checkpointed). Their `locals["coordinator"]` is this object.
+        """
+        self.budget = self._checked_budget(total_real_steps)
+        self._progress = progress_bar
+        with tqdm(total=self.budget, initial=self.real_steps, unit="step", disable=not progress_bar,
+                  desc=f"{self.config.env_id} real steps") as bar:
+            if self.learner is None:
+                self._start()
+                bar.update(self.real_steps)
+            hooks = self._init_callback(callback)
+            while self.real_steps < self.budget:
+                n = min(self.config.policy_every, self.budget - self.real_steps)
+                self._iteration(n)
+                bar.update(n)
+                if not hooks.on_step():
+                    break
+            hooks.on_training_end()
+        self._finish()
+        return self
+
+    def evaluate(self, n_episodes: int | None = None) -> tuple[float, float]:
+        """Mean and std of the return over `n_episodes` (default `eval_episodes`) real episodes, with
+        deterministic actions and the current (frozen) VecNormalize statistics."""
+        if self.learner is None:
+            raise RuntimeError("nothing to evaluate yet: learn() builds the learner after the prefill")
+        if self._vec_normalize is not None:
+            self._eval_env.obs_rms = self._vec_normalize.obs_rms
+        self._eval_env.seed(self.config.seed + self.real_steps)
+        mean, std = evaluate_policy(self.learner, self._eval_env, n_eval_episodes=n_episodes or
+                                    self.config.eval_episodes, deterministic=True)
+        return float(mean), float(std)
+
+    def save_checkpoint(self) -> Path:
+        """Write everything needed to resume into run_dir/checkpoint, atomically; returns its path."""
+        self.collector.flush()
+        tmp = new_checkpoint_dir(self.run_dir)
+        self._write_checkpoint(tmp)
+        target = swap_in(tmp, self.run_dir)
+        self.world_model.save(self.run_dir / "world_model.pt")
+        self._checkpoint_steps = self.real_steps
+        return target
+
+    # ---- setup -------------------------------------------------------------------------
+    def _open(self, config: CoordinatorConfig, run_dir: Path, verbose: int,
+              keep_progress_until: int | None) -> None:
+        """State shared by a fresh and a resumed run: envs, logger, counters."""
+        self.config, self.run_dir, self.verbose = config, run_dir, verbose
+        with atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(config.to_dict(), indent=2))
+        self._real_env = gym.make(config.env_id)
+        self._sim = gym.make(config.env_id)  # open-loop replays overwrite its state
+        self._eval_env = _eval_env(config)
+        self.spec = spec_from_env(self._real_env, config.env_id)
+        self.logger = make_logger(run_dir, keep_progress_until)
+        self._stdout = HumanOutputFormat(sys.stdout) if verbose > 0 else None
+        self.real_steps, self.policy_updates, self.budget = 0, 0, None
+        self.history: list[dict[str, float]] = []
+        self.world_model: WorldModel | None = None
+        self.trainer: WorldModelTrainer | None = None
+        self.learner: OnPolicyAlgorithm | None = None
+        self._vec_normalize: VecNormalize | None = None
+        self._probe = _SpreadProbe(config.world_model.guidance.std_floor)
+        self._losses: list[float] = []
+        self._real_returns: list[float] = []
+        self._elapsed_before, self._opened_at = 0.0, time.monotonic()
+        self._checkpoint_steps, self._progress = -1, True
+
+    def _start(self) -> None:
+        """Uniform-random prefill, normaliser fit, initial world-model training, then the learner."""
+        cfg = self.config
+        self._collect(cfg.prefill_steps, policy=None)
+        self.collector.flush()  # the random segment ends where the policy takes over
+        low, high = np.array(self.spec.action_low), np.array(self.spec.action_high)
+        normaliser = Normaliser.fit(self.buffer, low, high)
+        self.world_model = WorldModel(self.spec, cfg.world_model, normaliser, cfg.device)
+        self.trainer = WorldModelTrainer(self.world_model, replace(cfg.train, seed=cfg.seed))
+        self._losses += self.trainer.train(self.buffer, cfg.initial_world_model_steps,
+                                           progress=self._progress)
+        self._build_learner(checkpoint=None)
+
+    def _build_learner(self, checkpoint: Path | None) -> None:
+        """The imagined env is built once around `world_model`, so refits and training are seen by it."""
+        cfg = self.config
+        self._imagined = ImaginedVectorEnv(self.world_model, cfg.n_imagined_envs, env_id=cfg.env_id,
+                                           start_states=self.buffer.transitions().obs,
+                                           replay=ReplayConfig(n_sample_steps=cfg.n_sample_steps))
+        venv: VecEnv = ImaginedSB3VecEnv(self._imagined)
+        kwargs = _learner_kwargs(cfg)
+        if cfg.normalize:
+            venv = (VecNormalize(venv, gamma=kwargs.get("gamma", 0.99)) if checkpoint is None
+                    else VecNormalize.load(str(checkpoint / "vec_normalize.pkl"), venv))
+            self._vec_normalize = venv
+        algo = LEARNERS[cfg.algo]
+        if checkpoint is None:
+            self.learner = algo("MlpPolicy", venv, seed=cfg.seed, device=cfg.device, verbose=0, **kwargs)
+        else:
+            self.learner = algo.load(checkpoint / "learner.zip", env=venv, device=cfg.device)
+            self.learner._last_obs = None  # a new imagined env: SB3 resets it at the next update
+        self.learner.set_logger(self.logger)
+        normalize_obs = None if self._vec_normalize is None else self._vec_normalize.normalize_obs
+        self._sampler = sb3_sampler(self.learner, normalize_obs)
+
+    def _restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
+        cfg = self.config
+        self.buffer = EpisodeBuffer.load(checkpoint / "buffer.npz")
+        if self.buffer.env_id != cfg.env_id or self.buffer.n_transitions != state["real_steps"]:
+            raise ValueError(f"checkpoint {checkpoint} is inconsistent: its buffer holds "
+                             f"{self.buffer.n_transitions} steps of {self.buffer.env_id!r}, the run "
+                             f"{state['real_steps']} of {cfg.env_id!r}")
+        self.real_steps, self.policy_updates = state["real_steps"], state["policy_updates"]
+        self.budget, self.history = state["budget"], state["history"]
+        self._elapsed_before = state["elapsed_s"]
+        self.world_model = WorldModel.load(checkpoint / "world_model.pt", device=cfg.device,
+                                           env_id=cfg.env_id)
+        self.trainer = WorldModelTrainer(self.world_model, replace(cfg.train, seed=cfg.seed))
+        saved = torch.load(checkpoint / "trainer.pt", map_location="cpu", weights_only=False)
+        self.trainer.load_state_dict(saved["trainer"])
+        self._build_learner(checkpoint)
+        self.collector = RealCollector(self._real_env, self.buffer, seed=cfg.seed + self.real_steps)
+        set_rng_states(saved["rng"])
+        self._checkpoint_steps = self.real_steps
+
+    def _checked_budget(self, total: int | None) -> int:
+        if total is None:
+            if self.budget is None:
+                raise ValueError("give total_real_steps: this run has no budget yet")
+            return self.budget
+        if not isinstance(total, (int, np.integer)) or total < self.config.prefill_steps:
+            raise ValueError(f"total_real_steps ({total}) must be an integer >= prefill_steps "
+                             f"({self.config.prefill_steps})")
+        if total < self.real_steps:
+            raise ValueError(f"total_real_steps ({total}) is below the {self.real_steps} real steps "
+                             "already taken")
+        return int(total)
+
+    def _init_callback(self, callback: MaybeCallback) -> BaseCallback:
+        callbacks = callback if isinstance(callback, list) else [] if callback is None else [callback]
+        hooks = CallbackList(callbacks)
+        hooks.init_callback(self.learner)
+        hooks.on_training_start({"coordinator": self}, {})
+        return hooks
+
+    # ---- the loop ----------------------------------------------------------------------
+    def _iteration(self, n: int) -> None:
+        """Collect n real steps, train the world model to its ratio, one policy update, then schedules."""
+        cfg, before = self.config, self.real_steps
+        self._collect(n, self._sampler)
+        if _crossed(before, self.real_steps, cfg.normaliser_refit_every):
+            self.trainer.refit_normaliser(self.buffer)
+        self._train_world_model()
+        if self.real_steps >= cfg.prefill_steps + cfg.learning_starts:
+            self._policy_update()
+        evaluated = _crossed(before, self.real_steps, cfg.eval_every) or self.real_steps == self.budget
+        if evaluated:
+            self._evaluate_and_record()
+        self._dump(show=evaluated)
+        if _crossed(before, self.real_steps, cfg.checkpoint_every) or self.real_steps == self.budget:
+            self.save_checkpoint()
+
+    def _finish(self) -> None:
+        """The last evaluation and checkpoint, unless this step already has them."""
+        if not self.history or self.history[-1]["real_steps"] != self.real_steps:
+            self._evaluate_and_record()
+            self._dump(show=True)
+        if self._checkpoint_steps != self.real_steps:
+            self.save_checkpoint()
+
+    def _collect(self, n: int, policy: Callable[[np.ndarray], np.ndarray] | None) -> None:
+        self._real_returns += self.collector.collect(n, policy)
+        self.real_steps += n
+
+    def _train_world_model(self) -> None:
+        cfg = self.config
+        due = cfg.initial_world_model_steps + int(cfg.world_model_steps_per_real_step *
+                                                  (self.real_steps - cfg.prefill_steps))
+        self._losses += self.trainer.train(self.buffer, max(due - self.trainer.steps, 0))
+
+    def _policy_update(self) -> None:
+        """One rollout of n_imagined_envs x n_steps guided imagined steps from real start states + train."""
+        self._imagined.set_start_states(self.buffer.transitions().obs)
+        learner = self.learner
+        learner.learn(learner.n_steps * learner.n_envs, callback=self._probe, log_interval=None,
+                      reset_num_timesteps=False)
+        self.policy_updates += 1
+
+    def _evaluate_and_record(self) -> None:
+        mean, std = self.evaluate()
+        row = {"real_steps": self.real_steps, "mean_return": mean, "std_return": std,
+               "policy_updates": self.policy_updates, "world_model_steps": self.trainer.steps,
+               "guidance_scale": self.world_model.guidance_scale, "elapsed_s": self._elapsed()}
+        self.logger.record("eval/mean_reward", mean)
+        self.logger.record("eval/std_reward", std)
+        if self.config.open_loop_states:
+            error = self._open_loop_error()
+            row["open_loop_mse"] = float(np.nanmean(error.obs_mse))
+            row["open_loop_reward_mse"] = float(np.nanmean(error.reward_mse))
+            self.logger.record("world_model/open_loop_mse", row["open_loop_mse"])
+            self.logger.record("world_model/open_loop_reward_mse", row["open_loop_reward_mse"])
+        self.history.append(row)
+        write_rows(self.run_dir / "evaluations.csv", self.history)
+
+    def _open_loop_error(self) -> OpenLoopError:
+        """Open-loop error of policy-guided imaginations from real buffer states (a fixed draw per
+        real-step count, so a resumed run measures the same states)."""
+        rng = np.random.default_rng([self.config.seed, self.real_steps])
+        _, qpos, qvel = self.buffer.start_states(rng, self.config.open_loop_states)
+        generator = torch.Generator(device=self.world_model.device).manual_seed(int(rng.integers(2 ** 62)))
+        return open_loop_error(self._sim, self.world_model, qpos, qvel,
+                               policy=sb3_guide(self.learner.policy, self._vec_normalize),
+                               n_sample_steps=self.config.n_sample_steps, generator=generator)
+
+    def _dump(self, show: bool) -> None:
+        """One progress row at the current real step; `show` also prints it (after evaluations)."""
+        record = self.logger.record
+        record("time/real_steps", self.real_steps)
+        record("time/world_model_steps", self.trainer.steps)
+        record("time/policy_updates", self.policy_updates)
+        record("time/elapsed_s", self._elapsed())
+        record("guidance/scale", self.world_model.guidance_scale)
+        if math.isfinite(self._probe.spread):
+            record("guidance/spread", self._probe.spread)
+        if self._losses:
+            record("world_model/loss", float(np.mean(self._losses)))
+        if self._real_returns:
+            record("rollout/real_ep_rew_mean", float(np.mean(self._real_returns)))
+        if show and self._stdout is not None:
+            self._stdout.write(self.logger.name_to_value, self.logger.name_to_excluded, self.real_steps)
+        self.logger.dump(step=self.real_steps)
+        self._losses, self._real_returns = [], []
+
+    # ---- checkpoints -------------------------------------------------------------------
+    def _write_checkpoint(self, directory: Path) -> None:
+        """All files of a checkpoint; state.json last."""
+        self.learner.save(directory / "learner.zip", exclude=["imagined"])
+        if self._vec_normalize is not None:
+            self._vec_normalize.save(str(directory / "vec_normalize.pkl"))
+        self.world_model.save(directory / "world_model.pt")
+        torch.save({"trainer": self.trainer.state_dict(), "rng": rng_states()}, directory / "trainer.pt")
+        self.buffer.save(directory / "buffer.npz")
+        write_state(directory, {
+            "env_id": self.config.env_id, "config": self.config.to_dict(), "budget": self.budget,
+            "real_steps": self.real_steps, "policy_updates": self.policy_updates,
+            "world_model_steps": self.trainer.steps, "guidance_scale": self.world_model.guidance_scale,
+            "elapsed_s": self._elapsed(), "history": self.history})
+
+    def _elapsed(self) -> float:
+        return self._elapsed_before + time.monotonic() - self._opened_at
+
+
+class _SpreadProbe(BaseCallback):
+    """Std of the standardised imagined actions under the policy that collected them (1 = on-policy
+    spread, the target of guidance tuning); read at rollout end, before the update changes the policy."""
+
+    def __init__(self, std_floor: float):
+        super().__init__()
+        self.std_floor, self.spread = std_floor, float("nan")
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer, policy = self.model.rollout_buffer, self.model.policy
+        obs = torch.as_tensor(buffer.observations.reshape(-1, *buffer.obs_shape), device=policy.device)
+        actions = torch.as_tensor(buffer.actions.reshape(-1, buffer.action_dim), device=policy.device)
+        with torch.no_grad():
+            dist = policy.get_distribution(obs).distribution
+        self.spread = standardised_spread(actions, dist.mean, dist.stddev.clamp(min=self.std_floor))
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def _existing_checkpoint_message(run_dir: Path, state: dict[str, Any], env_id: str) -> str:
+    if state["env_id"] != env_id:
+        return (f"run_dir {run_dir} holds a checkpoint of another task ({state['env_id']!r}, not "
+                f"{env_id!r}); choose another run_dir")
+    return (f"run_dir {run_dir} already holds a checkpoint at {state['real_steps']} real steps; continue it "
+            "with Coordinator.resume(run_dir) or choose an empty run_dir")
+
+
+def _eval_env(config: CoordinatorConfig) -> VecEnv:
+    """The real task for evaluation; with VecNormalize frozen (statistics copied in at each evaluation)."""
+    env: VecEnv = DummyVecEnv([lambda: Monitor(gym.make(config.env_id,
+                                                          max_episode_steps=config.eval_max_episode_steps))])
+    return VecNormalize(env, training=False, norm_reward=False) if config.normalize else env
+
+
+def _learner_kwargs(config: CoordinatorConfig) -> dict[str, Any]:
+    defaults = {"gamma": 0.99, "gae_lambda": 0.9, "n_steps": config.world_model.horizon}
+    kwargs = {**defaults, **config.learner_kwargs}
+    policy_kwargs = dict(kwargs.get("policy_kwargs", {}))
+    if "activation_fn" in policy_kwargs:
+        policy_kwargs["activation_fn"] = ACTIVATIONS[policy_kwargs["activation_fn"]]
+    return {**kwargs, "policy_kwargs": policy_kwargs}
+
+
+def _crossed(before: int, after: int, every: int) -> bool:
+    """True when a multiple of `every` lies in (before, after]."""
+    return after // every > before // every

@@ -1,0 +1,132 @@
+"""`imagined-env demo`: the package's main job on embedded defaults, in a few minutes on a laptop CPU.
+
+Loads the pretrained HalfCheetah-v4 world model (or, when none ships, fits a tiny one on a few
+thousand random real steps), trains SB3 PPO purely in imagination, and reports the real-task return
+of the deterministic policy before and after.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import gymnasium as gym
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+
+from agents.env_factory import make_imagined_vec_env
+from agents.evaluation import TqdmProgress, evaluate_real
+from agents.plan_following import ImaginationPPO
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.collect import buffer_for_env, collect_episodes
+from imagined_env.diffusion.denoiser import DenoiserConfig
+from imagined_env.diffusion.sampler import SamplerConfig
+from imagined_env.pretrained import pretrained_paths
+from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
+from imagined_env.world_model import WorldModel, WorldModelConfig
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Embedded defaults of the demo: about a minute on 2 CPU cores, never much over `time_limit_s`."""
+
+    env_id: str = "HalfCheetah-v4"
+    """Real task; a pretrained world model ships for HalfCheetah-v4."""
+    imagined_steps: int = 100_000
+    """Imagined transitions PPO learns from (the time limit may stop it earlier)."""
+    time_limit_s: float = 180.0
+    """Wall-clock cap of the PPO phase, so the demo stays short on a slow or busy machine."""
+    n_envs: int = 128
+    """Imagined trajectories per rollout, generated in one batched call."""
+    eval_episodes: int = 3
+    """Deterministic real episodes before and after training."""
+    seed: int = 0
+    """Seeds the learner, the imagined env and the fallback data; evaluation uses seed + 10000."""
+    fallback_real_steps: int = 4_000
+    """Uniform-random real steps for the tiny fallback model (only when no pretrained model ships)."""
+    fallback_train_steps: int = 300
+    """Gradient steps of the tiny fallback model."""
+
+    def __post_init__(self) -> None:
+        positive = {k: getattr(self, k) for k in ("imagined_steps", "time_limit_s", "n_envs", "eval_episodes",
+                                                   "fallback_real_steps", "fallback_train_steps")}
+        bad = {k: v for k, v in positive.items() if v <= 0}
+        if bad:
+            raise ValueError(f"demo settings must be > 0: {bad}")
+
+
+PPO_KWARGS: dict[str, Any] = {"batch_size": 256, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.99,
+                              "gae_lambda": 0.9, "policy_kwargs": {"log_std_init": -0.5}}
+"""Imagination PPO: one rollout = one imagined trajectory of H steps per env (n_steps = H); gamma and
+GAE lambda as PolyGRAD."""
+
+
+class TimeLimit(BaseCallback):
+    """Stops `learn` after `seconds` of wall-clock time."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds = seconds
+        self.deadline = 0.0
+        self.hit = False
+
+    def _on_training_start(self) -> None:
+        self.deadline = time.monotonic() + self.seconds
+
+    def _on_step(self) -> bool:
+        self.hit = time.monotonic() > self.deadline
+        return not self.hit
+
+
+def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
+                           progress: bool) -> tuple[WorldModel, EpisodeBuffer | Path]:
+    """The shipped model and start states, else a tiny model fitted now (with a clear warning)."""
+    try:
+        model_path, starts_path = pretrained_paths(config.env_id)
+    except ValueError as err:
+        log(f"NOTE: {err}\n      Falling back to a tiny world model fitted on {config.fallback_real_steps} "
+            "uniform-random real steps: expect little or no improvement; the demo only shows the mechanics.")
+        return fit_fallback(config, progress)
+    log(f"world model: {model_path}")
+    provenance = model_path.with_name("COMMAND.txt")
+    if provenance.is_file():
+        log("  " + provenance.read_text().strip().replace("\n", "\n  "))
+    return WorldModel.load(model_path, device="cpu", env_id=config.env_id), starts_path
+
+
+def fit_fallback(config: DemoConfig, progress: bool) -> tuple[WorldModel, EpisodeBuffer]:
+    """A small model (width 256, 2 blocks, 8-step chain) on uniform-random real data."""
+    env = gym.make(config.env_id)
+    buffer = buffer_for_env(env, config.env_id)
+    collect_episodes(env, buffer, config.fallback_real_steps, seed=config.seed)
+    wm_config = WorldModelConfig(horizon=10, denoiser=DenoiserConfig(width=256, depth=2),
+                                 sampler=SamplerConfig(n_sample_steps=8))
+    spec, train = spec_from_env(env, config.env_id), TrainConfig(lr=1e-3, seed=config.seed)
+    model, _ = fit_world_model(buffer, spec, config.fallback_train_steps, wm_config, train, device="cpu",
+                               progress=progress)
+    env.close()
+    return model, buffer
+
+
+def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = print,
+             progress: bool = True) -> dict[str, float]:
+    """Before/after real-task returns (mean, std over deterministic episodes) and the imagined steps used."""
+    start = time.perf_counter()
+    model, starts = world_model_and_starts(config, log, progress)
+    env = make_imagined_vec_env(config.env_id, config.n_envs, world_model=model, start_states=starts)
+    learner = ImaginationPPO("MlpPolicy", env, n_steps=model.horizon, seed=config.seed, device="cpu",
+                             **PPO_KWARGS)
+    episodes, eval_seed = config.eval_episodes, config.seed + 10_000
+    before = evaluate_real(learner, config.env_id, episodes, eval_seed)
+    log(f"real return before: {before[0]:8.1f} +- {before[1]:.1f} ({episodes} deterministic episodes)")
+    limit = TimeLimit(config.time_limit_s)
+    bar = TqdmProgress(config.imagined_steps, "PPO in imagination", "imagined step", progress)
+    learner.learn(config.imagined_steps, callback=CallbackList([bar, limit]))
+    if limit.hit:
+        log(f"(stopped at the {config.time_limit_s:.0f} s time limit)")
+    after = evaluate_real(learner, config.env_id, episodes, eval_seed)
+    log(f"real return after:  {after[0]:8.1f} +- {after[1]:.1f} after {learner.num_timesteps:,} imagined "
+        f"steps and 0 new real steps ({time.perf_counter() - start:.0f} s in all)")
+    env.close()
+    return {"before_mean": before[0], "before_std": before[1], "after_mean": after[0],
+            "after_std": after[1], "imagined_steps": float(learner.num_timesteps)}

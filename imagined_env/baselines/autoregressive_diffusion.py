@@ -1,0 +1,145 @@
+"""Autoregressive diffusion: the PolyGRAD denoiser family modelling one transition at a time.
+
+p(s_{t+1}, r_t, d_t | s_t, a_t) is a one-row diffusion over x = [normalised delta-state, r, d]
+[B, 1, obs+2]. The denoiser's conditioning channels carry (normalised s_t, normalised clipped a_t)
+unscaled: unlike PolyGRAD's actions they are exact and never noised, so nothing is gained by fading
+them with sqrt(alpha_bar_t). Generating H steps runs H reverse chains (H x T network calls), with
+a_t sampled from the policy at the model's own s_t: the cost PolyGRAD's single chain avoids.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from imagined_env.baselines.common import (
+    DeltaCodec,
+    TransitionTensors,
+    action_bounds,
+    autoregressive_rollout,
+    checked_start,
+    transition_tensors,
+)
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
+from imagined_env.diffusion.guidance import GaussianPolicyFn
+from imagined_env.diffusion.sampler import SamplerConfig
+from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig, strided_timesteps
+from imagined_env.training import TrainConfig
+from imagined_env.utils import resolve_device
+from imagined_env.world_model import EnvSpec, Imagination
+
+
+@dataclass(frozen=True)
+class ARDiffusionConfig:
+    """Same parts and defaults as `WorldModelConfig`, minus the horizon and guidance."""
+
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    """Chain length per step (None: the full T steps) and the late-chain step clip."""
+    ema_decay: float = 0.99
+    """Decay of the EMA copy used for generation."""
+    terminal_threshold: float = 0.5
+    """A generated terminal channel above this (environment units) is a termination."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+
+
+POLYGRAD_TRAIN = TrainConfig()
+"""The world model's optimiser settings (Adam 3e-4, batch 256, clip 1), so both diffusions train alike."""
+
+
+class ARDiffusion:
+    """Trained with `loss` + `update_ema`; generates with the EMA weights through `step` / `rollout`."""
+
+    def __init__(self, spec: EnvSpec, config: ARDiffusionConfig, codec: DeltaCodec,
+                 device: str | torch.device = "auto"):
+        self.spec, self.config, self.codec = spec, config, codec
+        self.device = resolve_device(device)
+        obs_dim, act_dim = spec.obs_dim, spec.act_dim
+        self.denoiser = build_denoiser(1, obs_dim + 2, obs_dim + act_dim, config.denoiser).to(self.device)
+        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.schedule = DiffusionSchedule(config.schedule, self.device)
+        self.bounds = action_bounds(spec, self.device)
+
+    def condition(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [N, obs], actions [N, act] (policy units) -> conditioning [N, 1, obs+act] on the clipped
+        action, the one the simulator would execute."""
+        norm = self.codec.normaliser
+        cond = torch.cat([norm.normalise_obs(obs), norm.normalise_action(self.bounds.clip(actions))], dim=-1)
+        return cond[:, None]
+
+    def loss(self, batch: TransitionTensors, generator: torch.Generator | None = None) -> torch.Tensor:
+        """x0-prediction MSE on a batch of B transitions, uniform t (as PolyGRAD's loss)."""
+        x0 = self.codec.encode(batch.obs, batch.next_obs, batch.rewards, batch.terminals)[:, None]
+        t = torch.randint(0, self.schedule.n_steps, (len(batch),), device=self.device, generator=generator)
+        xt = self.schedule.q_sample(x0, t, torch.randn(x0.shape, device=self.device, generator=generator))
+        return F.mse_loss(self.denoiser(xt, self.condition(batch.obs, batch.actions), t), x0)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
+            e.lerp_(p, 1.0 - self.config.ema_decay)
+
+    @torch.no_grad()
+    def step(self, obs: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None,
+             n_sample_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One reverse chain: obs [N, obs], actions [N, act] -> next_obs [N, obs], rewards [N],
+        terminations [N] bool. `n_sample_steps` overrides the configured chain length."""
+        sampler = self.config.sampler
+        steps = strided_timesteps(self.schedule.n_steps,
+                                  sampler.n_sample_steps if n_sample_steps is None else n_sample_steps)
+        cond = self.condition(obs, actions)
+        x = torch.randn(obs.shape[0], 1, self.spec.obs_dim + 2, device=self.device, generator=generator)
+        for i, t in enumerate(steps):
+            s = steps[i + 1] if i + 1 < len(steps) else -1
+            tt = torch.full((obs.shape[0],), t, device=self.device, dtype=torch.long)
+            mean, std = self.schedule.posterior(self.ema(x, cond, tt), x, tt, torch.full_like(tt, s))
+            if t <= sampler.late_clip_steps:
+                mean = x + (mean - x).clamp(-sampler.late_clip, sampler.late_clip)
+            x = mean if s < 0 else mean + std * torch.randn(x.shape, device=self.device, generator=generator)
+        next_obs, rewards, terminals = self.codec.decode(obs, x[:, 0])
+        return next_obs, rewards, terminals > self.config.terminal_threshold
+
+    def rollout(self, start_obs: torch.Tensor | np.ndarray, policy: GaussianPolicyFn, horizon: int,
+                generator: torch.Generator | None = None, n_sample_steps: int | None = None) -> Imagination:
+        """B trajectories of `horizon` steps from start_obs [B, obs]: per step, a ~ policy at the model's
+        state, then one reverse chain."""
+        s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
+        step = lambda s, a: self.step(s, a, generator, n_sample_steps)  # noqa: E731
+        return autoregressive_rollout(step, s0, policy, horizon, generator)
+
+
+def fit_ar_diffusion(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
+                     config: ARDiffusionConfig = ARDiffusionConfig(), train: TrainConfig = POLYGRAD_TRAIN, *,
+                     device: str | torch.device = "auto", progress: bool = True) -> tuple[ARDiffusion, list[float]]:
+    """Fit on `buffer.transitions()` for `n_steps` Adam steps of `train.batch_size` transitions, with
+    PolyGRAD's optimiser settings and an EMA update after every step."""
+    device = resolve_device(device)
+    torch.manual_seed(train.seed)
+    data = transition_tensors(buffer, action_bounds(spec, device), device)
+    normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
+    model = ARDiffusion(spec, config, DeltaCodec.fit(data, normaliser), device)
+    optimizer = torch.optim.Adam(model.denoiser.parameters(), lr=train.lr)
+    rng = np.random.default_rng(train.seed)
+    generator = torch.Generator(device=device).manual_seed(train.seed)
+    model.denoiser.train()
+    losses: list[float] = []
+    for _ in tqdm(range(n_steps), desc="ar diffusion", disable=not progress, leave=False):
+        idx = torch.as_tensor(rng.integers(len(data), size=train.batch_size), device=device)
+        loss = model.loss(data.take(idx), generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), train.grad_clip)
+        optimizer.step()
+        model.update_ema()
+        losses.append(loss.item())
+    return model, losses

@@ -1,0 +1,203 @@
+"""MBPO-style probabilistic MLP ensemble (Janner et al. 2019): the standard autoregressive baseline.
+
+Each member is a Gaussian MLP over (normalised s_t, normalised clipped a_t) predicting the normalised
+delta-state and reward, plus a termination logit. All members are evaluated as one batched matmul per
+layer, so a step of the whole ensemble is one network call. Rollouts step a uniformly drawn elite
+per trajectory and step and sample its Gaussian, as MBPO does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import pairwise
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from imagined_env.baselines.common import (
+    DeltaCodec,
+    action_bounds,
+    autoregressive_rollout,
+    checked_start,
+    transition_tensors,
+)
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.guidance import GaussianPolicyFn
+from imagined_env.training import TrainConfig
+from imagined_env.utils import resolve_device
+from imagined_env.world_model import EnvSpec, Imagination
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Architecture and regularisation of the ensemble; defaults are MBPO's MuJoCo model."""
+
+    n_members: int = 7
+    n_elites: int = 5
+    """Members used in rollouts: those with the lowest held-out MSE after training."""
+    width: int = 200
+    depth: int = 4
+    """Hidden SiLU layers per member."""
+    max_logvar_init: float = 0.5
+    min_logvar_init: float = -10.0
+    logvar_bound_weight: float = 0.01
+    """Weight of sum(max_logvar) - sum(min_logvar) in the loss, which keeps the learned bounds tight."""
+    weight_decay: float = 5e-5
+    """L2 on the layer weights (not on the log-variance bounds)."""
+    holdout_fraction: float = 0.1
+    """Share of transitions held out of training to rank the members (at most `max_holdout`)."""
+    max_holdout: int = 5000
+    terminal_threshold: float = 0.5
+    """Predicted termination probability above which a step is a termination."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_elites <= self.n_members:
+            raise ValueError(f"need 1 <= n_elites <= n_members, got {self.n_elites} and {self.n_members}")
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"width and depth must be >= 1, got {self.width}, {self.depth}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must lie in [0, 1), got {self.holdout_fraction}")
+        if not 0 < self.terminal_threshold < 1:
+            raise ValueError(f"terminal_threshold must lie in (0, 1), got {self.terminal_threshold}")
+
+
+ENSEMBLE_TRAIN = TrainConfig(lr=1e-3, grad_clip=10.0)
+"""MBPO's optimiser (Adam 1e-3, batch 256 per member); the loose clip only catches early NLL spikes."""
+
+
+class EnsembleLinear(nn.Module):
+    """E independent linear maps [E, N, in] -> [E, N, out], MBPO's truncated-normal initialisation."""
+
+    def __init__(self, n_members: int, fan_in: int, fan_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(n_members, fan_in, fan_out))
+        nn.init.trunc_normal_(self.weight, std=1.0 / (2.0 * math.sqrt(fan_in)))
+        self.bias = nn.Parameter(torch.zeros(n_members, 1, fan_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+
+class GaussianEnsembleNet(nn.Module):
+    """inputs [E, N, in] -> mean [E, N, D], log-variance [E, N, D], terminal logit [E, N].
+
+    The log-variance is soft-clamped into learned [min_logvar, max_logvar] so that it can neither
+    collapse on well-fit data nor explode off-distribution.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, config: EnsembleConfig):
+        super().__init__()
+        dims = [in_dim] + [config.width] * config.depth
+        self.hidden = nn.ModuleList(EnsembleLinear(config.n_members, a, b) for a, b in pairwise(dims))
+        self.head = EnsembleLinear(config.n_members, config.width, 2 * out_dim + 1)
+        self.max_logvar = nn.Parameter(torch.full((out_dim,), config.max_logvar_init))
+        self.min_logvar = nn.Parameter(torch.full((out_dim,), config.min_logvar_init))
+        self.out_dim = out_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        for layer in self.hidden:
+            x = F.silu(layer(x))
+        mean, raw_logvar, logit = self.head(x).split([self.out_dim, self.out_dim, 1], dim=-1)
+        logvar = self.max_logvar - F.softplus(self.max_logvar - raw_logvar)
+        logvar = self.min_logvar + F.softplus(logvar - self.min_logvar)
+        return mean, logvar, logit.squeeze(-1)
+
+
+class MLPEnsemble:
+    """The trained ensemble: `loss` for fitting, `step` and `rollout` for imagination."""
+
+    def __init__(self, spec: EnvSpec, config: EnsembleConfig, codec: DeltaCodec,
+                 device: str | torch.device = "auto"):
+        self.spec, self.config, self.codec = spec, config, codec
+        self.device = resolve_device(device)
+        self.net = GaussianEnsembleNet(spec.obs_dim + spec.act_dim, spec.obs_dim + 1, config).to(self.device)
+        self.bounds = action_bounds(spec, self.device)
+        self.elites = torch.arange(config.n_elites, device=self.device)
+
+    def inputs(self, obs: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """obs [N, obs], actions [N, act] (policy units) -> normalised inputs [N, obs+act] of the
+        clipped action, the one the simulator would execute."""
+        norm = self.codec.normaliser
+        return torch.cat([norm.normalise_obs(obs), norm.normalise_action(self.bounds.clip(actions))], dim=-1)
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, terminals: torch.Tensor) -> torch.Tensor:
+        """Gaussian NLL + termination BCE + log-variance bound penalty, averaged over members.
+
+        inputs [E, B, obs+act], targets [E, B, obs+1] (normalised delta-state, reward), terminals [E, B].
+        """
+        mean, logvar, logit = self.net(inputs)
+        nll = ((mean - targets).pow(2) * torch.exp(-logvar) + logvar).mean()
+        bce = F.binary_cross_entropy_with_logits(logit, terminals)
+        bound = self.config.logvar_bound_weight * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
+        return nll + bce + bound
+
+    @torch.no_grad()
+    def select_elites(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Keep the `n_elites` members with the lowest MSE of the mean on held-out inputs [N, obs+act],
+        targets [N, obs+1]; returns every member's MSE [E]."""
+        mean, _, _ = self.net(inputs.expand(self.config.n_members, -1, -1))
+        mse = (mean - targets).pow(2).mean(dim=(1, 2))
+        self.elites = mse.argsort()[: self.config.n_elites]
+        return mse
+
+    @torch.no_grad()
+    def step(self, obs: torch.Tensor, actions: torch.Tensor,
+             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One sampled transition per row from a random elite: obs [N, obs], actions [N, act] ->
+        next_obs [N, obs], rewards [N], terminations [N] bool."""
+        n = obs.shape[0]
+        mean, logvar, logit = self.net(self.inputs(obs, actions).expand(self.config.n_members, -1, -1))
+        pick = torch.randint(len(self.elites), (n,), device=self.device, generator=generator)
+        member, rows = self.elites[pick], torch.arange(n, device=self.device)
+        mean, std, logit = mean[member, rows], (0.5 * logvar[member, rows]).exp(), logit[member, rows]
+        sample = mean + std * torch.randn(mean.shape, device=self.device, generator=generator)
+        padded = torch.cat([sample, torch.zeros_like(sample[:, :1])], dim=-1)  # decode ignores d here
+        next_obs, rewards, _ = self.codec.decode(obs, padded)
+        return next_obs, rewards, torch.sigmoid(logit) > self.config.terminal_threshold
+
+    def rollout(self, start_obs: torch.Tensor | np.ndarray, policy: GaussianPolicyFn, horizon: int,
+                generator: torch.Generator | None = None) -> Imagination:
+        """B trajectories of `horizon` steps from start_obs [B, obs], actions sampled from `policy` at the
+        model's own states (one ensemble call per step)."""
+        s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
+        step = lambda s, a: self.step(s, a, generator)  # noqa: E731
+        return autoregressive_rollout(step, s0, policy, horizon, generator)
+
+
+def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
+                     config: EnsembleConfig = EnsembleConfig(), train: TrainConfig = ENSEMBLE_TRAIN, *,
+                     device: str | torch.device = "auto", progress: bool = True) -> tuple[MLPEnsemble, list[float]]:
+    """Fit on `buffer.transitions()` for `n_steps` Adam steps (each member its own batch of
+    `train.batch_size`), then rank the members on the held-out transitions."""
+    device = resolve_device(device)
+    torch.manual_seed(train.seed)
+    bounds = action_bounds(spec, device)
+    data = transition_tensors(buffer, bounds, device)
+    normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
+    model = MLPEnsemble(spec, config, DeltaCodec.fit(data, normaliser), device)
+    inputs = model.inputs(data.obs, data.actions)
+    targets = model.codec.encode(data.obs, data.next_obs, data.rewards, data.terminals)[:, :-1]
+    rng = np.random.default_rng(train.seed)
+    order = rng.permutation(len(data))
+    n_holdout = min(int(config.holdout_fraction * len(data)), config.max_holdout)
+    held, fit = order[:n_holdout], order[n_holdout:]
+    decay = [layer.weight for layer in (*model.net.hidden, model.net.head)]
+    rest = [p for p in model.net.parameters() if all(p is not d for d in decay)]
+    optimizer = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
+                                  {"params": rest}], lr=train.lr)
+    losses: list[float] = []
+    for _ in tqdm(range(n_steps), desc="mlp ensemble", disable=not progress, leave=False):
+        idx = torch.as_tensor(rng.choice(fit, size=(config.n_members, train.batch_size)), device=device)
+        loss = model.loss(inputs[idx], targets[idx], data.terminals[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.net.parameters(), train.grad_clip)
+        optimizer.step()
+        losses.append(loss.item())
+    held = held if n_holdout > 0 else fit  # too little data to hold any out: rank on the training data
+    model.select_elites(inputs[held], targets[held])
+    return model, losses

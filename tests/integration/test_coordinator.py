@@ -1,0 +1,183 @@
+"""End to end in imagination on MuJoCo: tiny runs, their logs and checkpoints, and resume after SIGKILL."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+
+from agents.coordinator import Coordinator, CoordinatorConfig, find_checkpoint
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.diffusion.denoiser import DenoiserConfig
+from imagined_env.diffusion.schedule import ScheduleConfig
+from imagined_env.training import TrainConfig
+from imagined_env.world_model import WorldModel, WorldModelConfig
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.mujoco,
+    pytest.mark.filterwarnings("ignore:.*is out of date"),
+    pytest.mark.filterwarnings("ignore:.*settotalmass"),
+]
+H = 5
+TINY = CoordinatorConfig(
+    prefill_steps=300, initial_world_model_steps=40, world_model_steps_per_real_step=0.2, policy_every=100,
+    n_imagined_envs=16, n_sample_steps=3, eval_every=200, eval_episodes=1, eval_max_episode_steps=50,
+    open_loop_states=4, checkpoint_every=200, normaliser_refit_every=200, device="cpu",
+    world_model=WorldModelConfig(horizon=H, denoiser=DenoiserConfig(width=64, depth=2, time_dim=16),
+                                 schedule=ScheduleConfig(n_steps=16)),
+    train=TrainConfig(lr=1e-3, batch_size=32),
+    learner_kwargs={"n_epochs": 2, "batch_size": 40,
+                    "policy_kwargs": {"net_arch": [32, 32], "activation_fn": "relu"}},
+)
+CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "trainer.pt", "buffer.npz", "vec_normalize.pkl",
+                    "state.json"}
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two shared cores: a second intra-op thread only adds contention for these tiny networks."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class CountUpdates(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.coordinators = []
+
+    def _on_step(self) -> bool:
+        self.coordinators.append(self.locals["coordinator"].real_steps)
+        return True
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_counters(coordinator: Coordinator, budget: int) -> None:
+    config = coordinator.config
+    n_updates = (budget - config.prefill_steps) // config.policy_every
+    assert coordinator.real_steps == budget and coordinator.buffer.n_transitions == budget
+    assert coordinator.policy_updates == n_updates
+    assert coordinator.learner.num_timesteps == n_updates * config.n_imagined_envs * H
+    expected_wm = config.initial_world_model_steps + int(config.world_model_steps_per_real_step *
+                                                         (budget - config.prefill_steps))
+    assert coordinator.trainer.steps == expected_wm
+
+
+def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
+    counter = CountUpdates()
+    coordinator = Coordinator(TINY, tmp_path, verbose=0).learn(600, callback=counter, progress_bar=False)
+    assert_counters(coordinator, 600)
+    assert counter.coordinators == [400, 500, 600]                        # once per iteration
+    assert [row["real_steps"] for row in coordinator.history] == [400, 600]
+    assert all(np.isfinite(row["mean_return"]) and row["open_loop_mse"] > 0 for row in coordinator.history)
+
+    progress = read_csv(tmp_path / "progress.csv")
+    assert [float(r["time/real_steps"]) for r in progress] == [400, 500, 600]
+    for key in ("eval/mean_reward", "eval/std_reward", "world_model/loss", "world_model/open_loop_mse",
+                "guidance/scale", "guidance/spread", "train/value_loss", "train/approx_kl"):
+        assert progress[-1][key] != "", key
+    assert 0 < float(progress[-1]["guidance/spread"]) < 10
+    assert len(read_csv(tmp_path / "evaluations.csv")) == 2
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+    assert CoordinatorConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == TINY
+
+    checkpoint = find_checkpoint(tmp_path)
+    assert checkpoint == tmp_path / "checkpoint"
+    assert {p.name for p in checkpoint.iterdir()} == CHECKPOINT_FILES
+    assert not list(tmp_path.glob(".checkpoint-*"))
+    assert EpisodeBuffer.load(checkpoint / "buffer.npz").n_transitions == 600
+    latest = WorldModel.load(tmp_path / "world_model.pt", device="cpu", env_id="HalfCheetah-v4")
+    assert latest.guidance_scale == pytest.approx(coordinator.world_model.guidance_scale)
+    mean, std = coordinator.evaluate(n_episodes=2)
+    assert np.isfinite(mean) and std >= 0
+
+
+CHILD = """
+import json, sys, time, torch
+from stable_baselines3.common.callbacks import BaseCallback
+from agents.coordinator import Coordinator, CoordinatorConfig
+torch.set_num_threads(1)
+class Slow(BaseCallback):  # widens the window in which the parent kills this run
+    def _on_step(self):
+        time.sleep(0.3)
+        return True
+config = CoordinatorConfig.from_dict(json.loads(open(sys.argv[2]).read()))
+Coordinator(config, sys.argv[1], verbose=0).learn(int(sys.argv[3]), callback=Slow(), progress_bar=False)
+"""
+
+
+def start_child(run_dir: Path, config: CoordinatorConfig, budget: int) -> subprocess.Popen:
+    config_file = run_dir.parent / "child_config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), str(config_file), str(budget)],
+                            cwd=Path(__file__).resolve().parents[2], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_after_first_checkpoint(child: subprocess.Popen, run_dir: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while find_checkpoint(run_dir) is None:
+        if child.poll() is not None:
+            log = child.stderr.read().decode()[-3000:]
+            pytest.fail(f"the child run ended before its first checkpoint:\n{log}")
+        if time.monotonic() > deadline:
+            child.kill()
+            pytest.fail("no checkpoint within the timeout")
+        time.sleep(0.05)
+    assert child.poll() is None, "the child finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
+    run_dir, budget = tmp_path / "run", 900
+    config = replace(TINY, checkpoint_every=100, eval_every=300)
+    kill_after_first_checkpoint(start_child(run_dir, config, budget), run_dir)
+
+    checkpoint = find_checkpoint(run_dir)
+    assert {p.name for p in checkpoint.iterdir()} == CHECKPOINT_FILES  # complete, whatever the kill hit
+    saved = json.loads((checkpoint / "state.json").read_text())
+    assert 400 <= saved["real_steps"] < budget and saved["budget"] == budget
+
+    with pytest.raises(ValueError, match="another task"):
+        Coordinator(replace(config, env_id="Hopper-v4"), run_dir)
+    with pytest.raises(ValueError, match="not 'Hopper-v4'"):
+        Coordinator.resume(run_dir, env_id="Hopper-v4")
+
+    resumed = Coordinator.resume(run_dir, env_id="HalfCheetah-v4", verbose=0)
+    assert resumed.real_steps == saved["real_steps"] and resumed.budget == budget
+    assert resumed.world_model.guidance_scale == pytest.approx(saved["guidance_scale"])
+    assert resumed.trainer.steps == saved["world_model_steps"]
+    resumed.learn(progress_bar=False)                                       # to the stored budget
+    assert_counters(resumed, budget)
+    assert [row["real_steps"] for row in resumed.history] == [600, 900]
+    steps = [float(r["time/real_steps"]) for r in read_csv(run_dir / "progress.csv")]
+    assert steps == list(range(400, budget + 1, 100))                     # no rows of the killed tail twice
+    assert json.loads((find_checkpoint(run_dir) / "state.json").read_text())["real_steps"] == budget
+
+
+def test_tiny_hopper_run_with_terminations(tmp_path):
+    config = replace(TINY, env_id="Hopper-v4", normalize=False, algo="a2c", learner_kwargs={})
+    coordinator = Coordinator(config, tmp_path, verbose=0).learn(500, progress_bar=False)
+    assert_counters(coordinator, 500)
+    episodes = coordinator.buffer.episodes
+    assert sum(ep.terminated for ep in episodes) >= 3 and any(not ep.terminated for ep in episodes)
+    assert {p.name for p in find_checkpoint(tmp_path).iterdir()} == CHECKPOINT_FILES - {"vec_normalize.pkl"}
+    assert np.isfinite(coordinator.history[-1]["mean_return"])
