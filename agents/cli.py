@@ -264,6 +264,18 @@ def prepare_demo(args: argparse.Namespace) -> Job:
     return job
 
 
+# ---- export -----------------------------------------------------------------------------------------
+def prepare_export(args: argparse.Namespace) -> Job:
+    from agents.export import export_run
+
+    def job() -> int:
+        out = export_run(args.run_dir, args.out_dir, args.start_episodes, command="imagined-env " + " ".join(sys.argv[1:]))
+        print((out / "COMMAND.txt").read_text())
+        return 0
+
+    return job
+
+
 # ---- parser -----------------------------------------------------------------------------------------
 def common_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
@@ -277,12 +289,13 @@ def common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagined-env", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,compare,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,compare,demo,export}")
     parent = common_options()
     add_train_parser(sub, parent)
     add_evaluate_parser(sub, parent)
     add_compare_parser(sub, parent)
     add_demo_parser(sub, parent)
+    add_export_parser(sub, parent)
     return parser
 
 
@@ -353,6 +366,18 @@ def add_demo_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     defaults = {"default": leaf_values(DemoConfig, asdict(DemoConfig()))}
     add_config_flags(p, DemoConfig, defaults, aliases=CONFIG_ALIASES)
     p.set_defaults(prepare=prepare_demo)
+
+
+def add_export_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("export", parents=[parent], help="a run's world model + start states, ready to ship",
+                       description="Writes OUT_DIR/world_model.pt, start_states.npz and COMMAND.txt from the "
+                                   "last checkpoint of RUN_DIR; usable as world_model=/start_states= of the "
+                                   "imagined env (this is how imagined_env/pretrained/ is made).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `imagined-env train` or `compare`")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
+    p.add_argument("--start-episodes", type=positive_int, default=6,
+                   help="real episodes, spread over the run's buffer, kept as start states [default 6]")
+    p.set_defaults(prepare=prepare_export)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,24 +7,29 @@ One run, one policy, one data set:
 2. Training data collected with that policy; held-out evaluation episodes with other reset seeds.
 3. PolyGRAD (`fit_world_model`), the MBPO-style MLP ensemble and autoregressive (AR) diffusion, all
    trained for the same number of Adam steps of batch 256 (PolyGRAD: windows of H+1 rows; AR
-   diffusion: transitions; ensemble: transitions per member).
+   diffusion: transitions; ensemble: transitions per member). Both diffusion models share one
+   denoiser size and optimiser (`Budget.diffusion_lr`); the ensemble keeps MBPO's (Adam 1e-3).
 4. PolyGRAD's guidance scale is set, per chain length, to the fixed point of its own online rule (std
    of standardised actions = 1) by bisection on training start states; the rule itself moves it too
    slowly for a one-off benchmark. The unset initial scale is reported as an ablation.
 5. From N held-out real start states every model generates H steps following the policy. MuJoCo is
    reset to each start state (qpos, qvel) and the generated actions, clipped, are executed open-loop;
    the table gives the MSE of observations at steps k = 1..H (environment units, averaged over
-   dimensions) and the reward MSE at step 1. `s_k = s_0 ref` is the error of predicting no motion
-   against the same real trajectories, a scale for what an error means.
+   dimensions, over trajectories that neither the simulator nor the model has ended before step k;
+   `imagined_env.evaluation.open_loop_error`) and the reward MSE at step 1. `s_k=s_0` is the error of predicting no motion against
+   the same real trajectories, a scale for what an error means. Every model samples, as a world model
+   for RL must, except the ensemble's elite-mean row: a point estimate, shown because squared error
+   favours a mean over any sample.
 6. Cost, measured in the same run: wall-clock and network passes per imagined transition (a pass
    advances every trajectory of the batch by one call), FLOPs per transition (`FlopCounterMode`,
    denoiser / ensemble only, not the policy) and the floor those FLOPs take at this machine's
    measured dense matmul rate.
 
-Runtime (2 CPU cores, torch 2.13): `--quick` (20k real steps, 3k Adam steps per model, width 512 x 4
-blocks, 200 start states) takes ~4 min alone, ~7 min on a shared machine. The full mode (100k real
-steps, 20k Adam steps, the paper's width 1024 x 6 blocks, 500 start states) takes ~1.5 h alone,
-almost all of it training the two diffusion models (~95 ms per step each at width 1024).
+Runtime (2 CPU cores, torch 2.13, one torch thread): `--quick` (20k real steps, 3k Adam steps per
+model, width 512 x 4 blocks, 200 start states) took 6.2 min while another training job shared the
+machine. The full mode (100k real steps, 20k Adam steps, the paper's width 1024 x 6 blocks, 500
+start states) is estimated at ~1.5 h on two idle cores with `--threads 0` (~90 ms per Adam step for
+each diffusion model at width 1024), longer with one thread; almost all of it is training.
 
     python benchmarks/world_model_error.py --quick
 """
@@ -42,16 +47,17 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.policies import ActorCriticPolicy
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from agents.guidance import sb3_guide
 from imagined_env.baselines import ARDiffusionConfig, EnsembleConfig, fit_ar_diffusion, fit_mlp_ensemble
 from imagined_env.baselines.mlp_ensemble import ENSEMBLE_TRAIN
 from imagined_env.data.buffer import EpisodeBuffer
-from imagined_env.data.collect import buffer_for_env, collect_episodes, sb3_sampler, set_mujoco_state
+from imagined_env.data.collect import buffer_for_env, collect_episodes, sb3_sampler
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GaussianPolicyFn, policy_moments
+from imagined_env.evaluation import OpenLoopError, open_loop_error, real_start_obs
 from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path, resolve_device
 from imagined_env.world_model import EnvSpec, Imagination, WorldModel, WorldModelConfig
@@ -109,18 +115,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strided-steps", type=int, default=16, help="chain length of strided PolyGRAD")
     parser.add_argument("--out", default="benchmarks/results/world_model_error.json")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch default)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads; 0: torch's default. On a shared CPU two threads "
+                             "spin against other jobs and run ~3x slower than one")
     return parser.parse_args(argv)
-
-
-def gaussian_policy(policy: ActorCriticPolicy) -> GaussianPolicyFn:
-    """states [N, obs] (any device) -> mean, std [N, act] of the SB3 policy's unclipped Gaussian."""
-
-    def moments(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = policy.get_distribution(states.to(policy.device)).distribution
-        return dist.mean.to(states.device), dist.stddev.to(states.device)
-
-    return moments
 
 
 def collect(env_id: str, agent: PPO, n_steps: int, seed: int) -> tuple[EpisodeBuffer, dict[str, float]]:
@@ -226,49 +224,25 @@ def build_variants(models: dict[str, object], spec: EnvSpec, policy: GaussianPol
                             ar.ema, ar_flops))
     variants.append(Variant("MLP ensemble (MBPO)", lambda s, g: ens.rollout(s, policy, horizon, g),
                             ens.net, ens_flops))
+    variants.append(Variant("MLP ensemble, elite mean (no sampling)",
+                            lambda s, g: ens.rollout(s, policy, horizon, g, deterministic=True), ens.net, ens_flops))
     return variants
 
 
-def replay_open_loop(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Execute actions [B, H, act] (clipped here) from simulator states qpos [B, nq], qvel [B, nv].
-
-    Returns real observations [B, H+1, obs], rewards [B, H] and alive [B, H+1] (False after a real
-    termination, where the simulator's state no longer means anything). Steps the unwrapped env so
-    the time limit never cuts a replay.
-    """
-    low, high = env.action_space.low, env.action_space.high
-    n, horizon = actions.shape[:2]
-    obs = np.zeros((n, horizon + 1, env.observation_space.shape[0]))
-    rewards, alive = np.zeros((n, horizon)), np.ones((n, horizon + 1), bool)
-    for b in range(n):
-        obs[b, 0] = set_mujoco_state(env, qpos[b], qvel[b])
-        for k in range(horizon):
-            obs[b, k + 1], rewards[b, k], terminated, _, _ = env.unwrapped.step(np.clip(actions[b, k], low, high))
-            if terminated:
-                alive[b, k + 2:] = False
-                break
-    return obs, rewards, alive
-
-
-def trajectory_errors(imagined: Imagination, real_obs: np.ndarray, real_rewards: np.ndarray,
-                      alive: np.ndarray) -> dict[str, object]:
-    """Per-step observation MSE over alive trajectories (k = 1..H), step-1 reward MSE, the no-motion
-    reference, and how on-policy the generated actions were (spread)."""
-    imag = imagined.observations.cpu().numpy()
-    sq = ((imag[:, 1:] - real_obs[:, 1:]) ** 2).mean(-1)
-    ref = ((real_obs[:, :1] - real_obs[:, 1:]) ** 2).mean(-1)
-    mask = alive[:, 1:]
-    per_step = [float(sq[mask[:, k], k].mean()) for k in range(sq.shape[1])]
-    reward_mse = float(((imagined.rewards[:, 0].cpu().numpy() - real_rewards[:, 0]) ** 2).mean())
-    return {"obs_mse_per_step": per_step, "obs_mse_mean": float(np.mean(per_step)),
-            "reward_mse_step1": reward_mse, "no_motion_ref_mean": float(ref[mask].mean()),
+def trajectory_errors(imagined: Imagination, error: OpenLoopError) -> dict[str, object]:
+    """Per-step observation MSE (k = 1..H), step-1 reward MSE, the no-motion reference (averaged over
+    every compared (trajectory, step), so weighted by `n_valid`), and how on-policy the generated actions
+    were (spread)."""
+    seen = error.n_valid > 0
+    return {"obs_mse_per_step": error.obs_mse.tolist(), "obs_mse_mean": float(np.mean(error.obs_mse)),
+            "reward_mse_step1": float(error.reward_mse[0]),
+            "no_motion_ref_mean": float(np.average(error.no_motion_mse[seen], weights=error.n_valid[seen])),
             "action_spread": imagined.spread}
 
 
 def evaluate(variant: Variant, env: gym.Env, starts: tuple[np.ndarray, np.ndarray, np.ndarray],
              horizon: int, seed: int, device: torch.device) -> dict[str, object]:
-    """Generate from every start state (timed, network calls counted), replay, score."""
+    """Generate from every start state (timed, network calls counted), replay open-loop, score."""
     obs0 = torch.as_tensor(starts[0], dtype=torch.float32, device=device)
     variant.generate(obs0[:8], torch.Generator(device).manual_seed(seed))  # warm-up: allocations, caches
     calls: list[int] = []
@@ -277,10 +251,8 @@ def evaluate(variant: Variant, env: gym.Env, starts: tuple[np.ndarray, np.ndarra
         imagined, seconds = timed(lambda: variant.generate(obs0, torch.Generator(device).manual_seed(seed)))
     finally:
         hook.remove()
-    actions = imagined.actions.cpu().numpy()
-    real_obs, real_rewards, alive = replay_open_loop(env, starts[1], starts[2], actions)
     transitions = len(obs0) * horizon
-    result = trajectory_errors(imagined, real_obs, real_rewards, alive)
+    result = trajectory_errors(imagined, open_loop_error(env, imagined, starts[1], starts[2]))
     result.update({
         "guidance_scale": variant.guidance_scale,
         "generation_seconds": seconds,
@@ -288,7 +260,7 @@ def evaluate(variant: Variant, env: gym.Env, starts: tuple[np.ndarray, np.ndarra
         "network_calls": len(calls),
         "network_calls_per_transition": len(calls) / horizon,
         "flops_per_transition": variant.flops_per_pass * len(calls) / horizon,
-        "start_obs_max_abs_diff": float(np.abs(real_obs[:, 0] - starts[0]).max()),
+        "start_obs_max_abs_diff": float(np.abs(real_start_obs(env, starts[1], starts[2]) - starts[0]).max()),
     })
     return result
 
@@ -312,16 +284,16 @@ def format_tables(results: dict[str, dict[str, object]], horizon: int, flops_rat
     ks = sorted({1, 2, max(1, horizon // 2), horizon})
     head = "".join(f"{'k=' + str(k):>9}" for k in ks)
     lines = [f"Open-loop observation MSE at step k (env units), mean over k=1..{horizon}, reward MSE at k=1",
-             f"{'model':<38}{head}{'mean':>9}{'rew k=1':>9}{'spread':>8}{'s_k=s_0':>9}"]
+             f"{'model':<40}{head}{'mean':>9}{'rew k=1':>9}{'spread':>8}{'s_k=s_0':>9}"]
     for name, r in results.items():
         steps = "".join(f"{r['obs_mse_per_step'][k - 1]:9.3f}" for k in ks)
-        lines.append(f"{name:<38}{steps}{r['obs_mse_mean']:9.3f}{r['reward_mse_step1']:9.3f}"
+        lines.append(f"{name:<40}{steps}{r['obs_mse_mean']:9.3f}{r['reward_mse_step1']:9.3f}"
                      f"{r['action_spread']:8.3f}{r['no_motion_ref_mean']:9.3f}")
     lines += ["", f"Cost per imagined transition (matmul rate measured: {flops_rate / 1e9:.1f} GFLOP/s)",
-              f"{'model':<38}{'ms':>9}{'passes':>9}{'MFLOP':>9}{'floor ms':>10}{'x floor':>9}"]
+              f"{'model':<40}{'ms':>9}{'passes':>9}{'MFLOP':>9}{'floor ms':>10}{'x floor':>9}"]
     for name, r in results.items():
         floor = r["flops_per_transition"] / flops_rate
-        lines.append(f"{name:<38}{1e3 * r['seconds_per_transition']:9.3f}{r['network_calls_per_transition']:9.2f}"
+        lines.append(f"{name:<40}{1e3 * r['seconds_per_transition']:9.3f}{r['network_calls_per_transition']:9.2f}"
                      f"{r['flops_per_transition'] / 1e6:9.2f}{1e3 * floor:10.4f}"
                      f"{r['seconds_per_transition'] / floor:9.1f}")
     return "\n".join(lines)
@@ -346,7 +318,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     agent = PPO("MlpPolicy", gym.make(args.env), seed=args.seed, device="cpu",
                 policy_kwargs={"log_std_init": -0.5, "ortho_init": False})
     agent.policy.set_training_mode(False)
-    policy = gaussian_policy(agent.policy)
+    policy = sb3_guide(agent.policy)
     train_buffer, train_stats = collect(args.env, agent, budget.real_steps, args.seed)
     eval_buffer, eval_stats = collect(args.env, agent, budget.eval_steps, args.seed + 10_000)
     print(f"collected {train_buffer.n_transitions} training and {eval_buffer.n_transitions} held-out "

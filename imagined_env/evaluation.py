@@ -21,12 +21,15 @@ class OpenLoopError:
 
     obs_mse [H]: mean over trajectories and dimensions of (generated s_{k+1} - real s_{k+1})^2;
     reward_mse [H]: of r_k; n_valid [H]: trajectories compared at step k (a trajectory stops counting
-    after the first termination, real or generated). Entries with n_valid = 0 are NaN.
+    after the first termination, real or generated); no_motion_mse [H]: of (real s_0 - real s_{k+1})^2
+    over the same trajectories, the error of predicting no motion: a scale for what an error means.
+    Entries with n_valid = 0 are NaN.
     """
 
     obs_mse: np.ndarray
     reward_mse: np.ndarray
     n_valid: np.ndarray
+    no_motion_mse: np.ndarray
 
 
 def real_start_obs(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
@@ -68,12 +71,17 @@ def open_loop_error(
     real_obs, real_rewards, real_terms = _execute(env, qpos, qvel, actions)
     ended_before = np.cumsum(terms | real_terms, axis=1) - (terms | real_terms)
     valid = ended_before == 0
-    obs_err = ((obs[:, 1:] - real_obs) ** 2).mean(axis=2)
-    reward_err = (rewards - real_rewards) ** 2
-    n_valid = valid.sum(axis=0)
+    obs_err, no_motion_err = (((pred - real_obs) ** 2).mean(axis=2) for pred in (obs[:, 1:], starts[:, None]))
+    return OpenLoopError(obs_mse=_masked_mean(obs_err, valid),
+                         reward_mse=_masked_mean((rewards - real_rewards) ** 2, valid),
+                         n_valid=valid.sum(axis=0), no_motion_mse=_masked_mean(no_motion_err, valid))
+
+
+def _masked_mean(errors: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Mean over trajectories of errors [B, H] where valid [B, H]: [H], NaN where no row is valid.
+    Selects rather than multiplies, so padding that diverged to inf or NaN cannot leak in."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return OpenLoopError(obs_mse=(obs_err * valid).sum(0) / n_valid,
-                             reward_mse=(reward_err * valid).sum(0) / n_valid, n_valid=n_valid)
+        return np.where(valid, errors, 0.0).sum(axis=0) / valid.sum(axis=0)
 
 
 def _execute(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray

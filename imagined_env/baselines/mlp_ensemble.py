@@ -145,26 +145,30 @@ class MLPEnsemble:
         return mse
 
     @torch.no_grad()
-    def step(self, obs: torch.Tensor, actions: torch.Tensor,
-             generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One sampled transition per row from a random elite: obs [N, obs], actions [N, act] ->
-        next_obs [N, obs], rewards [N], terminations [N] bool."""
+    def step(self, obs: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None,
+             deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One transition per row: obs [N, obs], actions [N, act] -> next_obs [N, obs], rewards [N],
+        terminations [N] bool. A sample of a random elite (MBPO), or with `deterministic` the elites'
+        average mean: a point estimate, which scores lower squared errors than any sampler."""
         n = obs.shape[0]
         mean, logvar, logit = self.net(self.inputs(obs, actions).expand(self.config.n_members, -1, -1))
-        pick = torch.randint(len(self.elites), (n,), device=self.device, generator=generator)
-        member, rows = self.elites[pick], torch.arange(n, device=self.device)
-        mean, std, logit = mean[member, rows], (0.5 * logvar[member, rows]).exp(), logit[member, rows]
-        sample = mean + std * torch.randn(mean.shape, device=self.device, generator=generator)
-        padded = torch.cat([sample, torch.zeros_like(sample[:, :1])], dim=-1)  # decode ignores d here
+        if deterministic:
+            x, logit = mean[self.elites].mean(0), logit[self.elites].mean(0)
+        else:
+            pick = torch.randint(len(self.elites), (n,), device=self.device, generator=generator)
+            member, rows = self.elites[pick], torch.arange(n, device=self.device)
+            mean, std, logit = mean[member, rows], (0.5 * logvar[member, rows]).exp(), logit[member, rows]
+            x = mean + std * torch.randn(mean.shape, device=self.device, generator=generator)
+        padded = torch.cat([x, torch.zeros_like(x[:, :1])], dim=-1)  # decode's terminal value is unused
         next_obs, rewards, _ = self.codec.decode(obs, padded)
         return next_obs, rewards, torch.sigmoid(logit) > self.config.terminal_threshold
 
     def rollout(self, start_obs: torch.Tensor | np.ndarray, policy: GaussianPolicyFn, horizon: int,
-                generator: torch.Generator | None = None) -> Imagination:
+                generator: torch.Generator | None = None, deterministic: bool = False) -> Imagination:
         """B trajectories of `horizon` steps from start_obs [B, obs], actions sampled from `policy` at the
-        model's own states (one ensemble call per step)."""
+        model's own states (one ensemble call per step); `deterministic` as in `step`."""
         s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
-        step = lambda s, a: self.step(s, a, generator)  # noqa: E731
+        step = lambda s, a: self.step(s, a, generator, deterministic)  # noqa: E731
         return autoregressive_rollout(step, s0, policy, horizon, generator)
 
 

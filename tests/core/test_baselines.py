@@ -133,6 +133,16 @@ def test_rollout_follows_the_policy_at_the_model_state(ensemble):
     torch.testing.assert_close(out.actions, 0.5 * out.observations[:, :3, :2], atol=1e-4, rtol=0)
 
 
+def test_deterministic_ensemble_step_is_the_elites_average_mean(ensemble):
+    obs, actions, _, _ = held_out(50)
+    a = ensemble.step(obs, actions, torch.Generator().manual_seed(0), deterministic=True)
+    b = ensemble.step(obs, actions, torch.Generator().manual_seed(1), deterministic=True)
+    mean, _, _ = ensemble.net(ensemble.inputs(obs, actions).expand(3, -1, -1))
+    delta = mean[ensemble.elites].mean(0)[:, :3] * ensemble.codec.delta_std + ensemble.codec.delta_mean
+    torch.testing.assert_close(a[0], b[0])
+    torch.testing.assert_close(a[0], obs + delta)
+
+
 def test_ar_diffusion_runs_one_full_chain_per_step(ar_diffusion):
     calls = []
     hook = ar_diffusion.ema.register_forward_hook(lambda *_: calls.append(1))

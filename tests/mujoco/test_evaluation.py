@@ -74,6 +74,14 @@ def test_steps_after_a_termination_are_not_compared():
     error = open_loop_error(env, imagination, qpos, qvel)
     np.testing.assert_array_equal(error.n_valid, [3, 3, 3, 2, 2, 2])
     np.testing.assert_allclose(error.obs_mse, 0.0, atol=1e-8)
+    still = perfect.observations[:, :1].expand_as(perfect.observations).clone()
+    still[0, 4:] = np.inf                                # diverged padding: must not count either
+    no_motion = open_loop_error(env, Imagination(still, perfect.actions, perfect.rewards, terms, 0.0), qpos, qvel)
+    np.testing.assert_allclose(no_motion.obs_mse, error.no_motion_mse, rtol=1e-6)
+    real = perfect.observations.numpy()
+    by_hand = ((real[:, 1:] - real[:, :1]) ** 2).mean(axis=2)
+    np.testing.assert_allclose(error.no_motion_mse, [by_hand[:, k].mean() if k < 3 else by_hand[1:, k].mean()
+                                                     for k in range(H)], rtol=1e-6)
 
 
 def fixed_gaussian(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
