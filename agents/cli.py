@@ -266,7 +266,10 @@ def prepare_demo(args: argparse.Namespace) -> Job:
 
 # ---- export -----------------------------------------------------------------------------------------
 def prepare_export(args: argparse.Namespace) -> Job:
-    from agents.export import export_run
+    from agents.export import checkpoint_to_export, export_run
+
+    checkpoint_to_export(Path(args.run_dir))
+    writable_dir(Path(args.out_dir))
 
     def job() -> int:
         out = export_run(args.run_dir, args.out_dir, args.start_episodes, command="imagined-env " + " ".join(sys.argv[1:]))

@@ -13,6 +13,14 @@ from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
 
 
+def checkpoint_to_export(run_dir: Path) -> Path:
+    """The last checkpoint of `run_dir`, or ValueError naming what is missing."""
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} holds no checkpoint to export (expected {run_dir}/checkpoint/state.json)")
+    return checkpoint
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, n_episodes: int, command: str) -> Path:
     """Write out_dir/{world_model.pt, start_states.npz, COMMAND.txt} from a run's last checkpoint.
 
@@ -20,9 +28,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, n_episodes: int, comman
     the early (random) and the late (learnt-policy) state distribution.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    checkpoint = find_checkpoint(run_dir)
-    if checkpoint is None:
-        raise ValueError(f"{run_dir} holds no checkpoint to export (expected {run_dir}/checkpoint/state.json)")
+    checkpoint = checkpoint_to_export(run_dir)
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
     model = WorldModel.load(checkpoint / "world_model.pt", device="cpu")
