@@ -80,7 +80,7 @@ def _cpu_world_model() -> WorldModelConfig:
 
 def _cpu_learner_kwargs() -> dict[str, Any]:
     return {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5, "batch_size": 256,
-            "clip_range": 0.2, "ent_coef": 0.0, "max_grad_norm": 0.5,
+            "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.0, "max_grad_norm": 0.5,
             "policy_kwargs": {"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": "relu",
                               "log_std_init": 0.0, "ortho_init": False}}
 
