@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from agents.config_flags import add_config_flags, given_flags, leaf_values, merg
 from agents.coordinator import SUPPORTED_TASKS, Coordinator, CoordinatorConfig
 from agents.demo import DemoConfig, run_demo
 from agents.evaluation import evaluate_real, load_learner
-from agents.run_files import find_checkpoint, read_state
+from agents.run_files import check_writable, find_checkpoint, read_state
 from agents.zoo import zoo_settings
 
 DESCRIPTION = ("PolyGRAD trajectory-diffusion world models as Gymnasium envs: train SB3 PPO/A2C in "
@@ -75,15 +74,7 @@ def check_task(env_id: str, imagined: bool) -> None:
 
 
 def writable_dir(path: Path) -> Path:
-    """Create `path` if needed and prove a file can be written there (permissions alone lie for root)."""
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"output directory {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
-            pass
-    except OSError as err:
-        raise ValueError(f"output directory {path} is not writable: {err.strerror or err}") from None
+    check_writable(path, "output directory")
     return path
 
 

@@ -24,14 +24,17 @@ OLD_CHECKPOINT = ".checkpoint-old"
 TMP_PREFIX = ".checkpoint-tmp-"
 
 
-def check_writable(run_dir: Path) -> None:
-    """Create `run_dir` and a file in it, or raise ValueError naming the directory."""
+def check_writable(run_dir: Path, what: str = "run_dir") -> None:
+    """Create `run_dir` and a file in it (permissions alone lie for root), or raise ValueError naming
+    the directory as `what`."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"{what} {run_dir} exists and is not a directory")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir):
             pass
     except OSError as err:
-        raise ValueError(f"run_dir {run_dir} is not writable: {err}") from None
+        raise ValueError(f"{what} {run_dir} is not writable: {err.strerror or err}") from None
 
 
 def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
