@@ -2,12 +2,13 @@
 file drawn from the run's real buffer, and the provenance (how `imagined_env/pretrained/` is made)."""
 from __future__ import annotations
 
-import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-from agents.run_files import find_checkpoint
+from agents.coordinator import CoordinatorConfig
+from agents.run_files import find_checkpoint, read_state
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
@@ -38,12 +39,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, n_episodes: int, comman
     for i in picks:
         ep = buffer.episodes[int(i)]
         starts.add_episode(ep.observations, ep.actions, ep.rewards, ep.terminated, ep.qpos, ep.qvel)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "world_model.pt") as tmp:
-        shutil.copyfile(checkpoint / "world_model.pt", tmp)
+    # the run imagined with its own chain length: make it the exported model's default
+    chain = CoordinatorConfig.from_dict(read_state(checkpoint)["config"]).n_sample_steps
+    model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
+    model.save(out_dir / "world_model.pt")
     starts.save(out_dir / "start_states.npz")
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text(f"{command}\nexported from {run_dir.name}: task {model.spec.env_id}, "
                        f"{buffer.n_transitions} real steps in its buffer, {model.n_parameters()} denoiser "
-                       f"parameters; start states: {starts.n_transitions} steps of {len(picks)} episodes\n")
+                       f"parameters, {chain or model.schedule.n_steps}-step sampling chain; start states: "
+                       f"{starts.n_transitions} steps of {len(picks)} episodes\n")
     return out_dir

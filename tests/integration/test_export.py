@@ -8,6 +8,7 @@ from agents.cli import main
 from agents.coordinator import Coordinator
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.vector_env import ImaginedVectorEnv
+from imagined_env.world_model import WorldModel
 from tests.integration.test_coordinator import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.mujoco, pytest.mark.filterwarnings("ignore:.*settotalmass")]
@@ -24,6 +25,7 @@ def test_export_writes_a_usable_world_model(tmp_path):
     assert len(starts) == 2
     np.testing.assert_array_equal(starts.episodes[0].observations, full.episodes[0].observations)
     np.testing.assert_array_equal(starts.episodes[1].observations, full.episodes[len(full) - 1].observations)
+    assert WorldModel.load(out / "world_model.pt").config.sampler.n_sample_steps == TINY.n_sample_steps
     env = ImaginedVectorEnv(out / "world_model.pt", 4, start_states=out / "start_states.npz",
                             env_id="HalfCheetah-v4", device="cpu")
     obs, _ = env.reset(seed=0)
