@@ -238,7 +238,8 @@ def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> N
             continue
         steps, mean, low, high = seed_band(mine)
         n_seeds = len({p.seed for p in mine})
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
+        label = f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_xlabel("real environment steps")
     ax.set_ylabel(f"real-task return ({spec.eval_episodes} deterministic episodes)")
