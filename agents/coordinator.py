@@ -74,7 +74,7 @@ MaybeCallback = BaseCallback | list[BaseCallback] | None
 
 
 def _cpu_world_model() -> WorldModelConfig:
-    return WorldModelConfig(horizon=10, denoiser=DenoiserConfig(width=256, depth=3, time_dim=64),
+    return WorldModelConfig(horizon=5, denoiser=DenoiserConfig(width=256, depth=3, time_dim=64),
                             guidance=GuidanceConfig(scale_lr=0.03))
 
 
@@ -109,7 +109,7 @@ class CoordinatorConfig:
     """Real steps between policy updates (paper 4); also the collection chunk of the loop."""
     learning_starts: int = 0
     """Real steps after the prefill, collected with the initial policy, before the first policy update."""
-    n_imagined_envs: int = 512
+    n_imagined_envs: int = 1024
     """Imagined trajectories per policy update (paper 1024); one batched world-model call each."""
     n_sample_steps: int | None = 32
     """Diffusion passes per imagination: an even strided subset of the T-step chain (None: all T)."""
