@@ -18,8 +18,8 @@ import gymnasium as gym
 import torch
 
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
-from agents.compare import (IMAGINATION, CompareSpec, imagination_run_dir, parse_methods, run_comparison,
-                            summary)
+from agents.compare import (IMAGINATION, CompareSpec, imagination_run_dir, merge_comparisons, parse_methods,
+                            run_comparison, summary)
 from agents.config_flags import add_config_flags, given_flags, leaf_values, merge_into, nest, read_config_file
 from agents.coordinator import SUPPORTED_TASKS, Coordinator, CoordinatorConfig
 from agents.demo import DemoConfig, run_demo
@@ -255,6 +255,20 @@ def prepare_demo(args: argparse.Namespace) -> Job:
     return job
 
 
+# ---- merge ------------------------------------------------------------------------------------------
+def prepare_merge(args: argparse.Namespace) -> Job:
+    out_dir = writable_dir(args.out)
+
+    def job() -> int:
+        points = merge_comparisons([Path(d) for d in args.in_dirs], out_dir)
+        for method, s in summary(points).items():
+            print(f"{method:>18}: final real return {s['mean']:8.1f} +- {s['std']:.1f} over {s['seeds']} seeds")
+        print(f"wrote {out_dir / 'compare.csv'}, compare.json, compare.png")
+        return 0
+
+    return job
+
+
 # ---- export -----------------------------------------------------------------------------------------
 def prepare_export(args: argparse.Namespace) -> Job:
     from agents.export import checkpoint_to_export, export_run
@@ -283,11 +297,12 @@ def common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagined-env", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,compare,demo,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,compare,merge,demo,export}")
     parent = common_options()
     add_train_parser(sub, parent)
     add_evaluate_parser(sub, parent)
     add_compare_parser(sub, parent)
+    add_merge_parser(sub, parent)
     add_demo_parser(sub, parent)
     add_export_parser(sub, parent)
     return parser
@@ -360,6 +375,16 @@ def add_demo_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     defaults = {"default": leaf_values(DemoConfig, asdict(DemoConfig()))}
     add_config_flags(p, DemoConfig, defaults, aliases=CONFIG_ALIASES)
     p.set_defaults(prepare=prepare_demo)
+
+
+def add_merge_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("merge", parents=[parent], help="one table and plot from comparisons run apart",
+                       description="Combines the compare.json of comparisons run separately (e.g. seeds in "
+                                   "parallel processes) with the same task, budget and settings into one "
+                                   "compare.csv/json/png.")
+    p.add_argument("in_dirs", nargs="+", metavar="COMPARE_DIR", help="output folders of `imagined-env compare`")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the merged outputs to")
+    p.set_defaults(prepare=prepare_merge)
 
 
 def add_export_parser(sub: Any, parent: argparse.ArgumentParser) -> None:

@@ -279,3 +279,41 @@ def summary(points: list[EvalPoint]) -> dict[str, Any]:
         finals = np.array([p.mean_return for p in last.values()])
         out[method] = {"mean": float(finals.mean()), "std": float(finals.std()), "seeds": len(finals)}
     return out
+
+
+def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
+    """The evaluations and setup a comparison wrote to out_dir/compare.json."""
+    path = Path(out_dir) / "compare.json"
+    try:
+        payload = json.loads(path.read_text())
+        points = [EvalPoint(method, int(seed), int(r["real_steps"]), float(r["mean_return"]),
+                            float(r["std_return"]))
+                  for method, seeds in payload["results"].items() for seed, rows in seeds.items() for r in rows]
+        imagination = payload["imagination_config"]
+        spec = CompareSpec(env_id=payload["env_id"], methods=tuple(payload["results"]),
+                           seeds=tuple(payload["seeds"]), budget=int(payload["budget"]),
+                           eval_every=int(payload["eval_every"]), eval_episodes=int(payload["eval_episodes"]),
+                           imagination=None if imagination is None else CoordinatorConfig.from_dict(imagination),
+                           max_episode_steps=payload["max_episode_steps"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path} is not a readable comparison: {err}") from None
+    return points, spec
+
+
+def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
+    """One table and plot from comparisons run apart (e.g. seeds in parallel processes); they must
+    share task, budget, evaluation and imagination settings."""
+    parts = [read_comparison(d) for d in in_dirs]
+    first = parts[0][1]
+    for (_, spec), d in zip(parts[1:], in_dirs[1:]):
+        if replace(spec, methods=first.methods, seeds=first.seeds) != first:
+            raise ValueError(f"{d} was run with other settings than {in_dirs[0]} (task, budget, evaluation "
+                             "or imagination config differ): refusing to merge")
+    points = [p for pts, _ in parts for p in pts]
+    keys = [(p.method, p.seed, p.real_steps) for p in points]
+    if len(set(keys)) != len(keys):
+        raise ValueError("the comparisons overlap (a method/seed appears twice): refusing to merge")
+    methods = tuple(dict.fromkeys(m for _, spec in parts for m in spec.methods))
+    seeds = tuple(sorted({s for _, spec in parts for s in spec.seeds}))
+    write_outputs(points, replace(first, methods=methods, seeds=seeds), out_dir)
+    return points
