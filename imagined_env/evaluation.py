@@ -37,7 +37,7 @@ def real_start_obs(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray) -> np.ndarr
 
     Use them as start states when imagining with another model, so that its errors are comparable.
     """
-    return np.stack([set_mujoco_state(env, p, v) for p, v in zip(qpos, qvel)]).astype(np.float32)
+    return np.stack([set_mujoco_state(env, p, v) for p, v in zip(qpos, qvel, strict=True)]).astype(np.float32)
 
 
 def open_loop_error(

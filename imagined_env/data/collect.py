@@ -147,7 +147,8 @@ class RealCollector:
     def __init__(self, env: gym.Env, buffer: EpisodeBuffer, seed: int | None = None) -> None:
         env_dims, buffer_dims = _env_dims(env), (buffer.obs_dim, buffer.act_dim, buffer.nq, buffer.nv)
         if env_dims != buffer_dims:
-            raise ValueError(f"env dims (obs, act, nq, nv) {env_dims} do not match the buffer's {buffer_dims}")
+            raise ValueError(f"env dims (obs, act, nq, nv) {env_dims} do not match the buffer's "
+                             f"{buffer_dims}")
         self.env, self.buffer = env, buffer
         self._low, self._high = env.action_space.low, env.action_space.high
         if seed is not None:

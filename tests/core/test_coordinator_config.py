@@ -68,7 +68,7 @@ def test_unknown_task_is_named_with_the_supported_ones():
 @pytest.mark.parametrize("fields,match", [
     ({"algo": "sac"}, "unknown algo 'sac'"),
     ({"prefill_steps": 0}, "prefill_steps"),
-    ({"prefill_steps": 10}, "exceed the world model horizon"),
+    ({"prefill_steps": 5}, "exceed the world model horizon"),
     ({"policy_every": 0}, "policy_every"),
     ({"n_sample_steps": 0}, "n_sample_steps"),
     ({"world_model_steps_per_real_step": -1.0}, "world_model_steps_per_real_step"),
@@ -148,3 +148,4 @@ def test_budget_below_prefill_is_refused_before_any_step(tmp_path):
         coordinator.learn(progress_bar=False)
     assert coordinator.real_steps == 0 and coordinator.world_model is None
     assert find_checkpoint(tmp_path) is None
+    coordinator.close()

@@ -106,6 +106,7 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     assert latest.guidance_scale == pytest.approx(coordinator.world_model.guidance_scale)
     mean, std = coordinator.evaluate(n_episodes=2)
     assert np.isfinite(mean) and std >= 0
+    coordinator.close()
 
 
 CHILD = """
@@ -144,6 +145,7 @@ def kill_after_first_checkpoint(child: subprocess.Popen, run_dir: Path, timeout:
     assert child.poll() is None, "the child finished before it could be killed"
     os.kill(child.pid, signal.SIGKILL)
     assert child.wait(timeout=10) == -signal.SIGKILL
+    child.stderr.close()
 
 
 def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
@@ -171,6 +173,7 @@ def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
     steps = [float(r["time/real_steps"]) for r in read_csv(run_dir / "progress.csv")]
     assert steps == list(range(400, budget + 1, 100))                     # no rows of the killed tail twice
     assert json.loads((find_checkpoint(run_dir) / "state.json").read_text())["real_steps"] == budget
+    resumed.close()
 
 
 def test_tiny_hopper_run_with_terminations(tmp_path):
@@ -181,3 +184,4 @@ def test_tiny_hopper_run_with_terminations(tmp_path):
     assert sum(ep.terminated for ep in episodes) >= 3 and any(not ep.terminated for ep in episodes)
     assert {p.name for p in find_checkpoint(tmp_path).iterdir()} == CHECKPOINT_FILES - {"vec_normalize.pkl"}
     assert np.isfinite(coordinator.history[-1]["mean_return"])
+    coordinator.close()
