@@ -377,7 +377,7 @@ class Coordinator:
         """The imagined env is built once around `world_model`, so refits and training are seen by it."""
         cfg = self.config
         self._imagined = ImaginedVectorEnv(self.world_model, cfg.n_imagined_envs, env_id=cfg.env_id,
-                                           start_states=self.buffer.transitions().obs,
+                                           start_states=self.buffer,
                                            replay=ReplayConfig(n_sample_steps=cfg.n_sample_steps))
         venv: VecEnv = ImaginedSB3VecEnv(self._imagined)
         kwargs = _learner_kwargs(cfg)
@@ -472,7 +472,7 @@ class Coordinator:
 
     def _policy_update(self) -> None:
         """One rollout of n_imagined_envs x n_steps guided imagined steps from real start states + train."""
-        self._imagined.set_start_states(self.buffer.transitions().obs)
+        self._imagined.set_start_states(self.buffer)
         learner = self.learner
         learner.learn(learner.n_steps * learner.n_envs, callback=self._probe, log_interval=None,
                       reset_num_timesteps=False)
