@@ -29,13 +29,13 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import HumanOutputFormat
-from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
 from tqdm.auto import tqdm
 
+from agents.evaluation import real_env
 from agents.guidance import sb3_guide
 from agents.plan_following import ImaginationA2C, ImaginationPPO
 from agents.run_files import (
@@ -573,8 +573,7 @@ def _existing_checkpoint_message(run_dir: Path, state: dict[str, Any], env_id: s
 
 def _eval_env(config: CoordinatorConfig) -> VecEnv:
     """The real task for evaluation; with VecNormalize frozen (statistics copied in at each evaluation)."""
-    env: VecEnv = DummyVecEnv([lambda: Monitor(gym.make(config.env_id,
-                                                          max_episode_steps=config.eval_max_episode_steps))])
+    env: VecEnv = real_env(config.env_id, config.seed, config.eval_max_episode_steps)
     return VecNormalize(env, training=False, norm_reward=False) if config.normalize else env
 
 
