@@ -56,7 +56,7 @@ from imagined_env.data.collect import RealCollector, buffer_for_env, sb3_sampler
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GuidanceConfig, standardised_spread
-from imagined_env.evaluation import OpenLoopError, open_loop_error
+from imagined_env.evaluation import ActionSensitivity, OpenLoopError, action_sensitivity, open_loop_error
 from imagined_env.registration import TASKS, VERSIONS
 from imagined_env.replay import ReplayConfig
 from imagined_env.training import TrainConfig, WorldModelTrainer, spec_from_env
@@ -125,8 +125,10 @@ class CoordinatorConfig:
     """Episodes per evaluation, deterministic actions (paper 20)."""
     eval_max_episode_steps: int | None = None
     """Time limit of evaluation episodes (None: the task's own, 1000)."""
-    open_loop_states: int = 16
-    """Real start states for the world model's open-loop error at each evaluation (0: skip)."""
+    open_loop_states: int = 128
+    """Real start states for the world model's open-loop error and action sensitivity (the correlation
+    of imagined and real return differences between two random action sequences; it tells whether
+    imagined returns can steer a policy) at each evaluation (0: skip)."""
     checkpoint_every: int = 10_000
     """Real steps between checkpoints; one more at the end of `learn`."""
     world_model: WorldModelConfig = field(default_factory=_cpu_world_model)
@@ -486,23 +488,34 @@ class Coordinator:
         self.logger.record("eval/mean_reward", mean)
         self.logger.record("eval/std_reward", std)
         if self.config.open_loop_states:
-            error = self._open_loop_error()
+            error, sensitivity = self._world_model_errors()
             row["open_loop_mse"] = float(np.nanmean(error.obs_mse))
             row["open_loop_reward_mse"] = float(np.nanmean(error.reward_mse))
+            row["return_difference_corr"] = sensitivity.correlation
             self.logger.record("world_model/open_loop_mse", row["open_loop_mse"])
             self.logger.record("world_model/open_loop_reward_mse", row["open_loop_reward_mse"])
+            self.logger.record("world_model/return_difference_corr", sensitivity.correlation)
         self.history.append(row)
         write_rows(self.run_dir / "evaluations.csv", self.history)
 
-    def _open_loop_error(self) -> OpenLoopError:
-        """Open-loop error of policy-guided imaginations from real buffer states (a fixed draw per
-        real-step count, so a resumed run measures the same states)."""
-        rng = np.random.default_rng([self.config.seed, self.real_steps])
-        _, qpos, qvel = self.buffer.start_states(rng, self.config.open_loop_states)
+    def _world_model_errors(self) -> tuple[OpenLoopError, ActionSensitivity]:
+        """Open-loop error of policy-guided imaginations, and action sensitivity (do imagined H-step
+        returns of two random action sequences differ as the real ones do?), from real buffer states:
+        a fixed draw per real-step count, so a resumed run measures the same states."""
+        cfg = self.config
+        rng = np.random.default_rng([cfg.seed, self.real_steps])
+        _, qpos, qvel = self.buffer.start_states(rng, cfg.open_loop_states)
         generator = torch.Generator(device=self.world_model.device).manual_seed(int(rng.integers(2 ** 62)))
-        return open_loop_error(self._sim, self.world_model, qpos, qvel,
-                               policy=sb3_guide(self.learner.policy, self._vec_normalize),
-                               n_sample_steps=self.config.n_sample_steps, generator=generator)
+        error = open_loop_error(self._sim, self.world_model, qpos, qvel,
+                                policy=sb3_guide(self.learner.policy, self._vec_normalize),
+                                n_sample_steps=cfg.n_sample_steps, generator=generator)
+        space = self._sim.action_space
+        shape = (cfg.open_loop_states, self.world_model.horizon, space.shape[0])
+        a = rng.uniform(space.low, space.high, shape).astype(np.float32)
+        b = np.clip(a + rng.normal(0.0, 0.25, shape) * (space.high - space.low), space.low, space.high)
+        sensitivity = action_sensitivity(self._sim, self.world_model, qpos, qvel, a, b.astype(np.float32),
+                                         n_sample_steps=cfg.n_sample_steps, generator=generator)
+        return error, sensitivity
 
     def _dump(self, show: bool) -> None:
         """One progress row at the current real step; `show` also prints it (after evaluations)."""

@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
@@ -53,12 +52,18 @@ class WorldModelConfig:
     """Decay of the EMA copy used for imagination."""
     terminal_threshold: float = 0.5
     """A generated terminal channel above this (environment units) ends the episode."""
+    reward_loss_weight: float = 1.0
+    """Weight of the reward channel in the x0 loss, relative to every other entry (paper: 1, a plain
+    MSE). The reward is one of obs + 2 channels yet it alone drives the learner: a weight above 1
+    buys reward accuracy for a little state accuracy."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {self.horizon}")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not self.reward_loss_weight > 0:
+            raise ValueError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +107,8 @@ class WorldModel:
             torch.tensor(spec.action_high, dtype=torch.float32, device=self.device),
         )
         self.log_guidance_scale = math.log(config.guidance.initial_scale)
+        self._channel_weight = torch.ones(spec.obs_dim + 2, device=self.device)
+        self._channel_weight[spec.obs_dim] = config.reward_loss_weight  # rows are [s, r, d]
 
     @property
     def horizon(self) -> int:
@@ -115,7 +122,8 @@ class WorldModel:
         return sum(p.numel() for p in self.denoiser.parameters())
 
     def loss(self, windows: Windows, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0-prediction MSE over all entries of B windows, with the start state inpainted."""
+        """x0-prediction MSE over all entries of B windows, with the start state inpainted; the reward
+        channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE."""
         obs_dim, dev = self.spec.obs_dim, self.device
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)  # noqa: E731
         x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards), as_t(windows.terminals))
@@ -127,7 +135,8 @@ class WorldModel:
         xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
         pred = self.denoiser(xt, self.schedule.signal_scale(t)[:, None, None] * cond, t)
         pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
-        return F.mse_loss(pred, x0)
+        weight = self._channel_weight
+        return ((pred - x0).pow(2) * weight).mean() / weight.mean()
 
     @torch.no_grad()
     def update_ema(self) -> None:
@@ -142,25 +151,40 @@ class WorldModel:
         *,
         generator: torch.Generator | None = None,
         first_action: torch.Tensor | np.ndarray | None = None,
+        actions: torch.Tensor | np.ndarray | None = None,
         n_sample_steps: int | None = None,
         adapt_guidance: bool = True,
     ) -> Imagination:
         """B guided trajectories of H steps from start observations [B, obs], in one batched call.
 
-        `policy` maps states [N, obs] to (mean, std) [N, act]; `n_sample_steps` overrides the
-        configured chain length (None: use the config). When guided and `adapt_guidance`, the
-        guidance scale takes one tuning step toward the target action spread.
+        `policy` maps states [N, obs] to (mean, std) [N, act]; `first_action` [B, act] fixes a_0 (an
+        action the agent took), `actions` [B, k, act] with k <= H fixes a_0..a_{k-1} (k = H: the model
+        replays a given action sequence open-loop); the other actions follow the policy.
+        `n_sample_steps` overrides the configured chain length (None: use the config). When guided and
+        `adapt_guidance`, the guidance scale takes one tuning step toward the target action spread.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
-        a0 = None if first_action is None else self._checked(first_action, self.spec.act_dim, "first_action")
-        if a0 is not None and a0.shape[0] != s0.shape[0]:
-            raise ValueError(f"first_action has {a0.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
+        if first_action is not None and actions is not None:
+            raise ValueError("give first_action or actions, not both")
+        fixed = None
+        if first_action is not None:
+            fixed = self._checked(first_action, self.spec.act_dim, "first_action")[:, None]
+        elif actions is not None:
+            fixed = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+            if fixed.dim() != 3 or not 1 <= fixed.shape[1] <= self.horizon or fixed.shape[2] != self.spec.act_dim:
+                raise ValueError(f"actions must have shape [B, k, {self.spec.act_dim}] with 1 <= k <= "
+                                 f"{self.horizon}, got {tuple(fixed.shape)}")
+            if not torch.isfinite(fixed).all():
+                raise ValueError("actions contains NaN or inf")
+        if fixed is not None and fixed.shape[0] != s0.shape[0]:
+            name = "first_action" if first_action is not None else "actions"
+            raise ValueError(f"{name} has {fixed.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
         sampler = self.config.sampler if n_sample_steps is None else replace(self.config.sampler,
                                                                              n_sample_steps=n_sample_steps)
         out = guided_sample(
             self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
             policy=policy, scale=self.guidance_scale, guidance=self.config.guidance, config=sampler,
-            generator=generator, first_action=a0,
+            generator=generator, fixed_actions=fixed,
         )
         if policy is not None and adapt_guidance:
             self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)

@@ -48,8 +48,11 @@ class TimeEmbedding(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(2 * half, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        angles = t.float()[:, None] * self.freqs[None]
-        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))
+        """Embeds each distinct step once: a sampling batch shares one t, a training batch of B draws
+        has at most T distinct ones, and at small widths this MLP is a quarter of the FLOPs."""
+        steps, index = torch.unique(t, return_inverse=True)
+        angles = steps.float()[:, None] * self.freqs[None]
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))[index]
 
 
 class ResidualBlock(nn.Module):

@@ -69,12 +69,13 @@ def guided_sample(
     guidance: GuidanceConfig,
     config: SamplerConfig,
     generator: torch.Generator | None = None,
-    first_action: torch.Tensor | None = None,
+    fixed_actions: torch.Tensor | None = None,
 ) -> GuidedSample:
     """Sample B trajectories of `n_rows` rows from start states [B, obs] (environment units).
 
-    `first_action` [B, act] (environment units), when given, fixes a_0 at every step: the rest of
-    the trajectory is then conditioned on an action the agent actually took.
+    `fixed_actions` [B, k, act] (environment units, k <= n_rows), when given, fixes a_0..a_{k-1} at
+    every step: the trajectory is then conditioned on actions the agent actually took (k = 1), or on a
+    whole given sequence (the model as an open-loop simulator).
     Without a policy the actions are one draw of N(0, I) in normalised units (data-like), unguided.
     """
     device = start_states.device
@@ -85,15 +86,16 @@ def guided_sample(
     x = torch.randn(batch, n_rows, x_dim, device=device, generator=generator)
     x[:, 0, :obs_dim] = s0
     a = torch.randn(batch, n_rows, act_dim, device=device, generator=generator)
-    fixed_a0 = None if first_action is None else normaliser.normalise_action(bounds.clip(first_action))
+    fixed = None if fixed_actions is None else normaliser.normalise_action(bounds.clip(fixed_actions))
+    n_fixed = 0 if fixed is None else fixed.shape[1]
     steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
     # a strided chain takes fewer guidance steps: scale each so that lambda means the same for any length
     step_scale = scale * schedule.n_steps / len(steps)
     spread = float("nan")
     for i, t in enumerate(steps):
         s = steps[i + 1] if i + 1 < len(steps) else -1
-        if fixed_a0 is not None:
-            a[:, 0] = fixed_a0
+        if fixed is not None:
+            a[:, :n_fixed] = fixed
         tt = torch.full((batch,), t, device=device, dtype=torch.long)
         cond = normaliser.normalise_action(bounds.clip(normaliser.unnormalise_action(a)))
         x0_hat = denoiser(x, schedule.signal_scale(tt)[:, None, None] * cond, tt)
@@ -110,8 +112,8 @@ def guided_sample(
             x = mean + std * torch.randn(x.shape, device=device, generator=generator)
         x[:, 0, :obs_dim] = s0
     actions = normaliser.unnormalise_action(a)
-    if first_action is not None:
-        actions[:, 0] = first_action
+    if fixed_actions is not None:
+        actions[:, :n_fixed] = fixed_actions
     return GuidedSample(x0=x, actions=actions, spread=spread)
 
 

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from imagined_env.diffusion.guidance import GuidanceConfig
-from imagined_env.world_model import FORMAT_VERSION, WorldModel
-from tests.conftest import ACT, H, OBS, linear_step
+from imagined_env.data.normaliser import Normaliser
+from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig
+from tests.conftest import ACT, H, LINEAR_SPEC, OBS, TINY_CONFIG, linear_buffer, linear_step
 
 
 def fixed_policy(mean: float, std: float):
@@ -141,3 +142,59 @@ def test_bad_first_action(trained_linear_model):
         model.imagine(np.zeros((2, OBS)), first_action=np.zeros((1, ACT)))
     with pytest.raises(ValueError, match="first_action contains NaN"):
         model.imagine(np.zeros((2, OBS)), first_action=np.full((2, ACT), np.inf))
+
+
+class _ZeroDenoiser(nn.Module):
+    """Predicts x0 = 0 everywhere: the loss is then the (weighted) mean square of the clean rows."""
+
+    def forward(self, x, actions, t):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("weight", [1.0, 4.0])
+def test_reward_loss_weight_against_numpy_reference(weight):
+    buf = linear_buffer(n_episodes=5)
+    normaliser = Normaliser.fit(buf, -1.0, 1.0)
+    model = WorldModel(LINEAR_SPEC, dataclasses.replace(TINY_CONFIG, reward_loss_weight=weight), normaliser, "cpu")
+    model.denoiser = _ZeroDenoiser()
+    windows = buf.sample_windows(16, H, np.random.default_rng(0))
+    # reference: z-score each channel by hand; row 0's states are inpainted, so they carry no error
+    states = (windows.states - normaliser.obs_mean) / normaliser.obs_std
+    states[:, 0] = 0.0
+    rewards = (windows.rewards - normaliser.reward_mean[0]) / normaliser.reward_std[0]
+    terminals = (windows.terminals - normaliser.terminal_mean[0]) / normaliser.terminal_std[0]
+    weighted = (states ** 2).sum() + weight * (rewards ** 2).sum() + (terminals ** 2).sum()
+    expected = weighted / (windows.rewards.size * (OBS + 1 + weight))
+    assert model.loss(windows).item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_reward_loss_weight_must_be_positive():
+    with pytest.raises(ValueError, match="reward_loss_weight must be > 0, got 0"):
+        WorldModelConfig(reward_loss_weight=0.0)
+
+
+def test_given_action_sequences_are_replayed_open_loop(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    s0, _, _ = buf.start_states(np.random.default_rng(3), 256)
+    actions = np.random.default_rng(4).normal(scale=0.7, size=(256, H, ACT)).astype(np.float32)
+    out = model.imagine(s0, actions=actions, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_array_equal(out.actions.numpy(), actions)   # unclipped, exactly as given
+    truth, _ = linear_step(s0, actions[:, 0])
+    for k in range(1, H):                                          # the model's states follow the actions
+        model_err = np.mean((out.observations[:, k].numpy() - truth) ** 2)
+        assert model_err < 0.25 * np.mean((s0 - truth) ** 2), (k, model_err)
+        truth, _ = linear_step(truth, actions[:, k])
+    prefix = model.imagine(s0[:8], fixed_policy(0.3, 0.2), actions=actions[:8, :2])
+    np.testing.assert_array_equal(prefix.actions[:, :2].numpy(), actions[:8, :2])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"actions": np.zeros((2, H + 1, ACT))}, rf"actions must have shape \[B, k, {ACT}\] with 1 <= k <= {H}"),
+    ({"actions": np.zeros((3, H, ACT))}, "actions has 3 rows, expected 2"),
+    ({"actions": np.full((2, H, ACT), np.nan)}, "actions contains NaN"),
+    ({"actions": np.zeros((2, H, ACT)), "first_action": np.zeros((2, ACT))}, "not both"),
+])
+def test_bad_action_sequences(trained_linear_model, kwargs, match):
+    model, _, _ = trained_linear_model
+    with pytest.raises(ValueError, match=match):
+        model.imagine(np.zeros((2, OBS)), **kwargs)

@@ -86,11 +86,12 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     assert counter.coordinators == [400, 500, 600]                        # once per iteration
     assert [row["real_steps"] for row in coordinator.history] == [400, 600]
     assert all(np.isfinite(row["mean_return"]) and row["open_loop_mse"] > 0 for row in coordinator.history)
+    assert all(-1 <= row["return_difference_corr"] <= 1 for row in coordinator.history)
 
     progress = read_csv(tmp_path / "progress.csv")
     assert [float(r["time/real_steps"]) for r in progress] == [400, 500, 600]
     for key in ("eval/mean_reward", "eval/std_reward", "world_model/loss", "world_model/open_loop_mse",
-                "guidance/scale", "guidance/spread", "train/value_loss", "train/approx_kl"):
+                "world_model/return_difference_corr", "guidance/scale", "guidance/spread", "train/value_loss", "train/approx_kl"):
         assert progress[-1][key] != "", key
     assert 0 < float(progress[-1]["guidance/spread"]) < 10
     assert len(read_csv(tmp_path / "evaluations.csv")) == 2

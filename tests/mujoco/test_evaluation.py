@@ -1,6 +1,8 @@
 """Open-loop world-model error against the simulator, with imaginations whose error is known."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from imagined_env.data.collect import buffer_for_env, collect_episodes, set_mujo
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
-from imagined_env.evaluation import open_loop_error, real_start_obs
+from imagined_env.evaluation import action_sensitivity, open_loop_error, real_start_obs
 from imagined_env.training import spec_from_env
 from imagined_env.world_model import Imagination, WorldModel, WorldModelConfig
 
@@ -102,3 +104,37 @@ def test_a_world_model_is_measured_without_touching_its_guidance():
     with pytest.raises(ValueError, match="does not start from"):
         imagination = model.imagine(real_start_obs(env, qpos, qvel) + 1.0, n_sample_steps=2)
         open_loop_error(env, imagination, qpos, qvel)
+
+
+class _ReplayingModel:
+    """Stands in for a WorldModel in `action_sensitivity`: replays given actions through `generate`."""
+
+    horizon = H
+    spec = SimpleNamespace(act_dim=6)
+
+    def __init__(self, generate):
+        self.generate = generate
+
+    def imagine(self, starts, *, actions, generator=None, n_sample_steps=None):
+        return self.generate(np.asarray(actions))
+
+
+def test_action_sensitivity_of_the_simulator_itself_is_one_and_of_an_action_blind_model_near_zero():
+    env, _, qpos, qvel = real_states("HalfCheetah-v4", n=64)
+    rng = np.random.default_rng(2)
+    a = rng.uniform(-1, 1, (64, H, 6)).astype(np.float32)
+    b = np.clip(a + rng.normal(0, 0.5, a.shape), -1, 1).astype(np.float32)
+    other = gym.make("HalfCheetah-v4")
+    oracle = _ReplayingModel(lambda actions: exact_imagination(other, qpos, qvel, actions))
+    exact = action_sensitivity(env, oracle, qpos, qvel, a, b)
+    assert exact.correlation == pytest.approx(1.0, abs=1e-6) and exact.n == 64
+    assert exact.real_std == pytest.approx(exact.imagined_std, rel=1e-5) and exact.real_std > 0.1
+
+    def blind(actions):  # right states, rewards that ignore the actions
+        out = exact_imagination(other, qpos, qvel, actions)
+        noise = torch.as_tensor(rng.normal(size=out.rewards.shape), dtype=torch.float32)
+        return Imagination(out.observations, out.actions, noise, out.terminations, out.spread)
+
+    assert abs(action_sensitivity(env, _ReplayingModel(blind), qpos, qvel, a, b).correlation) < 0.3
+    with pytest.raises(ValueError, match=r"action sequences must have shape \(64, 6, 6\)"):
+        action_sensitivity(env, oracle, qpos, qvel, a[:, :2], b)

@@ -1,0 +1,114 @@
+"""Does weighting the reward channel in the x0 loss make imagined returns follow the actions?
+
+The learner only ever sees imagined rewards, and a policy gradient needs them to rank actions as the
+simulator does; the paper's plain MSE gives the reward 1 of obs + 2 channels of every row. One run:
+1. Data: a fixed stochastic SB3 policy (as `world_model_error.py`: untrained, `log_std_init=-0.5`),
+   training episodes and held-out episodes with other reset seeds.
+2. For every seed and every `reward_loss_weight`, a PolyGRAD model of the cpu preset's size (H = 5,
+   width 256 x 3 blocks, lr 1e-3, 32-step chain) is fitted for the same number of Adam steps.
+3. Each model is measured from the same held-out real states: open-loop observation MSE over k = 1..H
+   and reward MSE over k = 1..H of trajectories guided by the policy
+   (`imagined_env.evaluation.open_loop_error`), and the action sensitivity
+   (`imagined_env.evaluation.action_sensitivity`): two uniform-random action sequences a and
+   b = clip(a + N(0, 0.5^2)) replayed by the model and by MuJoCo; the correlation of the H-step return
+   differences R(a) - R(b), imagined against real.
+The table is per weight (mean over seeds); ratios are against weight 1 in the same run.
+
+    python benchmarks/reward_weight.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+
+from agents.coordinator import CoordinatorConfig
+from agents.guidance import sb3_guide
+from imagined_env.evaluation import action_sensitivity, open_loop_error
+from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
+from imagined_env.utils import atomic_path
+from world_model_error import collect
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--env", default="HalfCheetah-v4")
+    parser.add_argument("--weights", default="1,3,5", help="comma-separated reward_loss_weight values")
+    parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds (the data is seed 0's)")
+    parser.add_argument("--real-steps", type=int, default=20_000, help="training transitions")
+    parser.add_argument("--grad-steps", type=int, default=4_000, help="Adam steps per model")
+    parser.add_argument("--n-starts", type=int, default=500, help="held-out start states")
+    parser.add_argument("--out", default="benchmarks/results/reward_weight.json")
+    return parser.parse_args(argv)
+
+
+def measure(model, env, policy, starts, pairs, seed: int, n_sample_steps: int | None) -> dict[str, float]:
+    _, qpos, qvel = starts
+    generator = torch.Generator().manual_seed(seed)
+    error = open_loop_error(env, model, qpos, qvel, policy=policy, generator=generator,
+                            n_sample_steps=n_sample_steps)
+    sensitivity = action_sensitivity(env, model, qpos, qvel, *pairs, generator=generator,
+                                     n_sample_steps=n_sample_steps)
+    return {"obs_mse": float(np.nanmean(error.obs_mse)), "reward_mse": float(np.nanmean(error.reward_mse)),
+            "return_difference_correlation": sensitivity.correlation, "pairs": sensitivity.n}
+
+
+def main(argv: list[str] | None = None) -> dict[str, object]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    weights = [float(w) for w in args.weights.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    env = gym.make(args.env)
+    spec = spec_from_env(env, args.env)
+    agent = PPO("MlpPolicy", gym.make(args.env), seed=0, device="cpu",
+                policy_kwargs={"log_std_init": -0.5, "ortho_init": False})
+    agent.policy.set_training_mode(False)
+    policy = sb3_guide(agent.policy)
+    train_buffer, _ = collect(args.env, agent, args.real_steps, 0)
+    eval_buffer, _ = collect(args.env, agent, 3_000, 10_000)
+    cpu = CoordinatorConfig()
+    horizon = cpu.world_model.horizon
+    starts = eval_buffer.start_states(np.random.default_rng(0), args.n_starts)
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-1, 1, (args.n_starts, horizon, spec.act_dim)).astype(np.float32)
+    pairs = (a, np.clip(a + rng.normal(0, 0.5, a.shape), -1, 1).astype(np.float32))
+    rows: dict[float, list[dict[str, float]]] = {w: [] for w in weights}
+    for seed in seeds:
+        for weight in weights:
+            config = replace(cpu.world_model, reward_loss_weight=weight)
+            model, _ = fit_world_model(train_buffer, spec, args.grad_steps, config,
+                                       TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size, seed=seed),
+                                       device="cpu", progress=False)
+            model.imagine(starts[0][:64], policy, n_sample_steps=cpu.n_sample_steps)  # one tuning step
+            row = measure(model, env, policy, starts, pairs, seed, cpu.n_sample_steps)
+            rows[weight].append(row)
+            print(f"seed {seed} weight {weight:g}: {row} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    table = {w: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for w, rs in rows.items()}
+    base = table[weights[0]]
+    print(f"\n{'reward weight':>14}{'obs MSE':>10}{'reward MSE':>12}{'return-diff corr':>18}"
+          f"{'reward MSE ratio':>18}{'corr ratio':>12}")
+    for w, r in table.items():
+        print(f"{w:>14g}{r['obs_mse']:>10.3f}{r['reward_mse']:>12.4f}{r['return_difference_correlation']:>18.3f}"
+              f"{r['reward_mse'] / base['reward_mse']:>18.2f}"
+              f"{r['return_difference_correlation'] / base['return_difference_correlation']:>12.2f}")
+    report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
+              "env": args.env, "seeds": seeds, "grad_steps": args.grad_steps, "real_steps": args.real_steps,
+              "world_model": "cpu preset (H 5, width 256 x 3, lr 1e-3, 32-step chain)",
+              "per_seed": {str(w): rs for w, rs in rows.items()}, "mean": {str(w): r for w, r in table.items()},
+              "total_seconds": time.perf_counter() - t0}
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

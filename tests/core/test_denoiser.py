@@ -1,0 +1,38 @@
+"""The denoisers' time embedding: computed once per distinct step, equal to the per-sample formula."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from imagined_env.diffusion.denoiser import TimeEmbedding
+
+
+def _reference(module: TimeEmbedding, t: int, time_dim: int) -> torch.Tensor:
+    """Sinusoidal features of one step written out from their definition, then the module's MLP."""
+    half = time_dim // 2
+    freqs = [math.exp(-math.log(10_000.0) * i / half) for i in range(half)]
+    features = [math.sin(t * f) for f in freqs] + [math.cos(t * f) for f in freqs]
+    return module.mlp(torch.tensor([features], dtype=torch.float32))[0]
+
+
+def test_embedding_of_repeated_steps_matches_per_sample_formula():
+    torch.manual_seed(0)
+    module = TimeEmbedding(time_dim=16, out_dim=8)
+    t = torch.tensor([5, 0, 127, 5, 5, 64, 0])
+    out = module(t)
+    assert out.shape == (7, 8)
+    for row, step in enumerate(t.tolist()):
+        torch.testing.assert_close(out[row], _reference(module, step, 16), rtol=1e-5, atol=1e-5)
+
+
+def test_gradients_reach_the_mlp_through_shared_rows():
+    torch.manual_seed(0)
+    module = TimeEmbedding(time_dim=16, out_dim=8)
+    t = torch.tensor([3, 3, 9])
+    module(t).sum().backward()
+    reference = TimeEmbedding(time_dim=16, out_dim=8)
+    reference.load_state_dict(module.state_dict())
+    sum(_reference(reference, s, 16) for s in t.tolist()).sum().backward()
+    for got, want in zip(module.parameters(), reference.parameters()):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
