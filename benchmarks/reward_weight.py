@@ -40,7 +40,7 @@ from world_model_error import collect
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="HalfCheetah-v4")
-    parser.add_argument("--weights", default="1,3,5", help="comma-separated reward_loss_weight values")
+    parser.add_argument("--weights", default="1,5", help="comma-separated reward_loss_weight values")
     parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds (the data is seed 0's)")
     parser.add_argument("--real-steps", type=int, default=20_000, help="training transitions")
     parser.add_argument("--grad-steps", type=int, default=4_000, help="Adam steps per model")

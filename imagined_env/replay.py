@@ -138,7 +138,8 @@ class PlanReplay:
         self.valid[idx] = False
 
     def _generate(self, starts: np.ndarray, first_action: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        out = self.model.imagine(starts, self.policy, generator=self.generator, first_action=first_action,
+        fixed = None if first_action is None else first_action[:, None]
+        out = self.model.imagine(starts, self.policy, generator=self.generator, actions=fixed,
                                  n_sample_steps=self.config.n_sample_steps)
         term = out.terminations.cpu().numpy()
         self._early_rate = float(term.any(axis=1).mean())

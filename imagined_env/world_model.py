@@ -150,35 +150,28 @@ class WorldModel:
         policy: GaussianPolicyFn | None = None,
         *,
         generator: torch.Generator | None = None,
-        first_action: torch.Tensor | np.ndarray | None = None,
         actions: torch.Tensor | np.ndarray | None = None,
         n_sample_steps: int | None = None,
         adapt_guidance: bool = True,
     ) -> Imagination:
         """B guided trajectories of H steps from start observations [B, obs], in one batched call.
 
-        `policy` maps states [N, obs] to (mean, std) [N, act]; `first_action` [B, act] fixes a_0 (an
-        action the agent took), `actions` [B, k, act] with k <= H fixes a_0..a_{k-1} (k = H: the model
-        replays a given action sequence open-loop); the other actions follow the policy.
+        `policy` maps states [N, obs] to (mean, std) [N, act]; `actions` [B, k, act] with k <= H fixes
+        a_0..a_{k-1} (k = 1: an action the agent took; k = H: the model replays a given action sequence
+        open-loop); the other actions follow the policy.
         `n_sample_steps` overrides the configured chain length (None: use the config). When guided and
         `adapt_guidance`, the guidance scale takes one tuning step toward the target action spread.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
-        if first_action is not None and actions is not None:
-            raise ValueError("give first_action or actions, not both")
-        fixed = None
-        if first_action is not None:
-            fixed = self._checked(first_action, self.spec.act_dim, "first_action")[:, None]
-        elif actions is not None:
-            fixed = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        fixed = None if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        if fixed is not None:
             if fixed.dim() != 3 or not 1 <= fixed.shape[1] <= self.horizon or fixed.shape[2] != self.spec.act_dim:
                 raise ValueError(f"actions must have shape [B, k, {self.spec.act_dim}] with 1 <= k <= "
                                  f"{self.horizon}, got {tuple(fixed.shape)}")
+            if fixed.shape[0] != s0.shape[0]:
+                raise ValueError(f"actions has {fixed.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
-        if fixed is not None and fixed.shape[0] != s0.shape[0]:
-            name = "first_action" if first_action is not None else "actions"
-            raise ValueError(f"{name} has {fixed.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
         sampler = self.config.sampler if n_sample_steps is None else replace(self.config.sampler,
                                                                              n_sample_steps=n_sample_steps)
         out = guided_sample(

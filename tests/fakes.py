@@ -22,7 +22,7 @@ class LinearFakeModel:
         self.terminate_above = terminate_above
         self.calls: list[int] = []
 
-    def imagine(self, start_obs, policy=None, *, generator=None, first_action=None, n_sample_steps=None,
+    def imagine(self, start_obs, policy=None, *, generator=None, actions=None, n_sample_steps=None,
                 adapt_guidance=True) -> Imagination:
         s = np.asarray(start_obs, np.float32)
         b, h = len(s), self.horizon
@@ -39,8 +39,8 @@ class LinearFakeModel:
             else:
                 mean, std = policy(torch.as_tensor(obs[:, k]))
                 a = mean.detach().numpy() + std.detach().numpy() * noise
-            if k == 0 and first_action is not None:
-                a = np.asarray(first_action, np.float32)
+            if actions is not None and k < np.shape(actions)[1]:
+                a = np.asarray(actions, np.float32)[:, k]
             acts[:, k] = a
             obs[:, k + 1], rews[:, k] = linear_step(obs[:, k], a)
             terms[:, k] = obs[:, k + 1, 0] > self.terminate_above

@@ -63,11 +63,11 @@ def test_scale_tuning_reaches_unit_spread(trained_linear_model):
     assert abs(np.mean(spreads[-10:]) - 1.0) < 0.15       # ...and tuning brings it to ~1
 
 
-def test_first_action_is_fixed(trained_linear_model):
+def test_a_given_first_action_is_kept_and_followed(trained_linear_model):
     model, buf, _ = trained_linear_model
     s0, _, _ = buf.start_states(np.random.default_rng(3), 64)
     a0 = np.tile(np.array([[0.9, -0.9]], np.float32), (64, 1))
-    out = model.imagine(s0, fixed_policy(-0.5, 0.1), first_action=a0, generator=torch.Generator().manual_seed(0))
+    out = model.imagine(s0, fixed_policy(-0.5, 0.1), actions=a0[:, None], generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(out.actions[:, 0].numpy(), a0)
     truth, _ = linear_step(s0, a0)
     other, _ = linear_step(s0, np.full_like(a0, -0.5))
@@ -136,14 +136,6 @@ def test_bad_start_states(trained_linear_model, bad, match):
         model.imagine(bad)
 
 
-def test_bad_first_action(trained_linear_model):
-    model, _, _ = trained_linear_model
-    with pytest.raises(ValueError, match="first_action has 1 rows, expected 2"):
-        model.imagine(np.zeros((2, OBS)), first_action=np.zeros((1, ACT)))
-    with pytest.raises(ValueError, match="first_action contains NaN"):
-        model.imagine(np.zeros((2, OBS)), first_action=np.full((2, ACT), np.inf))
-
-
 class _ZeroDenoiser(nn.Module):
     """Predicts x0 = 0 everywhere: the loss is then the (weighted) mean square of the clean rows."""
 
@@ -192,7 +184,8 @@ def test_given_action_sequences_are_replayed_open_loop(trained_linear_model):
     ({"actions": np.zeros((2, H + 1, ACT))}, rf"actions must have shape \[B, k, {ACT}\] with 1 <= k <= {H}"),
     ({"actions": np.zeros((3, H, ACT))}, "actions has 3 rows, expected 2"),
     ({"actions": np.full((2, H, ACT), np.nan)}, "actions contains NaN"),
-    ({"actions": np.zeros((2, H, ACT)), "first_action": np.zeros((2, ACT))}, "not both"),
+    ({"actions": np.zeros((2, ACT))}, rf"actions must have shape \[B, k, {ACT}\]"),
+    ({"actions": np.zeros((1, 1, ACT))}, "actions has 1 rows, expected 2"),
 ])
 def test_bad_action_sequences(trained_linear_model, kwargs, match):
     model, _, _ = trained_linear_model
