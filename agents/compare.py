@@ -158,7 +158,9 @@ def describe_imagination(config: CoordinatorConfig, preset: str) -> str:
     return (f"{config.algo.upper()} in imagination ({preset} preset): prefill {config.prefill_steps}, "
             f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
             f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
-            f"{wm.denoiser.width}x{wm.denoiser.depth}; learner {kwargs}")
+            f"{wm.denoiser.width}x{wm.denoiser.depth}, {config.world_model_steps_per_real_step:g} world-model "
+            f"steps per real step after {config.initial_world_model_steps}, reward loss weight "
+            f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}; learner {kwargs}")
 
 
 def method_settings(spec: CompareSpec) -> dict[str, str]:
