@@ -117,8 +117,11 @@ class CoordinatorConfig:
     """Wrap the imagined env in VecNormalize (observations and rewards, as the RL Zoo's MuJoCo settings);
     real collection, guidance and evaluation see observations through the same statistics."""
     normaliser_refit_every: int = 10_000
-    """Real steps between refits of the world model's normaliser; the world-model steps that follow
-    in the same iteration adapt the model to the new statistics before the next imagination."""
+    """Real steps between refits of the world model's normaliser."""
+    refit_world_model_steps: int = 500
+    """World-model gradient steps right after each refit, on top of the ratio: the model is retrained
+    under the statistics it decodes with before it imagines again (after 500 steps its EMA, decay
+    0.99, keeps under 1% of the weights trained under the old ones)."""
     eval_every: int = 5000
     """Real steps between evaluations on the real task (paper 10k); one more at the end of `learn`."""
     eval_episodes: int = 5
@@ -217,8 +220,8 @@ _PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"cpu": _cpu_preset, "paper"
 
 def _check_counts(config: CoordinatorConfig) -> None:
     at_least = {"prefill_steps": 1, "initial_world_model_steps": 0, "policy_every": 1, "learning_starts": 0,
-                "n_imagined_envs": 1, "normaliser_refit_every": 1, "eval_every": 1, "eval_episodes": 1,
-                "open_loop_states": 0, "checkpoint_every": 1}
+                "n_imagined_envs": 1, "normaliser_refit_every": 1, "refit_world_model_steps": 0, "eval_every": 1,
+                "eval_episodes": 1, "open_loop_states": 0, "checkpoint_every": 1}
     for name, low in at_least.items():
         value = getattr(config, name)
         if not isinstance(value, int) or value < low:
@@ -470,8 +473,9 @@ class Coordinator:
 
     def _train_world_model(self) -> None:
         cfg = self.config
-        due = cfg.initial_world_model_steps + int(cfg.world_model_steps_per_real_step *
-                                                  (self.real_steps - cfg.prefill_steps))
+        refits = self.real_steps // cfg.normaliser_refit_every - cfg.prefill_steps // cfg.normaliser_refit_every
+        due = (cfg.initial_world_model_steps + refits * cfg.refit_world_model_steps
+               + int(cfg.world_model_steps_per_real_step * (self.real_steps - cfg.prefill_steps)))
         self._losses += self.trainer.train(self.buffer, max(due - self.trainer.steps, 0))
 
     def _policy_update(self) -> None:

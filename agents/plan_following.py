@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
 from agents.guidance import sb3_guide
 from agents.sb3_vec_env import ImaginedSB3VecEnv
+from imagined_env.single_env import ImaginedEnv
 from imagined_env.vector_env import ImaginedVectorEnv
 
 
@@ -40,13 +41,25 @@ class PlanFollowingPolicy(ActorCriticPolicy):
 
 
 def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNormalize | None]:
-    """The imagined env under any stack of SB3 VecEnv wrappers, and the VecNormalize among them."""
+    """The imagined env under any stack of SB3 VecEnv wrappers, and the VecNormalize among them.
+
+    A DummyVecEnv of one `ImaginedEnv` (what SB3 builds from `"Imagined-HalfCheetah-v4"`) counts: its
+    single-env vector is the plan source. Several would each generate alone: that is refused.
+    """
     vec_normalize = None
     while isinstance(env, VecEnvWrapper):
         if isinstance(env, VecNormalize) and vec_normalize is None:
             vec_normalize = env
         env = env.venv
-    return (env.imagined if isinstance(env, ImaginedSB3VecEnv) else None), vec_normalize
+    if isinstance(env, ImaginedSB3VecEnv):
+        return env.imagined, vec_normalize
+    if isinstance(env, DummyVecEnv) and any(isinstance(e.unwrapped, ImaginedEnv) for e in env.envs):
+        if env.num_envs != 1:
+            raise ValueError(f"a DummyVecEnv of {env.num_envs} imagined envs generates their trajectories one "
+                             "env at a time; use agents.make_imagined_vec_env(env_id, n_envs) for one batched "
+                             "call per rollout")
+        return env.envs[0].unwrapped.vec, vec_normalize
+    return None, vec_normalize
 
 
 class _ImaginationMixin:

@@ -25,7 +25,7 @@ class ReplayConfig:
     n_sample_steps: int | None = None
     """Network passes per generation (None: the world model's configured chain)."""
     spare_margin: float = 1.25
-    """Spares per generation = margin x (the last generation's early-termination rate) x batch, so
+    """Spares per generation = margin x (the last batched generation's early-termination rate) x batch, so
     that envs ending early find a fresh trajectory without a small call of their own."""
     action_atol: float = 1e-5
     """An action counts as the planned one when equal after clipping, up to this tolerance."""
@@ -55,8 +55,6 @@ class PlanReplay:
         self.generator = torch.Generator(device=model.device)
         self._pool: list[tuple[np.ndarray, ...]] = []
         self._early_rate = 0.0
-        self.generations = 0
-        self.generated_trajectories = 0
 
     # ---- state -------------------------------------------------------------------------
     def current_obs(self) -> np.ndarray:
@@ -106,6 +104,7 @@ class PlanReplay:
         if n_spares:
             starts = np.concatenate([starts, self.sample_starts(n_spares)])
         plans = self._generate(starts, None)
+        self._early_rate = float(plans[3].any(axis=1).mean())
         self._assign(idx, *(p[: len(idx)] for p in plans))
         self._pool.extend(tuple(p[j: j + 1] for p in plans) for j in range(len(idx), len(starts)))
 
@@ -138,14 +137,14 @@ class PlanReplay:
         self.valid[idx] = False
 
     def _generate(self, starts: np.ndarray, first_action: np.ndarray | None) -> tuple[np.ndarray, ...]:
+        """Plans (obs, actions, rewards, terminations) from `starts`. Only batched plan calls tune the
+        guidance scale: an off-plan regeneration of a few envs, its first action not the policy's, is
+        no measure of the on-policy spread."""
         fixed = None if first_action is None else first_action[:, None]
         out = self.model.imagine(starts, self.policy, generator=self.generator, actions=fixed,
-                                 n_sample_steps=self.config.n_sample_steps)
-        term = out.terminations.cpu().numpy()
-        self._early_rate = float(term.any(axis=1).mean())
-        self.generations += 1
-        self.generated_trajectories += len(starts)
-        return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(), term)
+                                 n_sample_steps=self.config.n_sample_steps, adapt_guidance=fixed is None)
+        return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(),
+                out.terminations.cpu().numpy())
 
     def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray) -> None:
         self.obs[idx], self.actions[idx], self.rewards[idx], self.terms[idx] = obs, act, rew, term

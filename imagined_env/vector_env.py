@@ -77,9 +77,9 @@ class ImaginedVectorEnv(VectorEnv):
                  start_states: StartStates | None = None, policy: GaussianPolicyFn | None = None,
                  env_id: str | None = None, replay: ReplayConfig = ReplayConfig(),
                  device: str | torch.device = "auto", render_mode: str | None = None):
-        if render_mode is not None:
-            raise ValueError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
-                             "use render_mode=None")
+        if render_mode is not None:  # TypeError: SB3's PPO("MlpPolicy", env_id) then retries without it
+            raise TypeError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
+                            "use render_mode=None")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if world_model is None and env_id is not None:
@@ -106,26 +106,35 @@ class ImaginedVectorEnv(VectorEnv):
     # ---- guidance ----------------------------------------------------------------------
     def set_policy(self, policy: GaussianPolicyFn | None) -> None:
         """Guide plans by `policy` from now on (existing plans are regenerated)."""
+        self._check_usable()
         self.replay.set_policy(policy)
 
     def replan(self) -> None:
         """The policy changed (e.g. after a learner update): regenerate from the current states."""
+        self._check_usable()
         self.replay.invalidate()
 
     def set_start_states(self, start_states: StartStates) -> None:
         """Draw future episode starts from `start_states` (e.g. a buffer that has grown since)."""
+        self._check_usable()
         self._starts = start_state_array(start_states, self.model.spec.obs_dim)
 
     def planned_actions(self) -> np.ndarray:
         """[N, act] the action each env's plan takes next (policy units, unclipped)."""
         self._check_usable()
+        if self._needs_reset:
+            raise RuntimeError("call reset() before planned_actions()")
         return self.replay.planned_actions()
 
     # ---- gymnasium API -----------------------------------------------------------------
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
+        """`seed`: an int, or one int per env (all of them seed the one batched generator); `options`
+        are not used."""
         self._check_usable()
-        if isinstance(seed, list):
-            seed = seed[0]
+        if isinstance(seed, (list, tuple)):  # one batched generator: every per-env seed enters it
+            if not all(isinstance(s, (int, np.integer)) for s in seed):
+                raise ValueError(f"seed must be an int or a list of ints, got {seed!r}")
+            seed = int(np.random.SeedSequence([int(s) for s in seed]).generate_state(1)[0])
         super().reset(seed=seed)
         self.replay.seed(int(self.np_random.integers(2 ** 62)))
         self.replay.invalidate()

@@ -12,7 +12,8 @@ class LinearFakeModel:
     """Duck-types WorldModel for the replay core: plans follow s' = A s + B clip(a) exactly.
 
     Actions are policy samples (mean + std * noise) when a policy is given, else N(0, 0.5).
-    An episode terminates when s[0] of the next state exceeds `terminate_above`. Counts calls.
+    An episode terminates when s[0] of the next state exceeds `terminate_above`. Records each call's
+    batch size (`calls`) and whether it asked to tune the guidance scale (`adapted`).
     """
 
     def __init__(self, horizon: int = 4, terminate_above: float = np.inf, env_id: str = "Linear-v0"):
@@ -21,12 +22,14 @@ class LinearFakeModel:
         self.device = torch.device("cpu")
         self.terminate_above = terminate_above
         self.calls: list[int] = []
+        self.adapted: list[bool] = []
 
     def imagine(self, start_obs, policy=None, *, generator=None, actions=None, n_sample_steps=None,
                 adapt_guidance=True) -> Imagination:
         s = np.asarray(start_obs, np.float32)
         b, h = len(s), self.horizon
         self.calls.append(b)
+        self.adapted.append(adapt_guidance)
         obs = np.zeros((b, h + 1, OBS), np.float32)
         acts = np.zeros((b, h, ACT), np.float32)
         rews = np.zeros((b, h), np.float32)

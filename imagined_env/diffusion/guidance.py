@@ -1,10 +1,9 @@
-"""Policy guidance: the score grad_a log pi(a | s) of a diagonal Gaussian policy, and the online
+"""Policy guidance: steps along the score grad_a log pi(a | s) of a diagonal Gaussian policy, and the online
 tuning of the guidance scale. Pure tensor math; any policy enters as a callable.
 
 A policy is a `GaussianPolicyFn`: states [N, obs] (environment units) -> (mean, std), each [N, act]
-in the policy's own action units (for SB3: the unclipped Gaussian it samples from). Only the
-actions get a gradient (torch.autograd.grad on the actions), so sampling never leaves `.grad` on
-policy parameters.
+in the policy's own action units (for SB3: the unclipped Gaussian it samples from). The moments are
+read without a graph, so sampling never leaves `.grad` on policy parameters.
 """
 from __future__ import annotations
 
@@ -15,9 +14,6 @@ from typing import Callable
 import torch
 
 GaussianPolicyFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
 
 @dataclass(frozen=True)
 class GuidanceConfig:
@@ -43,12 +39,6 @@ class GuidanceConfig:
             raise ValueError(f"initial_scale, std_floor and action_clamp_std must be > 0, got {self}")
 
 
-def gaussian_log_prob(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Log density of a diagonal Gaussian, summed over the last axis: [..., act] -> [...]."""
-    z = (actions - mean) / std
-    return (-0.5 * z.pow(2) - std.log() - 0.5 * _LOG_2PI).sum(-1)
-
-
 def policy_moments(
     policy: GaussianPolicyFn, states: torch.Tensor, std_floor: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,19 +48,16 @@ def policy_moments(
     return mean, std.clamp(min=std_floor)
 
 
-def gaussian_score(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """grad_a log N(a; mean, std) by autograd on the actions only; [N, act] -> [N, act]."""
-    with torch.enable_grad():
-        a = actions.detach().requires_grad_(True)
-        (score,) = torch.autograd.grad(gaussian_log_prob(a, mean.detach(), std.detach()).sum(), a)
-    return score
+def guidance_step(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, scale: float) -> torch.Tensor:
+    """a + scale * grad_a log N(a; mean, std), in closed form, with the pull scale / std^2 capped at 1.
 
-
-def policy_score(
-    policy: GaussianPolicyFn, states: torch.Tensor, actions: torch.Tensor, std_floor: float
-) -> torch.Tensor:
-    """grad_a log pi(a | s) at states [N, obs] and actions [N, act], with the std floored."""
-    return gaussian_score(actions, *policy_moments(policy, states, std_floor))
+    The uncapped step overshoots the mean once the pull exceeds 1 and grows the spread once it exceeds
+    2; the scale tuning answers a larger spread with a larger scale, so a policy std near its floor on
+    a strided chain (fewer, larger steps) would run the scale away. Capped, a step at most lands on
+    the mean. [N, act] -> [N, act].
+    """
+    pull = (scale / std.pow(2)).clamp(max=1.0)
+    return actions + pull * (mean - actions)
 
 
 def standardised_spread(actions: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> float:

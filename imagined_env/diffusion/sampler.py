@@ -15,7 +15,7 @@ from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
-    gaussian_score,
+    guidance_step,
     policy_moments,
     standardised_spread,
 )
@@ -140,6 +140,6 @@ def _guide_actions(
     spread = standardised_spread(a_u, mean, std)
     if last:
         return normaliser.normalise_action(a_u).view(batch, rows, act_dim), spread
-    a_u = a_u + scale * gaussian_score(a_u, mean, std)
+    a_u = guidance_step(a_u, mean, std, scale)
     noise = torch.randn(a.shape, device=a.device, generator=generator)
     return normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise, spread

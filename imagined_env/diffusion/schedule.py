@@ -66,9 +66,6 @@ class DiffusionSchedule:
     def n_steps(self) -> int:
         return self.config.n_steps
 
-    def to(self, device: torch.device | str) -> "DiffusionSchedule":
-        return DiffusionSchedule(self.config, device)
-
     def _ab(self, t: torch.Tensor) -> torch.Tensor:
         """alpha_bar at integer steps t; t = -1 means the clean data (alpha_bar = 1)."""
         ab = self.alpha_bar.to(t.device)[t.clamp(min=0)]

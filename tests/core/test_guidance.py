@@ -7,8 +7,8 @@ from torch import nn
 
 from imagined_env.diffusion.guidance import (
     GuidanceConfig,
-    gaussian_log_prob,
-    policy_score,
+    guidance_step,
+    policy_moments,
     standardised_spread,
     update_log_scale,
 )
@@ -26,32 +26,33 @@ class TinyPolicy(nn.Module):
         return self.mu(s), self.log_std(s).exp()
 
 
-def test_log_prob_matches_torch_normal():
-    g = torch.Generator().manual_seed(0)
-    a, m = torch.randn(7, 2, generator=g), torch.randn(7, 2, generator=g)
-    s = torch.rand(7, 2, generator=g) + 0.1
-    ref = torch.distributions.Normal(m, s).log_prob(a).sum(-1)
-    torch.testing.assert_close(gaussian_log_prob(a, m, s), ref)
-
-
-def test_score_matches_autograd_of_hand_written_density_and_leaves_no_grad():
+def test_step_is_scale_times_autograd_score_of_hand_written_density():
     torch.manual_seed(0)
     pi = TinyPolicy()
     s, a = torch.randn(5, 3), torch.randn(5, 2)
-    score = policy_score(pi, s, a, std_floor=0.0)
+    mean, std = policy_moments(pi, s, std_floor=0.0)
+    scale = 0.5 * float(std.min()) ** 2                 # pull below 1 everywhere: no cap
+    stepped = guidance_step(a, mean, std, scale)
     # reference: autograd of the Gaussian log-density written out by hand, in float64
     a64 = a.double().requires_grad_(True)
-    mean, std = (v.detach().double() for v in pi(s))
-    logp = (-0.5 * ((a64 - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)).sum()
-    (ref,) = torch.autograd.grad(logp, a64)
-    torch.testing.assert_close(score.double(), ref, rtol=1e-5, atol=1e-6)
+    m64, s64 = mean.double(), std.double()
+    logp = (-0.5 * ((a64 - m64) / s64) ** 2 - torch.log(s64) - 0.5 * math.log(2 * math.pi)).sum()
+    (score,) = torch.autograd.grad(logp, a64)
+    torch.testing.assert_close(stepped.double(), a.double() + scale * score, rtol=1e-5, atol=1e-6)
     assert all(p.grad is None for p in pi.parameters())
 
 
-def test_std_floor_bounds_the_score():
+def test_step_never_passes_the_mean():
+    a = torch.tensor([[1.0, -1.0, 0.3]])
+    mean, std = torch.zeros(1, 3), torch.tensor([[0.1, 0.1, 1.0]])
+    stepped = guidance_step(a, mean, std, scale=0.05)     # pulls 5, 5, 0.05
+    torch.testing.assert_close(stepped, torch.tensor([[0.0, 0.0, 0.3 * 0.95]]))
+
+
+def test_std_floor_bounds_the_moments():
     pi = lambda s: (torch.zeros(len(s), 1), torch.full((len(s), 1), 1e-4))  # noqa: E731
-    score = policy_score(pi, torch.zeros(1, 3), torch.ones(1, 1), std_floor=0.1)
-    torch.testing.assert_close(score, torch.tensor([[-1.0 / 0.1 ** 2]]))
+    _, std = policy_moments(pi, torch.zeros(1, 3), std_floor=0.1)
+    torch.testing.assert_close(std, torch.tensor([[0.1]]))
 
 
 def test_spread_and_scale_update_direction():

@@ -106,7 +106,7 @@ def test_spaces_and_checks():
 
 
 def test_render_mode_refused():
-    with pytest.raises(ValueError, match="no simulator to render"):
+    with pytest.raises(TypeError, match="no simulator to render"):
         make_env(render_mode="rgb_array")
 
 
@@ -153,3 +153,48 @@ def test_wrong_task_and_bad_start_states(tmp_path):
         gym.make("Imagined-Hopper-v4", start_states=path)
     with pytest.raises(ValueError, match="no world model given.*imagined-env train"):
         ImaginedVectorEnv(None, 2, start_states=path)
+
+
+def test_reset_with_a_list_of_seeds_uses_every_seed():
+    runs = {}
+    for seeds in ([3, 99], [3, 5], [3, 5]):
+        env = make_env()
+        obs, _ = env.reset(seed=seeds)
+        runs.setdefault(tuple(seeds), []).append(obs)
+    np.testing.assert_array_equal(*runs[(3, 5)])
+    assert not np.array_equal(runs[(3, 5)][0], runs[(3, 99)][0])
+    with pytest.raises(ValueError, match="list of ints"):
+        make_env().reset(seed=[3, None])
+
+
+def test_off_plan_regenerations_neither_tune_guidance_nor_set_the_spare_rate():
+    env = make_env(num_envs=4, horizon=4, terminate_above=-np.inf)     # every trajectory terminates
+    fake = env.model
+    env.reset(seed=0)
+    env.planned_actions()                                               # batched: rate 1 -> spares next time
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env.step(np.full((4, ACT), 0.9))                                # off-plan for all four
+    assert fake.adapted == [True, False]
+    env2 = make_env(num_envs=4, horizon=4, terminate_above=np.inf)      # nothing terminates...
+    env2.model.terminate_above = -np.inf
+    env2.reset(seed=0)
+    env2.model.terminate_above = np.inf
+    env2.planned_actions()                                              # ...in the batched call
+    env2.model.terminate_above = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        env2.step(np.full((4, ACT), 0.9))                               # an off-plan call that terminates
+    env2.reset(seed=1)
+    env2.planned_actions()
+    assert env2.model.calls[-1] == 4                                    # no spares from the off-plan call
+
+
+def test_planned_actions_before_reset_and_setters_after_close():
+    env = make_env()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.planned_actions()
+    env.close()
+    for call in (lambda: env.set_policy(None), env.replan, lambda: env.set_start_states(linear_buffer(5, 10))):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()

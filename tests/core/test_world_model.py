@@ -191,3 +191,18 @@ def test_bad_action_sequences(trained_linear_model, kwargs, match):
     model, _, _ = trained_linear_model
     with pytest.raises(ValueError, match=match):
         model.imagine(np.zeros((2, OBS)), **kwargs)
+
+
+def test_scale_tuning_stays_bounded_on_a_strided_chain_at_the_std_floor(trained_linear_model):
+    # 5 of 20 steps with a policy std at the 0.1 floor: an uncapped guidance step would overshoot the
+    # mean (pull 2 at the initial scale), the spread would rise and the tuning would run the scale away
+    model, buf, _ = trained_linear_model
+    tuned = WorldModel(model.spec, dataclasses.replace(model.config, guidance=GuidanceConfig(scale_lr=0.3)),
+                       model.normaliser, "cpu")
+    tuned.ema.load_state_dict(model.ema.state_dict())
+    s0, _, _ = buf.start_states(np.random.default_rng(2), 256)
+    gen = torch.Generator().manual_seed(0)
+    spreads = [tuned.imagine(s0, fixed_policy(0.0, 0.1), generator=gen, n_sample_steps=5).spread
+               for _ in range(60)]
+    assert abs(np.mean(spreads[-10:]) - 1.0) < 0.3
+    assert tuned.guidance_scale < 0.005

