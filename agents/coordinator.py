@@ -27,7 +27,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.logger import HumanOutputFormat
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import set_random_seed
@@ -35,7 +34,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
 from tqdm.auto import tqdm
 
-from agents.evaluation import real_env
+from agents.evaluation import evaluate_real
 from agents.guidance import sb3_guide
 from agents.plan_following import ImaginationA2C, ImaginationPPO
 from agents.run_files import (
@@ -65,7 +64,7 @@ from imagined_env.vector_env import ImaginedVectorEnv
 from imagined_env.world_model import WorldModel, WorldModelConfig
 
 SUPPORTED_TASKS = tuple(f"{task}-{version}" for task in TASKS for version in VERSIONS)
-LEARNERS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": ImaginationPPO, "a2c": ImaginationA2C}
+IMAGINATION_LEARNERS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": ImaginationPPO, "a2c": ImaginationA2C}
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 """Names allowed for `policy_kwargs["activation_fn"]` in `learner_kwargs` (the config stays JSON)."""
 _RESERVED_KWARGS = ("policy", "env", "seed", "device", "verbose", "tensorboard_log")
@@ -148,8 +147,8 @@ class CoordinatorConfig:
     def __post_init__(self) -> None:
         if self.env_id not in SUPPORTED_TASKS:
             raise ValueError(f"unknown task {self.env_id!r}; supported: {', '.join(SUPPORTED_TASKS)}")
-        if self.algo not in LEARNERS:
-            raise ValueError(f"unknown algo {self.algo!r}; supported: {', '.join(LEARNERS)}")
+        if self.algo not in IMAGINATION_LEARNERS:
+            raise ValueError(f"unknown algo {self.algo!r}; supported: {', '.join(IMAGINATION_LEARNERS)}")
         _check_counts(self)
         if self.prefill_steps <= self.world_model.horizon:
             raise ValueError(f"prefill_steps ({self.prefill_steps}) must exceed the world model horizon "
@@ -319,12 +318,9 @@ class Coordinator:
         deterministic actions and the current (frozen) VecNormalize statistics."""
         if self.learner is None:
             raise RuntimeError("nothing to evaluate yet: learn() builds the learner after the prefill")
-        if self._vec_normalize is not None:
-            self._eval_env.obs_rms = self._vec_normalize.obs_rms
-        self._eval_env.seed(self.config.seed + self.real_steps)
-        mean, std = evaluate_policy(self.learner, self._eval_env, n_eval_episodes=n_episodes or
-                                    self.config.eval_episodes, deterministic=True)
-        return float(mean), float(std)
+        cfg = self.config
+        return evaluate_real(self.learner, cfg.env_id, n_episodes or cfg.eval_episodes, cfg.seed + self.real_steps,
+                             self._vec_normalize, cfg.eval_max_episode_steps)
 
     def save_checkpoint(self) -> Path:
         """Write everything needed to resume into run_dir/checkpoint, atomically; returns its path."""
@@ -339,7 +335,7 @@ class Coordinator:
     def close(self) -> None:
         """Close the log files and the environments (the run folder stays resumable)."""
         self.logger.close()
-        for env in (self._real_env, self._sim, self._eval_env):
+        for env in (self._real_env, self._sim):
             env.close()
 
     # ---- setup -------------------------------------------------------------------------
@@ -351,7 +347,6 @@ class Coordinator:
             tmp.write_text(json.dumps(config.to_dict(), indent=2))
         self._real_env = gym.make(config.env_id)
         self._sim = gym.make(config.env_id)  # open-loop replays overwrite its state
-        self._eval_env = _eval_env(config)
         self.spec = spec_from_env(self._real_env, config.env_id)
         self.logger = make_logger(run_dir, keep_progress_until)
         self._stdout = HumanOutputFormat(sys.stdout) if verbose > 0 else None
@@ -392,7 +387,7 @@ class Coordinator:
             venv = (VecNormalize(venv, gamma=kwargs.get("gamma", 0.99)) if checkpoint is None
                     else VecNormalize.load(str(checkpoint / "vec_normalize.pkl"), venv))
             self._vec_normalize = venv
-        algo = LEARNERS[cfg.algo]
+        algo = IMAGINATION_LEARNERS[cfg.algo]
         if checkpoint is None:
             self.learner = algo("MlpPolicy", venv, seed=cfg.seed, device=cfg.device, verbose=0, **kwargs)
         else:
@@ -588,12 +583,6 @@ def _existing_checkpoint_message(run_dir: Path, state: dict[str, Any], env_id: s
                 f"{env_id!r}); choose another run_dir")
     return (f"run_dir {run_dir} already holds a checkpoint at {state['real_steps']} real steps; continue it "
             "with Coordinator.resume(run_dir) or choose an empty run_dir")
-
-
-def _eval_env(config: CoordinatorConfig) -> VecEnv:
-    """The real task for evaluation; with VecNormalize frozen (statistics copied in at each evaluation)."""
-    env: VecEnv = real_env(config.env_id, config.seed, config.eval_max_episode_steps)
-    return VecNormalize(env, training=False, norm_reward=False) if config.normalize else env
 
 
 def _learner_kwargs(config: CoordinatorConfig) -> dict[str, Any]:

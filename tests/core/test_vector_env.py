@@ -11,7 +11,7 @@ from gymnasium.utils.env_checker import check_env
 import imagined_env  # noqa: F401
 from imagined_env.replay import ReplayConfig
 from imagined_env.single_env import ImaginedEnv
-from imagined_env.vector_env import OFF_PLAN_WARNING, ImaginedVectorEnv
+from imagined_env.vector_env import ImaginedVectorEnv
 from tests.conftest import ACT, OBS, linear_buffer, linear_step
 from tests.fakes import LinearFakeModel
 
