@@ -106,8 +106,17 @@ def test_gsde_policy_guides_through_sb3_distribution():
     env, _ = imagined_sb3_env(n_envs=4)
     model = ImaginationPPO("MlpPolicy", env, n_steps=4, batch_size=16, seed=0, use_sde=True)
     model.learn(16)
-    mean, std = sb3_guide(model.policy)(torch.randn(5, 3))
-    assert mean.shape == (5, 2) and std.shape == (5, 2) and (std > 0).all()
+    states = torch.randn(5, 3)
+    mean, std = sb3_guide(model.policy)(states)
+    # reference: gSDE's Gaussian written out, std_j(s) = sqrt(sum_i latent_i(s)^2 sigma_ij^2 + eps)
+    policy = model.policy
+    with torch.no_grad():
+        latent = policy.mlp_extractor.forward_actor(policy.extract_features(states))
+        sigma = policy.action_dist.get_std(policy.log_std)
+        ref_std = torch.sqrt(latent.pow(2) @ sigma.pow(2) + policy.action_dist.epsilon)
+        torch.testing.assert_close(mean, policy.action_net(latent))
+    torch.testing.assert_close(std, ref_std)
+    assert (std.std(dim=0) > 1e-4).all()                   # the std depends on the state
 
 
 @pytest.mark.slow

@@ -86,9 +86,15 @@ def test_sampling_leaves_no_policy_gradients(trained_linear_model):
 def test_strided_chain_is_reproducible_and_shorter(trained_linear_model):
     model, buf, _ = trained_linear_model
     s0, _, _ = buf.start_states(np.random.default_rng(4), 8)
-    a = model.imagine(s0, None, n_sample_steps=5, generator=torch.Generator().manual_seed(9))
-    b = model.imagine(s0, None, n_sample_steps=5, generator=torch.Generator().manual_seed(9))
+    calls = []
+    hook = model.ema.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        a = model.imagine(s0, None, n_sample_steps=5, generator=torch.Generator().manual_seed(9))
+        b = model.imagine(s0, None, n_sample_steps=5, generator=torch.Generator().manual_seed(9))
+    finally:
+        hook.remove()
     assert torch.equal(a.observations, b.observations)
+    assert len(calls) == 2 * 5 < 2 * model.schedule.n_steps
 
 
 def test_save_load_roundtrip(tmp_path, trained_linear_model):
