@@ -56,6 +56,11 @@ class WorldModelConfig:
     """Weight of the reward channel in the x0 loss, relative to every other entry (paper: 1, a plain
     MSE). The reward is one of obs + 2 channels yet it alone drives the learner: a weight above 1
     buys reward accuracy for a little state accuracy."""
+    scale_actions: bool = True
+    """Feed actions to the denoiser scaled by sqrt(alpha_bar_t), as the paper (they are as noisy as the
+    states while guidance denoises them). False feeds them at full strength at every step, in training
+    and sampling: the model then sees at high noise what the actions are, which is when the coarse
+    shape of the trajectory is decided."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -133,7 +138,8 @@ class WorldModel:
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         xt = self.schedule.q_sample(x0, t, noise)
         xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
-        pred = self.denoiser(xt, self.schedule.signal_scale(t)[:, None, None] * cond, t)
+        scale = self.schedule.signal_scale(t)[:, None, None] if self.config.scale_actions else 1.0
+        pred = self.denoiser(xt, scale * cond, t)
         pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
         weight = self._channel_weight
         return ((pred - x0).pow(2) * weight).mean() / weight.mean()
@@ -177,7 +183,7 @@ class WorldModel:
         out = guided_sample(
             self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
             policy=policy, scale=self.guidance_scale, guidance=self.config.guidance, config=sampler,
-            generator=generator, fixed_actions=fixed,
+            generator=generator, fixed_actions=fixed, scale_actions=self.config.scale_actions,
         )
         if policy is not None and adapt_guidance:
             self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)

@@ -70,6 +70,7 @@ def guided_sample(
     config: SamplerConfig,
     generator: torch.Generator | None = None,
     fixed_actions: torch.Tensor | None = None,
+    scale_actions: bool = True,
 ) -> GuidedSample:
     """Sample B trajectories of `n_rows` rows from start states [B, obs] (environment units).
 
@@ -77,6 +78,8 @@ def guided_sample(
     every step: the trajectory is then conditioned on actions the agent actually took (k = 1), or on a
     whole given sequence (the model as an open-loop simulator).
     Without a policy the actions are one draw of N(0, I) in normalised units (data-like), unguided.
+    `scale_actions`: the denoiser sees sqrt(alpha_bar_t) * actions (True) or the actions themselves,
+    as it was trained.
     """
     device = start_states.device
     batch, obs_dim = start_states.shape
@@ -98,7 +101,7 @@ def guided_sample(
             a[:, :n_fixed] = fixed
         tt = torch.full((batch,), t, device=device, dtype=torch.long)
         cond = normaliser.normalise_action(bounds.clip(normaliser.unnormalise_action(a)))
-        x0_hat = denoiser(x, schedule.signal_scale(tt)[:, None, None] * cond, tt)
+        x0_hat = denoiser(x, (schedule.signal_scale(tt)[:, None, None] if scale_actions else 1.0) * cond, tt)
         x0_hat[:, 0, :obs_dim] = s0
         mean, std = schedule.posterior(x0_hat, x, tt, torch.full_like(tt, s))
         if t <= config.late_clip_steps:

@@ -212,3 +212,40 @@ def test_scale_tuning_stays_bounded_on_a_strided_chain_at_the_std_floor(trained_
                for _ in range(60)]
     assert abs(np.mean(spreads[-10:]) - 1.0) < 0.3
     assert tuned.guidance_scale < 0.005
+
+
+class _RecordingDenoiser(nn.Module):
+    """Predicts zeros and records the (actions, t) it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x, actions, t):
+        self.seen.append((actions.clone(), t.clone()))
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("scale_actions", [True, False])
+def test_actions_reach_the_denoiser_scaled_or_at_full_strength(scale_actions):
+    buf = linear_buffer(n_episodes=5)
+    normaliser = Normaliser.fit(buf, -1.0, 1.0)
+    config = dataclasses.replace(TINY_CONFIG, scale_actions=scale_actions)
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
+    model.denoiser = model.ema = _RecordingDenoiser()
+    alpha_bar = model.schedule.alpha_bar_f64.numpy()
+
+    def expected(actions_env, t):
+        # reference: z-score the clipped actions by hand, then sqrt(alpha_bar_t) or 1
+        z = (np.clip(actions_env, -1, 1) - normaliser.action_mean) / normaliser.action_std
+        return z * (np.sqrt(alpha_bar[t])[:, None, None] if scale_actions else 1.0)
+
+    windows = buf.sample_windows(8, H, np.random.default_rng(0))
+    model.loss(windows)
+    seen, t = model.denoiser.seen[-1]
+    np.testing.assert_allclose(seen.numpy(), expected(windows.actions, t.numpy()), rtol=1e-5, atol=1e-6)
+
+    actions = np.random.default_rng(1).normal(size=(3, H, ACT)).astype(np.float32)
+    model.imagine(np.zeros((3, OBS), np.float32), actions=actions, n_sample_steps=4)
+    for seen, t in model.ema.seen[1:]:                    # every pass of the chain; row H is free
+        np.testing.assert_allclose(seen[:, :H].numpy(), expected(actions, t.numpy()), rtol=1e-5, atol=1e-6)
