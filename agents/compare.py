@@ -158,7 +158,8 @@ def describe_imagination(config: CoordinatorConfig, preset: str) -> str:
     return (f"{config.algo.upper()} in imagination ({preset} preset): prefill {config.prefill_steps}, "
             f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
             f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
-            f"{wm.denoiser.width}x{wm.denoiser.depth}, {config.world_model_steps_per_real_step:g} world-model "
+            f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {'scaled' if wm.scale_actions else 'full strength'}), "
+            f"{config.world_model_steps_per_real_step:g} world-model "
             f"steps per real step after {config.initial_world_model_steps}, reward loss weight "
             f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}; learner {kwargs}")
 
@@ -304,11 +305,14 @@ def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
 
 def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
     """One table and plot from comparisons run apart (e.g. seeds in parallel processes); they must
-    share task, budget, evaluation and imagination settings."""
+    share task, budget and evaluation, and the parts that ran imagination its settings (a model-free-only
+    part has none, so it merges with any)."""
     parts = [read_comparison(d) for d in in_dirs]
     first = parts[0][1]
+    common = lambda spec: replace(spec, methods=(), seeds=(), imagination=None)  # noqa: E731
+    imagination = next((spec.imagination for _, spec in parts if spec.imagination is not None), None)
     for (_, spec), d in zip(parts[1:], in_dirs[1:]):
-        if replace(spec, methods=first.methods, seeds=first.seeds) != first:
+        if common(spec) != common(first) or spec.imagination not in (None, imagination):
             raise ValueError(f"{d} was run with other settings than {in_dirs[0]} (task, budget, evaluation "
                              "or imagination config differ): refusing to merge")
     points = [p for pts, _ in parts for p in pts]
@@ -317,5 +321,5 @@ def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
         raise ValueError("the comparisons overlap (a method/seed appears twice): refusing to merge")
     methods = tuple(dict.fromkeys(m for _, spec in parts for m in spec.methods))
     seeds = tuple(sorted({s for _, spec in parts for s in spec.seeds}))
-    write_outputs(points, replace(first, methods=methods, seeds=seeds), out_dir)
+    write_outputs(points, replace(first, methods=methods, seeds=seeds, imagination=imagination), out_dir)
     return points

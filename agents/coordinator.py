@@ -74,7 +74,7 @@ MaybeCallback = BaseCallback | list[BaseCallback] | None
 
 def _cpu_world_model() -> WorldModelConfig:
     return WorldModelConfig(horizon=5, denoiser=DenoiserConfig(width=256, depth=3, time_dim=64),
-                            guidance=GuidanceConfig(scale_lr=0.03))
+                            guidance=GuidanceConfig(scale_lr=0.03), scale_actions=False)
 
 
 def _cpu_learner_kwargs() -> dict[str, Any]:
@@ -100,9 +100,9 @@ class CoordinatorConfig:
     """Seeds the learner, the real env, the world-model trainer (replaces `train.seed`), the global RNGs."""
     prefill_steps: int = 5000
     """Uniform-random real steps before anything is learned (paper 5000)."""
-    initial_world_model_steps: int = 2000
+    initial_world_model_steps: int = 4000
     """World-model gradient steps right after the prefill, before the first policy update (paper 1000)."""
-    world_model_steps_per_real_step: float = 0.5
+    world_model_steps_per_real_step: float = 1.0
     """World-model gradient steps per real step after the prefill (paper 1.0)."""
     policy_every: int = 250
     """Real steps between policy updates (paper 4); also the collection chunk of the loop."""
@@ -110,7 +110,7 @@ class CoordinatorConfig:
     """Real steps after the prefill, collected with the initial policy, before the first policy update."""
     n_imagined_envs: int = 1024
     """Imagined trajectories per policy update (paper 1024); one batched world-model call each."""
-    n_sample_steps: int | None = 32
+    n_sample_steps: int | None = 16
     """Diffusion passes per imagination: an even strided subset of the T-step chain (None: all T)."""
     normalize: bool = True
     """Wrap the imagined env in VecNormalize (observations and rewards, as the RL Zoo's MuJoCo settings);
@@ -196,20 +196,22 @@ def _paper_preset() -> dict[str, Any]:
 
 
 def _cpu_preset() -> dict[str, Any]:
-    """The field defaults, measured on HalfCheetah-v4 on 2 shared CPU cores: 50k real steps in 10-15 min;
-    deterministic return about -200 at 10k -> 650-700 (seed 0) and 250-530 (seed 1) at 40-50k.
+    """The field defaults, measured on HalfCheetah-v4 on 2 shared CPU cores (README, section 4): 50k real
+    steps in ~20 min with three runs sharing the cores; deterministic return 824.6 / 1055.9 / 1431.8
+    (seeds 0 / 1 / 2) at 50k, 700-1500 from 15k real steps on.
 
     Why these values: with MuJoCo itself as the model the same loop reaches ~3500 by 25k steps, so the
-    world model is the bottleneck. A 0.35M-parameter residual MLP (width 256, depth 3) trains at ~15-30
-    ms/step and width 512 was no more faithful per second of CPU; what made imagined returns follow the
-    actions was a shorter horizon (H = 5: within-state correlation of imagined and real returns 0.43 vs
-    0.22 at H = 10), so each update imagines 1024 x 5 steps (32 strided passes of the 128-step chain).
-    World-model lr 1e-3 (half the open-loop error of 3e-4 after 2k steps), 0.5 steps per real step after
-    2k initial ones. PPO every 250 real steps (180 updates), 5 epochs of minibatch 256, target_kl 0.1
-    (without it the Gaussian's mean drifts far outside the action bounds in imagination and PPO diverged),
-    initial std 1 as the paper. Guidance scale tuned 10x faster than the paper (we imagine ~60x less often).
-    Tried on top and not adopted (50k steps, 3 seeds, README): the paper's 1 world-model step per real
-    step, reward_loss_weight 5, PPO target_kl 0.03; none raised the 3-seed mean.
+    world model is the bottleneck. A 0.35M-parameter residual MLP (width 256, depth 3) trains at ~10-15
+    ms/step and width 512 was no more faithful per second of CPU. Actions enter the denoiser at full
+    strength (`scale_actions=False`: 29% less state error, 31% better action ranking than the paper's
+    sqrt(alpha_bar_t) scaling, benchmarks/world_model_variants.py). A short horizon (H = 5: within-state
+    correlation of imagined and real returns 0.43 vs 0.22 at H = 10), so each update imagines 1024 x 5
+    steps; 16 strided passes of the 128-step chain are as faithful as 32 or 128 and leave CPU for the
+    paper's 1 world-model step per real step after 4k initial ones, at lr 1e-3 (half the open-loop
+    error of 3e-4 after 2k steps). PPO every 250 real steps (180 updates), 5 epochs of minibatch 256,
+    target_kl 0.1 (without it the Gaussian's mean drifts far outside the action bounds in imagination
+    and PPO diverged), initial std 1 as the paper. Guidance scale tuned 10x faster than the paper (we
+    imagine ~60x less often).
     """
     return {}
 

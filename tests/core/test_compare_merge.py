@@ -42,3 +42,16 @@ def test_merge_refuses_other_settings_and_overlaps(tmp_path):
         merge_comparisons([a, same], tmp_path / "m")
     with pytest.raises(ValueError, match="not a readable comparison"):
         merge_comparisons([a, tmp_path / "missing"], tmp_path / "m")
+
+
+def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
+    free, _ = part(tmp_path, "free", [0, 1], replace(SPEC, methods=("ppo",), imagination=None))
+    imagined, _ = part(tmp_path, "imagined", [0, 1], replace(SPEC, methods=("imagination-ppo",)))
+    merge_comparisons([free, imagined], tmp_path / "m")
+    with open(tmp_path / "m" / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert {r["method"] for r in rows} == {"ppo", "imagination-ppo"} and len(rows) == 12
+    other, _ = part(tmp_path, "other", [2], replace(SPEC, methods=("imagination-ppo",),
+                                                    imagination=CoordinatorConfig(n_imagined_envs=8)))
+    with pytest.raises(ValueError, match="other settings"):
+        merge_comparisons([free, imagined, other], tmp_path / "m2")

@@ -1,20 +1,22 @@
-"""Does weighting the reward channel in the x0 loss make imagined returns follow the actions?
+"""Which world-model settings make imagined returns follow the actions? The cpu preset's model against
+variants of its `WorldModelConfig`, in one run.
 
 The learner only ever sees imagined rewards, and a policy gradient needs them to rank actions as the
-simulator does; the paper's plain MSE gives the reward 1 of obs + 2 channels of every row. One run:
+simulator does, which the open-loop MSE alone does not show. One run:
 1. Data: a fixed stochastic SB3 policy (as `world_model_error.py`: untrained, `log_std_init=-0.5`),
    training episodes and held-out episodes with other reset seeds.
-2. For every seed and every `reward_loss_weight`, a PolyGRAD model of the cpu preset's size (H = 5,
-   width 256 x 3 blocks, lr 1e-3, 32-step chain) is fitted for the same number of Adam steps.
+2. For every seed, the cpu preset's model (H = 5, width 256 x 3 blocks, lr 1e-3, 32-step chain) and
+   every variant (e.g. `scale_actions=false`: actions at full strength; `reward_loss_weight=5`) are
+   fitted for the same number of Adam steps.
 3. Each model is measured from the same held-out real states: open-loop observation MSE over k = 1..H
    and reward MSE over k = 1..H of trajectories guided by the policy
    (`imagined_env.evaluation.open_loop_error`), and the action sensitivity
    (`imagined_env.evaluation.action_sensitivity`): two uniform-random action sequences a and
    b = clip(a + N(0, 0.5^2)) replayed by the model and by MuJoCo; the correlation of the H-step return
    differences R(a) - R(b), imagined against real.
-The table is per weight (mean over seeds); ratios are against weight 1 in the same run.
+The table is per variant (mean over seeds); ratios are against the preset in the same run.
 
-    python benchmarks/reward_weight.py
+    python benchmarks/world_model_variants.py --variants scale_actions=false reward_loss_weight=5
 """
 from __future__ import annotations
 
@@ -34,18 +36,20 @@ from agents.guidance import sb3_guide
 from imagined_env.evaluation import action_sensitivity, open_loop_error
 from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
+from imagined_env.world_model import WorldModelConfig
 from world_model_error import collect
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="HalfCheetah-v4")
-    parser.add_argument("--weights", default="1,5", help="comma-separated reward_loss_weight values")
+    parser.add_argument("--variants", nargs="+", default=["scale_actions=false"], metavar="FIELD=VALUE[,...]",
+                        help="each a variant of the preset's WorldModelConfig: top-level fields, values as JSON")
     parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds (the data is seed 0's)")
     parser.add_argument("--real-steps", type=int, default=20_000, help="training transitions")
     parser.add_argument("--grad-steps", type=int, default=4_000, help="Adam steps per model")
     parser.add_argument("--n-starts", type=int, default=500, help="held-out start states")
-    parser.add_argument("--out", default="benchmarks/results/reward_weight.json")
+    parser.add_argument("--out", default="benchmarks/results/world_model_variants.json")
     return parser.parse_args(argv)
 
 
@@ -60,11 +64,23 @@ def measure(model, env, policy, starts, pairs, seed: int, n_sample_steps: int | 
             "return_difference_correlation": sensitivity.correlation, "pairs": sensitivity.n}
 
 
+def parse_variant(text: str) -> dict[str, object]:
+    """"scale_actions=false,reward_loss_weight=5" -> {"scale_actions": False, "reward_loss_weight": 5}."""
+    fields = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or name not in WorldModelConfig.__dataclass_fields__:
+            raise SystemExit(f"variant {item!r}: expected FIELD=VALUE with FIELD one of "
+                             f"{sorted(WorldModelConfig.__dataclass_fields__)}")
+        fields[name] = json.loads(value)
+    return fields
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    weights = [float(w) for w in args.weights.split(",")]
+    variants = {"preset": {}, **{text: parse_variant(text) for text in args.variants}}
     seeds = [int(s) for s in args.seeds.split(",")]
     env = gym.make(args.env)
     spec = spec_from_env(env, args.env)
@@ -80,29 +96,30 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rng = np.random.default_rng(1)
     a = rng.uniform(-1, 1, (args.n_starts, horizon, spec.act_dim)).astype(np.float32)
     pairs = (a, np.clip(a + rng.normal(0, 0.5, a.shape), -1, 1).astype(np.float32))
-    rows: dict[float, list[dict[str, float]]] = {w: [] for w in weights}
+    rows: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for seed in seeds:
-        for weight in weights:
-            config = replace(cpu.world_model, reward_loss_weight=weight)
+        for name, fields in variants.items():
+            config = replace(cpu.world_model, **fields)
             model, _ = fit_world_model(train_buffer, spec, args.grad_steps, config,
                                        TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size, seed=seed),
                                        device="cpu", progress=False)
             model.imagine(starts[0][:64], policy, n_sample_steps=cpu.n_sample_steps)  # one tuning step
             row = measure(model, env, policy, starts, pairs, seed, cpu.n_sample_steps)
-            rows[weight].append(row)
-            print(f"seed {seed} weight {weight:g}: {row} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    table = {w: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for w, rs in rows.items()}
-    base = table[weights[0]]
-    print(f"\n{'reward weight':>14}{'obs MSE':>10}{'reward MSE':>12}{'return-diff corr':>18}"
-          f"{'reward MSE ratio':>18}{'corr ratio':>12}")
-    for w, r in table.items():
-        print(f"{w:>14g}{r['obs_mse']:>10.3f}{r['reward_mse']:>12.4f}{r['return_difference_correlation']:>18.3f}"
-              f"{r['reward_mse'] / base['reward_mse']:>18.2f}"
+            rows[name].append(row)
+            print(f"seed {seed} {name}: {row} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    table = {name: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for name, rs in rows.items()}
+    base = table["preset"]
+    width = max(len(name) for name in table) + 2
+    print(f"\n{'variant':>{width}}{'obs MSE':>10}{'reward MSE':>12}{'return-diff corr':>18}"
+          f"{'obs MSE ratio':>15}{'reward MSE ratio':>18}{'corr ratio':>12}")
+    for name, r in table.items():
+        print(f"{name:>{width}}{r['obs_mse']:>10.3f}{r['reward_mse']:>12.4f}{r['return_difference_correlation']:>18.3f}"
+              f"{r['obs_mse'] / base['obs_mse']:>15.2f}{r['reward_mse'] / base['reward_mse']:>18.2f}"
               f"{r['return_difference_correlation'] / base['return_difference_correlation']:>12.2f}")
     report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
               "env": args.env, "seeds": seeds, "grad_steps": args.grad_steps, "real_steps": args.real_steps,
               "world_model": "cpu preset (H 5, width 256 x 3, lr 1e-3, 32-step chain)",
-              "per_seed": {str(w): rs for w, rs in rows.items()}, "mean": {str(w): r for w, r in table.items()},
+              "variants": variants, "per_seed": rows, "mean": table,
               "total_seconds": time.perf_counter() - t0}
     with atomic_path(args.out) as tmp:
         with open(tmp, "w") as f:
