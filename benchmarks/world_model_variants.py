@@ -1,11 +1,12 @@
-"""Which world-model settings make imagined returns follow the actions? The cpu preset's model against
-variants of its `WorldModelConfig`, in one run.
+"""Which world-model settings make imagined returns follow the actions? The session-2 cpu preset's model
+against variants of its `WorldModelConfig`, in one run.
 
 The learner only ever sees imagined rewards, and a policy gradient needs them to rank actions as the
 simulator does, which the open-loop MSE alone does not show. One run:
 1. Data: a fixed stochastic SB3 policy (as `world_model_error.py`: untrained, `log_std_init=-0.5`),
    training episodes and held-out episodes with other reset seeds.
-2. For every seed, the cpu preset's model (H = 5, width 256 x 3 blocks, lr 1e-3, 32-step chain) and
+2. For every seed, the session-2 cpu preset's model (H = 5, width 256 x 3 blocks, lr 1e-3, actions
+   scaled as the paper, 32-step chain; fixed here so the baseline stays put as the preset moves) and
    every variant (e.g. `scale_actions=false`: actions at full strength; `reward_loss_weight=5`) are
    fitted for the same number of Adam steps.
 3. Each model is measured from the same held-out real states: open-loop observation MSE over k = 1..H
@@ -38,6 +39,9 @@ from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModelConfig
 from world_model_error import collect
+
+SAMPLE_STEPS = 32
+"""Diffusion passes per imagination, as the session-2 cpu preset."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -91,7 +95,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     train_buffer, _ = collect(args.env, agent, args.real_steps, 0)
     eval_buffer, _ = collect(args.env, agent, 3_000, 10_000)
     cpu = CoordinatorConfig()
-    horizon = cpu.world_model.horizon
+    base_model = replace(cpu.world_model, scale_actions=True)
+    horizon = base_model.horizon
     starts = eval_buffer.start_states(np.random.default_rng(0), args.n_starts)
     rng = np.random.default_rng(1)
     a = rng.uniform(-1, 1, (args.n_starts, horizon, spec.act_dim)).astype(np.float32)
@@ -99,12 +104,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for seed in seeds:
         for name, fields in variants.items():
-            config = replace(cpu.world_model, **fields)
+            config = replace(base_model, **fields)
             model, _ = fit_world_model(train_buffer, spec, args.grad_steps, config,
                                        TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size, seed=seed),
                                        device="cpu", progress=False)
-            model.imagine(starts[0][:64], policy, n_sample_steps=cpu.n_sample_steps)  # one tuning step
-            row = measure(model, env, policy, starts, pairs, seed, cpu.n_sample_steps)
+            model.imagine(starts[0][:64], policy, n_sample_steps=SAMPLE_STEPS)  # one tuning step
+            row = measure(model, env, policy, starts, pairs, seed, SAMPLE_STEPS)
             rows[name].append(row)
             print(f"seed {seed} {name}: {row} ({time.perf_counter() - t0:.0f} s)", flush=True)
     table = {name: {k: float(np.mean([r[k] for r in rs])) for k in rs[0]} for name, rs in rows.items()}
@@ -118,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
               f"{r['return_difference_correlation'] / base['return_difference_correlation']:>12.2f}")
     report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
               "env": args.env, "seeds": seeds, "grad_steps": args.grad_steps, "real_steps": args.real_steps,
-              "world_model": "cpu preset (H 5, width 256 x 3, lr 1e-3, 32-step chain)",
+              "world_model": "session-2 cpu preset (H 5, width 256 x 3, lr 1e-3, actions scaled, 32-step chain)",
               "variants": variants, "per_seed": rows, "mean": table,
               "total_seconds": time.perf_counter() - t0}
     with atomic_path(args.out) as tmp:
