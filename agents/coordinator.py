@@ -29,7 +29,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import HumanOutputFormat
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.utils import ConstantSchedule, set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
 from tqdm.auto import tqdm
@@ -106,6 +106,9 @@ class CoordinatorConfig:
     """World-model gradient steps per real step after the prefill (paper 1.0)."""
     policy_every: int = 250
     """Real steps between policy updates (paper 4); also the collection chunk of the loop."""
+    collection_noise_std: float = 0.0
+    """Std of Gaussian noise added to the policy's actions when collecting real data (action units): the
+    buffer keeps a spread of actions to learn their effects from after the policy's own std has shrunk."""
     learning_starts: int = 0
     """Real steps after the prefill, collected with the initial policy, before the first policy update."""
     n_imagined_envs: int = 1024
@@ -140,7 +143,11 @@ class CoordinatorConfig:
     learner_kwargs: dict[str, Any] = field(default_factory=_cpu_learner_kwargs)
     """Keyword arguments of ImaginationPPO/A2C, over the coordinator's defaults gamma 0.99, gae_lambda 0.9,
     n_steps = horizon (one rollout = one imagined trajectory per env). JSON only: give
-    `policy_kwargs["activation_fn"]` as a name of ACTIVATIONS; learning-rate schedules are not supported."""
+    `policy_kwargs["activation_fn"]` as a name of ACTIVATIONS; for a decaying learning rate use
+    `final_learning_rate`."""
+    final_learning_rate: float | None = None
+    """The learner's learning rate decays linearly in real steps, from `learner_kwargs["learning_rate"]` at
+    the first policy update to this value at the budget (None: constant)."""
     device: str = "auto"
     """Torch device of the world model and the learner."""
 
@@ -231,6 +238,10 @@ def _check_counts(config: CoordinatorConfig) -> None:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if not config.collection_noise_std >= 0:
+        raise ValueError(f"collection_noise_std must be >= 0, got {config.collection_noise_std}")
+    if config.final_learning_rate is not None and not config.final_learning_rate >= 0:
+        raise ValueError(f"final_learning_rate must be None or >= 0, got {config.final_learning_rate}")
     if not config.world_model_steps_per_real_step >= 0:
         raise ValueError("world_model_steps_per_real_step must be >= 0, got "
                          f"{config.world_model_steps_per_real_step}")
@@ -397,7 +408,7 @@ class Coordinator:
             self.learner._last_obs = None  # a new imagined env: SB3 resets it at the next update
         self.learner.set_logger(self.logger)
         normalize_obs = None if self._vec_normalize is None else self._vec_normalize.normalize_obs
-        self._sampler = sb3_sampler(self.learner, normalize_obs)
+        self._sampler = sb3_sampler(self.learner, normalize_obs, cfg.collection_noise_std)
 
     def _restore(self, checkpoint: Path, state: dict[str, Any]) -> None:
         cfg = self.config
@@ -479,9 +490,18 @@ class Coordinator:
         """One rollout of n_imagined_envs x n_steps guided imagined steps from real start states + train."""
         self._imagined.set_start_states(self.buffer)
         learner = self.learner
+        if self.config.final_learning_rate is not None:
+            learner.lr_schedule = ConstantSchedule(self._learning_rate())
         learner.learn(learner.n_steps * learner.n_envs, callback=self._probe, log_interval=None,
                       reset_num_timesteps=False)
         self.policy_updates += 1
+
+    def _learning_rate(self) -> float:
+        """Linear from the learner's learning rate at the first policy update to `final_learning_rate`
+        at the budget, in real steps."""
+        first = self.config.prefill_steps + self.config.learning_starts
+        fraction = min(max((self.real_steps - first) / max(self.budget - first, 1), 0.0), 1.0)
+        return self.learner.learning_rate + fraction * (self.config.final_learning_rate - self.learner.learning_rate)
 
     def _evaluate_and_record(self) -> None:
         mean, std = self.evaluate()

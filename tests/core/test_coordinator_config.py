@@ -73,6 +73,8 @@ def test_unknown_task_is_named_with_the_supported_ones():
     ({"n_sample_steps": 0}, "n_sample_steps"),
     ({"world_model_steps_per_real_step": -1.0}, "world_model_steps_per_real_step"),
     ({"eval_episodes": 0}, "eval_episodes"),
+    ({"collection_noise_std": -0.1}, "collection_noise_std must be >= 0, got -0.1"),
+    ({"final_learning_rate": -1e-4}, "final_learning_rate must be None or >= 0, got -0.0001"),
     ({"device": "abacus"}, "not a torch device"),
     ({"learner_kwargs": {"seed": 1}}, "may not set"),
     ({"learner_kwargs": {"policy_kwargs": {"activation_fn": "swish"}}}, "unknown activation_fn"),

@@ -186,3 +186,29 @@ def test_tiny_hopper_run_with_terminations(tmp_path):
     assert {p.name for p in find_checkpoint(tmp_path).iterdir()} == CHECKPOINT_FILES - {"vec_normalize.pkl"}
     assert np.isfinite(coordinator.history[-1]["mean_return"])
     coordinator.close()
+
+
+class RecordLearningRate(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def _on_step(self) -> bool:  # after the iteration's update: the rate that update used
+        self.rates.append(self.model.policy.optimizer.param_groups[0]["lr"])
+        return True
+
+
+def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_path):
+    kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
+    config = replace(TINY, learner_kwargs=kwargs, final_learning_rate=1e-4, collection_noise_std=4.0,
+                     open_loop_states=0)
+    recorder = RecordLearningRate()
+    coordinator = Coordinator(config, tmp_path, verbose=0).learn(600, callback=recorder, progress_bar=False)
+    # updates at 400, 500, 600 real steps; the first policy update is due at the prefill's end (300)
+    assert recorder.rates == pytest.approx([1e-3 - 0.9e-3 * k / 3 for k in (1, 2, 3)])
+    logged = [float(r["train/learning_rate"]) for r in read_csv(tmp_path / "progress.csv")]
+    assert logged == pytest.approx(recorder.rates)
+    # policy std ~1 plus noise 4: ~4.1 after the prefill; uniform prefill actions have std 0.58
+    actions = np.concatenate([ep.actions for ep in coordinator.buffer.episodes])
+    assert actions[:300].std() < 0.7 and actions[300:].std() > 3.0
+    coordinator.close()

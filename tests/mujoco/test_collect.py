@@ -133,6 +133,24 @@ def test_sb3_sampler_matches_ppo_rollout_sampling():
     env.close()
 
 
+def test_sb3_sampler_extra_noise_widens_the_policy_gaussian():
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    env = gym.make("HalfCheetah-v4")
+    model = PPO("MlpPolicy", env, policy_kwargs=dict(log_std_init=np.log(0.3)), device="cpu", seed=0)
+    obs, _ = env.reset(seed=0)
+    with torch.no_grad():
+        mean = model.policy.get_distribution(obs_as_tensor(obs[None], model.device)).distribution.mean.numpy()[0]
+    sample = sb3_sampler(model, extra_noise_std=0.4)
+    torch.manual_seed(0)
+    draws = np.stack([sample(obs) for _ in range(4000)])
+    # independent Gaussians add variances: sqrt(0.3^2 + 0.4^2) = 0.5; the std error of 4000 draws is ~1%
+    np.testing.assert_allclose(draws.std(axis=0), 0.5, rtol=0.05)
+    np.testing.assert_allclose(draws.mean(axis=0), mean, atol=0.03)
+    env.close()
+
+
 def test_sb3_sampler_applies_observation_normalisation():
     from stable_baselines3 import PPO
 
