@@ -148,6 +148,11 @@ class CoordinatorConfig:
     final_learning_rate: float | None = None
     """The learner's learning rate decays linearly in real steps, from `learner_kwargs["learning_rate"]` at
     the first policy update to this value at the budget (None: constant)."""
+    target_update_kl: float | None = None
+    """PPO only: adapt the learning rate to this mean approx_kl per policy update. After an update above
+    twice the target it is divided by 1.5; after one below half of it, multiplied by 1.5 up to
+    `learner_kwargs["learning_rate"]`. As the policy's std shrinks, the same step moves it further
+    (None: no adaptation)."""
     device: str = "auto"
     """Torch device of the world model and the learner."""
 
@@ -242,6 +247,13 @@ def _check_counts(config: CoordinatorConfig) -> None:
         raise ValueError(f"collection_noise_std must be >= 0, got {config.collection_noise_std}")
     if config.final_learning_rate is not None and not config.final_learning_rate >= 0:
         raise ValueError(f"final_learning_rate must be None or >= 0, got {config.final_learning_rate}")
+    if config.target_update_kl is not None:
+        if not config.target_update_kl > 0:
+            raise ValueError(f"target_update_kl must be None or > 0, got {config.target_update_kl}")
+        if config.algo != "ppo" or config.final_learning_rate is not None:
+            raise ValueError("target_update_kl needs algo 'ppo' (A2C reports no approx_kl) and no "
+                             f"final_learning_rate; got algo {config.algo!r}, final_learning_rate "
+                             f"{config.final_learning_rate}")
     if not config.world_model_steps_per_real_step >= 0:
         raise ValueError("world_model_steps_per_real_step must be >= 0, got "
                          f"{config.world_model_steps_per_real_step}")
@@ -374,6 +386,7 @@ class Coordinator:
         self._real_returns: list[float] = []
         self._elapsed_before, self._opened_at = 0.0, time.monotonic()
         self._checkpoint_steps, self._progress = -1, True
+        self._learning_rate: float | None = None  # set by final_learning_rate or target_update_kl
 
     def _start(self) -> None:
         """Uniform-random prefill, normaliser fit, initial world-model training, then the learner."""
@@ -420,6 +433,7 @@ class Coordinator:
         self.real_steps, self.policy_updates = state["real_steps"], state["policy_updates"]
         self.budget, self.history = state["budget"], state["history"]
         self._elapsed_before = state["elapsed_s"]
+        self._learning_rate = state.get("learning_rate")
         self.world_model = WorldModel.load(checkpoint / "world_model.pt", device=cfg.device,
                                            env_id=cfg.env_id)
         self.trainer = WorldModelTrainer(self.world_model, replace(cfg.train, seed=cfg.seed))
@@ -488,20 +502,28 @@ class Coordinator:
 
     def _policy_update(self) -> None:
         """One rollout of n_imagined_envs x n_steps guided imagined steps from real start states + train."""
+        cfg, learner = self.config, self.learner
         self._imagined.set_start_states(self.buffer)
-        learner = self.learner
-        if self.config.final_learning_rate is not None:
-            learner.lr_schedule = ConstantSchedule(self._learning_rate())
+        if cfg.final_learning_rate is not None:
+            first = cfg.prefill_steps + cfg.learning_starts
+            fraction = min(max((self.real_steps - first) / max(self.budget - first, 1), 0.0), 1.0)
+            self._learning_rate = learner.learning_rate + fraction * (cfg.final_learning_rate - learner.learning_rate)
+        if self._learning_rate is not None:
+            learner.lr_schedule = ConstantSchedule(self._learning_rate)
         learner.learn(learner.n_steps * learner.n_envs, callback=self._probe, log_interval=None,
                       reset_num_timesteps=False)
         self.policy_updates += 1
+        if cfg.target_update_kl is not None:
+            self._adapt_learning_rate(self.logger.name_to_value["train/approx_kl"])
 
-    def _learning_rate(self) -> float:
-        """Linear from the learner's learning rate at the first policy update to `final_learning_rate`
-        at the budget, in real steps."""
-        first = self.config.prefill_steps + self.config.learning_starts
-        fraction = min(max((self.real_steps - first) / max(self.budget - first, 1), 0.0), 1.0)
-        return self.learner.learning_rate + fraction * (self.config.final_learning_rate - self.learner.learning_rate)
+    def _adapt_learning_rate(self, kl: float) -> None:
+        """The next update's learning rate from this update's mean approx_kl (see `target_update_kl`)."""
+        target, rate = self.config.target_update_kl, self._learning_rate or self.learner.learning_rate
+        if kl > 2 * target:
+            rate /= 1.5
+        elif kl < target / 2:
+            rate = min(rate * 1.5, self.learner.learning_rate)
+        self._learning_rate = rate
 
     def _evaluate_and_record(self) -> None:
         mean, std = self.evaluate()
@@ -571,7 +593,7 @@ class Coordinator:
         write_state(directory, {
             "env_id": self.config.env_id, "config": self.config.to_dict(), "budget": self.budget,
             "real_steps": self.real_steps, "policy_updates": self.policy_updates,
-            "world_model_steps": self.trainer.steps, "guidance_scale": self.world_model.guidance_scale,
+            "learning_rate": self._learning_rate, "world_model_steps": self.trainer.steps, "guidance_scale": self.world_model.guidance_scale,
             "elapsed_s": self._elapsed(), "history": self.history})
 
     def _elapsed(self) -> float:

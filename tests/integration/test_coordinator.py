@@ -63,6 +63,16 @@ class CountUpdates(BaseCallback):
         return True
 
 
+class RecordLearningRate(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.rates = []
+
+    def _on_step(self) -> bool:  # after the iteration's update: the rate that update used
+        self.rates.append(self.model.policy.optimizer.param_groups[0]["lr"])
+        return True
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
@@ -151,7 +161,7 @@ def kill_after_first_checkpoint(child: subprocess.Popen, run_dir: Path, timeout:
 
 def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
     run_dir, budget = tmp_path / "run", 900
-    config = replace(TINY, checkpoint_every=100, eval_every=300)
+    config = replace(TINY, checkpoint_every=100, eval_every=300, target_update_kl=1e-12)  # lr / 1.5 per update
     kill_after_first_checkpoint(start_child(run_dir, config, budget), run_dir)
 
     checkpoint = find_checkpoint(run_dir)
@@ -168,8 +178,11 @@ def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
     assert resumed.real_steps == saved["real_steps"] and resumed.budget == budget
     assert resumed.world_model.guidance_scale == pytest.approx(saved["guidance_scale"])
     assert resumed.trainer.steps == saved["world_model_steps"]
-    resumed.learn(progress_bar=False)                                       # to the stored budget
+    recorder = RecordLearningRate()
+    resumed.learn(callback=recorder, progress_bar=False)                   # to the stored budget
     assert_counters(resumed, budget)
+    assert recorder.rates[0] == pytest.approx(saved["learning_rate"])      # the adapted rate carried over
+    assert recorder.rates[1] == pytest.approx(saved["learning_rate"] / 1.5)
     assert [row["real_steps"] for row in resumed.history] == [600, 900]
     steps = [float(r["time/real_steps"]) for r in read_csv(run_dir / "progress.csv")]
     assert steps == list(range(400, budget + 1, 100))                     # no rows of the killed tail twice
@@ -188,16 +201,6 @@ def test_tiny_hopper_run_with_terminations(tmp_path):
     coordinator.close()
 
 
-class RecordLearningRate(BaseCallback):
-    def __init__(self):
-        super().__init__()
-        self.rates = []
-
-    def _on_step(self) -> bool:  # after the iteration's update: the rate that update used
-        self.rates.append(self.model.policy.optimizer.param_groups[0]["lr"])
-        return True
-
-
 def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_path):
     kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
     config = replace(TINY, learner_kwargs=kwargs, final_learning_rate=1e-4, collection_noise_std=4.0,
@@ -211,4 +214,17 @@ def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_p
     # policy std ~1 plus noise 4: ~4.1 after the prefill; uniform prefill actions have std 0.58
     actions = np.concatenate([ep.actions for ep in coordinator.buffer.episodes])
     assert actions[:300].std() < 0.7 and actions[300:].std() > 3.0
+    coordinator.close()
+
+
+@pytest.mark.parametrize("target,factors", [(1e-12, [1, 1 / 1.5, 1 / 1.5 ** 2]),   # every update too large
+                                            (1e12, [1, 1, 1])])                   # never above the initial
+def test_learning_rate_follows_the_update_kl(tmp_path, target, factors):
+    kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
+    config = replace(TINY, learner_kwargs=kwargs, target_update_kl=target, open_loop_states=0)
+    recorder = RecordLearningRate()
+    coordinator = Coordinator(config, tmp_path, verbose=0).learn(600, callback=recorder, progress_bar=False)
+    assert recorder.rates == pytest.approx([1e-3 * f for f in factors])
+    saved = json.loads((find_checkpoint(tmp_path) / "state.json").read_text())
+    assert saved["learning_rate"] == pytest.approx(1e-3 * factors[-1] * (1 / 1.5 if target < 1 else 1))
     coordinator.close()
