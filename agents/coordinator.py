@@ -509,7 +509,8 @@ class Coordinator:
         if cfg.final_learning_rate is not None:
             first = cfg.prefill_steps + cfg.learning_starts
             fraction = min(max((self.real_steps - first) / max(self.budget - first, 1), 0.0), 1.0)
-            self._learning_rate = learner.learning_rate + fraction * (cfg.final_learning_rate - learner.learning_rate)
+            start = learner.learning_rate
+            self._learning_rate = start + fraction * (cfg.final_learning_rate - start)
         if self._learning_rate is not None:
             learner.lr_schedule = ConstantSchedule(self._learning_rate)
         learner.learn(learner.n_steps * learner.n_envs, callback=self._probe, log_interval=None,
@@ -595,7 +596,8 @@ class Coordinator:
         write_state(directory, {
             "env_id": self.config.env_id, "config": self.config.to_dict(), "budget": self.budget,
             "real_steps": self.real_steps, "policy_updates": self.policy_updates,
-            "learning_rate": self._learning_rate, "world_model_steps": self.trainer.steps, "guidance_scale": self.world_model.guidance_scale,
+            "learning_rate": self._learning_rate, "world_model_steps": self.trainer.steps,
+            "guidance_scale": self.world_model.guidance_scale,
             "elapsed_s": self._elapsed(), "history": self.history})
 
     def _elapsed(self) -> float:
