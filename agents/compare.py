@@ -161,7 +161,17 @@ def describe_imagination(config: CoordinatorConfig, preset: str) -> str:
             f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {'scaled' if wm.scale_actions else 'full strength'}), "
             f"{config.world_model_steps_per_real_step:g} world-model "
             f"steps per real step after {config.initial_world_model_steps}, reward loss weight "
-            f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}; learner {kwargs}")
+            f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}{_options(config)}; "
+            f"learner {kwargs}")
+
+
+def _options(config: CoordinatorConfig) -> str:
+    """The coordinator's opt-in options that are switched on, as ', name value' each."""
+    values = {"collection noise std": config.collection_noise_std or None,
+              "start state window": config.start_state_window,
+              "final learning rate": config.final_learning_rate,
+              "target update KL": config.target_update_kl}
+    return "".join(f", {name} {value:g}" for name, value in values.items() if value is not None)
 
 
 def method_settings(spec: CompareSpec) -> dict[str, str]:

@@ -109,6 +109,10 @@ class CoordinatorConfig:
     collection_noise_std: float = 0.0
     """Std of Gaussian noise added to the policy's actions when collecting real data (action units): the
     buffer keeps a spread of actions to learn their effects from after the policy's own std has shrunk."""
+    start_state_window: int | None = None
+    """Imagined episodes start from the newest this-many stored real observations (None: the whole
+    buffer). An on-policy learner improves the policy on the states it visits; the whole buffer keeps
+    the random prefill and long-abandoned gaits in every imagined batch."""
     learning_starts: int = 0
     """Real steps after the prefill, collected with the initial policy, before the first policy update."""
     n_imagined_envs: int = 1024
@@ -241,7 +245,7 @@ def _check_counts(config: CoordinatorConfig) -> None:
         value = getattr(config, name)
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name in ("n_sample_steps", "eval_max_episode_steps"):
+    for name in ("n_sample_steps", "eval_max_episode_steps", "start_state_window"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
@@ -407,7 +411,7 @@ class Coordinator:
         """The imagined env is built once around `world_model`, so refits and training are seen by it."""
         cfg = self.config
         self._imagined = ImaginedVectorEnv(self.world_model, cfg.n_imagined_envs, env_id=cfg.env_id,
-                                           start_states=self.buffer,
+                                           start_states=self._start_states(),
                                            replay=ReplayConfig(n_sample_steps=cfg.n_sample_steps))
         venv: VecEnv = ImaginedSB3VecEnv(self._imagined)
         kwargs = _learner_kwargs(cfg)
@@ -502,10 +506,14 @@ class Coordinator:
                + int(cfg.world_model_steps_per_real_step * (self.real_steps - cfg.prefill_steps)))
         self._losses += self.trainer.train(self.buffer, max(due - self.trainer.steps, 0))
 
+    def _start_states(self) -> np.ndarray | EpisodeBuffer:
+        window = self.config.start_state_window
+        return self.buffer if window is None else self.buffer.start_observations(last=window)
+
     def _policy_update(self) -> None:
         """One rollout of n_imagined_envs x n_steps guided imagined steps from real start states + train."""
         cfg, learner = self.config, self.learner
-        self._imagined.set_start_states(self.buffer)
+        self._imagined.set_start_states(self._start_states())
         if cfg.final_learning_rate is not None:
             first = cfg.prefill_steps + cfg.learning_starts
             fraction = min(max((self.real_steps - first) / max(self.budget - first, 1), 0.0), 1.0)

@@ -299,13 +299,20 @@ class EpisodeBuffer:
         row = (np.cumsum(lengths + 1) - (lengths + 1))[episode] + local
         return self._obs.view[row], self._qpos.view[row], self._qvel.view[row]
 
-    def start_observations(self) -> np.ndarray:
-        """Every observation an episode can start from [n, obs]: all but terminal final observations."""
+    def start_observations(self, last: int | None = None) -> np.ndarray:
+        """Every observation an episode can start from [n, obs]: all but terminal final observations.
+
+        `last`: only the newest `last` of them, in storage order (an on-policy learner wants the states
+        its current policy visits, not those of the random prefill).
+        """
+        if last is not None and (not isinstance(last, (int, np.integer)) or last < 1):
+            raise ValueError(f"last must be None or an integer >= 1, got {last!r}")
         self._require_data()
         final = np.cumsum(self._lengths.view + 1) - 1
         keep = np.ones(len(self._obs.view), bool)
         keep[final[self._terminated.view]] = False
-        return self._obs.view[keep]
+        rows = self._obs.view[keep]
+        return rows if last is None else rows[-last:]
 
     def save(self, path: str | os.PathLike) -> None:
         """Write one `.npz` atomically (a crash leaves any previous file intact)."""

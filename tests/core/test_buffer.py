@@ -395,3 +395,8 @@ def test_start_observations_exclude_terminal_final_observations():
         obs = base + np.arange(4, dtype=np.float32)[:, None]
         buf.add_episode(obs, np.zeros((3, 1)), np.zeros(3), terminated, np.zeros((4, 1)), np.zeros((4, 1)))
     np.testing.assert_array_equal(buf.start_observations()[:, 0], [0, 1, 2, 10, 11, 12, 13])
+    np.testing.assert_array_equal(buf.start_observations(last=5)[:, 0], [2, 10, 11, 12, 13])
+    np.testing.assert_array_equal(buf.start_observations(last=100)[:, 0], [0, 1, 2, 10, 11, 12, 13])
+    for bad in (0, 2.5):
+        with pytest.raises(ValueError, match=f"last must be None or an integer >= 1, got {bad}"):
+            buf.start_observations(last=bad)

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from agents.cli import main
-from agents.compare import CompareSpec, EvalPoint, merge_comparisons, write_outputs
+from agents.compare import CompareSpec, EvalPoint, describe_imagination, merge_comparisons, write_outputs
 from agents.coordinator import CoordinatorConfig
 
 SPEC = CompareSpec(env_id="HalfCheetah-v4", methods=("ppo", "imagination-ppo"), seeds=(0,), budget=10_000,
@@ -55,3 +55,11 @@ def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
                                                     imagination=CoordinatorConfig(n_imagined_envs=8)))
     with pytest.raises(ValueError, match="other settings"):
         merge_comparisons([free, imagined, other], tmp_path / "m2")
+
+
+def test_settings_line_names_the_options_switched_on():
+    plain = describe_imagination(CoordinatorConfig(), "cpu")
+    assert "window" not in plain and "collection noise" not in plain and "KL" not in plain
+    options = describe_imagination(CoordinatorConfig(start_state_window=10_000, collection_noise_std=0.3,
+                                                      target_update_kl=0.02), "cpu")
+    assert "collection noise std 0.3, start state window 10000, target update KL 0.02;" in options

@@ -228,3 +228,16 @@ def test_learning_rate_follows_the_update_kl(tmp_path, target, factors):
     saved = json.loads((find_checkpoint(tmp_path) / "state.json").read_text())
     assert saved["learning_rate"] == pytest.approx(1e-3 * factors[-1] * (1 / 1.5 if target < 1 else 1))
     coordinator.close()
+
+
+def test_imagined_episodes_start_from_the_newest_real_states(tmp_path):
+    config = replace(TINY, start_state_window=40, open_loop_states=0)
+    coordinator = Coordinator(config, tmp_path, verbose=0).learn(500, progress_bar=False)
+    starts, _ = coordinator._imagined.reset(seed=3)
+    stored = coordinator.buffer.start_observations()  # 503 rows: episodes of 300 (prefill), 100, 100
+    distance = np.abs(starts[:, None, :] - stored[None, :, :]).max(axis=-1)
+    assert distance.min(axis=1).max() == 0.0  # every start is a stored real observation
+    row = distance.argmin(axis=1)
+    # the last update (at 500 steps) saw the first 402 rows (the newest episode was stored after it)
+    assert row.min() >= 402 - 40 and row.max() < 402
+    coordinator.close()
