@@ -214,7 +214,7 @@ def _paper_preset() -> dict[str, Any]:
 
 def _cpu_preset() -> dict[str, Any]:
     """The field defaults, measured on HalfCheetah-v4 on 2 shared CPU cores (README, section 4): 50k real
-    steps in ~20 min with three runs sharing the cores; deterministic return 823.0 / 1647.7 / 1542.5 /
+    steps in ~25 min with three runs sharing the cores; deterministic return 823.0 / 1647.7 / 1542.5 /
     973.6 / 1729.2 / 1090.5 / 806.7 / 968.7 (seeds 0-7) at 50k; the mean over seeds 0-2 climbs from 644
     at 30k to 1338 at 50k.
 
