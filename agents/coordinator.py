@@ -508,9 +508,8 @@ class Coordinator:
                + int(cfg.world_model_steps_per_real_step * (self.real_steps - cfg.prefill_steps)))
         self._losses += self.trainer.train(self.buffer, max(due - self.trainer.steps, 0))
 
-    def _start_states(self) -> np.ndarray | EpisodeBuffer:
-        window = self.config.start_state_window
-        return self.buffer if window is None else self.buffer.start_observations(last=window)
+    def _start_states(self) -> np.ndarray:
+        return self.buffer.start_observations(last=self.config.start_state_window)
 
     def _policy_update(self) -> None:
         """One rollout of n_imagined_envs x n_steps guided imagined steps from real start states + train."""
