@@ -69,15 +69,29 @@ def measure(model, env, policy, starts, pairs, seed: int, n_sample_steps: int | 
 
 
 def parse_variant(text: str) -> dict[str, object]:
-    """"scale_actions=false,reward_loss_weight=5" -> {"scale_actions": False, "reward_loss_weight": 5}."""
-    fields = {}
+    """"scale_actions=false,denoiser.width=512" -> {"scale_actions": False, "denoiser": {"width": 512}}:
+    top-level fields of WorldModelConfig, or one level into its parts (denoiser, schedule, ...)."""
+    fields: dict[str, object] = {}
     for item in text.split(","):
         name, sep, value = item.partition("=")
-        if not sep or name not in WorldModelConfig.__dataclass_fields__:
-            raise SystemExit(f"variant {item!r}: expected FIELD=VALUE with FIELD one of "
+        top, _, sub = name.partition(".")
+        part = getattr(WorldModelConfig(), top, None) if sep else None
+        known = sep and top in WorldModelConfig.__dataclass_fields__ and (
+            not sub or sub in getattr(part, "__dataclass_fields__", {}))
+        if not known:
+            raise SystemExit(f"variant {item!r}: expected FIELD=VALUE or PART.FIELD=VALUE with FIELD one of "
                              f"{sorted(WorldModelConfig.__dataclass_fields__)}")
-        fields[name] = json.loads(value)
+        if sub:
+            fields.setdefault(top, {})[sub] = json.loads(value)
+        else:
+            fields[top] = json.loads(value)
     return fields
+
+
+def apply_variant(config: WorldModelConfig, fields: dict[str, object]) -> WorldModelConfig:
+    """`config` with the variant's fields replaced (parts field by field)."""
+    return replace(config, **{k: replace(getattr(config, k), **v) if isinstance(v, dict) else v
+                              for k, v in fields.items()})
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -104,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
     for seed in seeds:
         for name, fields in variants.items():
-            config = replace(base_model, **fields)
+            config = apply_variant(base_model, fields)
             model, _ = fit_world_model(train_buffer, spec, args.grad_steps, config,
                                        TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size, seed=seed),
                                        device="cpu", progress=False)

@@ -15,8 +15,8 @@ import torch
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
-from imagined_env.diffusion.guidance import GaussianPolicyFn, GuidanceConfig, update_log_scale
-from imagined_env.diffusion.sampler import ActionBounds, SamplerConfig, guided_sample
+from imagined_env.diffusion.guidance import GaussianPolicyFn, GuidanceConfig, update_log_scale, update_row_offsets
+from imagined_env.diffusion.sampler import ActionBounds, SamplerConfig, action_input, guided_sample
 from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig
 from imagined_env.utils import atomic_path, resolve_device
 
@@ -61,6 +61,11 @@ class WorldModelConfig:
     states while guidance denoises them). False feeds them at full strength at every step, in training
     and sampling: the model then sees at high noise what the actions are, which is when the coarse
     shape of the trajectory is decided."""
+    condition_on_last_action: bool = True
+    """The denoiser sees the last row's action a_H, as the paper. Nothing used inside the window depends
+    on it (r_H and d_H are never read), but in data from a policy it reveals s_H, so a model that uses it
+    makes imagined returns vary with an action never taken. False shows it the mean action instead, in
+    training and sampling."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -86,7 +91,7 @@ class Imagination:
 
     observations [B, H+1, obs]; actions [B, H, act] (policy units, unclipped); rewards [B, H];
     terminations [B, H] bool (rows after the first termination are padding); spread: std of
-    standardised actions (nan when unguided).
+    standardised actions (nan when unguided); row_spread: the same per row [H + 1], when known.
     """
 
     observations: torch.Tensor
@@ -94,6 +99,7 @@ class Imagination:
     rewards: torch.Tensor
     terminations: torch.Tensor
     spread: float
+    row_spread: torch.Tensor | None = None
 
 
 class WorldModel:
@@ -112,6 +118,8 @@ class WorldModel:
             torch.tensor(spec.action_high, dtype=torch.float32, device=self.device),
         )
         self.log_guidance_scale = math.log(config.guidance.initial_scale)
+        self.row_scale_offsets = torch.zeros(self.n_rows)
+        """log(lambda_k / lambda) per row; stays 0 unless `config.guidance.per_row`."""
         self._channel_weight = torch.ones(spec.obs_dim + 2, device=self.device)
         self._channel_weight[spec.obs_dim] = config.reward_loss_weight  # rows are [s, r, d]
 
@@ -121,7 +129,13 @@ class WorldModel:
 
     @property
     def guidance_scale(self) -> float:
+        """lambda, common to all rows."""
         return math.exp(self.log_guidance_scale)
+
+    @property
+    def row_guidance_scales(self) -> torch.Tensor:
+        """lambda_k of each row [H + 1]."""
+        return self.guidance_scale * self.row_scale_offsets.exp()
 
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.denoiser.parameters())
@@ -138,8 +152,8 @@ class WorldModel:
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         xt = self.schedule.q_sample(x0, t, noise)
         xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
-        scale = self.schedule.signal_scale(t)[:, None, None] if self.config.scale_actions else 1.0
-        pred = self.denoiser(xt, scale * cond, t)
+        pred = self.denoiser(xt, action_input(cond, self.schedule.signal_scale(t), scale_actions=self.config.scale_actions,
+                                              last_action=self.config.condition_on_last_action), t)
         pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
         weight = self._channel_weight
         return ((pred - x0).pow(2) * weight).mean() / weight.mean()
@@ -182,17 +196,21 @@ class WorldModel:
                                                                              n_sample_steps=n_sample_steps)
         out = guided_sample(
             self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
-            policy=policy, scale=self.guidance_scale, guidance=self.config.guidance, config=sampler,
+            policy=policy, scale=self.row_guidance_scales, guidance=self.config.guidance, config=sampler,
             generator=generator, fixed_actions=fixed, scale_actions=self.config.scale_actions,
+            last_action=self.config.condition_on_last_action,
         )
         if policy is not None and adapt_guidance:
             self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)
+            self.row_scale_offsets = update_row_offsets(self.row_scale_offsets, out.row_spread, out.spread,
+                                                        self.config.guidance)
         states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
         h = self.horizon
         return Imagination(
             observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
             terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
+            row_spread=out.row_spread,
         )
 
     def _checked(self, v: torch.Tensor | np.ndarray, dim: int, name: str) -> torch.Tensor:
@@ -213,6 +231,7 @@ class WorldModel:
             "denoiser": self.denoiser.state_dict(),
             "ema": self.ema.state_dict(),
             "log_guidance_scale": self.log_guidance_scale,
+            "row_scale_offsets": self.row_scale_offsets.tolist(),
         }
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -247,6 +266,12 @@ class WorldModel:
         except (KeyError, TypeError, RuntimeError) as exc:
             raise ValueError(f"world model file {path} is inconsistent: {exc}") from exc
         model.log_guidance_scale = float(payload["log_guidance_scale"])
+        offsets = payload.get("row_scale_offsets")  # absent in files of format 1 without per-row tuning
+        if offsets is not None:
+            if len(offsets) != model.n_rows:
+                raise ValueError(f"world model file {path} is inconsistent: {len(offsets)} row guidance "
+                                 f"factors for {model.n_rows} rows")
+            model.row_scale_offsets = torch.tensor(offsets, dtype=torch.float32)
         return model
 
 

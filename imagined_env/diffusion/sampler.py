@@ -17,6 +17,7 @@ from imagined_env.diffusion.guidance import (
     GuidanceConfig,
     guidance_step,
     policy_moments,
+    row_spreads,
     standardised_spread,
 )
 from imagined_env.diffusion.schedule import DiffusionSchedule, strided_timesteps
@@ -37,11 +38,12 @@ class SamplerConfig:
 @dataclass(frozen=True)
 class GuidedSample:
     """x0: [B, L, obs+2] normalised rows; actions: [B, L, act] in policy units (unclipped);
-    spread: std of standardised actions (nan without a policy)."""
+    spread: std of standardised actions (nan without a policy); row_spread: the same per row [L]."""
 
     x0: torch.Tensor
     actions: torch.Tensor
     spread: float
+    row_spread: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,18 @@ class ActionBounds:
         return torch.maximum(torch.minimum(a, self.high.to(a.device)), self.low.to(a.device))
 
 
+def action_input(cond: torch.Tensor, signal: torch.Tensor, *, scale_actions: bool, last_action: bool
+                 ) -> torch.Tensor:
+    """What the denoiser sees of the normalised, clipped actions [B, L, act] at signal levels
+    sqrt(alpha_bar_t) [B]: scaled by them (`scale_actions`) or at full strength; the last row's action
+    zeroed (the mean action) unless `last_action`."""
+    if scale_actions:
+        cond = signal[:, None, None] * cond
+    if not last_action:
+        cond = torch.cat([cond[:, :-1], torch.zeros_like(cond[:, -1:])], dim=1)
+    return cond
+
+
 @torch.no_grad()
 def guided_sample(
     denoiser: nn.Module,
@@ -65,21 +79,22 @@ def guided_sample(
     n_rows: int,
     *,
     policy: GaussianPolicyFn | None,
-    scale: float,
+    scale: float | torch.Tensor,
     guidance: GuidanceConfig,
     config: SamplerConfig,
     generator: torch.Generator | None = None,
     fixed_actions: torch.Tensor | None = None,
     scale_actions: bool = True,
+    last_action: bool = True,
 ) -> GuidedSample:
     """Sample B trajectories of `n_rows` rows from start states [B, obs] (environment units).
 
     `fixed_actions` [B, k, act] (environment units, k <= n_rows), when given, fixes a_0..a_{k-1} at
     every step: the trajectory is then conditioned on actions the agent actually took (k = 1), or on a
     whole given sequence (the model as an open-loop simulator).
+    `scale`: the guidance scale lambda, one for all rows or one per row [L].
     Without a policy the actions are one draw of N(0, I) in normalised units (data-like), unguided.
-    `scale_actions`: the denoiser sees sqrt(alpha_bar_t) * actions (True) or the actions themselves,
-    as it was trained.
+    `scale_actions`, `last_action`: how the denoiser sees the actions (`action_input`), as it was trained.
     """
     device = start_states.device
     batch, obs_dim = start_states.shape
@@ -93,21 +108,23 @@ def guided_sample(
     n_fixed = 0 if fixed is None else fixed.shape[1]
     steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
     # a strided chain takes fewer guidance steps: scale each so that lambda means the same for any length
-    step_scale = scale * schedule.n_steps / len(steps)
-    spread = float("nan")
+    step_scale = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(n_rows)
+    step_scale = (step_scale * schedule.n_steps / len(steps)).repeat(batch)[:, None]  # [B * L, 1]
+    spread, row_spread = float("nan"), torch.full((n_rows,), float("nan"))
     for i, t in enumerate(steps):
         s = steps[i + 1] if i + 1 < len(steps) else -1
         if fixed is not None:
             a[:, :n_fixed] = fixed
         tt = torch.full((batch,), t, device=device, dtype=torch.long)
         cond = normaliser.normalise_action(bounds.clip(normaliser.unnormalise_action(a)))
-        x0_hat = denoiser(x, (schedule.signal_scale(tt)[:, None, None] if scale_actions else 1.0) * cond, tt)
+        x0_hat = denoiser(x, action_input(cond, schedule.signal_scale(tt), scale_actions=scale_actions,
+                                          last_action=last_action), tt)
         x0_hat[:, 0, :obs_dim] = s0
         mean, std = schedule.posterior(x0_hat, x, tt, torch.full_like(tt, s))
         if t <= config.late_clip_steps:
             mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
         if policy is not None:
-            a, spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, step_scale, guidance,
+            a, spread, row_spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, step_scale, guidance,
                                        last=s < 0, noise_std=std[:, :, :1], generator=generator)
         if s < 0:
             x = mean
@@ -117,7 +134,7 @@ def guided_sample(
     actions = normaliser.unnormalise_action(a)
     if fixed_actions is not None:
         actions[:, :n_fixed] = fixed_actions
-    return GuidedSample(x0=x, actions=actions, spread=spread)
+    return GuidedSample(x0=x, actions=actions, spread=spread, row_spread=row_spread)
 
 
 def _guide_actions(
@@ -125,15 +142,15 @@ def _guide_actions(
     states_norm: torch.Tensor,
     normaliser: Normaliser,
     policy: GaussianPolicyFn,
-    scale: float,
+    scale: torch.Tensor,
     guidance: GuidanceConfig,
     *,
     last: bool,
     noise_std: torch.Tensor,
     generator: torch.Generator | None,
-) -> tuple[torch.Tensor, float]:
+) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Clamp actions to the policy's +-k std, then (except at the last step) take one guidance
-    step along grad_a log pi and add the chain's noise. a [B, L, act] normalised."""
+    step along grad_a log pi and add the chain's noise. a [B, L, act] normalised, scale [B * L, 1]."""
     batch, rows, act_dim = a.shape
     states = normaliser.unnormalise_obs(states_norm).reshape(batch * rows, -1)
     a_u = normaliser.unnormalise_action(a).reshape(batch * rows, act_dim)
@@ -141,8 +158,9 @@ def _guide_actions(
     k = guidance.action_clamp_std
     a_u = torch.maximum(torch.minimum(a_u, mean + k * std), mean - k * std)
     spread = standardised_spread(a_u, mean, std)
+    row_spread = row_spreads(*(v.view(batch, rows, act_dim) for v in (a_u, mean, std)))
     if last:
-        return normaliser.normalise_action(a_u).view(batch, rows, act_dim), spread
+        return normaliser.normalise_action(a_u).view(batch, rows, act_dim), spread, row_spread
     a_u = guidance_step(a_u, mean, std, scale)
     noise = torch.randn(a.shape, device=a.device, generator=generator)
-    return normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise, spread
+    return normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise, spread, row_spread

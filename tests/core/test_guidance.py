@@ -9,8 +9,10 @@ from imagined_env.diffusion.guidance import (
     GuidanceConfig,
     guidance_step,
     policy_moments,
+    row_spreads,
     standardised_spread,
     update_log_scale,
+    update_row_offsets,
 )
 
 
@@ -65,3 +67,25 @@ def test_spread_and_scale_update_direction():
     assert update_log_scale(0.0, 0.5, cfg) == -0.05                 # too narrow: weaker
     assert update_log_scale(0.3, 2.0, GuidanceConfig(adapt=False)) == 0.3
     assert update_log_scale(0.3, float("nan"), cfg) == 0.3
+
+
+def test_row_spreads_match_a_per_row_reference():
+    g = torch.Generator().manual_seed(0)
+    mean, std = torch.randn(50, 4, 3, generator=g), torch.rand(50, 4, 3, generator=g) + 0.1
+    a = mean + std * torch.randn(50, 4, 3, generator=g) * torch.tensor([0.5, 1.0, 1.5, 2.0])[:, None]
+    z = ((a - mean) / std).numpy()
+    reference = [np.std(z[:, k].ravel(), ddof=1) for k in range(4)]
+    np.testing.assert_allclose(row_spreads(a, mean, std).numpy(), reference, rtol=1e-5)
+
+
+def test_row_offsets_move_each_row_toward_the_target():
+    cfg = GuidanceConfig(scale_lr=0.1, per_row=True)
+    offsets, rows = torch.zeros(3), torch.tensor([0.6, 1.0, 1.4])
+    moved = update_row_offsets(offsets, rows, 1.0, cfg)
+    torch.testing.assert_close(moved, torch.tensor([-0.04, 0.0, 0.04]))
+    # with the common scale's own step, each row's log lambda_k moves by lr * (spread_k - target)
+    total = update_log_scale(0.0, 0.9, cfg) + update_row_offsets(offsets, rows, 0.9, cfg)
+    torch.testing.assert_close(total, 0.1 * (rows - 1.0))
+    assert torch.equal(update_row_offsets(offsets, rows, 1.0, GuidanceConfig(scale_lr=0.1)), offsets)
+    assert torch.equal(update_row_offsets(offsets, rows, 1.0, GuidanceConfig(per_row=True, adapt=False)), offsets)
+    assert torch.equal(update_row_offsets(offsets, torch.full((3,), float("nan")), 1.0, cfg), offsets)

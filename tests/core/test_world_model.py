@@ -131,6 +131,23 @@ def test_load_errors_name_the_file(tmp_path, trained_linear_model):
         WorldModel.load(tmp_path / "missing.pt")
 
 
+def test_row_guidance_factors_survive_save_load(tmp_path, trained_linear_model):
+    model, _, _ = trained_linear_model
+    tuned = WorldModel(model.spec, model.config, model.normaliser, "cpu")
+    tuned.row_scale_offsets = torch.linspace(-0.5, 0.5, H + 1)
+    path = tmp_path / "wm.pt"
+    tuned.save(path)
+    torch.testing.assert_close(WorldModel.load(path).row_guidance_scales, tuned.row_guidance_scales)
+    payload = torch.load(path, weights_only=True)
+    del payload["row_scale_offsets"]                      # a file written before per-row tuning existed
+    torch.save(payload, path)
+    assert torch.equal(WorldModel.load(path).row_scale_offsets, torch.zeros(H + 1))
+    payload["row_scale_offsets"] = [0.0] * H
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=f"wm.pt is inconsistent: {H} row guidance factors for {H + 1} rows"):
+        WorldModel.load(path)
+
+
 @pytest.mark.parametrize("bad,match", [
     (np.zeros((4, OBS + 1)), r"start_obs must have shape \[B, 3\]"),
     (np.zeros(OBS), r"start_obs must have shape"),
@@ -226,11 +243,11 @@ class _RecordingDenoiser(nn.Module):
         return torch.zeros_like(x)
 
 
-@pytest.mark.parametrize("scale_actions", [True, False])
-def test_actions_reach_the_denoiser_scaled_or_at_full_strength(scale_actions):
+@pytest.mark.parametrize("scale_actions,last_action", [(True, True), (False, True), (False, False)])
+def test_actions_reach_the_denoiser_scaled_or_at_full_strength(scale_actions, last_action):
     buf = linear_buffer(n_episodes=5)
     normaliser = Normaliser.fit(buf, -1.0, 1.0)
-    config = dataclasses.replace(TINY_CONFIG, scale_actions=scale_actions)
+    config = dataclasses.replace(TINY_CONFIG, scale_actions=scale_actions, condition_on_last_action=last_action)
     model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     model.denoiser = model.ema = _RecordingDenoiser()
     alpha_bar = model.schedule.alpha_bar_f64.numpy()
@@ -243,9 +260,55 @@ def test_actions_reach_the_denoiser_scaled_or_at_full_strength(scale_actions):
     windows = buf.sample_windows(8, H, np.random.default_rng(0))
     model.loss(windows)
     seen, t = model.denoiser.seen[-1]
-    np.testing.assert_allclose(seen.numpy(), expected(windows.actions, t.numpy()), rtol=1e-5, atol=1e-6)
+    want = expected(windows.actions, t.numpy())
+    np.testing.assert_allclose(seen[:, :H].numpy(), want[:, :H], rtol=1e-5, atol=1e-6)
+    if last_action:
+        np.testing.assert_allclose(seen[:, H].numpy(), want[:, H], rtol=1e-5, atol=1e-6)
+    else:  # the mean action, i.e. zero once z-scored, where the data's last action was not
+        assert np.all(seen[:, H].numpy() == 0) and np.abs(want[:, H]).max() > 0.1
 
     actions = np.random.default_rng(1).normal(size=(3, H, ACT)).astype(np.float32)
     model.imagine(np.zeros((3, OBS), np.float32), actions=actions, n_sample_steps=4)
     for seen, t in model.ema.seen[1:]:                    # every pass of the chain; row H is free
         np.testing.assert_allclose(seen[:, :H].numpy(), expected(actions, t.numpy()), rtol=1e-5, atol=1e-6)
+        assert last_action or np.all(seen[:, H].numpy() == 0)
+
+
+def test_each_row_is_guided_with_its_own_scale():
+    # with a denoiser that predicts zeros and a state-independent policy the rows do not interact, so
+    # row k of a run with per-row scales must equal row k of the run that used its scale everywhere
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    model = WorldModel(LINEAR_SPEC, TINY_CONFIG, normaliser, "cpu")
+    model.denoiser = model.ema = _RecordingDenoiser()
+    s0 = np.zeros((64, OBS), np.float32)
+
+    def actions(offsets):
+        model.row_scale_offsets = torch.as_tensor(offsets, dtype=torch.float32)
+        return model.imagine(s0, fixed_policy(0.3, 0.5), generator=torch.Generator().manual_seed(0),
+                             adapt_guidance=False).actions
+
+    weak, strong = actions(np.full(H + 1, -3.0)), actions(np.full(H + 1, 3.0))
+    mixed = actions(np.where(np.arange(H + 1) % 2 == 0, -3.0, 3.0))
+    for k in range(H):
+        torch.testing.assert_close(mixed[:, k], (weak if k % 2 == 0 else strong)[:, k])
+    assert not torch.allclose(weak, strong)
+
+
+def test_per_row_tuning_brings_every_row_to_the_target_spread(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    config = dataclasses.replace(model.config, guidance=GuidanceConfig(scale_lr=0.3, per_row=True))
+    tuned = WorldModel(model.spec, config, model.normaliser, "cpu")
+    tuned.ema.load_state_dict(model.ema.state_dict())
+    s0, _, _ = buf.start_states(np.random.default_rng(2), 256)
+    gen = torch.Generator().manual_seed(0)
+
+    def policy(s):  # the mean depends on the state, so rows whose states are uncertain spread more
+        s = torch.as_tensor(s)
+        return 2.0 * s[:, :ACT], torch.full((len(s), ACT), 0.2)
+
+    first = tuned.imagine(s0, policy, generator=gen, n_sample_steps=10)
+    rows = [tuned.imagine(s0, policy, generator=gen, n_sample_steps=10) for _ in range(60)]
+    before = first.row_spread[:H]
+    after = torch.stack([r.row_spread[:H] for r in rows[-10:]]).mean(0)
+    assert (after - 1.0).abs().max() < 0.15 < (before - 1.0).abs().max(), (before, after)
+    assert tuned.row_scale_offsets.abs().max() > 0.1
