@@ -54,7 +54,7 @@ from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import RealCollector, buffer_for_env, sb3_sampler
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
-from imagined_env.diffusion.guidance import GuidanceConfig, standardised_spread
+from imagined_env.diffusion.guidance import GuidanceConfig, row_spreads, standardised_spread
 from imagined_env.evaluation import ActionSensitivity, OpenLoopError, action_sensitivity, open_loop_error
 from imagined_env.registration import TASKS, VERSIONS
 from imagined_env.replay import ReplayConfig
@@ -584,6 +584,8 @@ class Coordinator:
         record("guidance/scale", self.world_model.guidance_scale)
         if math.isfinite(self._probe.spread):
             record("guidance/spread", self._probe.spread)
+            record("guidance/spread_first_step", self._probe.first_spread)
+            record("guidance/spread_last_step", self._probe.last_spread)
         if self._losses:
             record("world_model/loss", float(np.mean(self._losses)))
         if self._real_returns:
@@ -615,11 +617,13 @@ class Coordinator:
 
 class _SpreadProbe(BaseCallback):
     """Std of the standardised imagined actions under the policy that collected them (1 = on-policy
-    spread, the target of guidance tuning); read at rollout end, before the update changes the policy."""
+    spread, the target of guidance tuning), overall and at the first and last imagined step; read at
+    rollout end, before the update changes the policy."""
 
     def __init__(self, std_floor: float):
         super().__init__()
-        self.std_floor, self.spread = std_floor, float("nan")
+        self.std_floor = std_floor
+        self.spread = self.first_spread = self.last_spread = float("nan")
 
     def _on_step(self) -> bool:
         return True
@@ -630,7 +634,12 @@ class _SpreadProbe(BaseCallback):
         actions = torch.as_tensor(buffer.actions.reshape(-1, buffer.action_dim), device=policy.device)
         with torch.no_grad():
             dist = policy.get_distribution(obs).distribution
-        self.spread = standardised_spread(actions, dist.mean, dist.stddev.clamp(min=self.std_floor))
+        mean, std = dist.mean, dist.stddev.clamp(min=self.std_floor)
+        self.spread = standardised_spread(actions, mean, std)
+        # the buffer is [n_steps, n_envs]: rows of the imagined trajectories along the first axis
+        per_step = row_spreads(*(v.view(buffer.buffer_size, -1, buffer.action_dim).transpose(0, 1)
+                                 for v in (actions, mean, std)))
+        self.first_spread, self.last_spread = float(per_step[0]), float(per_step[-1])
 
 
 # ---- helpers ---------------------------------------------------------------------------

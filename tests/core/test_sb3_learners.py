@@ -129,3 +129,29 @@ def test_real_tiny_world_model_smoke(trained_linear_model):
         model.learn(16 * 8 * 2)
     assert model.num_timesteps == 256
     assert np.isfinite(wm.guidance_scale)
+
+
+def test_spread_probe_reads_each_rollout_step_against_the_policy():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from agents.coordinator import _SpreadProbe
+
+    ppo = PPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=100, seed=0), n_steps=3, batch_size=100, seed=0,
+              device="cpu", policy_kwargs={"log_std_init": -1.0})
+    buffer, rng = ppo.rollout_buffer, np.random.default_rng(0)
+    buffer.observations[:] = rng.normal(size=buffer.observations.shape)
+    obs = torch.as_tensor(buffer.observations.reshape(-1, 3))
+    with torch.no_grad():
+        dist = ppo.policy.get_distribution(obs).distribution
+    mean = dist.mean.numpy().reshape(3, 100, 1)
+    std = dist.stddev.numpy().reshape(3, 100, 1)
+    widths = np.array([0.5, 1.0, 2.0])[:, None, None]          # the spread of each rollout step
+    buffer.actions[:] = mean + widths * std * rng.normal(size=mean.shape)
+    probe = _SpreadProbe(std_floor=0.01)
+    probe.init_callback(ppo)
+    probe.on_rollout_end()
+    z = (buffer.actions - mean) / std                             # reference: by hand, per step
+    assert probe.first_spread == pytest.approx(np.std(z[0], ddof=1), rel=1e-4)
+    assert probe.last_spread == pytest.approx(np.std(z[2], ddof=1), rel=1e-4)
+    assert probe.spread == pytest.approx(np.std(z, ddof=1), rel=1e-4)
+    assert probe.first_spread < 0.7 < 1.6 < probe.last_spread

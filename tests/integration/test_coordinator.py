@@ -102,7 +102,8 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     progress = read_csv(tmp_path / "progress.csv")
     assert [float(r["time/real_steps"]) for r in progress] == [400, 500, 600]
     for key in ("eval/mean_reward", "eval/std_reward", "world_model/loss", "world_model/open_loop_mse",
-                "world_model/return_difference_corr", "guidance/scale", "guidance/spread", "train/value_loss", "train/approx_kl"):
+                "world_model/return_difference_corr", "guidance/scale", "guidance/spread", "guidance/spread_first_step",
+                "guidance/spread_last_step", "train/value_loss", "train/approx_kl"):
         assert progress[-1][key] != "", key
     assert len(read_csv(tmp_path / "evaluations.csv")) == 2
     assert list(tmp_path.glob("events.out.tfevents.*"))
