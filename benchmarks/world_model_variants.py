@@ -14,8 +14,11 @@ simulator does, which the open-loop MSE alone does not show. One run:
    (`imagined_env.evaluation.open_loop_error`), and the action sensitivity
    (`imagined_env.evaluation.action_sensitivity`): two uniform-random action sequences a and
    b = clip(a + N(0, 0.5^2)) replayed by the model and by MuJoCo; the correlation of the H-step return
-   differences R(a) - R(b), imagined against real.
-The table is per variant (mean over seeds); ratios are against the preset in the same run.
+   differences R(a) - R(b), imagined against real. And the return noise: the std of the difference
+   between two model samples of R(a), same actions, relative to the std of the real R(a) - R(b), i.e.
+   how much of the signal the learner has to resolve the model's own sampling noise covers.
+The table is per variant (mean over seeds); ratios are against the preset in the same run. Variants
+name fields of `WorldModelConfig` or, one level down, of its parts (`denoiser.width=512`).
 
     python benchmarks/world_model_variants.py --variants scale_actions=false reward_loss_weight=5
 """
@@ -64,8 +67,12 @@ def measure(model, env, policy, starts, pairs, seed: int, n_sample_steps: int | 
                             n_sample_steps=n_sample_steps)
     sensitivity = action_sensitivity(env, model, qpos, qvel, *pairs, generator=generator,
                                      n_sample_steps=n_sample_steps)
+    twice = [model.imagine(starts[0], actions=pairs[0], generator=generator, n_sample_steps=n_sample_steps)
+             for _ in range(2)]
+    noise = float((twice[0].rewards.sum(1) - twice[1].rewards.sum(1)).std())
     return {"obs_mse": float(np.nanmean(error.obs_mse)), "reward_mse": float(np.nanmean(error.reward_mse)),
-            "return_difference_correlation": sensitivity.correlation, "pairs": sensitivity.n}
+            "return_difference_correlation": sensitivity.correlation, "pairs": sensitivity.n,
+            "return_noise_to_signal": noise / sensitivity.real_std}
 
 
 def parse_variant(text: str) -> dict[str, object]:
@@ -130,9 +137,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     base = table["preset"]
     width = max(len(name) for name in table) + 2
     print(f"\n{'variant':>{width}}{'obs MSE':>10}{'reward MSE':>12}{'return-diff corr':>18}"
-          f"{'obs MSE ratio':>15}{'reward MSE ratio':>18}{'corr ratio':>12}")
+          f"{'noise/signal':>14}{'obs MSE ratio':>15}{'reward MSE ratio':>18}{'corr ratio':>12}")
     for name, r in table.items():
         print(f"{name:>{width}}{r['obs_mse']:>10.3f}{r['reward_mse']:>12.4f}{r['return_difference_correlation']:>18.3f}"
+              f"{r['return_noise_to_signal']:>14.3f}"
               f"{r['obs_mse'] / base['obs_mse']:>15.2f}{r['reward_mse'] / base['reward_mse']:>18.2f}"
               f"{r['return_difference_correlation'] / base['return_difference_correlation']:>12.2f}")
     report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),

@@ -15,7 +15,12 @@ import torch
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
-from imagined_env.diffusion.guidance import GaussianPolicyFn, GuidanceConfig, update_log_scale, update_row_offsets
+from imagined_env.diffusion.guidance import (
+    GaussianPolicyFn,
+    GuidanceConfig,
+    update_log_scale,
+    update_row_offsets,
+)
 from imagined_env.diffusion.sampler import ActionBounds, SamplerConfig, action_input, guided_sample
 from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig
 from imagined_env.utils import atomic_path, resolve_device
@@ -152,8 +157,9 @@ class WorldModel:
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         xt = self.schedule.q_sample(x0, t, noise)
         xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
-        pred = self.denoiser(xt, action_input(cond, self.schedule.signal_scale(t), scale_actions=self.config.scale_actions,
-                                              last_action=self.config.condition_on_last_action), t)
+        seen = action_input(cond, self.schedule.signal_scale(t), scale_actions=self.config.scale_actions,
+                            last_action=self.config.condition_on_last_action)
+        pred = self.denoiser(xt, seen, t)
         pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
         weight = self._channel_weight
         return ((pred - x0).pow(2) * weight).mean() / weight.mean()

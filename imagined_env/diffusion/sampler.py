@@ -124,8 +124,9 @@ def guided_sample(
         if t <= config.late_clip_steps:
             mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
         if policy is not None:
-            a, spread, row_spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, step_scale, guidance,
-                                       last=s < 0, noise_std=std[:, :, :1], generator=generator)
+            a, spread, row_spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, step_scale,
+                                                   guidance, last=s < 0, noise_std=std[:, :, :1],
+                                                   generator=generator)
         if s < 0:
             x = mean
         else:
@@ -163,4 +164,5 @@ def _guide_actions(
         return normaliser.normalise_action(a_u).view(batch, rows, act_dim), spread, row_spread
     a_u = guidance_step(a_u, mean, std, scale)
     noise = torch.randn(a.shape, device=a.device, generator=generator)
-    return normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise, spread, row_spread
+    a = normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise
+    return a, spread, row_spread

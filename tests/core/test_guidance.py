@@ -87,5 +87,6 @@ def test_row_offsets_move_each_row_toward_the_target():
     total = update_log_scale(0.0, 0.9, cfg) + update_row_offsets(offsets, rows, 0.9, cfg)
     torch.testing.assert_close(total, 0.1 * (rows - 1.0))
     assert torch.equal(update_row_offsets(offsets, rows, 1.0, GuidanceConfig(scale_lr=0.1)), offsets)
-    assert torch.equal(update_row_offsets(offsets, rows, 1.0, GuidanceConfig(per_row=True, adapt=False)), offsets)
+    frozen = GuidanceConfig(per_row=True, adapt=False)
+    assert torch.equal(update_row_offsets(offsets, rows, 1.0, frozen), offsets)
     assert torch.equal(update_row_offsets(offsets, torch.full((3,), float("nan")), 1.0, cfg), offsets)

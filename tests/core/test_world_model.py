@@ -247,7 +247,8 @@ class _RecordingDenoiser(nn.Module):
 def test_actions_reach_the_denoiser_scaled_or_at_full_strength(scale_actions, last_action):
     buf = linear_buffer(n_episodes=5)
     normaliser = Normaliser.fit(buf, -1.0, 1.0)
-    config = dataclasses.replace(TINY_CONFIG, scale_actions=scale_actions, condition_on_last_action=last_action)
+    config = dataclasses.replace(TINY_CONFIG, scale_actions=scale_actions,
+                                 condition_on_last_action=last_action)
     model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     model.denoiser = model.ema = _RecordingDenoiser()
     alpha_bar = model.schedule.alpha_bar_f64.numpy()

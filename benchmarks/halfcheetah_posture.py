@@ -1,0 +1,75 @@
+"""Do the final HalfCheetah policies of some runs run upright or on their backs?
+
+HalfCheetah's best-known local optimum is a flipped gait: the cheetah turns over early and learns to
+run on its back, which caps the return far below an upright gait. A mean over few seeds mixes the
+two, so this script sorts runs by posture. For every coordinator run folder given (the `runs/<algo>_seed<S>`
+folders `imagined-env compare` writes, or `imagined-env train`'s run dir) it loads the last
+checkpoint, plays deterministic episodes on the real task, and reports the return and the fraction of
+steps with the torso upside down (root angle qpos[2] beyond +-pi/2, i.e. the back toward the floor).
+
+    python benchmarks/halfcheetah_posture.py runs/r20_s0/runs/imagination-ppo_seed0 ... --out results.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from agents.evaluation import frozen_eval_env, load_learner
+from agents.run_files import find_checkpoint, read_state
+from imagined_env.utils import atomic_path
+
+
+def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        raise SystemExit(f"{run_dir}: no checkpoint (expected a coordinator run folder)")
+    state = read_state(checkpoint)
+    if not state["env_id"].startswith("HalfCheetah"):
+        raise SystemExit(f"{run_dir}: a run of {state['env_id']}, not HalfCheetah")
+    stats_path = checkpoint / "vec_normalize.pkl"
+    learner, stats = load_learner(checkpoint / "learner.zip", state["config"]["algo"], state["env_id"], seed,
+                                  stats_path if stats_path.is_file() else None)
+    env = frozen_eval_env(state["env_id"], seed, stats)
+    sim = env.unwrapped.envs[0].unwrapped       # the MuJoCo env under VecNormalize, DummyVecEnv, Monitor
+    returns, flipped = [], []
+    for _ in range(episodes):
+        obs, done, total, upside_down, steps = env.reset(), False, 0.0, 0, 0
+        while not done:
+            action, _ = learner.predict(obs, deterministic=True)
+            obs, reward, dones, _ = env.step(action)
+            total, done, steps = total + float(reward[0]), bool(dones[0]), steps + 1
+            upside_down += abs(sim.data.qpos[2]) > np.pi / 2   # after an episode's end: the reset state
+        returns.append(total)
+        flipped.append(upside_down / steps)
+    return {"real_steps": state["real_steps"], "mean_return": float(np.mean(returns)),
+            "upside_down_fraction": float(np.mean(flipped))}
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="coordinator run folders")
+    parser.add_argument("--episodes", type=int, default=3, help="deterministic episodes per run")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation env")
+    parser.add_argument("--out", default="benchmarks/results/halfcheetah_posture.json")
+    args = parser.parse_args(argv)
+    rows = {str(run): posture(run, args.episodes, args.seed) for run in args.runs}
+    width = max(len(name) for name in rows) + 2
+    print(f"{'run':<{width}}{'real steps':>12}{'return':>10}{'upside down':>13}  posture")
+    for name, r in rows.items():
+        flipped = r["upside_down_fraction"]
+        print(f"{name:<{width}}{r['real_steps']:>12}{r['mean_return']:>10.1f}{flipped:>13.2f}  "
+              f"{'flipped' if flipped > 0.5 else 'upright'}")
+    report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
+              "episodes": args.episodes, "seed": args.seed, "runs": rows}
+    with atomic_path(args.out) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
