@@ -155,14 +155,16 @@ def describe_imagination(config: CoordinatorConfig, preset: str) -> str:
     wm = config.world_model
     kwargs = ", ".join(f"{k} {v}" for k, v in sorted(config.learner_kwargs.items()))
     steps = "full chain" if config.n_sample_steps is None else f"{config.n_sample_steps} sample steps"
+    actions = ("scaled" if wm.scale_actions else "full strength") + (
+        "" if wm.condition_on_last_action else ", last action hidden")
     return (f"{config.algo.upper()} in imagination ({preset} preset): prefill {config.prefill_steps}, "
             f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
             f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
-            f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {'scaled' if wm.scale_actions else 'full strength'}), "
+            f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {actions}), "
             f"{config.world_model_steps_per_real_step:g} world-model "
             f"steps per real step after {config.initial_world_model_steps}, reward loss weight "
-            f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}{_options(config)}; "
-            f"learner {kwargs}")
+            f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}"
+            f"{' per row' if wm.guidance.per_row else ''}{_options(config)}; learner {kwargs}")
 
 
 def _options(config: CoordinatorConfig) -> str:
