@@ -63,9 +63,8 @@ def test_settings_line_names_the_options_switched_on():
     options = describe_imagination(CoordinatorConfig(start_state_window=10_000, collection_noise_std=0.3,
                                                       target_update_kl=0.02), "cpu")
     assert "collection noise std 0.3, start state window 10000, target update KL 0.02;" in options
-    assert "hidden" not in plain and "per row" not in plain
+    assert "(actions full strength, last action hidden)" in plain and "per row" not in plain
     wm = CoordinatorConfig().world_model
-    model_options = describe_imagination(CoordinatorConfig(world_model=replace(
-        wm, condition_on_last_action=False, guidance=replace(wm.guidance, per_row=True))), "cpu")
-    assert "(actions full strength, last action hidden)" in model_options
-    assert "guidance scale lr 0.2 per row;" in model_options
+    paper_like = describe_imagination(CoordinatorConfig(world_model=replace(
+        wm, scale_actions=True, condition_on_last_action=True, guidance=replace(wm.guidance, per_row=True))), "cpu")
+    assert "(actions scaled)" in paper_like and "guidance scale lr 0.2 per row;" in paper_like
