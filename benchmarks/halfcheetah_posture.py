@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
               "episodes": args.episodes, "seed": args.seed, "runs": rows}
     with atomic_path(args.out) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
+        tmp.write_text(json.dumps(report, indent=2))
     return rows
 
 

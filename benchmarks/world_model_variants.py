@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
               "variants": variants, "per_seed": rows, "mean": table,
               "total_seconds": time.perf_counter() - t0}
     with atomic_path(args.out) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
+        tmp.write_text(json.dumps(report, indent=2))
     return report
 
 
