@@ -642,7 +642,7 @@ class _SpreadProbe(BaseCallback):
             dist = policy.get_distribution(obs).distribution
         mean, std = dist.mean, dist.stddev.clamp(min=self.std_floor)
         self.spread = standardised_spread(actions, mean, std)
-        # the buffer is [n_steps, n_envs]: rows of the imagined trajectories along the first axis
+        # the buffer is [n_steps, n_envs]: step k is row k of the imagined trajectories unless one ended early
         per_step = row_spreads(*(v.view(buffer.buffer_size, -1, buffer.action_dim).transpose(0, 1)
                                  for v in (actions, mean, std)))
         self.first_spread, self.last_spread = float(per_step[0]), float(per_step[-1])
