@@ -6,8 +6,11 @@ two, so this script sorts runs by posture. For every coordinator run folder give
 folders `imagined-env compare` writes, or `imagined-env train`'s run dir) it loads the last
 checkpoint, plays deterministic episodes on the real task, and reports the return and the fraction of
 steps with the torso upside down (root angle qpos[2] beyond +-pi/2, i.e. the back toward the floor).
+`--zoo-seeds` first trains the model-free baseline of `imagined-env compare` (RL Zoo tuned PPO with
+VecNormalize) for `--steps` real steps per seed and measures its final policy the same way.
 
     python benchmarks/halfcheetah_posture.py runs/r20_s0/runs/imagination-ppo_seed0 ... --out results.json
+    python benchmarks/halfcheetah_posture.py --zoo-seeds 0,1,2 --steps 50000 --out zoo.json
 """
 from __future__ import annotations
 
@@ -18,12 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents.compare import make_model_free
 from agents.evaluation import frozen_eval_env, load_learner
 from agents.run_files import find_checkpoint, read_state
+from agents.zoo import zoo_settings
 from imagined_env.utils import atomic_path
 
+ENV_ID = "HalfCheetah-v4"
 
-def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
+
+def run_posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
+    """Posture of the last checkpoint's policy of a coordinator run folder."""
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
         raise SystemExit(f"{run_dir}: no checkpoint (expected a coordinator run folder)")
@@ -33,7 +44,20 @@ def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
     stats_path = checkpoint / "vec_normalize.pkl"
     learner, stats = load_learner(checkpoint / "learner.zip", state["config"]["algo"], state["env_id"], seed,
                                   stats_path if stats_path.is_file() else None)
-    env = frozen_eval_env(state["env_id"], seed, stats)
+    return {"real_steps": state["real_steps"], **posture(learner, state["env_id"], stats, episodes, seed)}
+
+
+def zoo_posture(seed: int, steps: int, episodes: int, eval_seed: int) -> dict[str, float]:
+    """Posture of `imagined-env compare`'s model-free PPO after `steps` real steps."""
+    learner = make_model_free(zoo_settings("ppo", ENV_ID), ENV_ID, seed)
+    learner.learn(total_timesteps=steps)
+    return {"real_steps": steps, **posture(learner, ENV_ID, learner.get_env(), episodes, eval_seed)}
+
+
+def posture(learner: BaseAlgorithm, env_id: str, stats: VecEnv | None, episodes: int,
+            seed: int) -> dict[str, float]:
+    """Mean return and fraction of steps upside down over deterministic episodes."""
+    env = frozen_eval_env(env_id, seed, stats)
     sim = env.unwrapped.envs[0].unwrapped       # the MuJoCo env under VecNormalize, DummyVecEnv, Monitor
     returns, flipped = [], []
     for _ in range(episodes):
@@ -45,18 +69,23 @@ def posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
             upside_down += abs(sim.data.qpos[2]) > np.pi / 2   # after an episode's end: the reset state
         returns.append(total)
         flipped.append(upside_down / steps)
-    return {"real_steps": state["real_steps"], "mean_return": float(np.mean(returns)),
-            "upside_down_fraction": float(np.mean(flipped))}
+    return {"mean_return": float(np.mean(returns)), "upside_down_fraction": float(np.mean(flipped))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("runs", nargs="+", type=Path, help="coordinator run folders")
+    parser.add_argument("runs", nargs="*", type=Path, help="coordinator run folders")
+    parser.add_argument("--zoo-seeds", default="", help="comma-separated seeds of Zoo PPO runs to train first")
+    parser.add_argument("--steps", type=int, default=50_000, help="real steps of each Zoo PPO run")
     parser.add_argument("--episodes", type=int, default=3, help="deterministic episodes per run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation env")
     parser.add_argument("--out", default="benchmarks/results/halfcheetah_posture.json")
     args = parser.parse_args(argv)
-    rows = {str(run): posture(run, args.episodes, args.seed) for run in args.runs}
+    zoo_seeds = [int(seed) for seed in args.zoo_seeds.split(",") if seed]
+    if not args.runs and not zoo_seeds:
+        parser.error("give run folders, --zoo-seeds, or both")
+    rows = {f"zoo-ppo_seed{seed}": zoo_posture(seed, args.steps, args.episodes, args.seed) for seed in zoo_seeds}
+    rows.update({str(run): run_posture(run, args.episodes, args.seed) for run in args.runs})
     width = max(len(name) for name in rows) + 2
     print(f"{'run':<{width}}{'real steps':>12}{'return':>10}{'upside down':>13}  posture")
     for name, r in rows.items():
