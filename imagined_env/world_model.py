@@ -202,7 +202,8 @@ class WorldModel:
                                                                              n_sample_steps=n_sample_steps)
         out = guided_sample(
             self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
-            policy=policy, scale=self.row_guidance_scales, guidance=self.config.guidance, config=sampler,
+            policy=policy, guidance=self.config.guidance, config=sampler,
+            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale,
             generator=generator, fixed_actions=fixed, scale_actions=self.config.scale_actions,
             last_action=self.config.condition_on_last_action,
         )

@@ -108,8 +108,9 @@ def guided_sample(
     n_fixed = 0 if fixed is None else fixed.shape[1]
     steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
     # a strided chain takes fewer guidance steps: scale each so that lambda means the same for any length
-    step_scale = torch.as_tensor(scale, dtype=torch.float32, device=device).expand(n_rows)
-    step_scale = (step_scale * schedule.n_steps / len(steps)).repeat(batch)[:, None]  # [B * L, 1]
+    step_scale = scale * schedule.n_steps / len(steps)
+    if isinstance(step_scale, torch.Tensor):                # per row: [L] -> [B * L, 1], rows fastest
+        step_scale = step_scale.to(device).repeat(batch)[:, None]
     spread, row_spread = float("nan"), torch.full((n_rows,), float("nan"))
     for i, t in enumerate(steps):
         s = steps[i + 1] if i + 1 < len(steps) else -1
@@ -143,7 +144,7 @@ def _guide_actions(
     states_norm: torch.Tensor,
     normaliser: Normaliser,
     policy: GaussianPolicyFn,
-    scale: torch.Tensor,
+    scale: float | torch.Tensor,
     guidance: GuidanceConfig,
     *,
     last: bool,
@@ -151,7 +152,7 @@ def _guide_actions(
     generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, float, torch.Tensor]:
     """Clamp actions to the policy's +-k std, then (except at the last step) take one guidance
-    step along grad_a log pi and add the chain's noise. a [B, L, act] normalised, scale [B * L, 1]."""
+    step along grad_a log pi and add the chain's noise. a [B, L, act] normalised, scale a float or [B * L, 1]."""
     batch, rows, act_dim = a.shape
     states = normaliser.unnormalise_obs(states_norm).reshape(batch * rows, -1)
     a_u = normaliser.unnormalise_action(a).reshape(batch * rows, act_dim)

@@ -279,7 +279,8 @@ def test_each_row_is_guided_with_its_own_scale():
     # with a denoiser that predicts zeros and a state-independent policy the rows do not interact, so
     # row k of a run with per-row scales must equal row k of the run that used its scale everywhere
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
-    model = WorldModel(LINEAR_SPEC, TINY_CONFIG, normaliser, "cpu")
+    config = dataclasses.replace(TINY_CONFIG, guidance=GuidanceConfig(per_row=True))
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     model.denoiser = model.ema = _RecordingDenoiser()
     s0 = np.zeros((64, OBS), np.float32)
 
