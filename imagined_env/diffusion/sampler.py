@@ -125,9 +125,15 @@ def guided_sample(
         if t <= config.late_clip_steps:
             mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
         if policy is not None:
-            a, spread, row_spread = _guide_actions(a, x0_hat[..., :obs_dim], normaliser, policy, step_scale,
-                                                   guidance, last=s < 0, noise_std=std[:, :, :1],
-                                                   generator=generator)
+            a_u, pi_mean, pi_std = _clamped_to_policy(a, x0_hat[..., :obs_dim], normaliser, policy, guidance)
+            if s < 0:   # the final actions: measured, not stepped
+                spread = standardised_spread(a_u, pi_mean, pi_std)
+                row_spread = row_spreads(*(v.view(a.shape) for v in (a_u, pi_mean, pi_std)))
+                a = normaliser.normalise_action(a_u).view(a.shape)
+            else:
+                a_u = guidance_step(a_u, pi_mean, pi_std, step_scale)
+                noise = torch.randn(a.shape, device=device, generator=generator)
+                a = normaliser.normalise_action(a_u).view(a.shape) + std[:, :, :1] * noise
         if s < 0:
             x = mean
         else:
@@ -139,31 +145,18 @@ def guided_sample(
     return GuidedSample(x0=x, actions=actions, spread=spread, row_spread=row_spread)
 
 
-def _guide_actions(
+def _clamped_to_policy(
     a: torch.Tensor,
     states_norm: torch.Tensor,
     normaliser: Normaliser,
     policy: GaussianPolicyFn,
-    scale: float | torch.Tensor,
     guidance: GuidanceConfig,
-    *,
-    last: bool,
-    noise_std: torch.Tensor,
-    generator: torch.Generator | None,
-) -> tuple[torch.Tensor, float, torch.Tensor]:
-    """Clamp actions to the policy's +-k std, then (except at the last step) take one guidance
-    step along grad_a log pi and add the chain's noise. a [B, L, act] normalised, scale a float or [B * L, 1]."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Actions a [B, L, act] (normalised) in policy units, clamped to the policy's mean +- k std at the
+    states of their rows, with that mean and std; each [B * L, act]."""
     batch, rows, act_dim = a.shape
     states = normaliser.unnormalise_obs(states_norm).reshape(batch * rows, -1)
     a_u = normaliser.unnormalise_action(a).reshape(batch * rows, act_dim)
     mean, std = policy_moments(policy, states, guidance.std_floor)
     k = guidance.action_clamp_std
-    a_u = torch.maximum(torch.minimum(a_u, mean + k * std), mean - k * std)
-    spread = standardised_spread(a_u, mean, std)
-    row_spread = row_spreads(*(v.view(batch, rows, act_dim) for v in (a_u, mean, std)))
-    if last:
-        return normaliser.normalise_action(a_u).view(batch, rows, act_dim), spread, row_spread
-    a_u = guidance_step(a_u, mean, std, scale)
-    noise = torch.randn(a.shape, device=a.device, generator=generator)
-    a = normaliser.normalise_action(a_u).view(batch, rows, act_dim) + noise_std * noise
-    return a, spread, row_spread
+    return torch.maximum(torch.minimum(a_u, mean + k * std), mean - k * std), mean, std
