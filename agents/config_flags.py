@@ -209,10 +209,19 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+        out[key] = _merge_dicts(base[key], value) if both_dicts else value
+    return out
+
+
 def merge_into(cls: type, base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
     """`base` (a full `cls.to_dict()`-style dict) updated by a partial nested `override`.
 
-    Nested configs merge field by field and dict-valued fields key by key; an unknown key is a
+    Nested configs merge field by field and dict-valued fields key by key, recursively (so
+    `{"policy_kwargs": {"log_std_init": -1}}` keeps the preset's `net_arch`); an unknown key is a
     ValueError naming it and the valid ones.
     """
     hints = typing.get_type_hints(cls)
@@ -229,7 +238,7 @@ def merge_into(cls: type, base: dict[str, Any], override: dict[str, Any], where:
         if is_config(annotation):
             out[key] = merge_into(annotation, base[key], value, path + ".")
         elif _is_dict(annotation):
-            out[key] = {**(base[key] or {}), **value}
+            out[key] = _merge_dicts(base[key] or {}, value)
         else:
             out[key] = value
     return out

@@ -75,7 +75,7 @@ def parsed_config(argv: list[str]) -> CoordinatorConfig:
 def test_preset_then_file_then_flags(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"prefill_steps": 1234, "eval_every": 777, "world_model": {"horizon": 7},
-                                "learner_kwargs": {"n_epochs": 3}}))
+                                "learner_kwargs": {"n_epochs": 3, "policy_kwargs": {"log_std_init": -1}}}))
     config = parsed_config(["--config", str(path), "--prefill-steps", "2000",
                             "--world-model.denoiser.width", "64"])
     cpu = CoordinatorConfig.preset("cpu")
@@ -83,7 +83,8 @@ def test_preset_then_file_then_flags(tmp_path):
     assert config.eval_every == 777 and config.world_model.horizon == 7  # file beats preset
     denoiser = config.world_model.denoiser
     assert denoiser.width == 64 and denoiser.depth == cpu.world_model.denoiser.depth
-    assert config.learner_kwargs == {**cpu.learner_kwargs, "n_epochs": 3}  # dicts merge key by key
+    policy_kwargs = {**cpu.learner_kwargs["policy_kwargs"], "log_std_init": -1}  # nested dicts merge too
+    assert config.learner_kwargs == {**cpu.learner_kwargs, "n_epochs": 3, "policy_kwargs": policy_kwargs}
 
 
 def test_flag_types_and_paper_preset():
