@@ -6,6 +6,9 @@ two, so this script sorts runs by posture. For every coordinator run folder give
 folders `imagined-env compare` writes, or `imagined-env train`'s run dir) it loads the last
 checkpoint, plays deterministic episodes on the real task, and reports the return and the fraction of
 steps with the torso upside down (root angle qpos[2] beyond +-pi/2, i.e. the back toward the floor).
+For coordinator runs it also reads the real episodes stored in the checkpoint's buffer and prints, per
+block of ten, how many ran mostly upside down: when the cheetah first turned over, in the data the
+world model learns from (the first five are the uniform-random prefill).
 `--zoo-seeds` first trains the model-free baseline of `imagined-env compare` (RL Zoo tuned PPO with
 VecNormalize) for `--steps` real steps per seed and measures its final policy the same way.
 
@@ -18,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,12 +32,13 @@ from agents.compare import make_model_free
 from agents.evaluation import frozen_eval_env, load_learner
 from agents.run_files import find_checkpoint, read_state
 from agents.zoo import zoo_settings
+from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.utils import atomic_path
 
 ENV_ID = "HalfCheetah-v4"
 
 
-def run_posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
+def run_posture(run_dir: Path, episodes: int, seed: int) -> dict[str, Any]:
     """Posture of the last checkpoint's policy of a coordinator run folder."""
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
@@ -44,7 +49,19 @@ def run_posture(run_dir: Path, episodes: int, seed: int) -> dict[str, float]:
     stats_path = checkpoint / "vec_normalize.pkl"
     learner, stats = load_learner(checkpoint / "learner.zip", state["config"]["algo"], state["env_id"], seed,
                                   stats_path if stats_path.is_file() else None)
-    return {"real_steps": state["real_steps"], **posture(learner, state["env_id"], stats, episodes, seed)}
+    collected = collected_upside_down(EpisodeBuffer.load(checkpoint / "buffer.npz"))
+    return {"real_steps": state["real_steps"], **posture(learner, state["env_id"], stats, episodes, seed),
+            "collected_upside_down": collected}
+
+
+def collected_upside_down(buffer: EpisodeBuffer) -> list[float]:
+    """Fraction of steps upside down in each stored real episode, oldest first."""
+    return [float(np.mean(np.abs(episode.qpos[:, 2]) > np.pi / 2)) for episode in buffer.episodes]
+
+
+def flipped_per_ten(fractions: list[float]) -> str:
+    """'0 4 9 ...': per block of ten episodes, how many were upside down for over half their steps."""
+    return " ".join(str(sum(f > 0.5 for f in fractions[i:i + 10])) for i in range(0, len(fractions), 10))
 
 
 def zoo_posture(seed: int, steps: int, episodes: int, eval_seed: int) -> dict[str, float]:
@@ -72,7 +89,7 @@ def posture(learner: BaseAlgorithm, env_id: str, stats: VecEnv | None, episodes:
     return {"mean_return": float(np.mean(returns)), "upside_down_fraction": float(np.mean(flipped))}
 
 
-def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", type=Path, help="coordinator run folders")
     parser.add_argument("--zoo-seeds", default="", help="comma-separated seeds of Zoo PPO runs to train first")
@@ -87,11 +104,13 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     rows = {f"zoo-ppo_seed{seed}": zoo_posture(seed, args.steps, args.episodes, args.seed) for seed in zoo_seeds}
     rows.update({str(run): run_posture(run, args.episodes, args.seed) for run in args.runs})
     width = max(len(name) for name in rows) + 2
-    print(f"{'run':<{width}}{'real steps':>12}{'return':>10}{'upside down':>13}  posture")
+    print(f"{'run':<{width}}{'real steps':>12}{'return':>10}{'upside down':>13}  posture  "
+          "real episodes flipped, per 10")
     for name, r in rows.items():
         flipped = r["upside_down_fraction"]
+        collected = flipped_per_ten(r["collected_upside_down"]) if "collected_upside_down" in r else "-"
         print(f"{name:<{width}}{r['real_steps']:>12}{r['mean_return']:>10.1f}{flipped:>13.2f}  "
-              f"{'flipped' if flipped > 0.5 else 'upright'}")
+              f"{'flipped' if flipped > 0.5 else 'upright':<9}{collected}")
     report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
               "episodes": args.episodes, "seed": args.seed, "runs": rows}
     with atomic_path(args.out) as tmp:
