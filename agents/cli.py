@@ -115,7 +115,8 @@ def add_config_options(parser: argparse.ArgumentParser, exclude: frozenset[str] 
                              "shared/polygrad.md section 5, a GPU recipe) [default cpu]")
     parser.add_argument("--config", metavar="FILE.json",
                         help="JSON config (a run's config.json, or any part of one) applied over the preset; "
-                             "the flags below override it. Dict fields (learner_kwargs) merge key by key, nested dicts too")
+                             "the flags below override it. Dict fields (learner_kwargs) merge key by key, "
+                             "nested dicts too")
     add_config_flags(parser, CoordinatorConfig, preset_values(), exclude, CONFIG_ALIASES)
 
 

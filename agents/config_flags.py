@@ -210,6 +210,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def _merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated by `override`, recursing where both hold a dict under the same key."""
     out = dict(base)
     for key, value in override.items():
         both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)

@@ -236,9 +236,9 @@ def _cpu_preset() -> dict[str, Any]:
     from the denoiser (`condition_on_last_action=False`): it reveals the last state in a policy's data,
     and the model's imagined returns varied with it; hidden, their sampling noise falls by 43% and the
     eight-seed mean at 50k rose from 1197.7 to 1312.9. An entropy bonus of 0.03 keeps the policy's std
-    near 0.7 at 50k instead of 0.33: the model ranks large action changes far better than small ones,
-    and a narrow policy lets PPO steer by imagined differences the model does not resolve (a lower
-    initial std, 0.37 or 0.14, ended at 786 and 453 over seeds 0-2). With it the seed spread fell from
+    near 0.7 at 50k instead of 0.33. The model ranks large action changes far better than small ones,
+    so we read it as keeping the policy's trials within what the model resolves; a lower initial std
+    (0.37 or 0.14) ended at 786 and 453 over seeds 0-2. With it the seed spread fell from
     622 to 368 and the curve still climbs at 50k, though it trails the previous preset from 20k to 40k.
     """
     return {}
