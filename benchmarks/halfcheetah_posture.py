@@ -56,7 +56,12 @@ def run_posture(run_dir: Path, episodes: int, seed: int) -> dict[str, Any]:
 
 def collected_upside_down(buffer: EpisodeBuffer) -> list[float]:
     """Fraction of steps upside down in each stored real episode, oldest first."""
-    return [float(np.mean(np.abs(episode.qpos[:, 2]) > np.pi / 2)) for episode in buffer.episodes]
+    return [float(np.mean(upside_down(episode.qpos))) for episode in buffer.episodes]
+
+
+def upside_down(qpos: np.ndarray) -> np.ndarray:
+    """Whether the torso is upside down in each state: root angle qpos[..., 2] beyond +-pi/2."""
+    return np.abs(qpos[..., 2]) > np.pi / 2
 
 
 def flipped_per_ten(fractions: list[float]) -> str:
@@ -78,14 +83,14 @@ def posture(learner: BaseAlgorithm, env_id: str, stats: VecEnv | None, episodes:
     sim = env.unwrapped.envs[0].unwrapped       # the MuJoCo env under VecNormalize, DummyVecEnv, Monitor
     returns, flipped = [], []
     for _ in range(episodes):
-        obs, done, total, upside_down, steps = env.reset(), False, 0.0, 0, 0
+        obs, done, total, flipped_steps, steps = env.reset(), False, 0.0, 0, 0
         while not done:
             action, _ = learner.predict(obs, deterministic=True)
             obs, reward, dones, _ = env.step(action)
             total, done, steps = total + float(reward[0]), bool(dones[0]), steps + 1
-            upside_down += abs(sim.data.qpos[2]) > np.pi / 2   # after an episode's end: the reset state
+            flipped_steps += int(upside_down(sim.data.qpos))   # after an episode's end: the reset state
         returns.append(total)
-        flipped.append(upside_down / steps)
+        flipped.append(flipped_steps / steps)
     return {"mean_return": float(np.mean(returns)), "upside_down_fraction": float(np.mean(flipped))}
 
 
