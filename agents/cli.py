@@ -1,5 +1,5 @@
 """`imagined-env`: train | evaluate | compare | demo. This module only parses and checks arguments;
-the work is in `agents.coordinator`, `agents.compare`, `agents.evaluation` and `agents.demo`.
+the work is in `agents.coordinator`, `agents.compare`, `agents.real_evaluation` and `agents.demo`.
 
 Every input error (unknown task, budget below the prefill, unreadable config, unwritable output
 directory, ...) is reported as a usage error (exit code 2) before anything is trained.
@@ -23,7 +23,7 @@ from agents.compare import (IMAGINATION, CompareSpec, imagination_run_dir, merge
 from agents.config_flags import add_config_flags, given_flags, leaf_values, merge_into, nest, read_config_file
 from agents.coordinator import SUPPORTED_TASKS, Coordinator, CoordinatorConfig
 from agents.demo import DemoConfig, run_demo
-from agents.evaluation import evaluate_real, load_learner
+from agents.real_evaluation import evaluate_real, load_learner
 from agents.run_files import check_writable, find_checkpoint, read_state
 from agents.zoo import zoo_settings
 

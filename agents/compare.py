@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.coordinator import Coordinator, CoordinatorConfig
-from agents.evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
+from agents.real_evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
 from agents.zoo import BaselineSettings, zoo_settings
 from imagined_env.utils import atomic_path
 

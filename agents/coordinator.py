@@ -34,8 +34,8 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from torch import nn
 from tqdm.auto import tqdm
 
-from agents.evaluation import evaluate_real
-from agents.guidance import sb3_guide
+from agents.real_evaluation import evaluate_real
+from agents.sb3_guidance import sb3_guide
 from agents.plan_following import ImaginationA2C, ImaginationPPO
 from agents.run_files import (
     check_writable,
@@ -51,7 +51,8 @@ from agents.run_files import (
 )
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.data.buffer import EpisodeBuffer
-from imagined_env.data.collect import RealCollector, buffer_for_env, sb3_sampler
+from agents.sb3_sampling import sb3_sampler
+from imagined_env.data.collect import RealCollector, buffer_for_env
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GuidanceConfig, row_spreads, standardised_spread

@@ -15,7 +15,7 @@ import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from agents.env_factory import make_imagined_vec_env
-from agents.evaluation import TqdmProgress, evaluate_real
+from agents.real_evaluation import TqdmProgress, evaluate_real
 from agents.plan_following import ImaginationPPO
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, collect_episodes

@@ -15,7 +15,7 @@ from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
-from agents.guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.single_env import ImaginedEnv
 from imagined_env.vector_env import ImaginedVectorEnv

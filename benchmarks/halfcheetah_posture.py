@@ -29,7 +29,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from agents.compare import make_model_free
-from agents.evaluation import frozen_eval_env, load_learner
+from agents.real_evaluation import frozen_eval_env, load_learner
 from agents.run_files import find_checkpoint, read_state
 from agents.zoo import zoo_settings
 from imagined_env.data.buffer import EpisodeBuffer

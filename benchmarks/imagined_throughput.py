@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from agents import ImaginationPPO, ImaginedSB3VecEnv
-from agents.guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide
 from imagined_env.pretrained import pretrained_paths
 from imagined_env.utils import atomic_path
 from imagined_env.vector_env import ImaginedVectorEnv

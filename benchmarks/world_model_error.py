@@ -50,11 +50,12 @@ from stable_baselines3 import PPO
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from agents.guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide
 from imagined_env.baselines import ARDiffusionConfig, EnsembleConfig, fit_ar_diffusion, fit_mlp_ensemble
 from imagined_env.baselines.mlp_ensemble import ENSEMBLE_TRAIN
 from imagined_env.data.buffer import EpisodeBuffer
-from imagined_env.data.collect import buffer_for_env, collect_episodes, sb3_sampler
+from agents.sb3_sampling import sb3_sampler
+from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GaussianPolicyFn, policy_moments
 from imagined_env.evaluation import OpenLoopError, open_loop_error, real_start_obs

@@ -36,7 +36,7 @@ import torch
 from stable_baselines3 import PPO
 
 from agents.coordinator import CoordinatorConfig
-from agents.guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide
 from imagined_env.evaluation import action_sensitivity, open_loop_error
 from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path

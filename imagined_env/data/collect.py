@@ -5,7 +5,7 @@ Actions follow SB3's on-policy convention: the policy's sample is stored as is, 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -45,36 +45,6 @@ def _env_dims(env: gym.Env) -> tuple[int, int, int, int]:
 def buffer_for_env(env: gym.Env, env_id: str | None = None) -> EpisodeBuffer:
     """An empty buffer whose dimensions (obs, act, nq, nv) are read from `env`."""
     return EpisodeBuffer(*_env_dims(env), env_id=env_id)
-
-
-def sb3_sampler(model: Any, normalize_obs: Callable[[np.ndarray], np.ndarray] | None = None,
-                extra_noise_std: float = 0.0) -> Policy:
-    """A `Policy` that samples `model`'s action distribution exactly as SB3's on-policy rollout does.
-
-    Returns the unclipped sample (what SB3's rollout buffer stores). `normalize_obs` maps raw
-    observations to what the policy was trained on (e.g. `VecNormalize.normalize_obs`). gSDE noise is
-    whatever the policy currently holds. Squashed policies are refused: their env action is a rescaling,
-    not a clip, of the sample. `extra_noise_std` > 0 adds independent Gaussian noise of that std (action
-    units, torch's global RNG) to each sample: wider real data for a world model, no longer on-policy.
-    """
-    import torch
-    from stable_baselines3.common.policies import ActorCriticPolicy
-
-    policy = model.policy
-    if not isinstance(policy, ActorCriticPolicy) or policy.squash_output:
-        raise ValueError(f"need an unsquashed SB3 ActorCriticPolicy (PPO/A2C), got {type(policy).__name__}")
-    shape = model.action_space.shape
-
-    def sample(obs: np.ndarray) -> np.ndarray:
-        seen = obs if normalize_obs is None else normalize_obs(obs)
-        obs_tensor, _ = policy.obs_to_tensor(seen)
-        with torch.no_grad():
-            action = policy.get_distribution(obs_tensor).get_actions(deterministic=False)
-            if extra_noise_std > 0:
-                action = action + extra_noise_std * torch.randn_like(action)
-        return action.cpu().numpy().reshape(shape)
-
-    return sample
 
 
 def collect_episodes(

@@ -16,7 +16,7 @@ from agents.compare import CompareSpec, EvalPoint, plot_comparison, seed_band, s
 from agents.config_flags import given_flags, leaf_fields
 from agents.coordinator import CoordinatorConfig
 from agents.demo import DemoConfig
-from agents.evaluation import frozen_eval_env, real_env
+from agents.real_evaluation import frozen_eval_env, real_env
 from agents.zoo import ZOO_PPO, zoo_settings
 
 CONFIG_FLAGS = [f.flag for f in leaf_fields(CoordinatorConfig)]

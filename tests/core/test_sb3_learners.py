@@ -11,7 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents import ImaginationA2C, ImaginationPPO, ImaginedSB3VecEnv, PlanFollowingPolicy
-from agents.guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide
 from imagined_env.vector_env import ImaginedVectorEnv
 from tests.conftest import linear_buffer, linear_step
 from tests.fakes import LinearFakeModel

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from agents.sb3_sampling import sb3_sampler
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import (
     buffer_for_env,
     collect_episodes,
     mujoco_state,
-    sb3_sampler,
     set_mujoco_state,
 )
 
