@@ -1,16 +1,20 @@
-"""World-model error against the simulator (shared/polygrad.md section 6): reset MuJoCo to real start
-states, execute the *generated* actions open-loop, and compare the generated observations and rewards
-with the real ones step by step. Pure of training: nothing here updates a model or its guidance scale.
+"""A world model measured against the simulator, from real start states.
+
+Open-loop error (the PolyGRAD paper's protocol): reset MuJoCo to real states, execute the actions the
+model generated, open-loop, and compare its observations and rewards with the real ones step by step.
+Action ranking: does the model order action sequences by return as the simulator does, which is what a
+policy gradient needs from it? Pure of training: nothing here updates a model or its guidance scale.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from imagined_env.data.collect import set_mujoco_state
+from imagined_env.data.collect import mujoco_state, set_mujoco_state
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.world_model import Imagination, WorldModel
 
@@ -153,3 +157,157 @@ def action_sensitivity(
     correlation = float(np.corrcoef(d_imagined, d_real)[0, 1]) if keep.sum() > 1 else float("nan")
     return ActionSensitivity(correlation=correlation, real_std=float(d_real.std()),
                              imagined_std=float(d_imagined.std()), n=int(keep.sum()))
+
+
+@dataclass(frozen=True)
+class ActionRanking:
+    """Does the model rank the policy's own action sequences a against nearby ones as the simulator does?
+
+    b = clip(a + N(0, sigma^2)); R is an H-step return up to and including the first termination.
+    ranking_independent, ranking_common {sigma: r}: Pearson correlation over start states of imagined
+    against real R(b) - R(a), with the model noise of a and b drawn independently (as a learner in
+    imagination sees returns) or shared (common random numbers: the model's knowledge of the actions
+    without its sampling noise). 0 where the imagined differences do not vary at all (the model ranks
+    nothing, e.g. it ignores the actions), NaN where the real ones do not (there is nothing to rank).
+    noise_to_signal: std of the difference of two independent imagined returns of the same a, over the
+    std of the real R(b) - R(a) at the smallest sigma; near 1, sampling noise hides the actions' effect.
+    leak_by_row {k: leak}: when only a_k changes (to b's a_k at the largest sigma), the mean absolute
+    imagined change of the rewards of rows before k (common noise) over the mean absolute real change
+    of r_k; the real rows before k cannot change, so an exact model has 0. n: start states.
+    """
+
+    ranking_independent: dict[float, float]
+    ranking_common: dict[float, float]
+    noise_to_signal: float
+    leak_by_row: dict[int, float]
+    n: int
+
+    @property
+    def leak(self) -> float:
+        """The leak at the latest changed row (by default H - 1, the row the most rows precede)."""
+        return self.leak_by_row[max(self.leak_by_row)] if self.leak_by_row else float("nan")
+
+    def as_log_dict(self) -> dict[str, float]:
+        """The figures under their logged names: world_model/ranking_{sigma} and ..._common,
+        world_model/noise_to_signal, world_model/leak (and world_model/leak_row{k} for several rows)."""
+        out = {}
+        for sigma, r in self.ranking_independent.items():
+            out[f"world_model/ranking_{sigma:g}"] = r
+            out[f"world_model/ranking_{sigma:g}_common"] = self.ranking_common[sigma]
+        out["world_model/noise_to_signal"] = self.noise_to_signal
+        if self.leak_by_row:
+            out["world_model/leak"] = self.leak
+        if len(self.leak_by_row) > 1:
+            out.update({f"world_model/leak_row{k}": v for k, v in self.leak_by_row.items()})
+        return out
+
+
+def action_ranking(
+    env: gym.Env,
+    model: WorldModel,
+    qpos: np.ndarray,
+    qvel: np.ndarray,
+    actions: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    sigmas: Sequence[float] = (0.1, 0.3),
+    seed: int = 0,
+    leak_rows: Sequence[int] | None = None,
+    n_sample_steps: int | None = None,
+) -> ActionRanking:
+    """The `ActionRanking` of the policy's action sequences actions [B, H, act] (environment units,
+    sampled by the caller, B >= 2) from real states qpos [B, nq], qvel [B, nv].
+
+    `rng` draws the perturbations: one N(0, sigma^2) array of the actions' shape per sigma, in order.
+    `seed` seeds the model noise: every common-noise run starts from it, the independent runs continue
+    one stream from it. `leak_rows`: the rows k changed one at a time, each in 1..H-1 (None: H - 1).
+    Cost: 2 + 2 len(sigmas) + len(leak_rows) batched `imagine` calls and 1 + len(sigmas) + len(leak_rows)
+    open-loop runs in `env`, whose state is overwritten as in `open_loop_error`.
+    """
+    rows = _checked_ranking_input(env, model, qpos, qvel, actions, sigmas, leak_rows)
+    a = np.asarray(actions, np.float32)
+    low, high = env.action_space.low, env.action_space.high
+    perturbed = {float(s): np.clip(a + rng.normal(0.0, s, a.shape), low, high).astype(np.float32)
+                 for s in sigmas}
+    starts = real_start_obs(env, qpos, qvel)
+
+    def imagined(sequences: np.ndarray, generator: torch.Generator) -> np.ndarray:
+        out = model.imagine(starts, actions=sequences, generator=generator, n_sample_steps=n_sample_steps)
+        return _received(out.rewards.detach().cpu().numpy(), out.terminations.detach().cpu().numpy())
+
+    def common() -> torch.Generator:
+        return torch.Generator(device=model.device).manual_seed(seed)
+
+    def real(sequences: np.ndarray) -> np.ndarray:
+        return _execute(env, qpos, qvel, sequences)[1]
+
+    stream = common()
+    imagined_a = imagined(a, stream)        # also a's common-noise run: the stream starts from the seed
+    noise = np.std(imagined(a, stream).sum(axis=1) - imagined_a.sum(axis=1))
+    real_a = real(a)
+    independent, shared, signal = {}, {}, {}
+    for sigma, b in perturbed.items():
+        d_real = real(b).sum(axis=1) - real_a.sum(axis=1)
+        signal[sigma] = np.std(d_real)
+        independent[sigma] = _correlation(imagined(b, stream).sum(axis=1) - imagined_a.sum(axis=1), d_real)
+        shared[sigma] = _correlation(imagined(b, common()).sum(axis=1) - imagined_a.sum(axis=1), d_real)
+    leak = {}
+    for k in rows:
+        changed = a.copy()
+        changed[:, k] = perturbed[max(perturbed)][:, k]
+        earlier = np.abs(imagined(changed, common())[:, :k] - imagined_a[:, :k]).mean()
+        leak[k] = _ratio(earlier, np.abs(real(changed[:, :k + 1])[:, k] - real_a[:, k]).mean())
+    return ActionRanking(ranking_independent=independent, ranking_common=shared,
+                         noise_to_signal=_ratio(noise, signal[min(signal)]), leak_by_row=leak, n=len(a))
+
+
+def _checked_ranking_input(env: gym.Env, model: WorldModel, qpos: np.ndarray, qvel: np.ndarray,
+                           actions: np.ndarray, sigmas: Sequence[float], leak_rows: Sequence[int] | None
+                           ) -> tuple[int, ...]:
+    """Raise ValueError on inputs `action_ranking` cannot measure; the rows to change for the leak."""
+    nq, nv = (len(v) for v in mujoco_state(env))
+    horizon, act_dim = model.horizon, model.spec.act_dim
+    if np.ndim(qpos) != 2 or np.shape(qpos)[1] != nq:
+        raise ValueError(f"qpos must have shape [B, {nq}], got {np.shape(qpos)}")
+    batch = np.shape(qpos)[0]
+    if batch < 2:
+        raise ValueError(f"a correlation needs B >= 2 start states, got B = {batch}")
+    if np.shape(qvel) != (batch, nv):
+        raise ValueError(f"qvel must have shape {(batch, nv)} (one row per qpos row), got {np.shape(qvel)}")
+    if env.action_space.shape != (act_dim,):
+        raise ValueError(f"env actions have shape {env.action_space.shape}, the model's {(act_dim,)}")
+    if np.shape(actions) != (batch, horizon, act_dim):
+        raise ValueError(f"actions must have shape {(batch, horizon, act_dim)} ([B, H, act]), "
+                         f"got {np.shape(actions)}")
+    if not np.all(np.isfinite(actions)):
+        raise ValueError("actions contains NaN or inf")
+    if (len(sigmas) == 0 or len(set(sigmas)) != len(sigmas)
+            or not all(np.isfinite(s) and s > 0 for s in sigmas)):
+        raise ValueError(f"sigmas must be distinct, finite and > 0 (at least one), got {tuple(sigmas)}")
+    rows = (horizon - 1,) if leak_rows is None else tuple(leak_rows)
+    if len(set(rows)) != len(rows) or not all(isinstance(k, (int, np.integer)) and 1 <= k < horizon
+                                               for k in rows):
+        raise ValueError(f"leak_rows must be distinct rows in 1..{horizon - 1} (rows before k must exist; "
+                         f"() skips the leak), got {rows}")
+    return rows
+
+
+def _received(rewards: np.ndarray, terminations: np.ndarray) -> np.ndarray:
+    """Rewards [B, H] as a learner receives them: 0 after the first termination (padding)."""
+    ended_before = np.cumsum(terminations, axis=1) - terminations
+    return np.where(ended_before == 0, rewards, 0.0)
+
+
+def _correlation(imagined: np.ndarray, real: np.ndarray) -> float:
+    """Pearson correlation; 0 when `imagined` is constant (no ranking at all), NaN when `real` is."""
+    if np.ptp(real) == 0:
+        return float("nan")
+    if np.ptp(imagined) == 0:
+        return 0.0
+    return float(np.corrcoef(imagined, real)[0, 1])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, inf or NaN (not an exception) when the denominator is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.float64(numerator) / np.float64(denominator))

@@ -1,4 +1,4 @@
-"""Open-loop world-model error against the simulator, with imaginations whose error is known."""
+"""World-model error and action ranking against the simulator, with models whose answer is known."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -12,7 +12,7 @@ from imagined_env.data.collect import buffer_for_env, collect_episodes, set_mujo
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
-from imagined_env.evaluation import action_sensitivity, open_loop_error, real_start_obs
+from imagined_env.evaluation import action_ranking, action_sensitivity, open_loop_error, real_start_obs
 from imagined_env.training import spec_from_env
 from imagined_env.world_model import Imagination, WorldModel, WorldModelConfig
 
@@ -138,3 +138,127 @@ def test_action_sensitivity_of_the_simulator_itself_is_one_and_of_an_action_blin
     assert abs(action_sensitivity(env, _ReplayingModel(blind), qpos, qvel, a, b).correlation) < 0.3
     with pytest.raises(ValueError, match=r"action sequences must have shape \(64, 6, 6\)"):
         action_sensitivity(env, oracle, qpos, qvel, a[:, :2], b)
+
+
+class _SimulatorModel:
+    """Duck-types `WorldModel.imagine` on HalfCheetah with the simulator itself: a start observation fixes
+    the state up to the x position, on which nothing depends. The model replays `seen(actions)`, adds
+    N(0, reward_noise^2) from the generator to each reward and leak * sum(a_{H-1}) to rows before H-1."""
+
+    horizon = H
+    spec = SimpleNamespace(act_dim=6)
+    device = torch.device("cpu")
+
+    def __init__(self, seen=lambda actions: actions, reward_noise: float = 0.0, leak: float = 0.0):
+        self.sim = gym.make("HalfCheetah-v4")
+        self.seen, self.reward_noise, self.leak = seen, reward_noise, leak
+        self.calls = 0
+
+    def imagine(self, start_obs, policy=None, *, generator=None, actions=None, n_sample_steps=None):
+        assert policy is None and np.shape(actions)[1] == H
+        self.calls += 1
+        starts, actions = np.asarray(start_obs, np.float64), np.asarray(actions, np.float32)
+        qpos = np.concatenate([np.zeros((len(starts), 1)), starts[:, :8]], axis=1)
+        out = exact_imagination(self.sim, qpos, starts[:, 8:], self.seen(actions))
+        rewards = out.rewards + self.reward_noise * torch.randn(out.rewards.shape, generator=generator)
+        rewards[:, :H - 1] += self.leak * torch.as_tensor(actions[:, H - 1].sum(axis=1))[:, None]
+        return Imagination(out.observations, torch.as_tensor(actions), rewards, out.terminations, float("nan"))
+
+
+def ranking_case(n: int = 64):
+    env, _, qpos, qvel = real_states("HalfCheetah-v4", n=n)
+    actions = np.random.default_rng(1).uniform(-1, 1, (n, H, 6)).astype(np.float32)
+    return env, qpos, qvel, actions
+
+
+def real_returns(qpos, qvel, actions) -> np.ndarray:
+    """Real rewards [B, H] of actions executed open-loop, by a separate simulator."""
+    return exact_imagination(gym.make("HalfCheetah-v4"), qpos, qvel, actions).rewards.numpy()
+
+
+def test_the_simulator_as_a_model_ranks_perfectly_without_noise_or_leak():
+    env, qpos, qvel, a = ranking_case()
+    ranking = action_ranking(env, _SimulatorModel(), qpos, qvel, a, np.random.default_rng(3),
+                             leak_rows=range(1, H))
+    for figures in (ranking.ranking_independent, ranking.ranking_common):
+        assert list(figures) == [0.1, 0.3]
+        np.testing.assert_allclose(list(figures.values()), 1.0, atol=1e-6)
+    assert ranking.noise_to_signal == 0.0 and ranking.n == 64
+    assert ranking.leak_by_row == {k: 0.0 for k in range(1, H)} and ranking.leak == 0.0
+    assert list(ranking.as_log_dict()) == [
+        "world_model/ranking_0.1", "world_model/ranking_0.1_common", "world_model/ranking_0.3",
+        "world_model/ranking_0.3_common", "world_model/noise_to_signal", "world_model/leak",
+        *(f"world_model/leak_row{k}" for k in range(1, H))]
+    default = action_ranking(env, _SimulatorModel(), qpos, qvel, a, np.random.default_rng(3), sigmas=(0.2,))
+    assert list(default.leak_by_row) == [H - 1]
+    assert list(default.as_log_dict()) == ["world_model/ranking_0.2", "world_model/ranking_0.2_common",
+                                           "world_model/noise_to_signal", "world_model/leak"]
+
+
+def test_an_action_blind_model_ranks_nothing_and_its_noise_is_measured_against_the_real_signal():
+    env, qpos, qvel, a = ranking_case()
+    blind = action_ranking(env, _SimulatorModel(seen=np.zeros_like), qpos, qvel, a, np.random.default_rng(3))
+    # its imagined return differences are all 0: no ranking, reported as a correlation of 0
+    assert blind.ranking_independent == blind.ranking_common == {0.1: 0.0, 0.3: 0.0}
+    assert blind.noise_to_signal == 0.0
+    noisy = action_ranking(env, _SimulatorModel(seen=np.zeros_like, reward_noise=0.5), qpos, qvel, a,
+                           np.random.default_rng(3))
+    assert noisy.ranking_common == {0.1: 0.0, 0.3: 0.0}     # common noise cancels in the differences
+    assert all(0 < abs(r) < 0.3 for r in noisy.ranking_independent.values())  # noise, uncorrelated
+    rng = np.random.default_rng(3)                           # the first perturbation drawn is sigma = 0.1's
+    b = np.clip(a + rng.normal(0.0, 0.1, a.shape), -1, 1)
+    signal = np.std(real_returns(qpos, qvel, b).sum(axis=1) - real_returns(qpos, qvel, a).sum(axis=1))
+    # the difference of two independent returns has std 0.5 * sqrt(2 H); a 64-sample std is within ~10 %
+    assert noisy.noise_to_signal == pytest.approx(0.5 * np.sqrt(2 * H) / signal, rel=0.25)
+
+
+def test_a_model_whose_earlier_rewards_see_the_last_action_leaks_by_the_hand_computed_amount():
+    env, qpos, qvel, a = ranking_case()
+    ranking = action_ranking(env, _SimulatorModel(leak=0.5), qpos, qvel, a, np.random.default_rng(3),
+                             leak_rows=range(1, H))
+    rng = np.random.default_rng(3)
+    rng.normal(0.0, 0.1, a.shape)
+    changed = a.copy()                                       # a_{H-1} from the largest sigma's b
+    changed[:, H - 1] = np.clip(a + rng.normal(0.0, 0.3, a.shape), -1, 1)[:, H - 1]
+    imagined_change = 0.5 * np.abs((changed[:, H - 1] - a[:, H - 1]).sum(axis=1)).mean()
+    real_change = np.abs(real_returns(qpos, qvel, changed)[:, H - 1] - real_returns(qpos, qvel, a)[:, H - 1]).mean()
+    assert real_change > 0.01
+    assert ranking.leak == pytest.approx(imagined_change / real_change, rel=1e-4)
+    assert ranking.leak_by_row == {**{k: 0.0 for k in range(1, H - 1)}, H - 1: ranking.leak}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"actions": np.zeros((8, H - 1, 6))}, r"actions must have shape \(8, 6, 6\) .* got \(8, 5, 6\)"),
+    ({"sigmas": (0.1, 0.0)}, r"sigmas must be distinct, finite and > 0 .* got \(0.1, 0.0\)"),
+    ({"sigmas": (-0.3,)}, r"sigmas .* got \(-0.3,\)"),
+    ({"sigmas": ()}, r"sigmas .* got \(\)"),
+    ({"n": 1}, r"B >= 2 start states, got B = 1"),
+    ({"qvel_rows": 7}, r"qvel must have shape \(8, 9\)"),
+    ({"leak_rows": (0,)}, r"leak_rows must be distinct rows in 1\.\.5 .* got \(0,\)"),
+    ({"leak_rows": (2, H)}, r"leak_rows .* got \(2, 6\)"),
+])
+def test_bad_ranking_input_is_refused_before_any_simulation(change, message):
+    env, _, qpos, qvel = real_states("HalfCheetah-v4", n=8)
+    n = change.get("n", 8)
+    qpos, qvel = qpos[:n], qvel[:change.get("qvel_rows", n)]
+    actions = change.get("actions", np.zeros((n, H, 6), np.float32))
+    model = _SimulatorModel()
+    before = env.unwrapped.data.qpos.copy()
+    kwargs = {k: v for k, v in change.items() if k in ("sigmas", "leak_rows")}
+    with pytest.raises(ValueError, match=message):
+        action_ranking(env, model, qpos, qvel, actions, np.random.default_rng(0), **kwargs)
+    assert model.calls == 0 and np.array_equal(env.unwrapped.data.qpos, before)
+
+
+def test_a_world_model_is_ranked_without_touching_its_guidance():
+    env, buffer, qpos, qvel = real_states("HalfCheetah-v4", n=6)
+    config = WorldModelConfig(horizon=H, denoiser=DenoiserConfig(width=32, depth=1, time_dim=8),
+                              schedule=ScheduleConfig(n_steps=8))
+    model = WorldModel(spec_from_env(env, "HalfCheetah-v4"), config, Normaliser.fit(buffer, -1.0, 1.0), "cpu")
+    scale = model.guidance_scale
+    a = np.random.default_rng(1).uniform(-1, 1, (6, H, 6)).astype(np.float32)
+    ranking = action_ranking(env, model, qpos, qvel, a, np.random.default_rng(3), n_sample_steps=2)
+    assert model.guidance_scale == scale
+    figures = ranking.as_log_dict()
+    assert len(figures) == 6 and all(np.isfinite(v) for v in figures.values())
+    assert ranking.noise_to_signal > 0                        # an untrained model's samples differ
