@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +31,17 @@ from stable_baselines3.common.logger import HumanOutputFormat
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.utils import ConstantSchedule, set_random_seed
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
-from torch import nn
 from tqdm.auto import tqdm
 
+from agents.config import (
+    ACTIVATIONS,
+    IMAGINATION_LEARNERS,
+    SUPPORTED_TASKS,
+    CoordinatorConfig,
+    _learner_kwargs,
+)
+from agents.presets import _PRESETS
 from agents.real_evaluation import evaluate_real
-from agents.sb3_guidance import sb3_guide
-from agents.plan_following import ImaginationA2C, ImaginationPPO
 from agents.run_files import (
     check_writable,
     find_checkpoint,
@@ -49,246 +54,24 @@ from agents.run_files import (
     write_rows,
     write_state,
 )
+from agents.sb3_guidance import sb3_guide
+from agents.sb3_sampling import sb3_sampler
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.data.buffer import EpisodeBuffer
-from agents.sb3_sampling import sb3_sampler
 from imagined_env.data.collect import RealCollector, buffer_for_env
 from imagined_env.data.normaliser import Normaliser
-from imagined_env.diffusion.denoiser import DenoiserConfig
-from imagined_env.diffusion.guidance import GuidanceConfig, row_spreads, standardised_spread
+from imagined_env.diffusion.guidance import row_spreads, standardised_spread
 from imagined_env.evaluation import ActionSensitivity, OpenLoopError, action_sensitivity, open_loop_error
-from imagined_env.registration import TASKS, VERSIONS
 from imagined_env.replay import ReplayConfig
-from imagined_env.training import TrainConfig, WorldModelTrainer, spec_from_env
-from imagined_env.utils import atomic_path, resolve_device
+from imagined_env.training import WorldModelTrainer, spec_from_env
+from imagined_env.utils import atomic_path
 from imagined_env.vector_env import ImaginedVectorEnv
-from imagined_env.world_model import WorldModel, WorldModelConfig
+from imagined_env.world_model import WorldModel
 
-SUPPORTED_TASKS = tuple(f"{task}-{version}" for task in TASKS for version in VERSIONS)
-IMAGINATION_LEARNERS: dict[str, type[OnPolicyAlgorithm]] = {"ppo": ImaginationPPO, "a2c": ImaginationA2C}
-ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
-"""Names allowed for `policy_kwargs["activation_fn"]` in `learner_kwargs` (the config stays JSON)."""
-_RESERVED_KWARGS = ("policy", "env", "seed", "device", "verbose", "tensorboard_log")
+__all__ = ["ACTIVATIONS", "IMAGINATION_LEARNERS", "SUPPORTED_TASKS", "_PRESETS", "Coordinator",
+           "CoordinatorConfig", "_learner_kwargs"]
 
 MaybeCallback = BaseCallback | list[BaseCallback] | None
-
-
-def _cpu_world_model() -> WorldModelConfig:
-    return WorldModelConfig(horizon=5, denoiser=DenoiserConfig(width=256, depth=3, time_dim=64),
-                            guidance=GuidanceConfig(scale_lr=0.2), scale_actions=False,
-                            condition_on_last_action=False)
-
-
-def _cpu_learner_kwargs() -> dict[str, Any]:
-    return {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5, "batch_size": 256,
-            "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.03, "max_grad_norm": 0.5,
-            "policy_kwargs": {"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": "relu",
-                              "log_std_init": 0.0, "ortho_init": False}}
-
-
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    """Everything that defines a run; JSON round trip via `to_dict`/`from_dict`, never mutated.
-
-    Defaults are the "cpu" preset for HalfCheetah; `preset(name, env_id=...)` adapts a preset to a task.
-    All schedules are counted in real environment steps, prefill included.
-    """
-
-    env_id: str = "HalfCheetah-v4"
-    """Real MuJoCo task (see SUPPORTED_TASKS)."""
-    algo: str = "ppo"
-    """"ppo" (ImaginationPPO) or "a2c" (ImaginationA2C)."""
-    seed: int = 0
-    """Seeds the learner, the real env, the world-model trainer (replaces `train.seed`), the global RNGs."""
-    prefill_steps: int = 5000
-    """Uniform-random real steps before anything is learned (paper 5000)."""
-    initial_world_model_steps: int = 4000
-    """World-model gradient steps right after the prefill, before the first policy update (paper 1000)."""
-    world_model_steps_per_real_step: float = 1.0
-    """World-model gradient steps per real step after the prefill (paper 1.0)."""
-    policy_every: int = 250
-    """Real steps between policy updates (paper 4); also the collection chunk of the loop."""
-    collection_noise_std: float = 0.0
-    """Std of Gaussian noise added to the policy's actions when collecting real data (action units): the
-    buffer keeps a spread of actions to learn their effects from after the policy's own std has shrunk."""
-    start_state_window: int | None = None
-    """Imagined episodes start from the newest this-many stored real observations (None: the whole
-    buffer), to match the states an on-policy learner's current policy visits. On HalfCheetah-v4 it
-    ended lower the narrower the window (README, section 4): the older states seem to keep the policy
-    from exploiting the model where it has seen little."""
-    learning_starts: int = 0
-    """Real steps after the prefill, collected with the initial policy, before the first policy update."""
-    n_imagined_envs: int = 1024
-    """Imagined trajectories per policy update (paper 1024); one batched world-model call each."""
-    n_sample_steps: int | None = 16
-    """Diffusion passes per imagination: an even strided subset of the T-step chain (None: all T)."""
-    normalize: bool = True
-    """Wrap the imagined env in VecNormalize (observations and rewards, as the RL Zoo's MuJoCo settings);
-    real collection, guidance and evaluation see observations through the same statistics."""
-    normaliser_refit_every: int = 10_000
-    """Real steps between refits of the world model's normaliser."""
-    refit_world_model_steps: int = 500
-    """World-model gradient steps right after each refit, on top of the ratio: the model is retrained
-    under the statistics it decodes with before it imagines again (after 500 steps its EMA, decay
-    0.99, keeps under 1% of the weights trained under the old ones)."""
-    eval_every: int = 5000
-    """Real steps between evaluations on the real task (paper 10k); one more at the end of `learn`."""
-    eval_episodes: int = 5
-    """Episodes per evaluation, deterministic actions (paper 20)."""
-    eval_max_episode_steps: int | None = None
-    """Time limit of evaluation episodes (None: the task's own, 1000)."""
-    open_loop_states: int = 128
-    """Real start states for the world model's open-loop error and action sensitivity (the correlation
-    of imagined and real return differences between two random action sequences; it tells whether
-    imagined returns can steer a policy) at each evaluation (0: skip)."""
-    checkpoint_every: int = 10_000
-    """Real steps between checkpoints; one more at the end of `learn`."""
-    world_model: WorldModelConfig = field(default_factory=_cpu_world_model)
-    """Architecture, schedule, sampler and guidance of the world model."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=1e-3, batch_size=256))
-    """Optimisation of the world model."""
-    learner_kwargs: dict[str, Any] = field(default_factory=_cpu_learner_kwargs)
-    """Keyword arguments of ImaginationPPO/A2C, over the coordinator's defaults gamma 0.99, gae_lambda 0.9,
-    n_steps = horizon (one rollout = one imagined trajectory per env). JSON only: give
-    `policy_kwargs["activation_fn"]` as a name of ACTIVATIONS; for a decaying learning rate use
-    `final_learning_rate`."""
-    final_learning_rate: float | None = None
-    """The learner's learning rate decays linearly in real steps, from `learner_kwargs["learning_rate"]` at
-    the first policy update to this value at the budget (None: constant)."""
-    target_update_kl: float | None = None
-    """PPO only: adapt the learning rate to this mean approx_kl per policy update. After an update above
-    twice the target it is divided by 1.5; after one below half of it, multiplied by 1.5 up to
-    `learner_kwargs["learning_rate"]`. As the policy's std shrinks, the same step moves it further
-    (None: no adaptation)."""
-    device: str = "auto"
-    """Torch device of the world model and the learner."""
-
-    def __post_init__(self) -> None:
-        if self.env_id not in SUPPORTED_TASKS:
-            raise ValueError(f"unknown task {self.env_id!r}; supported: {', '.join(SUPPORTED_TASKS)}")
-        if self.algo not in IMAGINATION_LEARNERS:
-            raise ValueError(f"unknown algo {self.algo!r}; supported: {', '.join(IMAGINATION_LEARNERS)}")
-        _check_counts(self)
-        if self.prefill_steps <= self.world_model.horizon:
-            raise ValueError(f"prefill_steps ({self.prefill_steps}) must exceed the world model horizon "
-                             f"({self.world_model.horizon}) so that training windows exist")
-        _check_learner_kwargs(self.learner_kwargs)
-        try:
-            resolve_device(self.device)
-        except RuntimeError as err:
-            raise ValueError(f"device {self.device!r} is not a torch device: {err}") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CoordinatorConfig:
-        unknown = set(data) - {f for f in cls.__dataclass_fields__}
-        if unknown:
-            raise ValueError(f"unknown coordinator config fields {sorted(unknown)}")
-        parts = {"world_model": WorldModelConfig.from_dict, "train": lambda d: TrainConfig(**d)}
-        return cls(**{k: parts[k](v) if k in parts else v for k, v in data.items()})
-
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> CoordinatorConfig:
-        """"cpu": learns on 2 CPU cores in ~50k real steps; "paper": shared/polygrad.md section 5 ratios
-        and the paper's model sizes (a GPU recipe). Hopper gets the paper's schedule tau 0.1 unless
-        `world_model` is overridden. `overrides` replace fields."""
-        if name not in _PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(_PRESETS)}")
-        fields = {**_PRESETS[name](), **overrides}
-        if str(fields.get("env_id", "")).startswith("Hopper") and "world_model" not in overrides:
-            wm = fields.get("world_model", _cpu_world_model())
-            fields["world_model"] = replace(wm, schedule=replace(wm.schedule, tau=0.1))
-        return cls(**fields)
-
-
-def _paper_preset() -> dict[str, Any]:
-    """The paper's code runs a one-gradient-step actor-critic per imagined batch (Adam, grad clip 0.1,
-    normalised advantages, entropy 1e-5, initial std 1): SB3's A2C with Adam is the closest learner."""
-    return {"prefill_steps": 5000, "initial_world_model_steps": 1000, "world_model_steps_per_real_step": 1.0,
-            "policy_every": 4, "learning_starts": 0, "n_imagined_envs": 1024, "n_sample_steps": None,
-            "normalize": False, "eval_every": 10_000, "eval_episodes": 20, "checkpoint_every": 50_000,
-            "world_model": WorldModelConfig(), "train": TrainConfig(), "algo": "a2c",
-            "learner_kwargs": {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "ent_coef": 1e-5,
-                               "max_grad_norm": 0.1, "normalize_advantage": True, "use_rms_prop": False}}
-
-
-def _cpu_preset() -> dict[str, Any]:
-    """The field defaults, measured on HalfCheetah-v4 on 2 shared CPU cores (README, section 4): 50k real
-    steps in ~25 min with three runs sharing the cores (~40 min with six); deterministic return 2197.1 /
-    1269.4 / 1590.0 / 1005.9 / 1234.7 / 1230.4 / 1025.8 / 1115.2 (seeds 0-7) at 50k, mean 1333.6 (1685.5
-    over seeds 0-2, above the Zoo's tuned PPO's 1591.2; over eight seeds below its 1466.6).
-
-    Why these values: with MuJoCo itself as the model the same loop reaches ~3500 by 25k steps, so the
-    world model is the bottleneck. A 0.35M-parameter residual MLP (width 256, depth 3) trains at ~10-15
-    ms/step and width 512 was no more faithful per second of CPU. Actions enter the denoiser at full
-    strength (`scale_actions=False`: 29% less state error, 31% better action ranking than the paper's
-    sqrt(alpha_bar_t) scaling, benchmarks/world_model_variants.py). A short horizon (H = 5: within-state
-    correlation of imagined and real returns 0.43 vs 0.22 at H = 10), so each update imagines 1024 x 5
-    steps; 16 strided passes of the 128-step chain are as faithful as 32 or 128 and leave CPU for the
-    paper's 1 world-model step per real step after 4k initial ones, at lr 1e-3 (half the open-loop
-    error of 3e-4 after 2k steps). PPO every 250 real steps (180 updates), 5 epochs of minibatch 256,
-    target_kl 0.1 (without it the Gaussian's mean drifts far outside the action bounds in imagination
-    and PPO diverged), initial std 1 as the paper. The guidance scale adapts at the paper's rate per
-    real step (0.2 per imagination ~ its 3e-3 x the 62.5x fewer imaginations): at 0.03 it lagged the
-    shrinking policy std, the imagined actions kept only 0.5-0.7 of the policy's spread and the std
-    collapsed to ~0.2 (seed mean 1104.1 at 50k, against 1337.8 at 0.2). The last row's action is hidden
-    from the denoiser (`condition_on_last_action=False`): it reveals the last state in a policy's data,
-    and the model's imagined returns varied with it; hidden, their sampling noise falls by 43% and the
-    eight-seed mean at 50k rose from 1197.7 to 1312.9. An entropy bonus of 0.03 keeps the policy's std
-    near 0.7 at 50k instead of 0.33. The model ranks large action changes far better than small ones,
-    so we read it as keeping the policy's trials within what the model resolves; a lower initial std
-    (0.37 or 0.14) ended at 786 and 453 over seeds 0-2. With it the seed spread fell from
-    622 to 368 and the curve still climbs at 50k, though it trails the previous preset from 20k to 40k.
-    """
-    return {}
-
-
-_PRESETS: dict[str, Callable[[], dict[str, Any]]] = {"cpu": _cpu_preset, "paper": _paper_preset}
-
-
-def _check_counts(config: CoordinatorConfig) -> None:
-    at_least = {"prefill_steps": 1, "initial_world_model_steps": 0, "policy_every": 1, "learning_starts": 0,
-                "n_imagined_envs": 1, "normaliser_refit_every": 1, "refit_world_model_steps": 0, "eval_every": 1,
-                "eval_episodes": 1, "open_loop_states": 0, "checkpoint_every": 1}
-    for name, low in at_least.items():
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    for name in ("n_sample_steps", "eval_max_episode_steps", "start_state_window"):
-        value = getattr(config, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
-    if not config.collection_noise_std >= 0:
-        raise ValueError(f"collection_noise_std must be >= 0, got {config.collection_noise_std}")
-    if config.final_learning_rate is not None and not config.final_learning_rate >= 0:
-        raise ValueError(f"final_learning_rate must be None or >= 0, got {config.final_learning_rate}")
-    if config.target_update_kl is not None:
-        if not config.target_update_kl > 0:
-            raise ValueError(f"target_update_kl must be None or > 0, got {config.target_update_kl}")
-        if config.algo != "ppo" or config.final_learning_rate is not None:
-            raise ValueError("target_update_kl needs algo 'ppo' (A2C reports no approx_kl) and no "
-                             f"final_learning_rate; got algo {config.algo!r}, final_learning_rate "
-                             f"{config.final_learning_rate}")
-    if not config.world_model_steps_per_real_step >= 0:
-        raise ValueError("world_model_steps_per_real_step must be >= 0, got "
-                         f"{config.world_model_steps_per_real_step}")
-
-
-def _check_learner_kwargs(kwargs: dict[str, Any]) -> None:
-    reserved = sorted(set(kwargs) & set(_RESERVED_KWARGS))
-    if reserved:
-        raise ValueError(f"learner_kwargs may not set {reserved}: the coordinator sets them (seed, device "
-                         "are config fields)")
-    try:
-        json.dumps(kwargs)
-    except TypeError as err:
-        raise ValueError(f"learner_kwargs must be JSON-serialisable ({err}); give activation_fn by name, "
-                         f"one of {sorted(ACTIVATIONS)}") from None
-    activation = kwargs.get("policy_kwargs", {}).get("activation_fn")
-    if activation is not None and activation not in ACTIVATIONS:
-        raise ValueError(f"unknown activation_fn {activation!r}; choose one of {sorted(ACTIVATIONS)}")
 
 
 class Coordinator:
@@ -658,15 +441,6 @@ def _existing_checkpoint_message(run_dir: Path, state: dict[str, Any], env_id: s
                 f"{env_id!r}); choose another run_dir")
     return (f"run_dir {run_dir} already holds a checkpoint at {state['real_steps']} real steps; continue it "
             "with Coordinator.resume(run_dir) or choose an empty run_dir")
-
-
-def _learner_kwargs(config: CoordinatorConfig) -> dict[str, Any]:
-    defaults = {"gamma": 0.99, "gae_lambda": 0.9, "n_steps": config.world_model.horizon}
-    kwargs = {**defaults, **config.learner_kwargs}
-    policy_kwargs = dict(kwargs.get("policy_kwargs", {}))
-    if "activation_fn" in policy_kwargs:
-        policy_kwargs["activation_fn"] = ACTIVATIONS[policy_kwargs["activation_fn"]]
-    return {**kwargs, "policy_kwargs": policy_kwargs}
 
 
 def _crossed(before: int, after: int, every: int) -> bool:
