@@ -40,7 +40,7 @@ TINY = CoordinatorConfig(
     learner_kwargs={"n_epochs": 2, "batch_size": 40,
                     "policy_kwargs": {"net_arch": [32, 32], "activation_fn": "relu"}},
 )
-CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "trainer.pt", "buffer.npz", "vec_normalize.pkl",
+CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "run_state.pt", "buffer.npz", "vec_normalize.pkl",
                     "state.json"}
 
 
