@@ -126,7 +126,7 @@ class RunState:
     opened_at: float = field(default_factory=time.monotonic)
 
     def elapsed(self) -> float:
-        """Seconds of training over all sessions of the run folder."""
+        """Seconds of training in this run folder, resumed runs included."""
         return self.elapsed_before + time.monotonic() - self.opened_at
 
     def checked_budget(self, total: int | None, prefill_steps: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.coordinator import Coordinator, CoordinatorConfig, find_checkpoint
+from agents.run_files import rng_state, set_rng_state
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
@@ -114,11 +116,26 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     assert {p.name for p in checkpoint.iterdir()} == CHECKPOINT_FILES
     assert not list(tmp_path.glob(".checkpoint-*"))
     assert EpisodeBuffer.load(checkpoint / "buffer.npz").n_transitions == 600
+    tensors = torch.load(checkpoint / "run_state.pt", weights_only=True)  # no pickled objects
+    assert set(tensors) == {"trainer", "rng", "normalization"} and tensors["trainer"]["steps"] == coordinator.trainer.steps
     latest = WorldModel.load(tmp_path / "world_model.pt", device="cpu", env_id="HalfCheetah-v4")
     assert latest.guidance_scale == pytest.approx(coordinator.world_model.guidance_scale)
     mean, std = coordinator.evaluate(n_episodes=2)
     assert np.isfinite(mean) and std >= 0
     coordinator.close()
+
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, "format_version": 1}))
+    with pytest.raises(ValueError, match="format 1, written by an older version"):
+        Coordinator.resume(tmp_path)
+
+
+def test_run_state_restores_the_global_random_generators():
+    saved = rng_state()
+    first = (random.random(), np.random.normal(size=3), torch.rand(3))
+    set_rng_state(saved)
+    again = (random.random(), np.random.normal(size=3), torch.rand(3))
+    assert first[0] == again[0] and np.array_equal(first[1], again[1]) and torch.equal(first[2], again[2])
 
 
 CHILD = """
