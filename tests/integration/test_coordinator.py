@@ -17,6 +17,7 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.config import PolicyConfig, sb3_default_learner
 from agents.coordinator import Coordinator, CoordinatorConfig, find_checkpoint
 from agents.run_files import rng_state, set_rng_state
 from imagined_env.data.buffer import EpisodeBuffer
@@ -39,8 +40,8 @@ TINY = CoordinatorConfig(
     world_model=WorldModelConfig(horizon=H, denoiser=DenoiserConfig(width=64, depth=2, time_dim=16),
                                  schedule=ScheduleConfig(n_steps=16)),
     train=TrainConfig(lr=1e-3, batch_size=32),
-    learner_kwargs={"n_epochs": 2, "batch_size": 40,
-                    "policy_kwargs": {"net_arch": [32, 32], "activation_fn": "relu"}},
+    learner=replace(sb3_default_learner("ppo"), n_epochs=2, batch_size=40,
+                    policy=PolicyConfig(pi=(32, 32), vf=(32, 32), activation="relu", ortho_init=True)),
 )
 CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "run_state.pt", "buffer.npz", "vec_normalize.pkl",
                     "state.json"}
@@ -209,7 +210,7 @@ def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
 
 
 def test_tiny_hopper_run_with_terminations(tmp_path):
-    config = replace(TINY, env_id="Hopper-v4", normalize=False, algo="a2c", learner_kwargs={})
+    config = replace(TINY, env_id="Hopper-v4", normalize=False, algo="a2c", learner=sb3_default_learner("a2c"))
     coordinator = Coordinator(config, tmp_path, verbose=0).learn(500, progress_bar=False)
     assert_counters(coordinator, 500)
     episodes = coordinator.buffer.episodes
@@ -220,8 +221,7 @@ def test_tiny_hopper_run_with_terminations(tmp_path):
 
 
 def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_path):
-    kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
-    config = replace(TINY, learner_kwargs=kwargs, final_learning_rate=1e-4, collection_noise_std=4.0,
+    config = replace(TINY, learner=replace(TINY.learner, learning_rate=1e-3), final_learning_rate=1e-4, collection_noise_std=4.0,
                      open_loop_states=0)
     recorder = RecordLearningRate()
     coordinator = Coordinator(config, tmp_path, verbose=0).learn(600, callback=recorder, progress_bar=False)
@@ -238,8 +238,7 @@ def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_p
 @pytest.mark.parametrize("target,factors", [(1e-12, [1, 1 / 1.5, 1 / 1.5 ** 2]),   # every update too large
                                             (1e12, [1, 1, 1])])                   # never above the initial
 def test_learning_rate_follows_the_update_kl(tmp_path, target, factors):
-    kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
-    config = replace(TINY, learner_kwargs=kwargs, target_update_kl=target, open_loop_states=0)
+    config = replace(TINY, learner=replace(TINY.learner, learning_rate=1e-3), target_update_kl=target, open_loop_states=0)
     recorder = RecordLearningRate()
     coordinator = Coordinator(config, tmp_path, verbose=0).learn(600, callback=recorder, progress_bar=False)
     assert recorder.rates == pytest.approx([1e-3 * f for f in factors])
