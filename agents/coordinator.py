@@ -25,16 +25,9 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
 from tqdm.auto import tqdm
 
-from agents.config import (
-    ACTIVATIONS,
-    IMAGINATION_LEARNERS,
-    SUPPORTED_TASKS,
-    CoordinatorConfig,
-    _learner_kwargs,
-)
+from agents.config import ACTIVATIONS, IMAGINATION_LEARNERS, SUPPORTED_TASKS, CoordinatorConfig
 from agents.diagnostics import SpreadProbe, record_evaluation, record_progress, world_model_errors
 from agents.imagined_learner import build_learner, run_learning_rate
-from agents.presets import _PRESETS
 from agents.real_evaluation import evaluate_real
 from agents.run_files import (
     RunState,
@@ -56,8 +49,8 @@ from imagined_env.training import WorldModelTrainer, spec_from_env
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
 
-__all__ = ["ACTIVATIONS", "IMAGINATION_LEARNERS", "SUPPORTED_TASKS", "_PRESETS", "Coordinator",
-           "CoordinatorConfig", "_learner_kwargs", "find_checkpoint"]
+__all__ = ["ACTIVATIONS", "IMAGINATION_LEARNERS", "SUPPORTED_TASKS", "Coordinator", "CoordinatorConfig",
+           "find_checkpoint"]
 
 MaybeCallback = BaseCallback | list[BaseCallback] | None
 
@@ -145,8 +138,8 @@ class Coordinator:
         if self.learner is None:
             raise RuntimeError("nothing to evaluate yet: learn() builds the learner after the prefill")
         cfg = self.config
-        return evaluate_real(self.learner, cfg.env_id, n_episodes or cfg.eval_episodes, cfg.seed + self.real_steps,
-                             self.state.vec_normalize, cfg.eval_max_episode_steps)
+        return evaluate_real(self.learner, cfg.env_id, n_episodes or cfg.eval_episodes,
+                             cfg.seed + self.real_steps, self.state.vec_normalize, cfg.eval_max_episode_steps)
 
     def save_checkpoint(self) -> Path:
         """Write everything needed to resume into run_dir/checkpoint, atomically; returns its path."""
@@ -189,7 +182,8 @@ class Coordinator:
         normaliser = Normaliser.fit(self.buffer, low, high)
         state.world_model = WorldModel(self.spec, cfg.world_model, normaliser, cfg.device)
         state.trainer = WorldModelTrainer(state.world_model, replace(cfg.train, seed=cfg.seed))
-        self._losses += state.trainer.train(self.buffer, cfg.initial_world_model_steps, progress=self._progress)
+        self._losses += state.trainer.train(self.buffer, cfg.initial_world_model_steps,
+                                            progress=self._progress)
         self._build_learner(checkpoint=None)
 
     def _build_learner(self, checkpoint: Path | None) -> None:
@@ -208,7 +202,8 @@ class Coordinator:
                              f"{buffer.n_transitions} steps of {buffer.env_id!r}, the run "
                              f"{real_steps} of {cfg.env_id!r}")
         self.state = state = RunState(buffer, run_learning_rate(cfg, saved["progress"]["learning_rate"]))
-        state.world_model = WorldModel.load(checkpoint / "world_model.pt", device=cfg.device, env_id=cfg.env_id)
+        state.world_model = WorldModel.load(checkpoint / "world_model.pt", device=cfg.device,
+                                            env_id=cfg.env_id)
         state.trainer = WorldModelTrainer(state.world_model, replace(cfg.train, seed=cfg.seed))
         self._build_learner(checkpoint)
         self.collector = RealCollector(self._real_env, buffer, seed=cfg.seed + real_steps)
@@ -254,7 +249,8 @@ class Coordinator:
         cfg, trainer = self.config, self.trainer
         if refit:
             trainer.refit_normaliser(self.buffer)
-        refits = self.real_steps // cfg.normaliser_refit_every - cfg.prefill_steps // cfg.normaliser_refit_every
+        every = cfg.normaliser_refit_every
+        refits = self.real_steps // every - cfg.prefill_steps // every
         due = (cfg.initial_world_model_steps + refits * cfg.refit_world_model_steps
                + int(cfg.world_model_steps_per_real_step * (self.real_steps - cfg.prefill_steps)))
         self._losses += trainer.train(self.buffer, max(due - trainer.steps, 0))

@@ -83,7 +83,8 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
     space = sim.action_space
     shape = (n_states, world_model.horizon, space.shape[0])
     a = rng.uniform(space.low, space.high, shape).astype(np.float32)
-    b = np.clip(a + rng.normal(0.0, SENSITIVITY_NOISE, shape) * (space.high - space.low), space.low, space.high)
+    offset = rng.normal(0.0, SENSITIVITY_NOISE, shape) * (space.high - space.low)
+    b = np.clip(a + offset, space.low, space.high)
     sensitivity = action_sensitivity(sim, world_model, qpos, qvel, a, b.astype(np.float32),
                                      n_sample_steps=n_sample_steps, generator=generator)
     return error, sensitivity

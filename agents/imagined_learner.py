@@ -10,7 +10,7 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import IMAGINATION_LEARNERS, CoordinatorConfig, _learner_kwargs
-from agents.learning_rate import RunLearningRate, initial_learning_rate
+from agents.learning_rate import RunLearningRate
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.replay import ReplayConfig
 from imagined_env.vector_env import ImaginedVectorEnv
@@ -51,5 +51,4 @@ def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_stat
 
 def run_learning_rate(config: CoordinatorConfig, current: float | None = None) -> RunLearningRate:
     """The run's learning-rate schedule, starting from the rate of `config`'s learner settings."""
-    initial = initial_learning_rate(IMAGINATION_LEARNERS[config.algo], _learner_kwargs(config))
-    return RunLearningRate(initial, current)
+    return RunLearningRate(config.learner.learning_rate, current)

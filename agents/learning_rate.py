@@ -1,11 +1,7 @@
 """The learner's learning rate as an SB3 schedule that the run drives between policy updates: constant,
-decayed linearly in real steps (`final_learning_rate`), or adapted to each update's KL (`target_update_kl`)."""
+decayed linearly in real steps (`final_learning_rate`), or adapted to each update's KL
+(`target_update_kl`)."""
 from __future__ import annotations
-
-import inspect
-from typing import Any
-
-from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 ADAPT_FACTOR = 1.5
 """`adapt` divides the rate by this after an update above twice the target KL, multiplies below half."""
@@ -37,10 +33,3 @@ class RunLearningRate:
             rate = min(rate * ADAPT_FACTOR, self.initial)
         self.current = rate
 
-
-def initial_learning_rate(algo: type[OnPolicyAlgorithm], kwargs: dict[str, Any]) -> float:
-    """The rate the keyword arguments give, else the learner class's default."""
-    rate = kwargs.get("learning_rate", inspect.signature(algo).parameters["learning_rate"].default)
-    if not isinstance(rate, (int, float)):
-        raise TypeError(f"learning_rate must be a number (schedules are the run's), got {rate!r}")
-    return float(rate)

@@ -58,9 +58,9 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
         return env.imagined, vec_normalize
     if isinstance(env, DummyVecEnv) and any(isinstance(e.unwrapped, ImaginedEnv) for e in env.envs):
         if env.num_envs != 1:
-            raise ValueError(f"a DummyVecEnv of {env.num_envs} imagined envs generates their trajectories one "
-                             "env at a time; use agents.make_imagined_vec_env(env_id, n_envs) for one batched "
-                             "call per rollout")
+            raise ValueError(f"a DummyVecEnv of {env.num_envs} imagined envs generates their trajectories "
+                             "one env at a time; use agents.make_imagined_vec_env(env_id, n_envs) for one "
+                             "batched call per rollout")
         return env.envs[0].unwrapped.vec, vec_normalize
     return None, vec_normalize
 
@@ -68,8 +68,9 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
 class _ImaginationMixin:
     """Wiring shared by the PPO and A2C variants."""
 
-    policy_aliases: ClassVar[dict[str, type[ActorCriticPolicy]]] = {"MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
-                      "MultiInputPolicy": MultiInputActorCriticPolicy}
+    policy_aliases: ClassVar[dict[str, type[ActorCriticPolicy]]] = {
+        "MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy}
     imagined: ImaginedVectorEnv | None = None
 
     def _setup_model(self) -> None:

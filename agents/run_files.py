@@ -136,19 +136,22 @@ class RunState:
                 raise ValueError("give total_real_steps: this run has no budget yet")
             return self.budget
         if not isinstance(total, (int, np.integer)) or total < prefill_steps:
-            raise ValueError(f"total_real_steps ({total}) must be an integer >= prefill_steps ({prefill_steps})")
+            raise ValueError(f"total_real_steps ({total}) must be an integer >= prefill_steps "
+                             f"({prefill_steps})")
         if total < self.real_steps:
-            raise ValueError(f"total_real_steps ({total}) is below the {self.real_steps} real steps already taken")
+            raise ValueError(f"total_real_steps ({total}) is below the {self.real_steps} real steps "
+                             "already taken")
         return int(total)
 
     def state_dict(self) -> dict[str, Any]:
         """Progress (JSON values), world-model optimiser, global RNG states and normalisation
         statistics: plain values and tensors only."""
-        return {"progress": {"budget": self.budget, "real_steps": self.real_steps,
-                             "policy_updates": self.policy_updates, "learning_rate": self.learning_rate.current,
-                             "elapsed_s": self.elapsed(), "history": self.history},
-                "trainer": self.trainer.state_dict(), "rng": rng_state(),
-                "normalization": None if self.vec_normalize is None else normalization_stats(self.vec_normalize)}
+        progress = {"budget": self.budget, "real_steps": self.real_steps,
+                    "policy_updates": self.policy_updates, "learning_rate": self.learning_rate.current,
+                    "elapsed_s": self.elapsed(), "history": self.history}
+        stats = None if self.vec_normalize is None else normalization_stats(self.vec_normalize)
+        return {"progress": progress, "trainer": self.trainer.state_dict(), "rng": rng_state(),
+                "normalization": stats}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore over the rebuilt trained parts; the global RNGs last."""
@@ -223,6 +226,7 @@ def load_normalization_stats(vec_normalize: VecNormalize, stats: dict[str, dict[
     running = []
     for name in ("obs", "return"):
         rms = RunningMeanStd(shape=tuple(stats[name]["mean"].shape))
-        rms.mean, rms.var, rms.count = stats[name]["mean"].numpy(), stats[name]["var"].numpy(), stats[name]["count"]
+        rms.mean, rms.var = stats[name]["mean"].numpy(), stats[name]["var"].numpy()
+        rms.count = stats[name]["count"]
         running.append(rms)
     vec_normalize.obs_rms, vec_normalize.ret_rms = running

@@ -20,7 +20,8 @@ class _Console(KVWriter):
         self.human = HumanOutputFormat(sys.stdout)
         self.show = False
 
-    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]], step: int = 0) -> None:
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, tuple[str, ...]],
+              step: int = 0) -> None:
         if self.show:
             self.human.write(key_values, key_excluded, step)
 

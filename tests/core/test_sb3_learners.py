@@ -54,7 +54,8 @@ def check_rollout_consistency(snapshots):
     return checked
 
 
-@pytest.mark.parametrize("algo,kwargs", [(ImaginationPPO, {"n_epochs": 2, "batch_size": 32}), (ImaginationA2C, {})])
+@pytest.mark.parametrize("algo,kwargs", [(ImaginationPPO, {"n_epochs": 2, "batch_size": 32}),
+                                         (ImaginationA2C, {})])
 def test_rollout_buffer_actions_produced_the_next_observations(algo, kwargs):
     env, _ = imagined_sb3_env(terminate_above=1.5)
     snap = SnapshotBuffer()
@@ -168,7 +169,8 @@ def test_spread_probe_sees_what_the_rollout_buffer_stores():
             self.seen = [torch.cat(parts).numpy() for parts in zip(*self.steps)]
             super()._on_rollout_end()
             buf = self.model.rollout_buffer
-            self.stored = [buf.observations.reshape(-1, buf.obs_shape[0]), buf.actions.reshape(-1, buf.action_dim)]
+            self.stored = [buf.observations.reshape(-1, buf.obs_shape[0]),
+                           buf.actions.reshape(-1, buf.action_dim)]
             with torch.no_grad():
                 dist = self.model.policy.get_distribution(torch.as_tensor(self.stored[0])).distribution
             self.expected = standardised_spread(torch.as_tensor(self.stored[1]), dist.mean,
@@ -180,5 +182,6 @@ def test_spread_probe_sees_what_the_rollout_buffer_stores():
     model.learn(5 * 6, callback=probe)
     for seen, stored in zip(probe.seen, probe.stored):
         np.testing.assert_array_equal(seen, stored)
-    assert probe.spread == probe.expected and np.isfinite(probe.first_spread) and np.isfinite(probe.last_spread)
+    assert probe.spread == probe.expected
+    assert np.isfinite(probe.first_spread) and np.isfinite(probe.last_spread)
     assert model.policy.plan_observer is None                # unhooked when learn ends
