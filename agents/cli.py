@@ -8,21 +8,34 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import shutil
 import sys
+import textwrap
 import time
-from dataclasses import asdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 import torch
 
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
-from agents.compare import (IMAGINATION, CompareSpec, imagination_run_dir, merge_comparisons, parse_methods,
-                            run_comparison, summary)
-from agents.config_flags import add_config_flags, given_flags, leaf_values, merge_into, nest, read_config_file
-from agents.coordinator import SUPPORTED_TASKS, Coordinator, CoordinatorConfig
+from agents.compare import (
+    IMAGINATION,
+    CompareSpec,
+    combine_comparisons,
+    compare_dir,
+    imagination_run_dir,
+    parse_methods,
+    run_comparison,
+    summary,
+    write_outputs,
+)
+from agents.config import SUPPORTED_TASKS, CoordinatorConfig, apply, upgrade_tree
+from agents.config_flags import add_config_flags, given_flags, leaf_values, override, read_config_file
+from agents.coordinator import Coordinator
 from agents.demo import DemoConfig, run_demo
+from agents.presets import ALIASES, build_preset, describe, preset_ids, resolve
 from agents.real_evaluation import evaluate_real, load_learner
 from agents.run_files import check_writable, find_checkpoint, read_state
 from agents.zoo import zoo_settings
@@ -31,7 +44,6 @@ DESCRIPTION = ("PolyGRAD trajectory-diffusion world models as Gymnasium envs: tr
                "imagination, evaluate on the real task, compare with the RL Zoo's tuned model-free "
                "baselines, or run the demo. `imagined-env <command> --help` lists every option.")
 Job = Callable[[], int]
-PRESETS = ("cpu", "paper")
 CONFIG_ALIASES = {"env_id": ["--env"]}
 COMPARE_OWNED = frozenset({"env_id", "algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps"})
 """Config fields `compare` sets itself, identically for every method."""
@@ -85,39 +97,44 @@ def check_budget(steps: int, config: CoordinatorConfig) -> None:
 
 
 # ---- configs --------------------------------------------------------------------------------------
-def preset_values() -> dict[str, dict[str, Any]]:
-    """Preset name -> {dotted field: value}, shown as defaults in `--help`."""
-    presets = {name: CoordinatorConfig.preset(name).to_dict() for name in PRESETS}
-    return {name: leaf_values(CoordinatorConfig, values) for name, values in presets.items()}
+def read_config_layer(path: str) -> tuple[dict[str, Any], str | None]:
+    """The config fields a --config file sets, and the preset it names: a run's config.json (or any part
+    of one) names none; a compare.json gives its `imagination_config` and `preset`."""
+    data = read_config_file(path)
+    if "imagination_config" not in data:
+        return upgrade_tree(data), None
+    if data["imagination_config"] is None:
+        raise ValueError(f"{path} is a comparison without imagination runs: it holds no imagination config")
+    preset = data.get("preset")
+    return upgrade_tree(data["imagination_config"]), preset if preset in preset_ids() else None
 
 
-def build_config(preset: str, config_file: str | None, flags: dict[str, Any],
-                 fixed: dict[str, Any] | None = None) -> CoordinatorConfig:
-    """preset < config file < flags < `fixed` (values a subcommand sets itself).
+def build_config(preset: str | None, config_file: str | None, flags: dict[str, Any],
+                 fixed: dict[str, Any] | None = None) -> tuple[CoordinatorConfig, str]:
+    """(config, versioned preset id): preset < config file < flags < `fixed` (values a subcommand sets).
 
-    The preset is built for the final task, since presets adapt to it (Hopper's schedule).
+    The preset defaults to the one a compare.json names, else cpu; it is built for the final task, so
+    the task's defaults (Hopper's schedule) apply under every later layer.
     """
-    layers = [read_config_file(config_file) if config_file else {}, nest(flags), fixed or {}]
-    given_ids = [layer["env_id"] for layer in layers if "env_id" in layer]
-    env_id = given_ids[-1] if given_ids else CoordinatorConfig.env_id
-    merged = CoordinatorConfig.preset(preset, env_id=env_id).to_dict()
-    for layer in layers:
-        merged = merge_into(CoordinatorConfig, merged, layer)
-    try:
-        return CoordinatorConfig.from_dict(merged)
-    except TypeError as err:
-        raise ValueError(f"invalid config value: {err}") from None
+    layer, file_preset = read_config_layer(config_file) if config_file else ({}, None)
+    preset_id = resolve(preset or file_preset or "cpu")
+    env_ids = [d["env_id"] for d in (layer, flags, fixed or {}) if "env_id" in d]
+    config = build_preset(preset_id, env_ids[-1] if env_ids else CoordinatorConfig.env_id)
+    for changes in (layer, flags, fixed or {}):
+        config = apply(config, changes)
+    return config, preset_id
 
 
 def add_config_options(parser: argparse.ArgumentParser, exclude: frozenset[str] = frozenset()) -> None:
-    parser.add_argument("--preset", choices=PRESETS, default=None,
-                        help="starting values of every config field (cpu: learns on 2 CPU cores; paper: "
-                             "shared/polygrad.md section 5, a GPU recipe) [default cpu]")
+    aliases = ", ".join(f"{alias} = {target}" for alias, target in ALIASES.items())
+    parser.add_argument("--preset", choices=preset_ids(), metavar="ID",
+                        help=f"starting values of every config field, an id below or an alias ({aliases}) "
+                             "[default: the preset a compare.json --config names, else cpu]")
     parser.add_argument("--config", metavar="FILE.json",
-                        help="JSON config (a run's config.json, or any part of one) applied over the preset; "
-                             "the flags below override it. Dict fields (learner_kwargs) merge key by key, "
-                             "nested dicts too")
-    add_config_flags(parser, CoordinatorConfig, preset_values(), exclude, CONFIG_ALIASES)
+                        help="JSON config over the preset: a run's config.json, any part of one, or a "
+                             "compare.json (its imagination config); the flags below override it")
+    defaults = {name: leaf_values(build_preset(name)) for name in ALIASES}
+    add_config_flags(parser, CoordinatorConfig, defaults, exclude, CONFIG_ALIASES)
 
 
 # ---- train ------------------------------------------------------------------------------------------
@@ -127,7 +144,7 @@ def prepare_train(args: argparse.Namespace) -> Job:
         return prepare_resume(args, flags)
     if args.steps is None:
         raise ValueError("--steps (the real-step budget) is required for a new run")
-    config = build_config(args.preset or "cpu", args.config, flags)
+    config, _ = build_config(args.preset, args.config, flags)
     check_budget(args.steps, config)
     run_dir = writable_dir(args.run_dir or default_run_dir(config))
     coordinator = Coordinator(config, run_dir, verbose=args.verbose)
@@ -180,7 +197,7 @@ def prepare_evaluate(args: argparse.Namespace) -> Job:
         raise ValueError(f"VecNormalize statistics {stats_path} do not exist")
     try:
         model, stats = load_learner(model_path, algo, env_id, args.seed, stats_path)
-    except Exception as err:  # SB3 and pickle raise many types for foreign or corrupt files
+    except Exception as err:  # noqa: BLE001  (SB3 and pickle raise many types for foreign or corrupt files)
         files = f"{model_path} / {stats_path}" if stats_path else f"{model_path}"
         raise ValueError(f"cannot load {files}: {err}") from None
 
@@ -214,24 +231,24 @@ def prepare_compare(args: argparse.Namespace) -> Job:
     for method in methods:
         if method not in IMAGINATION:
             zoo_settings(method, args.env)
-    config = None
+    config, preset = None, None
     if imagined:
         fixed = {"env_id": args.env, "eval_every": args.eval_every, "eval_episodes": args.eval_episodes,
                  "eval_max_episode_steps": args.max_episode_steps}
-        config = build_config(args.preset or "cpu", args.config, given_flags(args), fixed)
+        config, preset = build_config(args.preset, args.config, given_flags(args), fixed)
         check_budget(args.steps, config)
     elif given_flags(args) or args.config or args.preset:
         raise ValueError("--preset, --config and config flags shape the imagination runs; --algos has none")
     if args.eval_every > args.steps:
         raise ValueError(f"--eval-every {args.eval_every} exceeds --steps {args.steps}: only the final "
                          "evaluation would run")
-    out_dir = writable_dir(args.out)
+    out_dir = writable_dir(args.out or compare_dir(args.env, config, preset, args.seeds))
     earlier = [d for m in methods if m in IMAGINATION for s in args.seeds
                if find_checkpoint(d := imagination_run_dir(out_dir, m, s)) is not None]
     if earlier:
         raise ValueError(f"{out_dir} holds runs of an earlier comparison ({earlier[0]}); use another --out")
     spec = CompareSpec(args.env, methods, args.seeds, args.steps, args.eval_every, args.eval_episodes, config,
-                       args.preset or "cpu", args.max_episode_steps)
+                       preset, args.max_episode_steps)
 
     def job() -> int:
         points = run_comparison(spec, out_dir, progress=args.progress)
@@ -246,7 +263,7 @@ def prepare_compare(args: argparse.Namespace) -> Job:
 
 # ---- demo -------------------------------------------------------------------------------------------
 def prepare_demo(args: argparse.Namespace) -> Job:
-    config = DemoConfig(**{**asdict(DemoConfig()), **given_flags(args)})
+    config = override(DemoConfig(), given_flags(args))
     check_task(config.env_id, imagined=True)
 
     def job() -> int:
@@ -258,10 +275,11 @@ def prepare_demo(args: argparse.Namespace) -> Job:
 
 # ---- merge ------------------------------------------------------------------------------------------
 def prepare_merge(args: argparse.Namespace) -> Job:
-    out_dir = writable_dir(args.out)
+    points, spec = combine_comparisons([Path(d) for d in args.in_dirs])
+    out_dir = writable_dir(args.out or compare_dir(spec.env_id, spec.imagination, spec.preset, spec.seeds))
 
     def job() -> int:
-        points = merge_comparisons([Path(d) for d in args.in_dirs], out_dir)
+        write_outputs(points, spec, out_dir)
         for method, s in summary(points).items():
             print(f"{method:>18}: final real return {s['mean']:8.1f} +- {s['std']:.1f} over {s['seeds']} seeds")
         print(f"wrote {out_dir / 'compare.csv'}, compare.json, compare.png")
@@ -286,6 +304,26 @@ def prepare_export(args: argparse.Namespace) -> Job:
 
 
 # ---- parser -----------------------------------------------------------------------------------------
+WIDTH = max(100, min(120, shutil.get_terminal_size().columns))
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help lines start at column 40, so most flags and their help share a line."""
+
+    def __init__(self, prog: str):
+        super().__init__(prog, max_help_position=50, width=WIDTH)
+
+
+def paragraphs(*texts: str) -> str:
+    return "\n\n".join(textwrap.fill(t, WIDTH - 2) for t in texts)
+
+
+def presets_epilog() -> str:
+    lines = [textwrap.fill(describe(name), WIDTH - 2, initial_indent=f"  {name:<10}", subsequent_indent=" " * 12)
+             for name in preset_ids() if name not in ALIASES]
+    return "presets (each a diff from its parent):\n" + "\n".join(lines)
+
+
 def common_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument("--threads", type=positive_int, default=DEFAULT_THREADS, metavar="N",
@@ -310,10 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("train", parents=[parent],
+    p = sub.add_parser("train", parents=[parent], formatter_class=HelpFormatter,
+                       usage="imagined-env train [--steps N] [--run-dir DIR | --resume DIR] [--preset ID] "
+                             "[--config FILE.json] [--FIELD VALUE ...]", epilog=presets_epilog(),
                        help="train a learner in imagination (the coordinator loop)",
-                       description="Real data -> world model -> PPO/A2C in imagination -> real data, for a "
-                                   "budget of real environment steps. Precedence: preset < --config < flags.")
+                       description=paragraphs("Real data -> world model -> PPO/A2C in imagination -> real data, for a "
+                                   "budget of real environment steps. Precedence: preset < --config < flags."))
     p.add_argument("--steps", type=positive_int, metavar="N",
                    help="real-step budget in all, prefill included (required for a new run; with --resume "
                         "[default: the run's own budget])")
@@ -325,10 +365,10 @@ def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("evaluate", parents=[parent],
+    p = sub.add_parser("evaluate", parents=[parent], formatter_class=HelpFormatter,
                        help="real-task return of a run folder or a learner .zip",
-                       description="Mean and std of the real-task return over deterministic episodes; a "
-                                   "VecNormalize'd learner is evaluated with its frozen statistics.")
+                       description=paragraphs("Mean and std of the real-task return over deterministic episodes; a "
+                                   "VecNormalize'd learner is evaluated with its frozen statistics."))
     p.add_argument("target", help="a run folder (uses its last checkpoint) or a learner .zip")
     p.add_argument("--vecnormalize", metavar="STATS.pkl", help="VecNormalize statistics saved with the .zip")
     p.add_argument("--env", help="task id (required with a .zip; checked against a run folder's)")
@@ -341,14 +381,16 @@ def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("compare", parents=[parent],
+    p = sub.add_parser("compare", parents=[parent], formatter_class=HelpFormatter,
+                       usage="imagined-env compare --steps N [--env ID] [--algos A,B] [--seeds 0,1,2] [--out DIR] "
+                             "[--preset ID] [--config FILE.json] [--FIELD VALUE ...]", epilog=presets_epilog(),
                        help="model-free (RL Zoo tuned) vs imagination, same budget",
-                       description="Runs each method for the same real-step budget and seeds, one after "
+                       description=paragraphs("Runs each method for the same real-step budget and seeds, one after "
                                    "another, evaluating every --eval-every real steps; writes compare.csv, "
                                    "compare.json and compare.png. Model-free PPO uses the RL Baselines3 "
                                    "Zoo's tuned settings for the task, A2C SB3's defaults, both with "
                                    "VecNormalize (as the Zoo). The config options below shape the "
-                                   "imagination runs.")
+                                   "imagination runs."))
     p.add_argument("--env", default="HalfCheetah-v4", help="task id [default HalfCheetah-v4]")
     p.add_argument("--algos", default="ppo,imagination-ppo",
                    help="comma-separated methods: ppo, a2c (model-free), imagination-ppo, imagination-a2c "
@@ -362,37 +404,38 @@ def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="deterministic episodes per evaluation [default 5]")
     p.add_argument("--max-episode-steps", type=positive_int, metavar="N",
                    help="time limit of evaluation episodes, both sides [default: the task's]")
-    p.add_argument("--out", type=Path, default=Path("compare_out"),
-                   help="output folder [default compare_out]")
+    p.add_argument("--out", type=Path,
+                   help="output folder [default runs/compare/<task>/<preset>/seeds-<first>-<last>]")
     add_config_options(p, exclude=COMPARE_OWNED)
     p.set_defaults(prepare=prepare_compare)
 
 
 def add_demo_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("demo", parents=[parent],
+    p = sub.add_parser("demo", parents=[parent], formatter_class=HelpFormatter,
                        help="PPO in imagination on the pretrained HalfCheetah model",
-                       description="Loads the pretrained HalfCheetah-v4 world model, trains PPO purely in "
-                                   "imagination, and prints the real-task return before and after.")
-    defaults = {"default": leaf_values(DemoConfig, asdict(DemoConfig()))}
+                       description=paragraphs("Loads the pretrained HalfCheetah-v4 world model, trains PPO purely in "
+                                   "imagination, and prints the real-task return before and after."))
+    defaults = {"default": leaf_values(DemoConfig())}
     add_config_flags(p, DemoConfig, defaults, aliases=CONFIG_ALIASES)
     p.set_defaults(prepare=prepare_demo)
 
 
 def add_merge_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("merge", parents=[parent], help="one table and plot from comparisons run apart",
-                       description="Combines the compare.json of comparisons run separately (e.g. seeds in "
+    p = sub.add_parser("merge", parents=[parent], formatter_class=HelpFormatter, help="one table and plot from comparisons run apart",
+                       description=paragraphs("Combines the compare.json of comparisons run separately (e.g. seeds in "
                                    "parallel processes) with the same task, budget and settings into one "
-                                   "compare.csv/json/png.")
+                                   "compare.csv/json/png."))
     p.add_argument("in_dirs", nargs="+", metavar="COMPARE_DIR", help="output folders of `imagined-env compare`")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the merged outputs to")
+    p.add_argument("--out", type=Path, help="folder to write the merged outputs to [default "
+                   "runs/compare/<task>/<preset>/seeds-<first>-<last>]")
     p.set_defaults(prepare=prepare_merge)
 
 
 def add_export_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("export", parents=[parent], help="a run's world model + start states, ready to ship",
-                       description="Writes OUT_DIR/world_model.pt, start_states.npz and COMMAND.txt from the "
+    p = sub.add_parser("export", parents=[parent], formatter_class=HelpFormatter, help="a run's world model + start states, ready to ship",
+                       description=paragraphs("Writes OUT_DIR/world_model.pt, start_states.npz and COMMAND.txt from the "
                                    "last checkpoint of RUN_DIR; usable as world_model=/start_states= of the "
-                                   "imagined env (this is how imagined_env/pretrained/ is made).")
+                                   "imagined env (this is how imagined_env/pretrained/ is made)."))
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `imagined-env train` or `compare`")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
     p.add_argument("--start-episodes", type=positive_int, default=6,

@@ -12,16 +12,19 @@ import json
 import textwrap
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.coordinator import Coordinator, CoordinatorConfig
+from agents.config import CoordinatorConfig
+from agents.coordinator import Coordinator
+from agents.presets import build_preset, preset_ids, resolve
 from agents.real_evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
 from agents.zoo import BaselineSettings, zoo_settings
 from imagined_env.utils import atomic_path
@@ -56,8 +59,8 @@ class CompareSpec:
     imagination: CoordinatorConfig | None
     """Base config of the imagination runs (None when only model-free methods run); env, algo, seed and
     evaluation are set per run."""
-    preset: str = "cpu"
-    """Name of the preset `imagination` started from, for the record."""
+    preset: str | None = None
+    """Versioned id of the preset `imagination` started from, for the record (None: not recorded)."""
     max_episode_steps: int | None = None
     """Time limit of evaluation episodes on both sides (None: the task's own)."""
 
@@ -150,14 +153,30 @@ def run_comparison(spec: CompareSpec, out_dir: Path, progress: bool = True,
 
 
 # ---- settings, tables and plot ----------------------------------------------------------------------
-def describe_imagination(config: CoordinatorConfig, preset: str) -> str:
+def changed_from_preset(config: CoordinatorConfig, preset: str) -> bool:
+    """Whether `config` differs from `preset` (a registered id) in more than task, algo, seed and evaluation."""
+    own = {k: getattr(config, k) for k in ("algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps")}
+    return build_preset(preset, config.env_id, own) != config
+
+
+def preset_label(config: CoordinatorConfig | None, preset: str | None) -> str:
+    """"cpu-v5", "cpu-v5 with changes" or "unknown preset": what an imagination config started from."""
+    if preset is None or config is None or preset not in preset_ids():
+        return preset or "unknown preset"
+    return f"{preset} with changes" if changed_from_preset(config, preset) else preset
+
+
+def describe_imagination(config: CoordinatorConfig, preset: str | None) -> str:
     """One line with the settings that shape an imagination run."""
-    wm = config.world_model
-    kwargs = ", ".join(f"{k} {v}" for k, v in sorted(config.learner_kwargs.items()))
+    wm, learner = config.world_model, config.learner
+    shown = {k: v for k, v in asdict(learner).items() if k != "policy"}
+    kwargs = ", ".join(f"{k} {v}" for k, v in sorted(shown.items())) + (
+        f", policy {','.join(map(str, learner.policy.pi))} {learner.policy.activation} "
+        f"log_std_init {learner.policy.log_std_init:g}")
     steps = "full chain" if config.n_sample_steps is None else f"{config.n_sample_steps} sample steps"
     actions = ("scaled" if wm.scale_actions else "full strength") + (
         "" if wm.condition_on_last_action else ", last action hidden")
-    return (f"{config.algo.upper()} in imagination ({preset} preset): prefill {config.prefill_steps}, "
+    return (f"{config.algo.upper()} in imagination ({preset_label(config, preset)}): prefill {config.prefill_steps}, "
             f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
             f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
             f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {actions}), "
@@ -216,7 +235,7 @@ def write_json(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
     payload = {
         "env_id": spec.env_id, "budget": spec.budget, "seeds": list(spec.seeds),
         "eval_every": spec.eval_every, "eval_episodes": spec.eval_episodes,
-        "max_episode_steps": spec.max_episode_steps, "settings": method_settings(spec),
+        "max_episode_steps": spec.max_episode_steps, "preset": spec.preset, "settings": method_settings(spec),
         "imagination_config": None if spec.imagination is None else spec.imagination.to_dict(),
         "results": results_by_method(points),
     }
@@ -309,20 +328,21 @@ def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
                            seeds=tuple(payload["seeds"]), budget=int(payload["budget"]),
                            eval_every=int(payload["eval_every"]), eval_episodes=int(payload["eval_episodes"]),
                            imagination=None if imagination is None else CoordinatorConfig.from_dict(imagination),
-                           max_episode_steps=payload["max_episode_steps"])
+                           preset=payload.get("preset"), max_episode_steps=payload["max_episode_steps"])
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a readable comparison: {err}") from None
     return points, spec
 
 
-def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
-    """One table and plot from comparisons run apart (e.g. seeds in parallel processes); they must
-    share task, budget and evaluation, and the parts that ran imagination its settings (a model-free-only
-    part has none, so it merges with any)."""
+def combine_comparisons(in_dirs: list[Path]) -> tuple[list[EvalPoint], CompareSpec]:
+    """The evaluations and common setup of comparisons run apart (e.g. seeds in parallel processes); they
+    must share task, budget and evaluation, and the parts that ran imagination its settings (a
+    model-free-only part has none, so it merges with any). The preset is the first one recorded."""
     parts = [read_comparison(d) for d in in_dirs]
     first = parts[0][1]
-    common = lambda spec: replace(spec, methods=(), seeds=(), imagination=None)  # noqa: E731
+    common = lambda spec: replace(spec, methods=(), seeds=(), imagination=None, preset=None)
     imagination = next((spec.imagination for _, spec in parts if spec.imagination is not None), None)
+    preset = next((spec.preset for _, spec in parts if spec.imagination is not None and spec.preset), None)
     for (_, spec), d in zip(parts[1:], in_dirs[1:]):
         if common(spec) != common(first) or spec.imagination not in (None, imagination):
             raise ValueError(f"{d} was run with other settings than {in_dirs[0]} (task, budget, evaluation "
@@ -333,5 +353,30 @@ def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
         raise ValueError("the comparisons overlap (a method/seed appears twice): refusing to merge")
     methods = tuple(dict.fromkeys(m for _, spec in parts for m in spec.methods))
     seeds = tuple(sorted({s for _, spec in parts for s in spec.seeds}))
-    write_outputs(points, replace(first, methods=methods, seeds=seeds, imagination=imagination), out_dir)
+    return points, replace(first, methods=methods, seeds=seeds, imagination=imagination, preset=preset)
+
+
+def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
+    """`combine_comparisons` written to out_dir as one table, JSON and plot."""
+    points, spec = combine_comparisons(in_dirs)
+    write_outputs(points, spec, out_dir)
     return points
+
+
+def compare_dir(env_id: str, imagination: CoordinatorConfig | None, preset: str | None,
+                seeds: tuple[int, ...], root: Path = Path("runs/compare")) -> Path:
+    """root/<task>/<preset>/seeds-<first>-<last> (seeds-0+2+5 when not a range); the preset part is
+    "model-free" without imagination and ends in "-custom" when the config differs from the preset."""
+    if imagination is None:
+        label = "model-free"
+    elif preset is None or preset not in preset_ids():
+        label = "unknown-preset"
+    else:
+        label = resolve(preset) + ("-custom" if changed_from_preset(imagination, preset) else "")
+    ordered = sorted(seeds)
+    is_range = ordered == list(range(ordered[0], ordered[-1] + 1))
+    if len(ordered) == 1:
+        key = f"seeds-{ordered[0]}"
+    else:
+        key = f"seeds-{ordered[0]}-{ordered[-1]}" if is_range else "seeds-" + "+".join(map(str, ordered))
+    return root / env_id / label / key

@@ -1,9 +1,9 @@
-"""Command-line flags generated from frozen dataclass configs, and the merge preset < JSON file < flags.
+"""Frozen dataclass configs as trees: typed updates from nested or dotted dicts, and command-line flags.
 
-Every field becomes a flag named by its path (`--world-model.denoiser.width`), typed from its
-annotation and explained by the field's docstring (or trailing comment), so `--help` documents every
-option and a new config field needs no CLI change. Flags default to "not given", which is what lets
-an explicit flag override a config file that overrides the preset.
+Every leaf field has a dotted path (`world_model.denoiser.width`) and a flag of that name
+(`--world-model.denoiser.width`), typed from its annotation and explained by the first sentence of the
+field's docstring, so a new config field needs no CLI change. Values from JSON files and flags are
+checked against the annotation before any config is built, and errors name the path.
 """
 from __future__ import annotations
 
@@ -12,192 +12,146 @@ import ast
 import dataclasses
 import functools
 import inspect
-import io
+import itertools
 import json
+import re
 import textwrap
-import tokenize
 import types
 import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 FLAG_PREFIX = "config:"
 """Namespace attributes of generated flags start with this, to tell them from other options."""
 
 
-@dataclasses.dataclass(frozen=True)
-class FieldInfo:
-    """One leaf field: its dotted path (`world_model.denoiser.width`), parser and documentation."""
-
-    path: str
-    parse: Callable[[str], Any]
-    metavar: str
-    doc: str
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.path.replace("_", "-")
-
-
-# ---- documentation ------------------------------------------------------------------------------------
-@functools.cache
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> its documentation: the string literal after it, else its trailing `#` comment, else
-    the `#` comment lines right above it. Cached: parsing source is the slow part of building a parser."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    tokens = tokenize.generate_tokens(io.StringIO(source).readline)
-    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens if t.type == tokenize.COMMENT}
-    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for i, node in enumerate(body):
-        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
-            continue
-        nxt = body[i + 1] if i + 1 < len(body) else None
-        is_literal = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
-        literal = nxt.value.value if is_literal else None  # type: ignore[union-attr]
-        if isinstance(literal, str):
-            docs[node.target.id] = " ".join(literal.split())
-        else:
-            docs[node.target.id] = _comment_doc(comments, node.lineno, node.end_lineno or node.lineno)
-    return docs
-
-
-def _comment_doc(comments: dict[int, str], first: int, last: int) -> str:
-    """The comment ending line `last`, else the block of comment lines just above line `first`."""
-    if comments.get(last):
-        return comments[last]
-    above: list[str] = []
-    line = first - 1
-    while line in comments:
-        above.insert(0, comments[line])
-        line -= 1
-    return " ".join(above)
-
-
-# ---- types ----------------------------------------------------------------------------------------------
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def parse_json(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
-
-
-def _parser_for(annotation: Any) -> tuple[Callable[[str], Any], str]:
-    """A str -> value parser and a metavar for a field annotation; `X | None` also accepts "none"."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        inner, metavar = _parser_for(rest[0]) if len(rest) == 1 else (parse_json, "JSON")
-
-        def optional(text: str) -> Any:
-            return None if text.strip().lower() in ("none", "null") else inner(text)
-
-        return optional, f"{metavar}|none"
-    simple: dict[Any, tuple[Callable[[str], Any], str]] = {
-        bool: (parse_bool, "{true,false}"), int: (int, "INT"), float: (float, "FLOAT"), str: (str, "STR"),
-    }
-    return simple.get(annotation, (parse_json, "JSON"))
-
-
+# ---- the tree ---------------------------------------------------------------------------------------
 def is_config(annotation: Any) -> bool:
     return isinstance(annotation, type) and dataclasses.is_dataclass(annotation)
 
 
-def leaf_fields(cls: type, prefix: str = "") -> Iterator[FieldInfo]:
-    """Every non-dataclass field of `cls`, depth first, nested configs flattened into dotted paths."""
+def field_types(cls: type) -> dict[str, Any]:
+    """Field name -> resolved annotation."""
     hints = typing.get_type_hints(cls)
-    docs = field_docs(cls)
-    for f in dataclasses.fields(cls):
-        annotation = hints[f.name]
-        path = prefix + f.name
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def leaf_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, type]]:
+    """(dotted path, annotation, owning dataclass) of every non-dataclass field of `cls`, depth first."""
+    for name, annotation in field_types(cls).items():
         if is_config(annotation):
-            yield from leaf_fields(annotation, path + ".")
+            yield from leaf_paths(annotation, f"{prefix}{name}.")
         else:
-            parse, metavar = _parser_for(annotation)
-            yield FieldInfo(path, parse, metavar, docs.get(f.name, ""))
+            yield prefix + name, annotation, cls
 
 
-def nested_configs(cls: type, prefix: str = "") -> Iterator[tuple[str, type]]:
-    """(dotted prefix, dataclass) of `cls` and every config nested in it, for help sections."""
-    yield prefix, cls
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if is_config(hints[f.name]):
-            yield from nested_configs(hints[f.name], prefix + f.name + ".")
+def coerce(path: str, annotation: Any, value: Any) -> Any:
+    """`value` as the type `annotation` names (int -> float, list -> tuple), or ValueError naming `path`."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in (a for a in options if a is not type(None)):
+            try:
+                return coerce(path, option, value)
+            except ValueError:
+                pass
+        raise ValueError(f"{path} must be {_type_name(annotation)}, got {value!r}")
+    if typing.get_origin(annotation) is tuple:
+        (item, *_), good = typing.get_args(annotation), isinstance(value, (list, tuple))
+        if not good:
+            raise ValueError(f"{path} must be {_type_name(annotation)}, got {value!r}")
+        return tuple(coerce(f"{path}[{i}]", item, v) for i, v in enumerate(value))
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (bool, int, float, str):
+        if type(value) is not annotation:
+            raise ValueError(f"{path} must be {_type_name(annotation)}, got {value!r}")
+        return value
+    return value
 
 
-# ---- argparse ---------------------------------------------------------------------------------------------
-def leaf_values(cls: type, d: dict[str, Any]) -> dict[str, Any]:
-    """{dotted path: value} of every leaf field of `cls` in the nested dict `d` (e.g. `to_dict()`)."""
-    out = {}
-    for f in leaf_fields(cls):
-        node: Any = d
-        for key in f.path.split("."):
-            node = node[key]
-        out[f.path] = node
+def _type_name(annotation: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             type(None): "null"}
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if typing.get_origin(annotation) is tuple:
+        item = typing.get_args(annotation)[0]
+        return "a list of integers" if item is int else f"a list of {_type_name(item)} values"
+    return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def flatten(cls: type, tree: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A nested partial dict of `cls` (as in a JSON file) -> {dotted path: value}; unknown keys and
+    non-objects given for nested configs are ValueErrors naming them. Dotted keys pass through."""
+    types_ = field_types(cls)
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        head, _, rest = key.partition(".")
+        path = where + key
+        if head not in types_:
+            scope = f" of {where.rstrip('.')}" if where else ""
+            raise ValueError(f"unknown config key {path!r}; valid keys{scope}: {', '.join(types_)}")
+        annotation = types_[head]
+        if rest:
+            if not is_config(annotation):
+                raise ValueError(f"unknown config key {path!r}: {where + head} has no fields")
+            out.update(flatten(annotation, {rest: value}, f"{where}{head}."))
+        elif is_config(annotation) and isinstance(value, dict):
+            out.update(flatten(annotation, value, path + "."))
+        elif is_config(annotation) and not isinstance(value, annotation):
+            raise ValueError(f"config key {path!r} must be a JSON object, got {value!r}")
+        else:
+            out[path] = value
     return out
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, dict[str, Any]],
-                     exclude: frozenset[str] = frozenset(),
-                     aliases: dict[str, list[str]] | None = None) -> None:
-    """One flag per leaf field of `cls` (except `exclude`), grouped by nested config.
-
-    `defaults` maps a preset name to its flattened config, shown in each help line. Flags are
-    `argparse.SUPPRESS`ed by default, so the namespace holds only the ones given.
-    """
-    aliases = aliases or {}
-    leaves = [f for f in leaf_fields(cls) if f.path not in exclude]
-    for prefix, config_cls in nested_configs(cls):
-        mine = [f for f in leaves if _parent(f.path) == prefix]
-        if not mine:
-            continue
-        title = f"{config_cls.__name__} ({prefix.rstrip('.') or 'top level'})"
-        group = parser.add_argument_group(title, (inspect.getdoc(config_cls) or "").split("\n\n")[0])
-        for f in mine:
-            group.add_argument(*aliases.get(f.path, []), f.flag, dest=FLAG_PREFIX + f.path, type=f.parse,
-                               metavar=f.metavar, default=argparse.SUPPRESS, help=_help_line(f, defaults))
+def override(config: Any, changes: dict[str, Any], where: str = "") -> Any:
+    """A copy of the dataclass `config` with `changes` ({dotted path or nested key: value}) applied, one
+    `dataclasses.replace` per nested config, so checks see the final values together."""
+    types_ = field_types(type(config))
+    groups: dict[str, dict[str, Any]] = {}
+    direct: dict[str, Any] = {}
+    for path, value in flatten(type(config), changes).items():
+        head, _, rest = path.partition(".")
+        if rest:
+            groups.setdefault(head, {})[rest] = value
+        else:
+            direct[head] = value if is_config(types_[head]) else coerce(where + head, types_[head], value)
+    for head, sub in groups.items():
+        direct[head] = override(direct.get(head, getattr(config, head)), sub, f"{where}{head}.")
+    return dataclasses.replace(config, **direct) if direct else config
 
 
-def _parent(path: str) -> str:
-    """"world_model.denoiser.width" -> "world_model.denoiser."; "seed" -> ""."""
-    head, _, _ = path.rpartition(".")
-    return head + "." if head else ""
+def from_tree(cls: type, tree: dict[str, Any], where: str = "") -> Any:
+    """A `cls` built from a nested dict (e.g. `to_dict()` output): fields it leaves out take the defaults
+    of their own dataclass; unknown keys and ill-typed values are ValueErrors naming their path."""
+    if not isinstance(tree, dict):
+        raise ValueError(f"config key {where.rstrip('.')!r} must be a JSON object, got {tree!r}")  # noqa: TRY004
+    types_ = field_types(cls)
+    unknown = [k for k in tree if k not in types_]
+    if unknown:
+        scope = f" of {where.rstrip('.')}" if where else ""
+        raise ValueError(f"unknown config key {where + unknown[0]!r}; valid keys{scope}: {', '.join(types_)}")
+    return cls(**{k: from_tree(types_[k], v, f"{where}{k}.") if is_config(types_[k])
+                  else coerce(where + k, types_[k], v) for k, v in tree.items()})
 
 
-def _help_line(f: FieldInfo, defaults: dict[str, dict[str, Any]]) -> str:
-    shown = {name: flat.get(f.path) for name, flat in defaults.items()}
-    if len({json.dumps(v, default=str) for v in shown.values()}) == 1:
-        default = f"default {_show(next(iter(shown.values())))}"
-    else:
-        default = "; ".join(f"{name}: {_show(v)}" for name, v in shown.items())
-    return f"{f.doc or '(undocumented)'} [{default}]".replace("%", "%%")
+def leaf_values(config: Any) -> dict[str, Any]:
+    """{dotted path: value} of every leaf field of the dataclass instance `config`."""
+    out = {}
+    for path, _, _ in leaf_paths(type(config)):
+        node = config
+        for key in path.split("."):
+            node = getattr(node, key)
+        out[path] = node
+    return out
 
 
-def _show(value: Any) -> str:
-    return json.dumps(value, default=str) if isinstance(value, (dict, list, str)) else str(value)
-
-
-def given_flags(namespace: argparse.Namespace) -> dict[str, Any]:
-    """{dotted path: value} of the generated flags present on the command line."""
-    return {k[len(FLAG_PREFIX):]: v for k, v in vars(namespace).items() if k.startswith(FLAG_PREFIX)}
-
-
-# ---- merging ---------------------------------------------------------------------------------------------
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """A JSON object from `path` (e.g. a run's config.json, or any part of one); ValueError if unusable."""
+    """A JSON object from `path`; ValueError if unreadable, not JSON or not an object."""
     try:
         data = json.loads(Path(path).read_text())
     except OSError as err:
@@ -205,57 +159,119 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"config file {path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"config file {path} must hold a JSON object, got {type(data).__name__}")
+        raise ValueError(f"config file {path} must hold a JSON object, got {type(data).__name__}")  # noqa: TRY004
     return data
 
 
-def _merge_dicts(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """`base` updated by `override`, recursing where both hold a dict under the same key."""
-    out = dict(base)
-    for key, value in override.items():
-        both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
-        out[key] = _merge_dicts(base[key], value) if both_dicts else value
-    return out
+# ---- documentation ------------------------------------------------------------------------------------
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the string literal right after it in the class body (cached: parsing is slow)."""
+    try:
+        body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    except (OSError, TypeError):
+        return {}
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                and isinstance(nxt.value.value, str)):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
 
 
-def merge_into(cls: type, base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
-    """`base` (a full `cls.to_dict()`-style dict) updated by a partial nested `override`.
+def first_sentence(text: str) -> str:
+    """Up to the first full stop followed by a capital letter: the help line of a field."""
+    return re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0]
 
-    Nested configs merge field by field and dict-valued fields key by key, recursively (so
-    `{"policy_kwargs": {"log_std_init": -1}}` keeps the preset's `net_arch`); an unknown key is a
-    ValueError naming it and the valid ones.
-    """
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    out = dict(base)
-    for key, value in override.items():
-        path = where + key
-        if key not in names:
-            scope = f" of {where.rstrip('.')}" if where else ""
-            raise ValueError(f"unknown config key {path!r}; valid keys{scope}: {', '.join(names)}")
-        annotation = hints[key]
-        if (is_config(annotation) or _is_dict(annotation)) and not isinstance(value, dict):
-            raise ValueError(f"config key {path!r} must be a JSON object, got {value!r}")
-        if is_config(annotation):
-            out[key] = merge_into(annotation, base[key], value, path + ".")
-        elif _is_dict(annotation):
-            out[key] = _merge_dicts(base[key] or {}, value)
+
+def field_doc(path: str, owner: type) -> str:
+    return field_docs(owner).get(path.rsplit(".", 1)[-1], "")
+
+
+# ---- flags --------------------------------------------------------------------------------------------
+def _flag_parser(path: str, annotation: Any) -> tuple[Callable[[str], Any], str]:
+    """A str -> value parser and a metavar: "none" reads as None where allowed, lists as "64,64"."""
+    optional = type(None) in typing.get_args(annotation)
+    is_union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    base = next(a for a in typing.get_args(annotation) if a is not type(None)) if is_union else annotation
+    booleans = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False}
+
+    def parse(text: str) -> Any:
+        word = text.strip().lower()
+        if optional and word in ("none", "null"):
+            return None
+        if base is bool:
+            value: Any = booleans.get(word, text)
+        elif base is str:
+            value = text
+        elif typing.get_origin(base) is tuple:
+            value = [_number(v) for v in text.strip("[]() ").split(",") if v.strip()]
         else:
-            out[key] = value
-    return out
+            value = _number(text)
+        try:
+            return coerce(path, annotation, value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    names = {bool: "{true,false}", int: "INT", float: "FLOAT", str: "STR"}
+    metavar = names.get(base, "N,N,..." if typing.get_origin(base) is tuple else "VALUE")
+    return parse, metavar + ("|none" if optional else "")
 
 
-def _is_dict(annotation: Any) -> bool:
-    return annotation is dict or typing.get_origin(annotation) is dict
+def _number(text: str) -> Any:
+    """An int or float read from `text` ("1_000" allowed), else `text` itself for the type check to name."""
+    for kind in (int, float):
+        try:
+            return kind(text.replace("_", ""))
+        except ValueError:
+            pass
+    return text
 
 
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{"a.b": 1} -> {"a": {"b": 1}}."""
-    out: dict[str, Any] = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split(".")
-        node = out
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return out
+def flag_name(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, defaults: dict[str, dict[str, Any]],
+                     exclude: frozenset[str] = frozenset(),
+                     aliases: dict[str, list[str]] | None = None) -> None:
+    """One flag per leaf field of `cls` (except `exclude`), one help group per nested config.
+
+    `defaults` maps a name (e.g. a preset) to its `leaf_values`; each help line shows the first one's
+    value and where another differs, its value too. Flags default to "not given" (`argparse.SUPPRESS`),
+    so the namespace holds only the ones on the command line.
+    """
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for path, annotation, owner in leaf_paths(cls):
+        if path in exclude:
+            continue
+        section = path.rpartition(".")[0]
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section or "run", _class_doc(owner))
+        parse, metavar = _flag_parser(path, annotation)
+        groups[section].add_argument(*(aliases or {}).get(path, []), flag_name(path), dest=FLAG_PREFIX + path,
+                                     type=parse, metavar=metavar, default=argparse.SUPPRESS,
+                                     help=_help_line(first_sentence(field_doc(path, owner)), path, defaults))
+
+
+def _class_doc(cls: type) -> str:
+    return first_sentence((inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " "))
+
+
+def _help_line(doc: str, path: str, defaults: dict[str, dict[str, Any]]) -> str:
+    (_, first_values), *others = defaults.items()
+    shown = [_show(first_values[path])] + [f"{name} {_show(values[path])}" for name, values in others
+                                            if values[path] != first_values[path]]
+    return f"{doc} [{'; '.join(shown)}]".replace("%", "%%")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def given_flags(namespace: argparse.Namespace) -> dict[str, Any]:
+    """{dotted path: value} of the generated flags present on the command line."""
+    return {k[len(FLAG_PREFIX):]: v for k, v in vars(namespace).items() if k.startswith(FLAG_PREFIX)}

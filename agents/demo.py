@@ -7,16 +7,17 @@ of the deterministic policy before and after.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from agents.env_factory import make_imagined_vec_env
-from agents.real_evaluation import TqdmProgress, evaluate_real
 from agents.plan_following import ImaginationPPO
+from agents.real_evaluation import TqdmProgress, evaluate_real
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.diffusion.denoiser import DenoiserConfig
@@ -33,9 +34,8 @@ class DemoConfig:
     env_id: str = "HalfCheetah-v4"
     """Real task; a pretrained world model ships for HalfCheetah-v4."""
     imagined_steps: int = 25_000
-    """Imagined transitions PPO learns from (the time limit may stop it earlier). On the frozen shipped
-    model, longer training exploits its errors (seed 0: 10k -> +42, 25k -> +170, 50k -> -10,
-    100k -> -790 real return); the coordinator avoids that by refitting the model on real data."""
+    """Imagined transitions PPO learns from (the time limit may stop it earlier). Much longer training
+    exploits the frozen model's errors; the coordinator avoids that by refitting the model on real data."""
     time_limit_s: float = 180.0
     """Wall-clock cap of the PPO phase, so the demo stays short on a slow or busy machine."""
     n_envs: int = 128

@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 import gymnasium as gym
-
-import imagined_env  # noqa: F401  (registers the Imagined-* ids)
 from stable_baselines3.common.vec_env import VecMonitor
 
+import imagined_env  # noqa: F401  (registers the Imagined-* ids)
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.registration import imagined_id
 

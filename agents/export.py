@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.coordinator import CoordinatorConfig
+from agents.config import CoordinatorConfig
 from agents.run_files import find_checkpoint, read_state
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.utils import atomic_path

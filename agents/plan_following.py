@@ -8,11 +8,16 @@ trajectories. On any other env they behave exactly like SB3's classes.
 """
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from stable_baselines3 import A2C, PPO
-from stable_baselines3.common.policies import ActorCriticCnnPolicy, ActorCriticPolicy, MultiInputActorCriticPolicy
+from stable_baselines3.common.policies import (
+    ActorCriticCnnPolicy,
+    ActorCriticPolicy,
+    MultiInputActorCriticPolicy,
+)
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
 
 from agents.sb3_guidance import sb3_guide
@@ -25,19 +30,17 @@ class PlanFollowingPolicy(ActorCriticPolicy):
     """An MlpPolicy whose rollout action is the imagined plan's next action, when wired to a plan."""
 
     plan_source: ImaginedVectorEnv | None = None
+    plan_observer: Callable[[torch.Tensor, torch.Tensor], None] | None = None
+    """Called with the observations and planned actions of each rollout step that follows a plan."""
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         if self.plan_source is None:
             return super().forward(obs, deterministic)
         planned = torch.as_tensor(self.plan_source.planned_actions(), device=self.device)
-        features = self.extract_features(obs)
-        if self.share_features_extractor:
-            latent_pi, latent_vf = self.mlp_extractor(features)
-        else:
-            latent_pi = self.mlp_extractor.forward_actor(features[0])
-            latent_vf = self.mlp_extractor.forward_critic(features[1])
-        distribution = self._get_action_dist_from_latent(latent_pi)
-        return planned, self.value_net(latent_vf), distribution.log_prob(planned)
+        distribution = self.get_distribution(obs)
+        if self.plan_observer is not None:
+            self.plan_observer(obs, planned)
+        return planned, self.predict_values(obs), distribution.log_prob(planned)
 
 
 def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNormalize | None]:
@@ -55,9 +58,9 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
         return env.imagined, vec_normalize
     if isinstance(env, DummyVecEnv) and any(isinstance(e.unwrapped, ImaginedEnv) for e in env.envs):
         if env.num_envs != 1:
-            raise ValueError(f"a DummyVecEnv of {env.num_envs} imagined envs generates their trajectories one "
-                             "env at a time; use agents.make_imagined_vec_env(env_id, n_envs) for one batched "
-                             "call per rollout")
+            raise ValueError(f"a DummyVecEnv of {env.num_envs} imagined envs generates their trajectories "
+                             "one env at a time; use agents.make_imagined_vec_env(env_id, n_envs) for one "
+                             "batched call per rollout")
         return env.envs[0].unwrapped.vec, vec_normalize
     return None, vec_normalize
 
@@ -65,8 +68,9 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
 class _ImaginationMixin:
     """Wiring shared by the PPO and A2C variants."""
 
-    policy_aliases = {"MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
-                      "MultiInputPolicy": MultiInputActorCriticPolicy}
+    policy_aliases: ClassVar[dict[str, type[ActorCriticPolicy]]] = {
+        "MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
+        "MultiInputPolicy": MultiInputActorCriticPolicy}
     imagined: ImaginedVectorEnv | None = None
 
     def _setup_model(self) -> None:

@@ -16,7 +16,8 @@ def sb3_guide(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = No
     VecNormalize statistics are read at call time, so guidance follows them as they update.
     """
     if policy.squash_output:
-        raise ValueError("guidance needs an unsquashed Gaussian policy (PPO/A2C MlpPolicy); got squash_output=True")
+        raise ValueError("guidance needs an unsquashed Gaussian policy (PPO/A2C MlpPolicy); got "
+                         "squash_output=True")
 
     def moments(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         obs = states.to(policy.device, torch.float32)

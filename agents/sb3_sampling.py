@@ -1,7 +1,8 @@
 """Real data collection with an SB3 policy: its action distribution sampled as SB3's rollout does."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch

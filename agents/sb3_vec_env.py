@@ -5,7 +5,8 @@ dicts, `dones = terminated | truncated`, seeds from `VecEnv.seed`.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +14,13 @@ from torch import nn
 
 from agents.cli import COMPARE_OWNED, build_config, build_parser, main
 from agents.compare import CompareSpec, EvalPoint, plot_comparison, seed_band, summary, write_csv, write_json
-from agents.config_flags import given_flags, leaf_fields
-from agents.coordinator import CoordinatorConfig
+from agents.config import CoordinatorConfig
+from agents.config_flags import field_doc, flag_name, given_flags, leaf_paths
 from agents.demo import DemoConfig
 from agents.real_evaluation import frozen_eval_env, real_env
 from agents.zoo import ZOO_PPO, zoo_settings
 
-CONFIG_FLAGS = [f.flag for f in leaf_fields(CoordinatorConfig)]
+CONFIG_FLAGS = [flag_name(path) for path, _, _ in leaf_paths(CoordinatorConfig)]
 
 
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -40,8 +41,10 @@ def test_train_help_lists_every_config_field_with_both_presets(capsys):
     text = help_text("train", capsys)
     missing = [flag for flag in CONFIG_FLAGS if flag not in text]
     assert not missing
-    assert "--world-model.denoiser.width" in text and "[cpu: 256; paper: 1024]" in " ".join(text.split())
+    assert "--world-model.denoiser.width" in text and "[256; paper 1024]" in " ".join(text.split())
     assert "--resume" in text and "--config" in text and "--steps" in text
+    assert all(preset in text for preset in ("cpu-v1", "cpu-v5", "paper-v1"))
+    assert len(text.splitlines()) < 220  # one or two lines a field
 
 
 def test_compare_help_lists_every_config_field_or_its_own_option(capsys):
@@ -49,7 +52,7 @@ def test_compare_help_lists_every_config_field_or_its_own_option(capsys):
     own = {"env_id": "--env", "algo": "--algos", "seed": "--seeds", "eval_every": "--eval-every",
            "eval_episodes": "--eval-episodes", "eval_max_episode_steps": "--max-episode-steps"}
     assert set(own) == COMPARE_OWNED
-    missing = [f.flag for f in leaf_fields(CoordinatorConfig) if f.path not in own and f.flag not in text]
+    missing = [flag_name(p) for p, _, _ in leaf_paths(CoordinatorConfig) if p not in own and flag_name(p) not in text]
     assert not missing
     assert all(flag in text for flag in own.values())
     assert "RL Baselines3 Zoo" in " ".join(text.split())
@@ -57,25 +60,30 @@ def test_compare_help_lists_every_config_field_or_its_own_option(capsys):
 
 def test_demo_and_evaluate_help(capsys):
     demo = help_text("demo", capsys)
-    assert all(f.flag in demo and f.doc.split()[0] in demo for f in leaf_fields(DemoConfig) if f.doc)
+    docs = {path: field_doc(path, owner) for path, _, owner in leaf_paths(DemoConfig)}
+    assert all(flag_name(path) in demo and doc.split()[0] in demo for path, doc in docs.items() if doc)
     evaluate = help_text("evaluate", capsys)
     assert all(opt in evaluate for opt in ("--vecnormalize", "--episodes", "--env", "--algo"))
 
 
 def test_every_config_field_is_documented():
-    assert [f.path for f in leaf_fields(CoordinatorConfig) if not f.doc] == []
+    assert [path for path, _, owner in leaf_paths(CoordinatorConfig) if not field_doc(path, owner)] == []
 
 
 # ---- config precedence ------------------------------------------------------------------------------
 def parsed_config(argv: list[str]) -> CoordinatorConfig:
     args = build_parser().parse_args(["train", "--steps", "10000", *argv])
-    return build_config(args.preset or "cpu", args.config, given_flags(args))
+    return build_config(args.preset, args.config, given_flags(args))[0]
 
 
-def test_preset_then_file_then_flags(tmp_path):
+@pytest.mark.parametrize("learner", [
+    {"learner": {"n_epochs": 3, "policy": {"log_std_init": -1}}},
+    {"learner_kwargs": {"n_epochs": 3, "policy_kwargs": {"log_std_init": -1}}},  # an older file's form
+])
+def test_preset_then_file_then_flags(tmp_path, learner):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"prefill_steps": 1234, "eval_every": 777, "world_model": {"horizon": 7},
-                                "learner_kwargs": {"n_epochs": 3, "policy_kwargs": {"log_std_init": -1}}}))
+                                **learner}))
     config = parsed_config(["--config", str(path), "--prefill-steps", "2000",
                             "--world-model.denoiser.width", "64"])
     cpu = CoordinatorConfig.preset("cpu")
@@ -83,19 +91,39 @@ def test_preset_then_file_then_flags(tmp_path):
     assert config.eval_every == 777 and config.world_model.horizon == 7  # file beats preset
     denoiser = config.world_model.denoiser
     assert denoiser.width == 64 and denoiser.depth == cpu.world_model.denoiser.depth
-    policy_kwargs = {**cpu.learner_kwargs["policy_kwargs"], "log_std_init": -1}  # nested dicts merge too
-    assert config.learner_kwargs == {**cpu.learner_kwargs, "n_epochs": 3, "policy_kwargs": policy_kwargs}
+    policy = replace(cpu.learner.policy, log_std_init=-1.0)  # nested configs merge field by field
+    assert config.learner == replace(cpu.learner, n_epochs=3, policy=policy)
 
 
 def test_flag_types_and_paper_preset():
     config = parsed_config(["--preset", "paper", "--env", "Hopper-v4", "--n-sample-steps", "none",
-                            "--world-model.guidance.adapt", "false",
-                            "--learner-kwargs", '{"ent_coef": 0.01}'])
+                            "--world-model.guidance.adapt", "false", "--learner.ent-coef", "0.01",
+                            "--learner.policy.pi", "32,16", "--world-model.denoiser.width", "512"])
     paper = CoordinatorConfig.preset("paper", env_id="Hopper-v4")
     assert config.env_id == "Hopper-v4" and config.algo == paper.algo == "a2c"
-    assert config.world_model.schedule.tau == paper.world_model.schedule.tau == 0.1  # preset's Hopper rule
+    assert config.world_model.schedule.tau == paper.world_model.schedule.tau == 0.1  # the task's default...
+    assert config.world_model.denoiser.width == 512  # ...kept under another world-model flag
     assert config.n_sample_steps is None and config.world_model.guidance.adapt is False
-    assert config.learner_kwargs["ent_coef"] == 0.01 and config.learner_kwargs["max_grad_norm"] == 0.1
+    assert config.learner.ent_coef == 0.01 and config.learner.max_grad_norm == 0.1
+    assert config.learner.policy.pi == (32, 16) and config.learner.policy.vf == (64, 64)
+
+
+def test_every_preset_id_and_alias_is_accepted():
+    assert parsed_config(["--preset", "cpu-v1"]) == CoordinatorConfig.preset("cpu-v1")
+    assert parsed_config(["--preset", "paper-v1"]) == parsed_config(["--preset", "paper"])
+    assert parsed_config([]) == parsed_config(["--preset", "cpu-v5"]) == CoordinatorConfig()
+
+
+def test_a_compare_json_is_a_config_and_names_its_preset(tmp_path):
+    imagination = CoordinatorConfig.preset("cpu-v2", n_imagined_envs=64)
+    write_json([], replace(spec(), imagination=imagination, preset="cpu-v2"), tmp_path / "compare.json")
+    args = build_parser().parse_args(["train", "--steps", "10000", "--config", str(tmp_path / "compare.json")])
+    assert build_config(args.preset, args.config, given_flags(args)) == (imagination, "cpu-v2")
+    data = json.loads((tmp_path / "compare.json").read_text())
+    del data["preset"], data["imagination_config"]["refit_world_model_steps"]  # an older file
+    (tmp_path / "compare.json").write_text(json.dumps(data))
+    config, preset = build_config(None, str(tmp_path / "compare.json"), {})
+    assert preset == "cpu-v5" and config == replace(imagination, refit_world_model_steps=500)
 
 
 def test_a_run_config_json_round_trips(tmp_path):
@@ -113,6 +141,10 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
     a_file.write_text("")
     typo = tmp_path / "typo.json"
     typo.write_text(json.dumps({"world_model": {"hieght": 3}}))
+    typed, legacy, model_free = tmp_path / "typed.json", tmp_path / "legacy.json", tmp_path / "compare.json"
+    typed.write_text(json.dumps({"world_model": {"horizon": "5"}}))
+    legacy.write_text(json.dumps({"learner_kwargs": {"use_sde": True}}))
+    model_free.write_text(json.dumps({"imagination_config": None, "results": {}}))
     run = ["--run-dir", str(tmp_path / "run")]
     out = ["--out", str(tmp_path)]
     (tmp_path / "runs" / "imagination-ppo_seed2" / "checkpoint").mkdir(parents=True)
@@ -128,7 +160,13 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["train", "--steps", "9000", "--config", str(typo), *run],
          "unknown config key 'world_model.hieght'"),
         (["train", "--steps", "9000", "--world-model.denoiser.width", "wide", *run],
-         "invalid int value: 'wide'"),
+         "world_model.denoiser.width must be an integer, got 'wide'"),
+        (["train", "--steps", "9000", "--config", str(typed), *run], "world_model.horizon must be an integer, got '5'"),
+        (["train", "--steps", "9000", "--config", str(legacy), *run],
+         "learner_kwargs key 'use_sde' has no typed setting"),
+        (["train", "--steps", "9000", "--config", str(model_free), *run], "holds no imagination config"),
+        (["train", "--steps", "9000", "--preset", "cpu-v9", *run], "invalid choice: 'cpu-v9'"),
+        (["train", "--steps", "9000", "--learner.policy.activation", "swish", *run], "unknown activation 'swish'"),
         (["train", "--steps", "9000", "--algo", "sac", *run], "unknown algo 'sac'"),
         (["train", "--steps", "9000", "--run-dir", str(a_file / "run")], "not writable"),
         (["train", "--steps", "9000", "--run-dir", str(a_file)], "is not a directory"),
@@ -223,7 +261,7 @@ def synthetic(methods=("ppo", "imagination-ppo"), seeds=(0, 1), steps=(0, 500, 1
 
 
 def spec(methods=("ppo", "imagination-ppo")) -> CompareSpec:
-    return CompareSpec("HalfCheetah-v4", methods, (0, 1), 1000, 500, 2, CoordinatorConfig.preset("cpu"))
+    return CompareSpec("HalfCheetah-v4", methods, (0, 1), 1000, 500, 2, CoordinatorConfig.preset("cpu"), "cpu-v5")
 
 
 def test_csv_has_one_row_per_evaluation(tmp_path):
@@ -245,7 +283,7 @@ def test_json_groups_by_method_and_seed_and_states_settings(tmp_path):
     assert data["results"]["imagination-ppo"]["1"] == [
         {"real_steps": t, "mean_return": 110.0 + t / 100, "std_return": 2.0} for t in (0, 500, 1000)]
     assert "RL Zoo tuned HalfCheetah" in data["settings"]["ppo"] and "n_steps 512" in data["settings"]["ppo"]
-    assert "cpu preset" in data["settings"]["imagination-ppo"]
+    assert "(cpu-v5)" in data["settings"]["imagination-ppo"] and data["preset"] == "cpu-v5"
     assert data["imagination_config"] == CoordinatorConfig.preset("cpu").to_dict()
 
 

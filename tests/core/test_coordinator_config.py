@@ -6,8 +6,11 @@ import os
 from dataclasses import replace
 
 import pytest
+from torch import nn
 
+from agents.config import _learner_kwargs, sb3_default_learner
 from agents.coordinator import SUPPORTED_TASKS, Coordinator, CoordinatorConfig
+from agents.presets import _PRESETS, ALIASES, build_preset, describe, preset_ids
 from agents.run_files import find_checkpoint, new_checkpoint_dir, swap_in
 
 
@@ -36,23 +39,86 @@ def test_cpu_preset_is_a_cpu_recipe():
     assert 16 <= cpu.n_sample_steps <= 32
     assert cpu.world_model_steps_per_real_step <= 1.0
     assert 250 <= cpu.policy_every <= 1000
-    assert cpu.learner_kwargs["gamma"] == 0.99 and cpu.learner_kwargs["gae_lambda"] == 0.9
+    assert cpu.learner.gamma == 0.99 and cpu.learner.gae_lambda == 0.9
 
 
-def test_paper_preset_follows_section_5():
+def test_paper_preset_follows_the_papers_ratios():
     paper = CoordinatorConfig.preset("paper")
     assert (paper.prefill_steps, paper.policy_every, paper.world_model_steps_per_real_step) == (5000, 4, 1.0)
     assert paper.n_imagined_envs == 1024 and paper.world_model.horizon == 10 and paper.n_sample_steps is None
     assert (paper.world_model.denoiser.width, paper.world_model.denoiser.depth) == (1024, 6)
     assert paper.world_model.schedule.n_steps == 128 and paper.world_model.schedule.tau == 1.0
     assert (paper.eval_every, paper.eval_episodes) == (10_000, 20)
-    assert paper.learner_kwargs["gamma"] == 0.99 and paper.learner_kwargs["gae_lambda"] == 0.9
+    assert paper.learner.gamma == 0.99 and paper.learner.gae_lambda == 0.9
 
 
 def test_hopper_presets_use_the_papers_tau():
     assert CoordinatorConfig.preset("paper", env_id="Hopper-v5").world_model.schedule.tau == 0.1
     assert CoordinatorConfig.preset("cpu", env_id="Hopper-v4").world_model.schedule.tau == 0.1
     assert CoordinatorConfig.preset("cpu", env_id="Walker2d-v4").world_model.schedule.tau == 1.0
+    changed = build_preset("cpu", "Hopper-v4", {"world_model": {"horizon": 7}, "world_model.denoiser.width": 64})
+    assert changed.world_model.schedule.tau == 0.1 and changed.world_model.horizon == 7  # not dropped
+    assert build_preset("cpu", "Hopper-v4", {"world_model.schedule.tau": 0.5}).world_model.schedule.tau == 0.5
+
+
+@pytest.mark.parametrize("name", preset_ids())
+def test_every_preset_builds_for_every_task(name):
+    for env_id in SUPPORTED_TASKS:
+        config = build_preset(name, env_id)
+        assert config.env_id == env_id
+        assert CoordinatorConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert describe(name) and "\n" not in describe(name)
+
+
+def test_preset_versions_are_diffs_from_their_parents():
+    assert ALIASES == {"cpu": "cpu-v5", "paper": "paper-v1"}
+    assert build_preset("cpu-v5") == CoordinatorConfig()            # the defaults are the newest cpu preset
+    v1, v2, v3, v4 = (build_preset(f"cpu-v{i}") for i in (1, 2, 3, 4))
+    wm = CoordinatorConfig().world_model
+    assert v1 == replace(CoordinatorConfig(), initial_world_model_steps=2000, n_sample_steps=32,
+                         open_loop_states=16, refit_world_model_steps=0, world_model_steps_per_real_step=0.5,
+                         world_model=replace(wm, scale_actions=True, condition_on_last_action=True,
+                                             guidance=replace(wm.guidance, scale_lr=0.03)),
+                         learner=replace(CoordinatorConfig().learner, ent_coef=0.0))
+    assert v2 == replace(v1, initial_world_model_steps=4000, n_sample_steps=16, open_loop_states=128,
+                         refit_world_model_steps=500, world_model_steps_per_real_step=1.0,
+                         world_model=replace(v1.world_model, scale_actions=False))
+    assert v3 == replace(v2, world_model=replace(v2.world_model, guidance=replace(wm.guidance, scale_lr=0.2)))
+    assert v4 == replace(v3, world_model=replace(v3.world_model, condition_on_last_action=False))
+    assert CoordinatorConfig() == replace(v4, learner=replace(v4.learner, ent_coef=0.03))
+    assert all(p.parent is None or p.parent in _PRESETS for p in _PRESETS.values())
+
+
+def test_learner_settings_become_the_sb3_arguments_of_before():
+    """The SB3 arguments the untyped learner_kwargs of the cpu and paper presets produced."""
+    cpu = _learner_kwargs(CoordinatorConfig())
+    assert cpu.pop("policy_kwargs") == {"net_arch": {"pi": [256, 256], "vf": [256, 256]},
+                                        "activation_fn": nn.ReLU, "log_std_init": 0.0, "ortho_init": False}
+    assert cpu == {"n_steps": 5, "gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5,
+                   "batch_size": 256, "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.03, "max_grad_norm": 0.5,
+                   "vf_coef": 0.5, "normalize_advantage": True}  # the last two: SB3's PPO defaults
+    paper = _learner_kwargs(CoordinatorConfig.preset("paper"))
+    assert paper.pop("policy_kwargs") == {"net_arch": {"pi": [64, 64], "vf": [64, 64]},
+                                          "activation_fn": nn.Tanh, "log_std_init": 0.0, "ortho_init": True}
+    assert paper == {"n_steps": 10, "gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "ent_coef": 1e-5,
+                     "max_grad_norm": 0.1, "normalize_advantage": True, "use_rms_prop": False, "vf_coef": 0.5}
+
+
+def test_older_learner_kwargs_load_as_typed_settings():
+    cpu_kwargs = {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5, "batch_size": 256,
+                  "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.03, "max_grad_norm": 0.5,
+                  "policy_kwargs": {"net_arch": {"pi": [256, 256], "vf": [256, 256]}, "activation_fn": "relu",
+                                    "log_std_init": 0.0, "ortho_init": False}}
+    old = {k: v for k, v in CoordinatorConfig().to_dict().items() if k != "learner"}
+    assert CoordinatorConfig.from_dict({**old, "learner_kwargs": cpu_kwargs}) == CoordinatorConfig()
+    paper = CoordinatorConfig.preset("paper").to_dict()
+    del paper["learner"]
+    paper["learner_kwargs"] = {"gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "ent_coef": 1e-5,
+                               "max_grad_norm": 0.1, "normalize_advantage": True, "use_rms_prop": False}
+    loaded = CoordinatorConfig.from_dict(paper)
+    assert _learner_kwargs(loaded) == _learner_kwargs(CoordinatorConfig.preset("paper"))
+    assert CoordinatorConfig.from_dict({**old, "learner_kwargs": {}}).learner == sb3_default_learner("ppo")
+    assert sb3_default_learner("a2c").use_rms_prop and not sb3_default_learner("a2c").normalize_advantage
 
 
 def test_unknown_task_is_named_with_the_supported_ones():
@@ -80,19 +146,33 @@ def test_unknown_task_is_named_with_the_supported_ones():
     ({"target_update_kl": 0.02, "final_learning_rate": 0.0}, "and no final_learning_rate"),
     ({"final_learning_rate": -1e-4}, "final_learning_rate must be None or >= 0, got -0.0001"),
     ({"device": "abacus"}, "not a torch device"),
-    ({"learner_kwargs": {"seed": 1}}, "may not set"),
-    ({"learner_kwargs": {"policy_kwargs": {"activation_fn": "swish"}}}, "unknown activation_fn"),
-    ({"learner_kwargs": {"policy_kwargs": {"activation_fn": object}}}, "JSON-serialisable"),
+    ({"learner": {"gamma": 1.5}}, r"learner.gamma must lie in \[0, 1\], got 1.5"),
+    ({"learner": {"batch_size": 0}}, "learner.batch_size must be > 0, got 0"),
+    ({"learner": {"policy": {"activation": "swish"}}}, "unknown activation 'swish'; choose one of relu"),
+    ({"learner": {"policy": {"pi": [64, 0]}}}, "policy.pi must be a list of positive integers"),
 ])
 def test_bad_fields_are_refused(fields, match):
     with pytest.raises(ValueError, match=match):
-        CoordinatorConfig(**fields)
+        CoordinatorConfig.from_dict(fields)
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"world_model": {"horizon": "5"}}, "world_model.horizon must be an integer, got '5'"),
+    ({"learner": {"policy": {"pi": "64"}}}, r"learner.policy.pi must be a list of integers, got '64'"),
+    ({"world_model": 3}, "config key 'world_model' must be a JSON object"),
+    ({"learner_kwargs": {"seed": 1}}, "learner_kwargs key 'seed' has no typed setting"),
+    ({"learner_kwargs": {"policy_kwargs": {"squash_output": True}}}, "policy_kwargs key 'squash_output'"),
+    ({"learner_kwargs": {"policy_kwargs": {"activation_fn": "swish"}}}, "unknown activation 'swish'"),
+])
+def test_json_values_are_checked_and_named_by_path(data, match):
+    with pytest.raises(ValueError, match=match):
+        CoordinatorConfig.from_dict(data)
 
 
 def test_unknown_preset_and_unknown_json_fields():
-    with pytest.raises(ValueError, match="unknown preset 'gpu'"):
+    with pytest.raises(ValueError, match="unknown preset 'gpu'; choose one of cpu, paper, cpu-v1"):
         CoordinatorConfig.preset("gpu")
-    with pytest.raises(ValueError, match="unknown coordinator config fields"):
+    with pytest.raises(ValueError, match="unknown config key 'colour'; valid keys: env_id"):
         CoordinatorConfig.from_dict({**CoordinatorConfig().to_dict(), "colour": "blue"})
 
 

@@ -54,7 +54,8 @@ def check_rollout_consistency(snapshots):
     return checked
 
 
-@pytest.mark.parametrize("algo,kwargs", [(ImaginationPPO, {"n_epochs": 2, "batch_size": 32}), (ImaginationA2C, {})])
+@pytest.mark.parametrize("algo,kwargs", [(ImaginationPPO, {"n_epochs": 2, "batch_size": 32}),
+                                         (ImaginationA2C, {})])
 def test_rollout_buffer_actions_produced_the_next_observations(algo, kwargs):
     env, _ = imagined_sb3_env(terminate_above=1.5)
     snap = SnapshotBuffer()
@@ -88,7 +89,7 @@ def test_plain_ppo_is_honoured_slowly_with_one_warning():
 
 
 def test_guidance_sees_observations_through_vecnormalize():
-    env, fake = imagined_sb3_env(n_envs=4)
+    env, _ = imagined_sb3_env(n_envs=4)
     venv = VecNormalize(env, norm_reward=False)
     venv.obs_rms.mean[:] = 5.0
     venv.obs_rms.var[:] = 4.0
@@ -134,24 +135,53 @@ def test_real_tiny_world_model_smoke(trained_linear_model):
 def test_spread_probe_reads_each_rollout_step_against_the_policy():
     from stable_baselines3.common.env_util import make_vec_env
 
-    from agents.coordinator import _SpreadProbe
+    from agents.diagnostics import SpreadProbe
 
     ppo = PPO("MlpPolicy", make_vec_env("Pendulum-v1", n_envs=100, seed=0), n_steps=3, batch_size=100, seed=0,
               device="cpu", policy_kwargs={"log_std_init": -1.0})
-    buffer, rng = ppo.rollout_buffer, np.random.default_rng(0)
-    buffer.observations[:] = rng.normal(size=buffer.observations.shape)
-    obs = torch.as_tensor(buffer.observations.reshape(-1, 3))
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(3, 100, 3)).astype(np.float32)         # [step, env, obs]
     with torch.no_grad():
-        dist = ppo.policy.get_distribution(obs).distribution
+        dist = ppo.policy.get_distribution(torch.as_tensor(obs.reshape(-1, 3))).distribution
     mean = dist.mean.numpy().reshape(3, 100, 1)
     std = dist.stddev.numpy().reshape(3, 100, 1)
     widths = np.array([0.5, 1.0, 2.0])[:, None, None]          # the spread of each rollout step
-    buffer.actions[:] = mean + widths * std * rng.normal(size=mean.shape)
-    probe = _SpreadProbe(std_floor=0.01)
+    actions = (mean + widths * std * rng.normal(size=mean.shape)).astype(np.float32)
+    probe = SpreadProbe(std_floor=0.01)
     probe.init_callback(ppo)
+    probe.on_rollout_start()
+    for step in range(3):
+        probe.observe(torch.as_tensor(obs[step]), torch.as_tensor(actions[step]))
     probe.on_rollout_end()
-    z = (buffer.actions - mean) / std                             # reference: by hand, per step
+    z = (actions - mean) / std                                    # reference: by hand, per step
     assert probe.first_spread == pytest.approx(np.std(z[0], ddof=1), rel=1e-4)
     assert probe.last_spread == pytest.approx(np.std(z[2], ddof=1), rel=1e-4)
     assert probe.spread == pytest.approx(np.std(z, ddof=1), rel=1e-4)
     assert probe.first_spread < 0.7 and probe.last_spread > 1.6
+
+
+def test_spread_probe_sees_what_the_rollout_buffer_stores():
+    from agents.diagnostics import SpreadProbe
+    from imagined_env.diffusion.guidance import standardised_spread
+
+    class ProbeAndBuffer(SpreadProbe):
+        def _on_rollout_end(self) -> None:
+            self.seen = [torch.cat(parts).numpy() for parts in zip(*self.steps)]
+            super()._on_rollout_end()
+            buf = self.model.rollout_buffer
+            self.stored = [buf.observations.reshape(-1, buf.obs_shape[0]),
+                           buf.actions.reshape(-1, buf.action_dim)]
+            with torch.no_grad():
+                dist = self.model.policy.get_distribution(torch.as_tensor(self.stored[0])).distribution
+            self.expected = standardised_spread(torch.as_tensor(self.stored[1]), dist.mean,
+                                                dist.stddev.clamp(min=self.std_floor))
+
+    env, _ = imagined_sb3_env(n_envs=6)
+    probe = ProbeAndBuffer(std_floor=1e-3)
+    model = ImaginationPPO("MlpPolicy", VecNormalize(env), n_steps=5, batch_size=30, n_epochs=1, seed=0)
+    model.learn(5 * 6, callback=probe)
+    for seen, stored in zip(probe.seen, probe.stored):
+        np.testing.assert_array_equal(seen, stored)
+    assert probe.spread == probe.expected
+    assert np.isfinite(probe.first_spread) and np.isfinite(probe.last_spread)
+    assert model.policy.plan_observer is None                # unhooked when learn ends

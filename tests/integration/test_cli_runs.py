@@ -20,7 +20,7 @@ TINY_COORDINATOR = [
     "--world-model-steps-per-real-step", "0.05",
     "--policy-every", "250", "--n-imagined-envs", "32", "--n-sample-steps", "4", "--open-loop-states", "0",
     "--world-model.denoiser.width", "64", "--world-model.denoiser.depth", "1", "--train.batch-size", "64",
-    "--learner-kwargs", '{"batch_size": 64}', "--device", "cpu",
+    "--learner.batch-size", "64", "--device", "cpu",
 ]
 
 

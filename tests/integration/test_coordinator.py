@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -16,7 +17,9 @@ import pytest
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
+from agents.config import PolicyConfig, sb3_default_learner
 from agents.coordinator import Coordinator, CoordinatorConfig, find_checkpoint
+from agents.run_files import rng_state, set_rng_state
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
@@ -33,14 +36,15 @@ H = 5
 TINY = CoordinatorConfig(
     prefill_steps=300, initial_world_model_steps=40, world_model_steps_per_real_step=0.2, policy_every=100,
     n_imagined_envs=16, n_sample_steps=3, eval_every=200, eval_episodes=1, eval_max_episode_steps=50,
-    open_loop_states=4, checkpoint_every=200, normaliser_refit_every=200, refit_world_model_steps=7, device="cpu",
+    open_loop_states=4, checkpoint_every=200, normaliser_refit_every=200, refit_world_model_steps=7,
+    device="cpu",
     world_model=WorldModelConfig(horizon=H, denoiser=DenoiserConfig(width=64, depth=2, time_dim=16),
                                  schedule=ScheduleConfig(n_steps=16)),
     train=TrainConfig(lr=1e-3, batch_size=32),
-    learner_kwargs={"n_epochs": 2, "batch_size": 40,
-                    "policy_kwargs": {"net_arch": [32, 32], "activation_fn": "relu"}},
+    learner=replace(sb3_default_learner("ppo"), n_epochs=2, batch_size=40,
+                    policy=PolicyConfig(pi=(32, 32), vf=(32, 32), activation="relu", ortho_init=True)),
 )
-CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "trainer.pt", "buffer.npz", "vec_normalize.pkl",
+CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "run_state.pt", "buffer.npz", "vec_normalize.pkl",
                     "state.json"}
 
 
@@ -102,7 +106,8 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     progress = read_csv(tmp_path / "progress.csv")
     assert [float(r["time/real_steps"]) for r in progress] == [400, 500, 600]
     for key in ("eval/mean_reward", "eval/std_reward", "world_model/loss", "world_model/open_loop_mse",
-                "world_model/return_difference_corr", "guidance/scale", "guidance/spread", "guidance/spread_first_step",
+                "world_model/return_difference_corr", "guidance/scale", "guidance/spread",
+                "guidance/spread_first_step",
                 "guidance/spread_last_step", "train/value_loss", "train/approx_kl"):
         assert progress[-1][key] != "", key
     assert len(read_csv(tmp_path / "evaluations.csv")) == 2
@@ -114,11 +119,27 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     assert {p.name for p in checkpoint.iterdir()} == CHECKPOINT_FILES
     assert not list(tmp_path.glob(".checkpoint-*"))
     assert EpisodeBuffer.load(checkpoint / "buffer.npz").n_transitions == 600
+    tensors = torch.load(checkpoint / "run_state.pt", weights_only=True)  # no pickled objects
+    assert set(tensors) == {"trainer", "rng", "normalization"}
+    assert tensors["trainer"]["steps"] == coordinator.trainer.steps
     latest = WorldModel.load(tmp_path / "world_model.pt", device="cpu", env_id="HalfCheetah-v4")
     assert latest.guidance_scale == pytest.approx(coordinator.world_model.guidance_scale)
     mean, std = coordinator.evaluate(n_episodes=2)
     assert np.isfinite(mean) and std >= 0
     coordinator.close()
+
+    state = json.loads((checkpoint / "state.json").read_text())
+    (checkpoint / "state.json").write_text(json.dumps({**state, "format_version": 1}))
+    with pytest.raises(ValueError, match="format 1, written by an older version"):
+        Coordinator.resume(tmp_path)
+
+
+def test_run_state_restores_the_global_random_generators():
+    saved = rng_state()
+    first = (random.random(), np.random.normal(size=3), torch.rand(3))
+    set_rng_state(saved)
+    again = (random.random(), np.random.normal(size=3), torch.rand(3))
+    assert first[0] == again[0] and np.array_equal(first[1], again[1]) and torch.equal(first[2], again[2])
 
 
 CHILD = """
@@ -162,7 +183,8 @@ def kill_after_first_checkpoint(child: subprocess.Popen, run_dir: Path, timeout:
 
 def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
     run_dir, budget = tmp_path / "run", 900
-    config = replace(TINY, checkpoint_every=100, eval_every=300, target_update_kl=1e-12)  # lr / 1.5 per update
+    # target_update_kl 1e-12: the learning rate falls by 1.5 per update
+    config = replace(TINY, checkpoint_every=100, eval_every=300, target_update_kl=1e-12)
     kill_after_first_checkpoint(start_child(run_dir, config, budget), run_dir)
 
     checkpoint = find_checkpoint(run_dir)
@@ -192,7 +214,8 @@ def test_resume_after_sigkill_reaches_the_budget_with_counters_intact(tmp_path):
 
 
 def test_tiny_hopper_run_with_terminations(tmp_path):
-    config = replace(TINY, env_id="Hopper-v4", normalize=False, algo="a2c", learner_kwargs={})
+    config = replace(TINY, env_id="Hopper-v4", normalize=False, algo="a2c",
+                     learner=sb3_default_learner("a2c"))
     coordinator = Coordinator(config, tmp_path, verbose=0).learn(500, progress_bar=False)
     assert_counters(coordinator, 500)
     episodes = coordinator.buffer.episodes
@@ -203,9 +226,8 @@ def test_tiny_hopper_run_with_terminations(tmp_path):
 
 
 def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_path):
-    kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
-    config = replace(TINY, learner_kwargs=kwargs, final_learning_rate=1e-4, collection_noise_std=4.0,
-                     open_loop_states=0)
+    config = replace(TINY, learner=replace(TINY.learner, learning_rate=1e-3), final_learning_rate=1e-4,
+                     collection_noise_std=4.0, open_loop_states=0)
     recorder = RecordLearningRate()
     coordinator = Coordinator(config, tmp_path, verbose=0).learn(600, callback=recorder, progress_bar=False)
     # updates at 400, 500, 600 real steps; the first policy update is due at the prefill's end (300)
@@ -221,8 +243,8 @@ def test_learning_rate_decay_and_collection_noise_reach_learner_and_buffer(tmp_p
 @pytest.mark.parametrize("target,factors", [(1e-12, [1, 1 / 1.5, 1 / 1.5 ** 2]),   # every update too large
                                             (1e12, [1, 1, 1])])                   # never above the initial
 def test_learning_rate_follows_the_update_kl(tmp_path, target, factors):
-    kwargs = {**TINY.learner_kwargs, "learning_rate": 1e-3}
-    config = replace(TINY, learner_kwargs=kwargs, target_update_kl=target, open_loop_states=0)
+    config = replace(TINY, learner=replace(TINY.learner, learning_rate=1e-3), target_update_kl=target,
+                     open_loop_states=0)
     recorder = RecordLearningRate()
     coordinator = Coordinator(config, tmp_path, verbose=0).learn(600, callback=recorder, progress_bar=False)
     assert recorder.rates == pytest.approx([1e-3 * f for f in factors])
