@@ -128,15 +128,16 @@ def override(config: Any, changes: dict[str, Any], where: str = "") -> Any:
 def from_tree(cls: type, tree: dict[str, Any], where: str = "") -> Any:
     """A `cls` built from a nested dict (e.g. `to_dict()` output): fields it leaves out take the defaults
     of their own dataclass; unknown keys and ill-typed values are ValueErrors naming their path."""
-    if not isinstance(tree, dict):
-        raise ValueError(f"config key {where.rstrip('.')!r} must be a JSON object, got {tree!r}")  # noqa: TRY004
+    flatten(cls, tree, where)  # names unknown keys, and nested configs given as non-objects
     types_ = field_types(cls)
-    unknown = [k for k in tree if k not in types_]
-    if unknown:
-        scope = f" of {where.rstrip('.')}" if where else ""
-        raise ValueError(f"unknown config key {where + unknown[0]!r}; valid keys{scope}: {', '.join(types_)}")
-    return cls(**{k: from_tree(types_[k], v, f"{where}{k}.") if is_config(types_[k])
-                  else coerce(where + k, types_[k], v) for k, v in tree.items()})
+
+    def build(key: str, value: Any) -> Any:
+        annotation = types_[key]
+        if not is_config(annotation):
+            return coerce(where + key, annotation, value)
+        return value if isinstance(value, annotation) else from_tree(annotation, value, f"{where}{key}.")
+
+    return cls(**{k: build(k, v) for k, v in tree.items()})
 
 
 def leaf_values(config: Any) -> dict[str, Any]:
