@@ -1,4 +1,4 @@
-"""Open-loop trajectory error and generation cost: PolyGRAD vs autoregressive baselines (polygrad.md §6).
+"""Open-loop trajectory error and generation cost: PolyGRAD vs autoregressive baselines.
 
 One run, one policy, one data set:
 1. A fixed stochastic SB3 PPO `MlpPolicy`, seeded and untrained, with `log_std_init=-0.5` (std 0.61,
@@ -25,11 +25,9 @@ One run, one policy, one data set:
    denoiser / ensemble only, not the policy) and the floor those FLOPs take at this machine's
    measured dense matmul rate.
 
-Runtime (2 CPU cores, torch 2.13, one torch thread): `--quick` (20k real steps, 3k Adam steps per
-model, width 512 x 4 blocks, 200 start states) took 6.2 min while another training job shared the
-machine. The full mode (100k real steps, 20k Adam steps, the paper's width 1024 x 6 blocks, 500
-start states) is estimated at ~1.5 h on two idle cores with `--threads 0` (~90 ms per Adam step for
-each diffusion model at width 1024), longer with one thread; almost all of it is training.
+`--quick`: 20k real steps, 3k Adam steps per model, width 512 x 4 blocks, 200 start states (minutes on
+a CPU). The full mode: 100k real steps, 20k Adam steps, the paper's width 1024 x 6 blocks, 500 start
+states (hours on a CPU; almost all of it is training). Runtimes: docs/benchmarks.md.
 
     python benchmarks/world_model_error.py --quick
 """
