@@ -16,10 +16,10 @@ One run, one policy, one data set:
    reset to each start state (qpos, qvel) and the generated actions, clipped, are executed open-loop;
    the table gives the MSE of observations at steps k = 1..H (environment units, averaged over
    dimensions, over trajectories that neither the simulator nor the model has ended before step k;
-   `imagined_env.evaluation.open_loop_error`) and the reward MSE at step 1. `s_k=s_0` is the error of predicting no motion against
-   the same real trajectories, a scale for what an error means. Every model samples, as a world model
-   for RL must, except the ensemble's elite-mean row: a point estimate, shown because squared error
-   favours a mean over any sample.
+   `imagined_env.evaluation.open_loop_error`) and the reward MSE at step 1. `s_k=s_0` is the error of
+   predicting no motion against the same real trajectories, a scale for what an error means. Every
+   model samples, as a world model for RL must, except the ensemble's elite-mean row: a point
+   estimate, shown because squared error favours a mean over any sample.
 6. Cost, measured in the same run: wall-clock and network passes per imagined transition (a pass
    advances every trajectory of the batch by one call), FLOPs per transition (`FlopCounterMode`,
    denoiser / ensemble only, not the policy) and the floor those FLOPs take at this machine's
