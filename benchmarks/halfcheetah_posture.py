@@ -12,7 +12,7 @@ world model learns from (the first five are the uniform-random prefill).
 `--zoo-seeds` first trains the model-free baseline of `imagined-env compare` (RL Zoo tuned PPO with
 VecNormalize) for `--steps` real steps per seed and measures its final policy the same way.
 
-    python benchmarks/halfcheetah_posture.py runs/r20_s0/runs/imagination-ppo_seed0 ... --out results.json
+    python benchmarks/halfcheetah_posture.py runs/cmp_s0/runs/imagination-ppo_seed0 ... --out results.json
     python benchmarks/halfcheetah_posture.py --zoo-seeds 0,1,2 --steps 50000 --out zoo.json
 """
 from __future__ import annotations

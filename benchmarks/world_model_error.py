@@ -1,4 +1,4 @@
-"""Open-loop trajectory error and generation cost: PolyGRAD vs autoregressive baselines (polygrad.md §6).
+"""Open-loop trajectory error and generation cost: PolyGRAD vs autoregressive baselines.
 
 One run, one policy, one data set:
 1. A fixed stochastic SB3 PPO `MlpPolicy`, seeded and untrained, with `log_std_init=-0.5` (std 0.61,
@@ -16,20 +16,18 @@ One run, one policy, one data set:
    reset to each start state (qpos, qvel) and the generated actions, clipped, are executed open-loop;
    the table gives the MSE of observations at steps k = 1..H (environment units, averaged over
    dimensions, over trajectories that neither the simulator nor the model has ended before step k;
-   `imagined_env.evaluation.open_loop_error`) and the reward MSE at step 1. `s_k=s_0` is the error of predicting no motion against
-   the same real trajectories, a scale for what an error means. Every model samples, as a world model
-   for RL must, except the ensemble's elite-mean row: a point estimate, shown because squared error
-   favours a mean over any sample.
+   `imagined_env.evaluation.open_loop_error`) and the reward MSE at step 1. `s_k=s_0` is the error of
+   predicting no motion against the same real trajectories, a scale for what an error means. Every
+   model samples, as a world model for RL must, except the ensemble's elite-mean row: a point
+   estimate, shown because squared error favours a mean over any sample.
 6. Cost, measured in the same run: wall-clock and network passes per imagined transition (a pass
    advances every trajectory of the batch by one call), FLOPs per transition (`FlopCounterMode`,
    denoiser / ensemble only, not the policy) and the floor those FLOPs take at this machine's
    measured dense matmul rate.
 
-Runtime (2 CPU cores, torch 2.13, one torch thread): `--quick` (20k real steps, 3k Adam steps per
-model, width 512 x 4 blocks, 200 start states) took 6.2 min while another training job shared the
-machine. The full mode (100k real steps, 20k Adam steps, the paper's width 1024 x 6 blocks, 500
-start states) is estimated at ~1.5 h on two idle cores with `--threads 0` (~90 ms per Adam step for
-each diffusion model at width 1024), longer with one thread; almost all of it is training.
+`--quick`: 20k real steps, 3k Adam steps per model, width 512 x 4 blocks, 200 start states (minutes on
+a CPU). The full mode: 100k real steps, 20k Adam steps, the paper's width 1024 x 6 blocks, 500 start
+states (hours on a CPU; almost all of it is training). Runtimes: docs/benchmarks.md.
 
     python benchmarks/world_model_error.py --quick
 """

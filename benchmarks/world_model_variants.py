@@ -1,12 +1,12 @@
-"""Which world-model settings make imagined returns follow the actions? The session-2 cpu preset's model
+"""Which world-model settings make imagined returns follow the actions? A fixed baseline world model
 against variants of its `WorldModelConfig`, in one run.
 
 The learner only ever sees imagined rewards, and a policy gradient needs them to rank actions as the
 simulator does, which the open-loop MSE alone does not show. One run:
 1. Data: a fixed stochastic SB3 policy (as `world_model_error.py`: untrained, `log_std_init=-0.5`),
    training episodes and held-out episodes with other reset seeds.
-2. For every seed, the session-2 cpu preset's model (H = 5, width 256 x 3 blocks, lr 1e-3, actions
-   scaled as the paper, 32-step chain; fixed here so the baseline stays put as the preset moves) and
+2. For every seed, the baseline (the cpu preset's world model with actions scaled as the paper: H = 5,
+   width 256 x 3 blocks, lr 1e-3, 32-step chain) and
    every variant (e.g. `scale_actions=false`: actions at full strength; `reward_loss_weight=5`) are
    fitted for the same number of Adam steps.
 3. Each model is measured from the same held-out real states: open-loop observation MSE over k = 1..H
@@ -44,7 +44,7 @@ from imagined_env.world_model import WorldModelConfig
 from world_model_error import collect
 
 SAMPLE_STEPS = 32
-"""Diffusion passes per imagination, as the session-2 cpu preset."""
+"""Diffusion passes per imagination of the baseline (the cpu-v1 preset's chain)."""
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
               f"{r['return_difference_correlation'] / base['return_difference_correlation']:>12.2f}")
     report = {"command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
               "env": args.env, "seeds": seeds, "grad_steps": args.grad_steps, "real_steps": args.real_steps,
-              "world_model": "session-2 cpu preset (H 5, width 256 x 3, lr 1e-3, actions scaled, 32-step chain)",
+              "world_model": "cpu preset, actions scaled (H 5, width 256 x 3, lr 1e-3, 32-step chain)",
               "variants": variants, "per_seed": rows, "mean": table,
               "total_seconds": time.perf_counter() - t0}
     with atomic_path(args.out) as tmp:

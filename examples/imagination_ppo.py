@@ -7,10 +7,12 @@ import argparse
 
 import gymnasium as gym
 import torch
-from agents import ImaginationPPO, make_imagined_vec_env
-from imagined_env.pretrained import pretrained_paths
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
+
+from agents import ImaginationPPO as PPO  # was: from stable_baselines3 import PPO
+from agents import make_imagined_vec_env
+from imagined_env.pretrained import pretrained_paths
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--steps", type=int, default=5_000, help="steps to learn from [default 5000]")
@@ -21,8 +23,9 @@ args = parser.parse_args()
 torch.set_num_threads(1)  # small networks: one thread is fastest on a small, shared CPU
 
 env = make_imagined_vec_env("HalfCheetah-v4", n_envs=64, world_model=args.world_model,
-                            start_states=args.start_states)  # 64 imagined trajectories of H = 10 steps
-model = ImaginationPPO("MlpPolicy", env, n_steps=10, batch_size=64, seed=0, verbose=1)
+                            start_states=args.start_states)
+horizon = env.get_attr("horizon")[0]  # steps per imagined episode: 5 for the shipped model
+model = PPO("MlpPolicy", env, n_steps=horizon, batch_size=64, seed=0, verbose=1)
 model.learn(total_timesteps=args.steps)
 
 eval_env = Monitor(gym.make("HalfCheetah-v4"))
