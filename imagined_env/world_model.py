@@ -21,8 +21,8 @@ from imagined_env.diffusion.guidance import (
     update_log_scale,
     update_row_offsets,
 )
-from imagined_env.diffusion.sampler import ActionBounds, SamplerConfig, action_input, guided_sample
-from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig
+from imagined_env.diffusion.sampler import ActionBounds, action_input, guided_sample
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
 from imagined_env.utils import atomic_path, resolve_device
 
 FORMAT_VERSION = 1
@@ -84,7 +84,7 @@ class WorldModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
         parts = {"denoiser": DenoiserConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
                  "guidance": GuidanceConfig}
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
@@ -149,7 +149,7 @@ class WorldModel:
         """x0-prediction MSE over all entries of B windows, with the start state inpainted; the reward
         channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE."""
         obs_dim, dev = self.spec.obs_dim, self.device
-        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)  # noqa: E731
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)
         x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards), as_t(windows.terminals))
         cond = self.normaliser.normalise_action(self.bounds.clip(as_t(windows.actions)))
         batch = x0.shape[0]
@@ -245,7 +245,7 @@ class WorldModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-             env_id: str | None = None) -> "WorldModel":
+             env_id: str | None = None) -> WorldModel:
         """Load a file written by `save`; `env_id`, when given, must match the file's task."""
         path = Path(path)
         if not path.is_file():

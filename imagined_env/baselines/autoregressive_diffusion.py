@@ -28,8 +28,7 @@ from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
 from imagined_env.diffusion.guidance import GaussianPolicyFn
-from imagined_env.diffusion.sampler import SamplerConfig
-from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig, strided_timesteps
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
 from imagined_env.training import TrainConfig
 from imagined_env.utils import resolve_device
 from imagined_env.world_model import EnvSpec, Imagination
@@ -95,17 +94,12 @@ class ARDiffusion:
         """One reverse chain: obs [N, obs], actions [N, act] -> next_obs [N, obs], rewards [N],
         terminations [N] bool. `n_sample_steps` overrides the configured chain length."""
         sampler = self.config.sampler
-        steps = strided_timesteps(self.schedule.n_steps,
-                                  sampler.n_sample_steps if n_sample_steps is None else n_sample_steps)
+        chain = self.schedule.reverse_chain(sampler.n_sample_steps if n_sample_steps is None else n_sample_steps)
         cond = self.condition(obs, actions)
         x = torch.randn(obs.shape[0], 1, self.spec.obs_dim + 2, device=self.device, generator=generator)
-        for i, t in enumerate(steps):
-            s = steps[i + 1] if i + 1 < len(steps) else -1
+        for t, s in chain:
             tt = torch.full((obs.shape[0],), t, device=self.device, dtype=torch.long)
-            mean, std = self.schedule.posterior(self.ema(x, cond, tt), x, tt, torch.full_like(tt, s))
-            if t <= sampler.late_clip_steps:
-                mean = x + (mean - x).clamp(-sampler.late_clip, sampler.late_clip)
-            x = mean if s < 0 else mean + std * torch.randn(x.shape, device=self.device, generator=generator)
+            x = self.schedule.reverse_step(self.ema(x, cond, tt), x, t, s, sampler, generator)
         next_obs, rewards, terminals = self.codec.decode(obs, x[:, 0])
         return next_obs, rewards, terminals > self.config.terminal_threshold
 
@@ -114,7 +108,7 @@ class ARDiffusion:
         """B trajectories of `horizon` steps from start_obs [B, obs]: per step, a ~ policy at the model's
         state, then one reverse chain."""
         s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
-        step = lambda s, a: self.step(s, a, generator, n_sample_steps)  # noqa: E731
+        step = lambda s, a: self.step(s, a, generator, n_sample_steps)
         return autoregressive_rollout(step, s0, policy, horizon, generator)
 
 

@@ -168,7 +168,7 @@ class MLPEnsemble:
         """B trajectories of `horizon` steps from start_obs [B, obs], actions sampled from `policy` at the
         model's own states (one ensemble call per step); `deterministic` as in `step`."""
         s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
-        step = lambda s, a: self.step(s, a, generator, deterministic)  # noqa: E731
+        step = lambda s, a: self.step(s, a, generator, deterministic)
         return autoregressive_rollout(step, s0, policy, horizon, generator)
 
 

@@ -8,8 +8,8 @@ read without a graph, so sampling never leaves `.grad` on policy parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

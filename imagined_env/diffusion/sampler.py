@@ -20,19 +20,7 @@ from imagined_env.diffusion.guidance import (
     row_spreads,
     standardised_spread,
 )
-from imagined_env.diffusion.schedule import DiffusionSchedule, strided_timesteps
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Chain length and the step limits of the reverse process."""
-
-    n_sample_steps: int | None = None
-    """Network passes per imagination: None = the full T-step chain, else an even strided subset."""
-    late_clip_steps: int = 10
-    """At timesteps <= this (in full-chain units), the state update mu - x is limited..."""
-    late_clip: float = 0.25
-    """...to +- this (normalised units), which stops late-chain blow-ups."""
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -106,14 +94,13 @@ def guided_sample(
     a = torch.randn(batch, n_rows, act_dim, device=device, generator=generator)
     fixed = None if fixed_actions is None else normaliser.normalise_action(bounds.clip(fixed_actions))
     n_fixed = 0 if fixed is None else fixed.shape[1]
-    steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
+    chain = schedule.reverse_chain(config.n_sample_steps)
     # a strided chain takes fewer guidance steps: scale each so that lambda means the same for any length
-    step_scale = scale * schedule.n_steps / len(steps)
+    step_scale = scale * schedule.n_steps / len(chain)
     if isinstance(step_scale, torch.Tensor):                # per row: [L] -> [B * L, 1], rows fastest
         step_scale = step_scale.to(device).repeat(batch)[:, None]
     spread, row_spread = float("nan"), torch.full((n_rows,), float("nan"))
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
+    for t, s in chain:
         if fixed is not None:
             a[:, :n_fixed] = fixed
         tt = torch.full((batch,), t, device=device, dtype=torch.long)
@@ -121,9 +108,6 @@ def guided_sample(
         x0_hat = denoiser(x, action_input(cond, schedule.signal_scale(tt), scale_actions=scale_actions,
                                           last_action=last_action), tt)
         x0_hat[:, 0, :obs_dim] = s0
-        mean, std = schedule.posterior(x0_hat, x, tt, torch.full_like(tt, s))
-        if t <= config.late_clip_steps:
-            mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
         if policy is not None:
             a_u, pi_mean, pi_std = _clamped_to_policy(a, x0_hat[..., :obs_dim], normaliser, policy, guidance)
             if s < 0:   # the final actions: measured, not stepped
@@ -133,11 +117,8 @@ def guided_sample(
             else:
                 a_u = guidance_step(a_u, pi_mean, pi_std, step_scale)
                 noise = torch.randn(a.shape, device=device, generator=generator)
-                a = normaliser.normalise_action(a_u).view(a.shape) + std[:, :, :1] * noise
-        if s < 0:
-            x = mean
-        else:
-            x = mean + std * torch.randn(x.shape, device=device, generator=generator)
+                a = normaliser.normalise_action(a_u).view(a.shape) + schedule.posterior_std(t, s, a) * noise
+        x = schedule.reverse_step(x0_hat, x, t, s, config, generator)
         x[:, 0, :obs_dim] = s0
     actions = normaliser.unnormalise_action(a)
     if fixed_actions is not None:
