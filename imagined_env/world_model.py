@@ -2,15 +2,16 @@
 imagination in environment units, and a one-file save format."""
 from __future__ import annotations
 
-import copy
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
@@ -23,6 +24,7 @@ from imagined_env.diffusion.guidance import (
 )
 from imagined_env.diffusion.sampler import ActionBounds, action_input, guided_sample
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
+from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.utils import atomic_path, resolve_device
 
 FORMAT_VERSION = 1
@@ -116,7 +118,7 @@ class WorldModel:
         self.device = resolve_device(device)
         self.n_rows = config.horizon + 1
         self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser).to(self.device)
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.ema = ema_copy(self.denoiser)
         self.schedule = DiffusionSchedule(config.schedule, self.device)
         self.bounds = ActionBounds(
             torch.tensor(spec.action_low, dtype=torch.float32, device=self.device),
@@ -164,11 +166,12 @@ class WorldModel:
         weight = self._channel_weight
         return ((pred - x0).pow(2) * weight).mean() / weight.mean()
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        decay = self.config.ema_decay
-        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
-            e.lerp_(p, 1.0 - decay)
+        ema_update(self.ema, self.denoiser, self.config.ema_decay)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The trained denoiser's parameters (the EMA copy follows them)."""
+        return self.denoiser.parameters()
 
     def imagine(
         self,

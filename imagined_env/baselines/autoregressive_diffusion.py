@@ -8,13 +8,13 @@ a_t sampled from the policy at the model's own s_t: the cost PolyGRAD's single c
 """
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
 from imagined_env.baselines.common import (
     DeltaCodec,
@@ -29,6 +29,7 @@ from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
+from imagined_env.fitting import ema_copy, ema_update, fit_steps
 from imagined_env.training import TrainConfig
 from imagined_env.utils import resolve_device
 from imagined_env.world_model import EnvSpec, Imagination
@@ -65,7 +66,7 @@ class ARDiffusion:
         self.device = resolve_device(device)
         obs_dim, act_dim = spec.obs_dim, spec.act_dim
         self.denoiser = build_denoiser(1, obs_dim + 2, obs_dim + act_dim, config.denoiser).to(self.device)
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.ema = ema_copy(self.denoiser)
         self.schedule = DiffusionSchedule(config.schedule, self.device)
         self.bounds = action_bounds(spec, self.device)
 
@@ -83,10 +84,11 @@ class ARDiffusion:
         xt = self.schedule.q_sample(x0, t, torch.randn(x0.shape, device=self.device, generator=generator))
         return F.mse_loss(self.denoiser(xt, self.condition(batch.obs, batch.actions), t), x0)
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
-            e.lerp_(p, 1.0 - self.config.ema_decay)
+        ema_update(self.ema, self.denoiser, self.config.ema_decay)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.denoiser.parameters()
 
     @torch.no_grad()
     def step(self, obs: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None,
@@ -122,18 +124,13 @@ def fit_ar_diffusion(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
     data = transition_tensors(buffer, action_bounds(spec, device), device)
     normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
     model = ARDiffusion(spec, config, DeltaCodec.fit(data, normaliser), device)
-    optimizer = torch.optim.Adam(model.denoiser.parameters(), lr=train.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
     rng = np.random.default_rng(train.seed)
     generator = torch.Generator(device=device).manual_seed(train.seed)
     model.denoiser.train()
-    losses: list[float] = []
-    for _ in tqdm(range(n_steps), desc="ar diffusion", disable=not progress, leave=False):
-        idx = torch.as_tensor(rng.integers(len(data), size=train.batch_size), device=device)
-        loss = model.loss(data.take(idx), generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), train.grad_clip)
-        optimizer.step()
-        model.update_ema()
-        losses.append(loss.item())
+    losses = fit_steps(model, optimizer,
+                       lambda: data.take(torch.as_tensor(rng.integers(len(data), size=train.batch_size),
+                                                         device=device)),
+                       n_steps, grad_clip=train.grad_clip, generator=generator, progress=progress,
+                       desc="ar diffusion")
     return model, losses
