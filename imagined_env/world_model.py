@@ -22,7 +22,7 @@ from imagined_env.diffusion.guidance import (
     update_log_scale,
     update_row_offsets,
 )
-from imagined_env.diffusion.sampler import ActionBounds, action_input, guided_sample
+from imagined_env.diffusion.sampler import ActionBounds, ActionInput, GuidedSampler
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
 from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.utils import atomic_path, resolve_device
@@ -124,6 +124,7 @@ class WorldModel:
             torch.tensor(spec.action_low, dtype=torch.float32, device=self.device),
             torch.tensor(spec.action_high, dtype=torch.float32, device=self.device),
         )
+        self.action_input = ActionInput(config.scale_actions, config.condition_on_last_action)
         self.log_guidance_scale = math.log(config.guidance.initial_scale)
         self.row_scale_offsets = torch.zeros(self.n_rows)
         """log(lambda_k / lambda) per row; stays 0 unless `config.guidance.per_row`."""
@@ -159,9 +160,7 @@ class WorldModel:
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         xt = self.schedule.q_sample(x0, t, noise)
         xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
-        seen = action_input(cond, self.schedule.signal_scale(t), scale_actions=self.config.scale_actions,
-                            last_action=self.config.condition_on_last_action)
-        pred = self.denoiser(xt, seen, t)
+        pred = self.denoiser(xt, self.action_input(cond, self.schedule.signal_scale(t)), t)
         pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
         weight = self._channel_weight
         return ((pred - x0).pow(2) * weight).mean() / weight.mean()
@@ -201,15 +200,9 @@ class WorldModel:
                 raise ValueError(f"actions has {fixed.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
-        sampler = self.config.sampler if n_sample_steps is None else replace(self.config.sampler,
-                                                                             n_sample_steps=n_sample_steps)
-        out = guided_sample(
-            self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
-            policy=policy, guidance=self.config.guidance, config=sampler,
-            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale,
-            generator=generator, fixed_actions=fixed, scale_actions=self.config.scale_actions,
-            last_action=self.config.condition_on_last_action,
-        )
+        out = self.sampler(n_sample_steps).sample(
+            s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
+            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
         if policy is not None and adapt_guidance:
             self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)
             self.row_scale_offsets = update_row_offsets(self.row_scale_offsets, out.row_spread, out.spread,
@@ -222,6 +215,14 @@ class WorldModel:
             terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
             row_spread=out.row_spread,
         )
+
+    def sampler(self, n_sample_steps: int | None = None) -> GuidedSampler:
+        """The guided sampler of the EMA weights; `n_sample_steps` overrides the configured chain length."""
+        config = self.config.sampler
+        if n_sample_steps is not None:
+            config = replace(config, n_sample_steps=n_sample_steps)
+        return GuidedSampler(self.ema, self.schedule, self.normaliser, self.bounds, self.action_input,
+                             self.config.guidance, config)
 
     def _checked(self, v: torch.Tensor | np.ndarray, dim: int, name: str) -> torch.Tensor:
         t = torch.as_tensor(v, dtype=torch.float32, device=self.device)

@@ -314,3 +314,27 @@ def test_per_row_tuning_brings_every_row_to_the_target_spread(trained_linear_mod
     after = torch.stack([r.row_spread[:H] for r in rows[-10:]]).mean(0)
     assert (after - 1.0).abs().max() < 0.15 < (before - 1.0).abs().max(), (before, after)
     assert tuned.row_scale_offsets.abs().max() > 0.1
+
+
+def test_guided_actions_carry_the_chain_noise_in_normalised_units():
+    # a pull of 1 puts the actions on the policy mean at every guided step; what is left at the end is the
+    # noise of the last step, std_{1 -> 0} in normalised units, i.e. std_{1 -> 0} * action_std in policy units
+    ones, zeros = np.ones(OBS, np.float32), np.zeros(OBS, np.float32)
+    action_std = np.array([0.2, 1.0], np.float32)
+    normaliser = Normaliser(zeros, ones, np.array([0.5, -0.5], np.float32), action_std,
+                            np.zeros(1, np.float32), np.ones(1, np.float32), np.zeros(1, np.float32),
+                            np.ones(1, np.float32))
+    config = dataclasses.replace(TINY_CONFIG, guidance=GuidanceConfig(initial_scale=1.0))
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
+    model.denoiser = model.ema = _RecordingDenoiser()
+    out = model.imagine(np.zeros((2048, OBS), np.float32), fixed_policy(0.3, 0.1),
+                        generator=torch.Generator().manual_seed(0))
+    last_std = model.schedule.posterior_std(1, 0, torch.zeros(1)).item()
+    spread = ((out.actions - 0.3) / 0.1).reshape(-1, ACT).std(dim=0).numpy()
+    np.testing.assert_allclose(spread, last_std * action_std / 0.1, rtol=0.05)
+
+
+def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
+    model = WorldModel(LINEAR_SPEC, TINY_CONFIG, Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0), "cpu")
+    with pytest.raises(ValueError, match=r"fixed_actions must have shape \[2, k <= 5, act\], got \(2, 6, 2\)"):
+        model.sampler().sample(torch.zeros(2, OBS), H + 1, fixed_actions=torch.zeros(2, H + 2, ACT))
