@@ -137,12 +137,14 @@ class PlanReplay:
         self.valid[idx] = False
 
     def _generate(self, starts: np.ndarray, first_action: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Plans (obs, actions, rewards, terminations) from `starts`. Only batched plan calls tune the
-        guidance scale: an off-plan regeneration of a few envs, its first action not the policy's, is
-        no measure of the on-policy spread."""
+        """Plans (obs, actions, rewards, terminations) from `starts`. Only batched, policy-guided plans
+        tune the guidance scale: an off-plan regeneration of a few envs, its first action not the
+        policy's, is no measure of the on-policy spread."""
         fixed = None if first_action is None else first_action[:, None]
         out = self.model.imagine(starts, self.policy, generator=self.generator, actions=fixed,
-                                 n_sample_steps=self.config.n_sample_steps, adapt_guidance=fixed is None)
+                                 n_sample_steps=self.config.n_sample_steps)
+        if self.policy is not None and fixed is None:
+            self.model.adapt_guidance(out)
         return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(),
                 out.terminations.cpu().numpy())
 

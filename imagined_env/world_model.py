@@ -180,15 +180,15 @@ class WorldModel:
         generator: torch.Generator | None = None,
         actions: torch.Tensor | np.ndarray | None = None,
         n_sample_steps: int | None = None,
-        adapt_guidance: bool = True,
+        adapt_guidance: bool = False,
     ) -> Imagination:
         """B guided trajectories of H steps from start observations [B, obs], in one batched call.
 
         `policy` maps states [N, obs] to (mean, std) [N, act]; `actions` [B, k, act] with k <= H fixes
         a_0..a_{k-1} (k = 1: an action the agent took; k = H: the model replays a given action sequence
         open-loop); the other actions follow the policy.
-        `n_sample_steps` overrides the configured chain length (None: use the config). When guided and
-        `adapt_guidance`, the guidance scale takes one tuning step toward the target action spread.
+        `n_sample_steps` overrides the configured chain length (None: use the config).
+        `adapt_guidance` also calls `adapt_guidance` with the result; the guidance scale changes only then.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
         fixed = None if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=self.device)
@@ -203,18 +203,30 @@ class WorldModel:
         out = self.sampler(n_sample_steps).sample(
             s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
             scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
-        if policy is not None and adapt_guidance:
-            self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)
-            self.row_scale_offsets = update_row_offsets(self.row_scale_offsets, out.row_spread, out.spread,
-                                                        self.config.guidance)
         states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
         h = self.horizon
-        return Imagination(
+        imagination = Imagination(
             observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
             terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
             row_spread=out.row_spread,
         )
+        if adapt_guidance:
+            self.adapt_guidance(imagination)
+        return imagination
+
+    def adapt_guidance(self, imagination: Imagination) -> None:
+        """One tuning step of the guidance scale (and, with `per_row`, of each row's factor) toward the
+        target spread, from the action spread of a policy-guided imagination; unguided ones change nothing.
+
+        Only imaginations whose actions all follow the policy measure its spread: not those with given
+        actions.
+        """
+        guidance = self.config.guidance
+        self.log_guidance_scale = update_log_scale(self.log_guidance_scale, imagination.spread, guidance)
+        if imagination.row_spread is not None:
+            self.row_scale_offsets = update_row_offsets(self.row_scale_offsets, imagination.row_spread,
+                                                        imagination.spread, guidance)
 
     def sampler(self, n_sample_steps: int | None = None) -> GuidedSampler:
         """The guided sampler of the EMA weights; `n_sample_steps` overrides the configured chain length."""

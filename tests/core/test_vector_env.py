@@ -6,6 +6,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import imagined_env  # noqa: F401
@@ -171,11 +172,13 @@ def test_off_plan_regenerations_neither_tune_guidance_nor_set_the_spare_rate():
     env = make_env(num_envs=4, horizon=4, terminate_above=-np.inf)     # every trajectory terminates
     fake = env.model
     env.reset(seed=0)
+    env.planned_actions()                                               # unguided: nothing to tune from
+    env.set_policy(lambda s: (torch.zeros(len(s), ACT), torch.full((len(s), ACT), 0.5)))
     env.planned_actions()                                               # batched: rate 1 -> spares next time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env.step(np.full((4, ACT), 0.9))                                # off-plan for all four
-    assert fake.adapted == [True, False]
+    assert fake.adapted == [False, True, False]
     env2 = make_env(num_envs=4, horizon=4, terminate_above=np.inf)      # nothing terminates...
     env2.model.terminate_above = -np.inf
     env2.reset(seed=0)
