@@ -5,8 +5,8 @@ guarantees that every next state it returns belongs to the action that was actua
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -148,7 +148,8 @@ class PlanReplay:
         return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(),
                 out.terminations.cpu().numpy())
 
-    def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray) -> None:
+    def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray
+                ) -> None:
         self.obs[idx], self.actions[idx], self.rewards[idx], self.terms[idx] = obs, act, rew, term
         self.cursor[idx] = 0
         self.valid[idx] = True

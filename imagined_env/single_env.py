@@ -1,10 +1,10 @@
 """A single imagined episode as a plain `gymnasium.Env` (no autoreset), for `gym.make`."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-import numpy as np
 import gymnasium as gym
+import numpy as np
 
 from imagined_env.vector_env import ImaginedVectorEnv
 
@@ -12,7 +12,7 @@ from imagined_env.vector_env import ImaginedVectorEnv
 class ImaginedEnv(gym.Env):
     """One imagined env; `info["planned_action"]` is the action that keeps to the generated plan."""
 
-    metadata = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
 
     def __init__(self, **kwargs: Any):
         self.vec = ImaginedVectorEnv(num_envs=1, **kwargs)

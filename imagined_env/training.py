@@ -1,4 +1,5 @@
-"""Fitting the world model on the replay buffer: Adam on the x0 loss, EMA after every step."""
+"""Fitting the world model on the episode buffer: Adam on the x0 loss, EMA after every step, with the
+optimiser and sampling state kept so training continues across refits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -15,12 +16,12 @@ from imagined_env.world_model import EnvSpec, WorldModel, WorldModelConfig
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of the denoiser (paper: Adam 3e-4, batch 256)."""
+    """Optimisation of the denoiser (defaults: PolyGRAD's Adam 3e-4, batch 256)."""
 
     lr: float = 3e-4
-    """Adam learning rate of the denoiser (paper: 3e-4)."""
+    """Adam learning rate."""
     batch_size: int = 256
-    """Windows per gradient step (paper: 256)."""
+    """Windows (or transitions, for the baselines) per gradient step."""
     grad_clip: float = 1.0
     """Max global gradient norm; diffusion losses spike at the noisiest steps early in training."""
     seed: int = 0
@@ -52,11 +53,12 @@ class WorldModelTrainer:
         `on_loss` gets the trainer's total step count and the recent mean loss every `log_every` steps."""
         model, start = self.model, self.steps
         model.denoiser.train()
-        losses = fit_steps(
-            model, self.optimizer, lambda: buffer.sample_windows(self.config.batch_size, model.horizon, self.rng),
-            n_steps, grad_clip=self.config.grad_clip, generator=self.generator, progress=progress,
-            desc="world model", log_every=log_every,
-            on_loss=None if on_loss is None else lambda k, loss: on_loss(start + k, loss))
+        batch_size = self.config.batch_size
+        report = None if on_loss is None else lambda k, loss: on_loss(start + k, loss)
+        losses = fit_steps(model, self.optimizer,
+                           lambda: buffer.sample_windows(batch_size, model.horizon, self.rng), n_steps,
+                           grad_clip=self.config.grad_clip, generator=self.generator, progress=progress,
+                           desc="world model", on_loss=report, log_every=log_every)
         self.steps += len(losses)
         return losses
 

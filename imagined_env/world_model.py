@@ -1,5 +1,5 @@
 """The PolyGRAD world model: denoiser + EMA copy + schedule + normaliser, its loss, guided
-imagination in environment units, and a one-file save format."""
+imagination in environment units, guidance-scale tuning, and a one-file save format."""
 from __future__ import annotations
 
 import math
@@ -47,7 +47,7 @@ class EnvSpec:
 
 @dataclass(frozen=True)
 class WorldModelConfig:
-    """Everything that defines a world model's architecture and sampling; defaults = the paper's."""
+    """Everything that defines a world model's architecture and sampling; defaults follow PolyGRAD."""
 
     horizon: int = 10
     """H: imagined transitions per trajectory (the model diffuses H + 1 rows)."""
@@ -60,19 +60,14 @@ class WorldModelConfig:
     terminal_threshold: float = 0.5
     """A generated terminal channel above this (environment units) ends the episode."""
     reward_loss_weight: float = 1.0
-    """Weight of the reward channel in the x0 loss, relative to every other entry (paper: 1, a plain
-    MSE). The reward is one of obs + 2 channels yet it alone drives the learner: a weight above 1
-    buys reward accuracy for a little state accuracy."""
+    """Weight of the reward channel in the x0 loss relative to every other entry (1: a plain MSE); the
+    reward alone drives the learner, so a weight above 1 trades a little state accuracy for it."""
     scale_actions: bool = True
-    """Feed actions to the denoiser scaled by sqrt(alpha_bar_t), as the paper (they are as noisy as the
-    states while guidance denoises them). False feeds them at full strength at every step, in training
-    and sampling: the model then sees at high noise what the actions are, which is when the coarse
-    shape of the trajectory is decided."""
+    """Feed actions to the denoiser scaled by sqrt(alpha_bar_t), as noisy as the states; False feeds them
+    at full strength, so the model sees them at high noise, where the trajectory's shape is decided."""
     condition_on_last_action: bool = True
-    """The denoiser sees the last row's action a_H, as the paper. Nothing used inside the window depends
-    on it (r_H and d_H are never read), but in data from a policy it reveals s_H, so a model that uses it
-    makes imagined returns vary with an action never taken. False shows it the mean action instead, in
-    training and sampling."""
+    """The denoiser sees the last row's action a_H; False shows the mean action instead. Nothing read from
+    the window depends on a_H, but in policy data it reveals s_H, so imagined returns can vary with it."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -117,7 +112,8 @@ class WorldModel:
         self.spec, self.config, self.normaliser = spec, config, normaliser
         self.device = resolve_device(device)
         self.n_rows = config.horizon + 1
-        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser).to(self.device)
+        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser)
+        self.denoiser.to(self.device)
         self.ema = ema_copy(self.denoiser)
         self.schedule = DiffusionSchedule(config.schedule, self.device)
         self.bounds = ActionBounds(
@@ -153,7 +149,8 @@ class WorldModel:
         channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE."""
         obs_dim, dev = self.spec.obs_dim, self.device
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)
-        x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards), as_t(windows.terminals))
+        x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards),
+                                            as_t(windows.terminals))
         cond = self.normaliser.normalise_action(self.bounds.clip(as_t(windows.actions)))
         batch = x0.shape[0]
         t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)
@@ -193,11 +190,13 @@ class WorldModel:
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
         fixed = None if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=self.device)
         if fixed is not None:
-            if fixed.dim() != 3 or not 1 <= fixed.shape[1] <= self.horizon or fixed.shape[2] != self.spec.act_dim:
+            if (fixed.dim() != 3 or not 1 <= fixed.shape[1] <= self.horizon
+                    or fixed.shape[2] != self.spec.act_dim):
                 raise ValueError(f"actions must have shape [B, k, {self.spec.act_dim}] with 1 <= k <= "
                                  f"{self.horizon}, got {tuple(fixed.shape)}")
             if fixed.shape[0] != s0.shape[0]:
-                raise ValueError(f"actions has {fixed.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
+                raise ValueError(f"actions has {fixed.shape[0]} rows, expected {s0.shape[0]} "
+                                 "(one per start state)")
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
         out = self.sampler(n_sample_steps).sample(

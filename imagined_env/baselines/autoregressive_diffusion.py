@@ -78,7 +78,7 @@ class ARDiffusion:
         return cond[:, None]
 
     def loss(self, batch: TransitionTensors, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0-prediction MSE on a batch of B transitions, uniform t (as PolyGRAD's loss)."""
+        """x0-prediction MSE on a batch of B transitions at uniform t, the loss of the trajectory model."""
         x0 = self.codec.encode(batch.obs, batch.next_obs, batch.rewards, batch.terminals)[:, None]
         t = torch.randint(0, self.schedule.n_steps, (len(batch),), device=self.device, generator=generator)
         xt = self.schedule.q_sample(x0, t, torch.randn(x0.shape, device=self.device, generator=generator))
@@ -96,7 +96,8 @@ class ARDiffusion:
         """One reverse chain: obs [N, obs], actions [N, act] -> next_obs [N, obs], rewards [N],
         terminations [N] bool. `n_sample_steps` overrides the configured chain length."""
         sampler = self.config.sampler
-        chain = self.schedule.reverse_chain(sampler.n_sample_steps if n_sample_steps is None else n_sample_steps)
+        chain = self.schedule.reverse_chain(n_sample_steps if n_sample_steps is not None
+                                            else sampler.n_sample_steps)
         cond = self.condition(obs, actions)
         x = torch.randn(obs.shape[0], 1, self.spec.obs_dim + 2, device=self.device, generator=generator)
         for t, s in chain:
@@ -116,7 +117,8 @@ class ARDiffusion:
 
 def fit_ar_diffusion(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                      config: ARDiffusionConfig = ARDiffusionConfig(), train: TrainConfig = POLYGRAD_TRAIN, *,
-                     device: str | torch.device = "auto", progress: bool = True) -> tuple[ARDiffusion, list[float]]:
+                     device: str | torch.device = "auto", progress: bool = True
+                     ) -> tuple[ARDiffusion, list[float]]:
     """Fit on `buffer.transitions()` for `n_steps` Adam steps of `train.batch_size` transitions, with
     PolyGRAD's optimiser settings and an EMA update after every step."""
     device = resolve_device(device)

@@ -47,7 +47,8 @@ def action_bounds(spec: EnvSpec, device: torch.device) -> ActionBounds:
                         torch.tensor(spec.action_high, dtype=torch.float32, device=device))
 
 
-def transition_tensors(buffer: EpisodeBuffer, bounds: ActionBounds, device: torch.device) -> TransitionTensors:
+def transition_tensors(buffer: EpisodeBuffer, bounds: ActionBounds, device: torch.device
+                       ) -> TransitionTensors:
     if buffer.n_transitions == 0:
         raise ValueError("cannot fit a model on an empty episode buffer: collect real data first")
     data = buffer.transitions()

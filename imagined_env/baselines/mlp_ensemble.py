@@ -67,7 +67,8 @@ class EnsembleConfig:
 
 
 EnsembleBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-"""Per member: inputs [E, B, obs+act], targets [E, B, obs+1] (normalised delta-state, reward), terminals [E, B]."""
+"""Per member: inputs [E, B, obs+act], targets [E, B, obs+1] (normalised delta-state, reward),
+terminals [E, B]."""
 
 ENSEMBLE_TRAIN = TrainConfig(lr=1e-3, grad_clip=10.0)
 """MBPO's optimiser (Adam 1e-3, batch 256 per member); the loose clip only catches early NLL spikes."""
@@ -183,7 +184,8 @@ class MLPEnsemble:
 
 def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                      config: EnsembleConfig = EnsembleConfig(), train: TrainConfig = ENSEMBLE_TRAIN, *,
-                     device: str | torch.device = "auto", progress: bool = True) -> tuple[MLPEnsemble, list[float]]:
+                     device: str | torch.device = "auto", progress: bool = True
+                     ) -> tuple[MLPEnsemble, list[float]]:
     """Fit on `buffer.transitions()` for `n_steps` Adam steps (each member its own batch of
     `train.batch_size`), then rank the members on the held-out transitions."""
     device = resolve_device(device)

@@ -55,7 +55,8 @@ def test_a_small_gradient_is_not_clipped_and_losses_are_reported_every_log_every
 def test_a_negative_step_count_is_refused_before_any_step():
     model = Quadratic()
     with pytest.raises(ValueError, match="n_steps must be >= 0, got -1"):
-        fit_steps(model, torch.optim.SGD(model.parameters(), lr=1.0), lambda: torch.zeros(3), -1, grad_clip=1.0)
+        fit_steps(model, torch.optim.SGD(model.parameters(), lr=1.0), lambda: torch.zeros(3), -1,
+                  grad_clip=1.0)
     assert model.ema_calls == 0 and not model.generators
 
 

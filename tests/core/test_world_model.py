@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from imagined_env.diffusion.guidance import GuidanceConfig
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.guidance import GuidanceConfig
 from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig
-from tests.conftest import ACT, H, LINEAR_SPEC, OBS, TINY_CONFIG, linear_buffer, linear_step
+from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer, linear_step
 
 
 def fixed_policy(mean: float, std: float):
@@ -51,7 +51,7 @@ def test_shapes_units_and_start_states_preserved(trained_linear_model):
 def test_guidance_moves_actions_toward_policy(trained_linear_model):
     model, buf, _ = trained_linear_model
     s0, _, _ = buf.start_states(np.random.default_rng(1), 512)
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(3)
     unguided = model.imagine(s0, None, generator=g()).actions
     guided = model.imagine(s0, fixed_policy(0.8, 0.1), generator=g()).actions
     assert (guided - 0.8).abs().mean() < 0.5 * (unguided - 0.8).abs().mean()
@@ -60,7 +60,8 @@ def test_guidance_moves_actions_toward_policy(trained_linear_model):
 
 def test_scale_tuning_reaches_unit_spread(trained_linear_model):
     model, buf, _ = trained_linear_model
-    tuned = WorldModel(model.spec, dataclasses.replace(model.config, guidance=GuidanceConfig(initial_scale=1e-4, scale_lr=0.3)),
+    config = dataclasses.replace(model.config, guidance=GuidanceConfig(initial_scale=1e-4, scale_lr=0.3))
+    tuned = WorldModel(model.spec, config,
                        model.normaliser, "cpu")
     tuned.ema.load_state_dict(model.ema.state_dict())
     s0, _, _ = buf.start_states(np.random.default_rng(2), 256)
@@ -94,7 +95,8 @@ def test_a_given_first_action_is_kept_and_followed(trained_linear_model):
     model, buf, _ = trained_linear_model
     s0, _, _ = buf.start_states(np.random.default_rng(3), 64)
     a0 = np.tile(np.array([[0.9, -0.9]], np.float32), (64, 1))
-    out = model.imagine(s0, fixed_policy(-0.5, 0.1), actions=a0[:, None], generator=torch.Generator().manual_seed(0))
+    out = model.imagine(s0, fixed_policy(-0.5, 0.1), actions=a0[:, None],
+                        generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(out.actions[:, 0].numpy(), a0)
     truth, _ = linear_step(s0, a0)
     other, _ = linear_step(s0, np.full_like(a0, -0.5))
@@ -105,7 +107,7 @@ def test_a_given_first_action_is_kept_and_followed(trained_linear_model):
 def test_sampling_leaves_no_policy_gradients(trained_linear_model):
     model, buf, _ = trained_linear_model
     net = nn.Linear(OBS, ACT)
-    pi = lambda s: (net(s), torch.full((len(s), ACT), 0.3))  # noqa: E731
+    pi = lambda s: (net(s), torch.full((len(s), ACT), 0.3))
     model.imagine(buf.start_states(np.random.default_rng(0), 4)[0], pi)
     assert all(p.grad is None for p in net.parameters())
 
@@ -197,7 +199,8 @@ class _ZeroDenoiser(nn.Module):
 def test_reward_loss_weight_against_numpy_reference(weight):
     buf = linear_buffer(n_episodes=5)
     normaliser = Normaliser.fit(buf, -1.0, 1.0)
-    model = WorldModel(LINEAR_SPEC, dataclasses.replace(TINY_CONFIG, reward_loss_weight=weight), normaliser, "cpu")
+    config = dataclasses.replace(TINY_CONFIG, reward_loss_weight=weight)
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     model.denoiser = _ZeroDenoiser()
     windows = buf.sample_windows(16, H, np.random.default_rng(0))
     # reference: z-score each channel by hand; row 0's states are inpainted, so they carry no error
@@ -361,6 +364,7 @@ def test_guided_actions_carry_the_chain_noise_in_normalised_units():
 
 
 def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
-    model = WorldModel(LINEAR_SPEC, TINY_CONFIG, Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0), "cpu")
-    with pytest.raises(ValueError, match=r"fixed_actions must have shape \[2, k <= 5, act\], got \(2, 6, 2\)"):
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    model = WorldModel(LINEAR_SPEC, TINY_CONFIG, normaliser, "cpu")
+    with pytest.raises(ValueError, match=r"fixed_actions must have shape \[2, k <= 5, act\], got \(2, 6, "):
         model.sampler().sample(torch.zeros(2, OBS), H + 1, fixed_actions=torch.zeros(2, H + 2, ACT))
