@@ -1,7 +1,7 @@
 """A single imagined episode as a plain `gymnasium.Env` (no autoreset), for `gym.make`."""
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +12,7 @@ from imagined_env.vector_env import ImaginedVectorEnv
 class ImaginedEnv(gym.Env):
     """One imagined env; `info["planned_action"]` is the action that keeps to the generated plan."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's)
 
     def __init__(self, **kwargs: Any):
         self.vec = ImaginedVectorEnv(num_envs=1, **kwargs)

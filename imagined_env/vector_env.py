@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ class ImaginedVectorEnv(VectorEnv):
     fixed. Episodes end at H (truncation, `info["final_obs"]`) or at a predicted termination.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012 (gymnasium's)
 
     def __init__(self, world_model: WorldModel | str | os.PathLike | None = None, num_envs: int = 1, *,
                  start_states: StartStates | None = None, policy: GaussianPolicyFn | None = None,
@@ -190,7 +190,7 @@ class ImaginedVectorEnv(VectorEnv):
 
     def _checked_actions(self, actions: Any) -> np.ndarray:
         arr = np.asarray(actions)
-        expected = (self.num_envs,) + self.single_action_space.shape
+        expected = (self.num_envs, self.model.spec.act_dim)
         if arr.shape != expected:
             raise ValueError(f"actions must have shape {expected}, got {arr.shape}")
         if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):

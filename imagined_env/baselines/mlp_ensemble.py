@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,10 +201,10 @@ def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
     order = rng.permutation(len(data))
     n_holdout = min(int(config.holdout_fraction * len(data)), config.max_holdout)
     held, fit = order[:n_holdout], order[n_holdout:]
-    decay = [layer.weight for layer in (*model.net.hidden, model.net.head)]
+    decay: list[nn.Parameter] = [layer.weight for layer in (*model.net.hidden, model.net.head)]
     rest = [p for p in model.net.parameters() if all(p is not d for d in decay)]
-    optimizer = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
-                                  {"params": rest}], lr=train.lr)
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest}]
+    optimizer = torch.optim.Adam(groups, lr=train.lr)
 
     def next_batch() -> EnsembleBatch:
         idx = torch.as_tensor(rng.choice(fit, size=(config.n_members, train.batch_size)), device=device)

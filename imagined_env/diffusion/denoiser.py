@@ -43,6 +43,7 @@ class TimeEmbedding(nn.Module):
         super().__init__()
         half = time_dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.freqs: torch.Tensor
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * half, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
