@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             model, _ = fit_world_model(train_buffer, spec, args.grad_steps, config,
                                        TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size, seed=seed),
                                        device="cpu", progress=False)
-            model.imagine(starts[0][:64], policy, n_sample_steps=SAMPLE_STEPS)  # one tuning step
+            model.adapt_guidance(model.imagine(starts[0][:64], policy, n_sample_steps=SAMPLE_STEPS))
             row = measure(model, env, policy, starts, pairs, seed, SAMPLE_STEPS)
             rows[name].append(row)
             print(f"seed {seed} {name}: {row} ({time.perf_counter() - t0:.0f} s)", flush=True)

@@ -5,8 +5,8 @@ guarantees that every next state it returns belongs to the action that was actua
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -137,16 +137,19 @@ class PlanReplay:
         self.valid[idx] = False
 
     def _generate(self, starts: np.ndarray, first_action: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Plans (obs, actions, rewards, terminations) from `starts`. Only batched plan calls tune the
-        guidance scale: an off-plan regeneration of a few envs, its first action not the policy's, is
-        no measure of the on-policy spread."""
+        """Plans (obs, actions, rewards, terminations) from `starts`. Only batched, policy-guided plans
+        tune the guidance scale: an off-plan regeneration of a few envs, its first action not the
+        policy's, is no measure of the on-policy spread."""
         fixed = None if first_action is None else first_action[:, None]
         out = self.model.imagine(starts, self.policy, generator=self.generator, actions=fixed,
-                                 n_sample_steps=self.config.n_sample_steps, adapt_guidance=fixed is None)
+                                 n_sample_steps=self.config.n_sample_steps)
+        if self.policy is not None and fixed is None:
+            self.model.adapt_guidance(out)
         return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(),
                 out.terminations.cpu().numpy())
 
-    def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray) -> None:
+    def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray
+                ) -> None:
         self.obs[idx], self.actions[idx], self.rewards[idx], self.terms[idx] = obs, act, rew, term
         self.cursor[idx] = 0
         self.valid[idx] = True

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import gymnasium as gym
+import numpy as np
 
 from imagined_env.vector_env import ImaginedVectorEnv
 
@@ -12,7 +12,7 @@ from imagined_env.vector_env import ImaginedVectorEnv
 class ImaginedEnv(gym.Env):
     """One imagined env; `info["planned_action"]` is the action that keeps to the generated plan."""
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": []}  # noqa: RUF012 (gymnasium's)
 
     def __init__(self, **kwargs: Any):
         self.vec = ImaginedVectorEnv(num_envs=1, **kwargs)

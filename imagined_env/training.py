@@ -1,26 +1,27 @@
-"""Fitting the world model on the replay buffer: Adam on the x0 loss, EMA after every step."""
+"""Fitting the world model on the episode buffer: Adam on the x0 loss, EMA after every step, with the
+optimiser and sampling state kept so training continues across refits."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.fitting import LossCallback, fit_steps
 from imagined_env.world_model import EnvSpec, WorldModel, WorldModelConfig
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation of the denoiser (paper: Adam 3e-4, batch 256)."""
+    """Optimisation of the denoiser (defaults: PolyGRAD's Adam 3e-4, batch 256)."""
 
     lr: float = 3e-4
-    """Adam learning rate of the denoiser (paper: 3e-4)."""
+    """Adam learning rate."""
     batch_size: int = 256
-    """Windows per gradient step (paper: 256)."""
+    """Windows (or transitions, for the baselines) per gradient step."""
     grad_clip: float = 1.0
     """Max global gradient norm; diffusion losses spike at the noisiest steps early in training."""
     seed: int = 0
@@ -29,9 +30,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.batch_size < 1 or self.grad_clip <= 0:
             raise ValueError(f"lr and grad_clip must be > 0 and batch_size >= 1, got {self}")
-
-
-LossCallback = Callable[[int, float], None]
 
 
 class WorldModelTrainer:
@@ -51,28 +49,17 @@ class WorldModelTrainer:
 
     def train(self, buffer: EpisodeBuffer, n_steps: int, *, progress: bool = False,
               on_loss: LossCallback | None = None, log_every: int = 50) -> list[float]:
-        """`n_steps` gradient steps on windows of the buffer; returns the loss of every step."""
-        if n_steps < 0:
-            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
-        model = self.model
+        """`n_steps` gradient steps on windows of the buffer; returns the loss of every step.
+        `on_loss` gets the trainer's total step count and the recent mean loss every `log_every` steps."""
+        model, start = self.model, self.steps
         model.denoiser.train()
-        losses: list[float] = []
-        bar = tqdm(range(n_steps), desc="world model", disable=not progress, leave=False)
-        for _ in bar:
-            windows = buffer.sample_windows(self.config.batch_size, model.horizon, self.rng)
-            loss = model.loss(windows, self.generator)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), self.config.grad_clip)
-            self.optimizer.step()
-            model.update_ema()
-            self.steps += 1
-            losses.append(loss.item())
-            if len(losses) % log_every == 0:
-                recent = float(np.mean(losses[-log_every:]))
-                bar.set_postfix(loss=f"{recent:.4f}")
-                if on_loss is not None:
-                    on_loss(self.steps, recent)
+        batch_size = self.config.batch_size
+        report = None if on_loss is None else lambda k, loss: on_loss(start + k, loss)
+        losses = fit_steps(model, self.optimizer,
+                           lambda: buffer.sample_windows(batch_size, model.horizon, self.rng), n_steps,
+                           grad_clip=self.config.grad_clip, generator=self.generator, progress=progress,
+                           desc="world model", on_loss=report, log_every=log_every)
+        self.steps += len(losses)
         return losses
 
     def state_dict(self) -> dict[str, Any]:
@@ -95,15 +82,16 @@ def spec_from_env(env: Any, env_id: str) -> EnvSpec:
 
 
 def fit_world_model(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
-                    config: WorldModelConfig = WorldModelConfig(), train: TrainConfig = TrainConfig(),
+                    config: WorldModelConfig | None = None, train: TrainConfig = TrainConfig(),
                     *, device: str | torch.device = "auto", progress: bool = True,
                     on_loss: LossCallback | None = None) -> tuple[WorldModel, list[float]]:
-    """Build a world model with statistics of `buffer` and train it for `n_steps`."""
+    """Build a world model (default config: `WorldModelConfig()`) with statistics of `buffer` and train it
+    for `n_steps`."""
     if len(buffer) == 0:
         raise ValueError("cannot fit a world model on an empty buffer: collect real data first")
     torch.manual_seed(train.seed)
     normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
-    model = WorldModel(spec, config, normaliser, device)
+    model = WorldModel(spec, config or WorldModelConfig(), normaliser, device)
     trainer = WorldModelTrainer(model, train)
     losses = trainer.train(buffer, n_steps, progress=progress, on_loss=on_loss)
     return model, losses

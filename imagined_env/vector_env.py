@@ -43,8 +43,8 @@ def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id:
 def start_state_array(start_states: StartStates | None, obs_dim: int) -> np.ndarray:
     """Real start observations [n, obs] from a buffer, a buffer file or an array."""
     if start_states is None:
-        raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, or an array [n, obs] "
-                         "of real observations (the data the world model was trained on)")
+        raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, or an array "
+                         "[n, obs] of real observations (the data the world model was trained on)")
     if isinstance(start_states, (str, os.PathLike)):
         start_states = EpisodeBuffer.load(start_states)
     if isinstance(start_states, EpisodeBuffer):
@@ -71,11 +71,11 @@ class ImaginedVectorEnv(VectorEnv):
     fixed. Episodes end at H (truncation, `info["final_obs"]`) or at a predicted termination.
     """
 
-    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012 (gymnasium's)
 
     def __init__(self, world_model: WorldModel | str | os.PathLike | None = None, num_envs: int = 1, *,
                  start_states: StartStates | None = None, policy: GaussianPolicyFn | None = None,
-                 env_id: str | None = None, replay: ReplayConfig = ReplayConfig(),
+                 env_id: str | None = None, replay: ReplayConfig | None = None,
                  device: str | torch.device = "auto", render_mode: str | None = None):
         if render_mode is not None:  # TypeError: SB3's PPO("MlpPolicy", env_id) then retries without it
             raise TypeError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
@@ -96,7 +96,7 @@ class ImaginedVectorEnv(VectorEnv):
                                               np.array(spec.action_high, np.float32), dtype=np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
-        self.replay = PlanReplay(self.model, num_envs, self._sample_starts, replay)
+        self.replay = PlanReplay(self.model, num_envs, self._sample_starts, replay or ReplayConfig())
         self.replay.set_policy(policy)
         self.elapsed = np.zeros(num_envs, np.int64)
         self._needs_reset = True
@@ -190,12 +190,13 @@ class ImaginedVectorEnv(VectorEnv):
 
     def _checked_actions(self, actions: Any) -> np.ndarray:
         arr = np.asarray(actions)
-        expected = (self.num_envs,) + self.single_action_space.shape
+        expected = (self.num_envs, self.model.spec.act_dim)
         if arr.shape != expected:
             raise ValueError(f"actions must have shape {expected}, got {arr.shape}")
         if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
             raise ValueError(f"actions must be a numeric array, got dtype {arr.dtype}")
         arr = arr.astype(np.float32)
         if not np.isfinite(arr).all():
-            raise ValueError(f"actions contain NaN or inf (envs {np.flatnonzero(~np.isfinite(arr).all(1)).tolist()})")
+            bad = np.flatnonzero(~np.isfinite(arr).all(1)).tolist()
+            raise ValueError(f"actions contain NaN or inf (envs {bad})")
         return arr

@@ -1,16 +1,17 @@
 """The PolyGRAD world model: denoiser + EMA copy + schedule + normaliser, its loss, guided
-imagination in environment units, and a one-file save format."""
+imagination in environment units, guidance-scale tuning, and a one-file save format."""
 from __future__ import annotations
 
-import copy
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
@@ -21,8 +22,9 @@ from imagined_env.diffusion.guidance import (
     update_log_scale,
     update_row_offsets,
 )
-from imagined_env.diffusion.sampler import ActionBounds, SamplerConfig, action_input, guided_sample
-from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig
+from imagined_env.diffusion.sampler import ActionBounds, ActionInput, GuidedSampler
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
+from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.utils import atomic_path, resolve_device
 
 FORMAT_VERSION = 1
@@ -45,7 +47,7 @@ class EnvSpec:
 
 @dataclass(frozen=True)
 class WorldModelConfig:
-    """Everything that defines a world model's architecture and sampling; defaults = the paper's."""
+    """Everything that defines a world model's architecture and sampling; defaults follow PolyGRAD."""
 
     horizon: int = 10
     """H: imagined transitions per trajectory (the model diffuses H + 1 rows)."""
@@ -58,19 +60,14 @@ class WorldModelConfig:
     terminal_threshold: float = 0.5
     """A generated terminal channel above this (environment units) ends the episode."""
     reward_loss_weight: float = 1.0
-    """Weight of the reward channel in the x0 loss, relative to every other entry (paper: 1, a plain
-    MSE). The reward is one of obs + 2 channels yet it alone drives the learner: a weight above 1
-    buys reward accuracy for a little state accuracy."""
+    """Weight of the reward channel in the x0 loss relative to every other entry (1: a plain MSE); the
+    reward alone drives the learner, so a weight above 1 trades a little state accuracy for it."""
     scale_actions: bool = True
-    """Feed actions to the denoiser scaled by sqrt(alpha_bar_t), as the paper (they are as noisy as the
-    states while guidance denoises them). False feeds them at full strength at every step, in training
-    and sampling: the model then sees at high noise what the actions are, which is when the coarse
-    shape of the trajectory is decided."""
+    """Feed actions to the denoiser scaled by sqrt(alpha_bar_t), as noisy as the states; False feeds them
+    at full strength, so the model sees them at high noise, where the trajectory's shape is decided."""
     condition_on_last_action: bool = True
-    """The denoiser sees the last row's action a_H, as the paper. Nothing used inside the window depends
-    on it (r_H and d_H are never read), but in data from a policy it reveals s_H, so a model that uses it
-    makes imagined returns vary with an action never taken. False shows it the mean action instead, in
-    training and sampling."""
+    """The denoiser sees the last row's action a_H; False shows the mean action instead. Nothing read from
+    the window depends on a_H, but in policy data it reveals s_H, so imagined returns can vary with it."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -84,7 +81,7 @@ class WorldModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "WorldModelConfig":
+    def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
         parts = {"denoiser": DenoiserConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
                  "guidance": GuidanceConfig}
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
@@ -115,13 +112,15 @@ class WorldModel:
         self.spec, self.config, self.normaliser = spec, config, normaliser
         self.device = resolve_device(device)
         self.n_rows = config.horizon + 1
-        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser).to(self.device)
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser)
+        self.denoiser.to(self.device)
+        self.ema = ema_copy(self.denoiser)
         self.schedule = DiffusionSchedule(config.schedule, self.device)
         self.bounds = ActionBounds(
             torch.tensor(spec.action_low, dtype=torch.float32, device=self.device),
             torch.tensor(spec.action_high, dtype=torch.float32, device=self.device),
         )
+        self.action_input = ActionInput(config.scale_actions, config.condition_on_last_action)
         self.log_guidance_scale = math.log(config.guidance.initial_scale)
         self.row_scale_offsets = torch.zeros(self.n_rows)
         """log(lambda_k / lambda) per row; stays 0 unless `config.guidance.per_row`."""
@@ -149,26 +148,26 @@ class WorldModel:
         """x0-prediction MSE over all entries of B windows, with the start state inpainted; the reward
         channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE."""
         obs_dim, dev = self.spec.obs_dim, self.device
-        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)  # noqa: E731
-        x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards), as_t(windows.terminals))
+        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)
+        x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards),
+                                            as_t(windows.terminals))
         cond = self.normaliser.normalise_action(self.bounds.clip(as_t(windows.actions)))
         batch = x0.shape[0]
         t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)
         noise = torch.randn(x0.shape, device=dev, generator=generator)
         xt = self.schedule.q_sample(x0, t, noise)
         xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
-        seen = action_input(cond, self.schedule.signal_scale(t), scale_actions=self.config.scale_actions,
-                            last_action=self.config.condition_on_last_action)
-        pred = self.denoiser(xt, seen, t)
+        pred = self.denoiser(xt, self.action_input(cond, self.schedule.signal_scale(t)), t)
         pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
         weight = self._channel_weight
         return ((pred - x0).pow(2) * weight).mean() / weight.mean()
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        decay = self.config.ema_decay
-        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
-            e.lerp_(p, 1.0 - decay)
+        ema_update(self.ema, self.denoiser, self.config.ema_decay)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """The trained denoiser's parameters (the EMA copy follows them)."""
+        return self.denoiser.parameters()
 
     def imagine(
         self,
@@ -178,47 +177,63 @@ class WorldModel:
         generator: torch.Generator | None = None,
         actions: torch.Tensor | np.ndarray | None = None,
         n_sample_steps: int | None = None,
-        adapt_guidance: bool = True,
+        adapt_guidance: bool = False,
     ) -> Imagination:
         """B guided trajectories of H steps from start observations [B, obs], in one batched call.
 
         `policy` maps states [N, obs] to (mean, std) [N, act]; `actions` [B, k, act] with k <= H fixes
         a_0..a_{k-1} (k = 1: an action the agent took; k = H: the model replays a given action sequence
         open-loop); the other actions follow the policy.
-        `n_sample_steps` overrides the configured chain length (None: use the config). When guided and
-        `adapt_guidance`, the guidance scale takes one tuning step toward the target action spread.
+        `n_sample_steps` overrides the configured chain length (None: use the config).
+        `adapt_guidance` also calls `adapt_guidance` with the result; the guidance scale changes only then.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
         fixed = None if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=self.device)
         if fixed is not None:
-            if fixed.dim() != 3 or not 1 <= fixed.shape[1] <= self.horizon or fixed.shape[2] != self.spec.act_dim:
+            if (fixed.dim() != 3 or not 1 <= fixed.shape[1] <= self.horizon
+                    or fixed.shape[2] != self.spec.act_dim):
                 raise ValueError(f"actions must have shape [B, k, {self.spec.act_dim}] with 1 <= k <= "
                                  f"{self.horizon}, got {tuple(fixed.shape)}")
             if fixed.shape[0] != s0.shape[0]:
-                raise ValueError(f"actions has {fixed.shape[0]} rows, expected {s0.shape[0]} (one per start state)")
+                raise ValueError(f"actions has {fixed.shape[0]} rows, expected {s0.shape[0]} "
+                                 "(one per start state)")
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
-        sampler = self.config.sampler if n_sample_steps is None else replace(self.config.sampler,
-                                                                             n_sample_steps=n_sample_steps)
-        out = guided_sample(
-            self.ema, self.schedule, self.normaliser, self.bounds, s0, self.n_rows,
-            policy=policy, guidance=self.config.guidance, config=sampler,
-            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale,
-            generator=generator, fixed_actions=fixed, scale_actions=self.config.scale_actions,
-            last_action=self.config.condition_on_last_action,
-        )
-        if policy is not None and adapt_guidance:
-            self.log_guidance_scale = update_log_scale(self.log_guidance_scale, out.spread, self.config.guidance)
-            self.row_scale_offsets = update_row_offsets(self.row_scale_offsets, out.row_spread, out.spread,
-                                                        self.config.guidance)
+        out = self.sampler(n_sample_steps).sample(
+            s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
+            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
         states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
         h = self.horizon
-        return Imagination(
+        imagination = Imagination(
             observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
             terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
             row_spread=out.row_spread,
         )
+        if adapt_guidance:
+            self.adapt_guidance(imagination)
+        return imagination
+
+    def adapt_guidance(self, imagination: Imagination) -> None:
+        """One tuning step of the guidance scale (and, with `per_row`, of each row's factor) toward the
+        target spread, from the action spread of a policy-guided imagination; unguided ones change nothing.
+
+        Only imaginations whose actions all follow the policy measure its spread: not those with given
+        actions.
+        """
+        guidance = self.config.guidance
+        self.log_guidance_scale = update_log_scale(self.log_guidance_scale, imagination.spread, guidance)
+        if imagination.row_spread is not None:
+            self.row_scale_offsets = update_row_offsets(self.row_scale_offsets, imagination.row_spread,
+                                                        imagination.spread, guidance)
+
+    def sampler(self, n_sample_steps: int | None = None) -> GuidedSampler:
+        """The guided sampler of the EMA weights; `n_sample_steps` overrides the configured chain length."""
+        config = self.config.sampler
+        if n_sample_steps is not None:
+            config = replace(config, n_sample_steps=n_sample_steps)
+        return GuidedSampler(self.ema, self.schedule, self.normaliser, self.bounds, self.action_input,
+                             self.config.guidance, config)
 
     def _checked(self, v: torch.Tensor | np.ndarray, dim: int, name: str) -> torch.Tensor:
         t = torch.as_tensor(v, dtype=torch.float32, device=self.device)
@@ -245,7 +260,7 @@ class WorldModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",
-             env_id: str | None = None) -> "WorldModel":
+             env_id: str | None = None) -> WorldModel:
         """Load a file written by `save`; `env_id`, when given, must match the file's task."""
         path = Path(path)
         if not path.is_file():

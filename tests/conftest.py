@@ -1,6 +1,8 @@
 """Shared tiny fixtures: a synthetic linear system and a tiny world model trained on it."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -51,11 +53,16 @@ TINY_CONFIG = WorldModelConfig(horizon=H, denoiser=DenoiserConfig(width=128, dep
                                schedule=ScheduleConfig(n_steps=20))
 
 
-@pytest.fixture(scope="session")
-def trained_linear_model():
-    """A tiny world model trained for a few hundred steps on the linear system (seconds)."""
+@functools.cache
+def _trained_linear_model():
     torch.manual_seed(0)
     buf = linear_buffer()
     model, losses = fit_world_model(buf, LINEAR_SPEC, 400, TINY_CONFIG, TrainConfig(lr=2e-3, batch_size=128),
                                     device="cpu", progress=False)
     return model, buf, losses
+
+
+@pytest.fixture
+def trained_linear_model():
+    """A tiny world model trained for a few hundred steps on the linear system (seconds), once per run."""
+    return _trained_linear_model()

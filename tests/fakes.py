@@ -13,7 +13,7 @@ class LinearFakeModel:
 
     Actions are policy samples (mean + std * noise) when a policy is given, else N(0, 0.5).
     An episode terminates when s[0] of the next state exceeds `terminate_above`. Records each call's
-    batch size (`calls`) and whether it asked to tune the guidance scale (`adapted`).
+    batch size (`calls`) and whether the guidance scale was tuned from it (`adapted`).
     """
 
     def __init__(self, horizon: int = 4, terminate_above: float = np.inf, env_id: str = "Linear-v0"):
@@ -24,12 +24,12 @@ class LinearFakeModel:
         self.calls: list[int] = []
         self.adapted: list[bool] = []
 
-    def imagine(self, start_obs, policy=None, *, generator=None, actions=None, n_sample_steps=None,
-                adapt_guidance=True) -> Imagination:
+    def imagine(self, start_obs, policy=None, *, generator=None, actions=None, n_sample_steps=None
+                ) -> Imagination:
         s = np.asarray(start_obs, np.float32)
         b, h = len(s), self.horizon
         self.calls.append(b)
-        self.adapted.append(adapt_guidance)
+        self.adapted.append(False)
         obs = np.zeros((b, h + 1, OBS), np.float32)
         acts = np.zeros((b, h, ACT), np.float32)
         rews = np.zeros((b, h), np.float32)
@@ -52,3 +52,6 @@ class LinearFakeModel:
         terms = terms | ended
         return Imagination(torch.as_tensor(obs), torch.as_tensor(acts), torch.as_tensor(rews),
                            torch.as_tensor(terms), float("nan"))
+
+    def adapt_guidance(self, imagination: Imagination) -> None:
+        self.adapted[-1] = True

@@ -8,13 +8,13 @@ a_t sampled from the policy at the model's own s_t: the cost PolyGRAD's single c
 """
 from __future__ import annotations
 
-import copy
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
 from imagined_env.baselines.common import (
     DeltaCodec,
@@ -28,8 +28,8 @@ from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
 from imagined_env.diffusion.guidance import GaussianPolicyFn
-from imagined_env.diffusion.sampler import SamplerConfig
-from imagined_env.diffusion.schedule import DiffusionSchedule, ScheduleConfig, strided_timesteps
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
+from imagined_env.fitting import ema_copy, ema_update, fit_steps
 from imagined_env.training import TrainConfig
 from imagined_env.utils import resolve_device
 from imagined_env.world_model import EnvSpec, Imagination
@@ -66,7 +66,7 @@ class ARDiffusion:
         self.device = resolve_device(device)
         obs_dim, act_dim = spec.obs_dim, spec.act_dim
         self.denoiser = build_denoiser(1, obs_dim + 2, obs_dim + act_dim, config.denoiser).to(self.device)
-        self.ema = copy.deepcopy(self.denoiser).requires_grad_(False).eval()
+        self.ema = ema_copy(self.denoiser)
         self.schedule = DiffusionSchedule(config.schedule, self.device)
         self.bounds = action_bounds(spec, self.device)
 
@@ -78,16 +78,17 @@ class ARDiffusion:
         return cond[:, None]
 
     def loss(self, batch: TransitionTensors, generator: torch.Generator | None = None) -> torch.Tensor:
-        """x0-prediction MSE on a batch of B transitions, uniform t (as PolyGRAD's loss)."""
+        """x0-prediction MSE on a batch of B transitions at uniform t, the loss of the trajectory model."""
         x0 = self.codec.encode(batch.obs, batch.next_obs, batch.rewards, batch.terminals)[:, None]
         t = torch.randint(0, self.schedule.n_steps, (len(batch),), device=self.device, generator=generator)
         xt = self.schedule.q_sample(x0, t, torch.randn(x0.shape, device=self.device, generator=generator))
         return F.mse_loss(self.denoiser(xt, self.condition(batch.obs, batch.actions), t), x0)
 
-    @torch.no_grad()
     def update_ema(self) -> None:
-        for e, p in zip(self.ema.parameters(), self.denoiser.parameters()):
-            e.lerp_(p, 1.0 - self.config.ema_decay)
+        ema_update(self.ema, self.denoiser, self.config.ema_decay)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.denoiser.parameters()
 
     @torch.no_grad()
     def step(self, obs: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None = None,
@@ -95,17 +96,13 @@ class ARDiffusion:
         """One reverse chain: obs [N, obs], actions [N, act] -> next_obs [N, obs], rewards [N],
         terminations [N] bool. `n_sample_steps` overrides the configured chain length."""
         sampler = self.config.sampler
-        steps = strided_timesteps(self.schedule.n_steps,
-                                  sampler.n_sample_steps if n_sample_steps is None else n_sample_steps)
+        chain = self.schedule.reverse_chain(n_sample_steps if n_sample_steps is not None
+                                            else sampler.n_sample_steps)
         cond = self.condition(obs, actions)
         x = torch.randn(obs.shape[0], 1, self.spec.obs_dim + 2, device=self.device, generator=generator)
-        for i, t in enumerate(steps):
-            s = steps[i + 1] if i + 1 < len(steps) else -1
+        for t, s in chain:
             tt = torch.full((obs.shape[0],), t, device=self.device, dtype=torch.long)
-            mean, std = self.schedule.posterior(self.ema(x, cond, tt), x, tt, torch.full_like(tt, s))
-            if t <= sampler.late_clip_steps:
-                mean = x + (mean - x).clamp(-sampler.late_clip, sampler.late_clip)
-            x = mean if s < 0 else mean + std * torch.randn(x.shape, device=self.device, generator=generator)
+            x = self.schedule.reverse_step(self.ema(x, cond, tt), x, t, s, sampler, generator)
         next_obs, rewards, terminals = self.codec.decode(obs, x[:, 0])
         return next_obs, rewards, terminals > self.config.terminal_threshold
 
@@ -114,13 +111,14 @@ class ARDiffusion:
         """B trajectories of `horizon` steps from start_obs [B, obs]: per step, a ~ policy at the model's
         state, then one reverse chain."""
         s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
-        step = lambda s, a: self.step(s, a, generator, n_sample_steps)  # noqa: E731
+        step = lambda s, a: self.step(s, a, generator, n_sample_steps)
         return autoregressive_rollout(step, s0, policy, horizon, generator)
 
 
 def fit_ar_diffusion(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                      config: ARDiffusionConfig = ARDiffusionConfig(), train: TrainConfig = POLYGRAD_TRAIN, *,
-                     device: str | torch.device = "auto", progress: bool = True) -> tuple[ARDiffusion, list[float]]:
+                     device: str | torch.device = "auto", progress: bool = True
+                     ) -> tuple[ARDiffusion, list[float]]:
     """Fit on `buffer.transitions()` for `n_steps` Adam steps of `train.batch_size` transitions, with
     PolyGRAD's optimiser settings and an EMA update after every step."""
     device = resolve_device(device)
@@ -128,18 +126,13 @@ def fit_ar_diffusion(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
     data = transition_tensors(buffer, action_bounds(spec, device), device)
     normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
     model = ARDiffusion(spec, config, DeltaCodec.fit(data, normaliser), device)
-    optimizer = torch.optim.Adam(model.denoiser.parameters(), lr=train.lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=train.lr)
     rng = np.random.default_rng(train.seed)
     generator = torch.Generator(device=device).manual_seed(train.seed)
     model.denoiser.train()
-    losses: list[float] = []
-    for _ in tqdm(range(n_steps), desc="ar diffusion", disable=not progress, leave=False):
-        idx = torch.as_tensor(rng.integers(len(data), size=train.batch_size), device=device)
-        loss = model.loss(data.take(idx), generator)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), train.grad_clip)
-        optimizer.step()
-        model.update_ema()
-        losses.append(loss.item())
+    losses = fit_steps(model, optimizer,
+                       lambda: data.take(torch.as_tensor(rng.integers(len(data), size=train.batch_size),
+                                                         device=device)),
+                       n_steps, grad_clip=train.grad_clip, generator=generator, progress=progress,
+                       desc="ar diffusion")
     return model, losses

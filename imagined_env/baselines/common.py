@@ -47,11 +47,12 @@ def action_bounds(spec: EnvSpec, device: torch.device) -> ActionBounds:
                         torch.tensor(spec.action_high, dtype=torch.float32, device=device))
 
 
-def transition_tensors(buffer: EpisodeBuffer, bounds: ActionBounds, device: torch.device) -> TransitionTensors:
+def transition_tensors(buffer: EpisodeBuffer, bounds: ActionBounds, device: torch.device
+                       ) -> TransitionTensors:
     if buffer.n_transitions == 0:
         raise ValueError("cannot fit a model on an empty episode buffer: collect real data first")
     data = buffer.transitions()
-    as_t = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)  # noqa: E731
+    as_t = lambda v: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=device)
     return TransitionTensors(obs=as_t(data.obs), actions=bounds.clip(as_t(data.actions)),
                              rewards=as_t(data.rewards), terminals=as_t(data.terminals),
                              next_obs=as_t(data.next_obs))

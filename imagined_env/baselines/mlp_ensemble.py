@@ -8,14 +8,15 @@ per trajectory and step and sample its Gaussian, as MBPO does.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from imagined_env.baselines.common import (
     DeltaCodec,
@@ -27,6 +28,7 @@ from imagined_env.baselines.common import (
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.guidance import GaussianPolicyFn
+from imagined_env.fitting import fit_steps
 from imagined_env.training import TrainConfig
 from imagined_env.utils import resolve_device
 from imagined_env.world_model import EnvSpec, Imagination
@@ -64,6 +66,10 @@ class EnsembleConfig:
         if not 0 < self.terminal_threshold < 1:
             raise ValueError(f"terminal_threshold must lie in (0, 1), got {self.terminal_threshold}")
 
+
+EnsembleBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""Per member: inputs [E, B, obs+act], targets [E, B, obs+1] (normalised delta-state, reward),
+terminals [E, B]."""
 
 ENSEMBLE_TRAIN = TrainConfig(lr=1e-3, grad_clip=10.0)
 """MBPO's optimiser (Adam 1e-3, batch 256 per member); the loose clip only catches early NLL spikes."""
@@ -124,16 +130,21 @@ class MLPEnsemble:
         norm = self.codec.normaliser
         return torch.cat([norm.normalise_obs(obs), norm.normalise_action(self.bounds.clip(actions))], dim=-1)
 
-    def loss(self, inputs: torch.Tensor, targets: torch.Tensor, terminals: torch.Tensor) -> torch.Tensor:
+    def loss(self, batch: EnsembleBatch, generator: torch.Generator | None = None) -> torch.Tensor:
         """Gaussian NLL + termination BCE + log-variance bound penalty, averaged over members.
-
-        inputs [E, B, obs+act], targets [E, B, obs+1] (normalised delta-state, reward), terminals [E, B].
-        """
+        Deterministic: `generator` is unused."""
+        inputs, targets, terminals = batch
         mean, logvar, logit = self.net(inputs)
         nll = ((mean - targets).pow(2) * torch.exp(-logvar) + logvar).mean()
         bce = F.binary_cross_entropy_with_logits(logit, terminals)
         bound = self.config.logvar_bound_weight * (self.net.max_logvar.sum() - self.net.min_logvar.sum())
         return nll + bce + bound
+
+    def update_ema(self) -> None:
+        """No EMA: the ensemble generates with its trained weights."""
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        return self.net.parameters()
 
     @torch.no_grad()
     def select_elites(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -168,13 +179,14 @@ class MLPEnsemble:
         """B trajectories of `horizon` steps from start_obs [B, obs], actions sampled from `policy` at the
         model's own states (one ensemble call per step); `deterministic` as in `step`."""
         s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
-        step = lambda s, a: self.step(s, a, generator, deterministic)  # noqa: E731
+        step = lambda s, a: self.step(s, a, generator, deterministic)
         return autoregressive_rollout(step, s0, policy, horizon, generator)
 
 
 def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                      config: EnsembleConfig = EnsembleConfig(), train: TrainConfig = ENSEMBLE_TRAIN, *,
-                     device: str | torch.device = "auto", progress: bool = True) -> tuple[MLPEnsemble, list[float]]:
+                     device: str | torch.device = "auto", progress: bool = True
+                     ) -> tuple[MLPEnsemble, list[float]]:
     """Fit on `buffer.transitions()` for `n_steps` Adam steps (each member its own batch of
     `train.batch_size`), then rank the members on the held-out transitions."""
     device = resolve_device(device)
@@ -189,19 +201,17 @@ def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
     order = rng.permutation(len(data))
     n_holdout = min(int(config.holdout_fraction * len(data)), config.max_holdout)
     held, fit = order[:n_holdout], order[n_holdout:]
-    decay = [layer.weight for layer in (*model.net.hidden, model.net.head)]
+    decay: list[nn.Parameter] = [layer.weight for layer in (*model.net.hidden, model.net.head)]
     rest = [p for p in model.net.parameters() if all(p is not d for d in decay)]
-    optimizer = torch.optim.Adam([{"params": decay, "weight_decay": config.weight_decay},
-                                  {"params": rest}], lr=train.lr)
-    losses: list[float] = []
-    for _ in tqdm(range(n_steps), desc="mlp ensemble", disable=not progress, leave=False):
+    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest}]
+    optimizer = torch.optim.Adam(groups, lr=train.lr)
+
+    def next_batch() -> EnsembleBatch:
         idx = torch.as_tensor(rng.choice(fit, size=(config.n_members, train.batch_size)), device=device)
-        loss = model.loss(inputs[idx], targets[idx], data.terminals[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.net.parameters(), train.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
+        return inputs[idx], targets[idx], data.terminals[idx]
+
+    losses = fit_steps(model, optimizer, next_batch, n_steps, grad_clip=train.grad_clip, progress=progress,
+                       desc="mlp ensemble")
     held = held if n_holdout > 0 else fit  # too little data to hold any out: rank on the training data
     model.select_elites(inputs[held], targets[held])
     return model, losses

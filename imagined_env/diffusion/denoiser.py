@@ -1,8 +1,7 @@
-"""Denoisers: networks mapping (noisy trajectory, scaled clean actions, t) to the clean trajectory.
+"""Denoisers: networks mapping (noisy trajectory, clean actions, t) to the clean trajectory.
 
-Both predict x0 (not epsilon), as PolyGRAD does. They never denoise actions: actions are
-conditioning channels, given scaled by sqrt(alpha_bar_t) so that their magnitude tracks the
-states' signal level.
+Both predict x0 (not epsilon). They never denoise actions: actions are conditioning channels, shown as
+`ActionInput` prescribes (by default scaled by sqrt(alpha_bar_t), to track the states' signal level).
 """
 from __future__ import annotations
 
@@ -18,9 +17,9 @@ class DenoiserConfig:
     """Architecture of the denoiser."""
 
     kind: str = "mlp"
-    """"mlp": residual MLP over the flattened window (paper default); "transformer": one token a step."""
+    """"mlp": residual MLP over the flattened window; "transformer": one token a step."""
     width: int = 1024
-    """Hidden width (1024 in the paper for H = 10)."""
+    """Hidden width."""
     depth: int = 6
     """Residual blocks (MLP) or layers (transformer)."""
     time_dim: int = 128
@@ -44,6 +43,7 @@ class TimeEmbedding(nn.Module):
         super().__init__()
         half = time_dim // 2
         freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
+        self.freqs: torch.Tensor
         self.register_buffer("freqs", freqs, persistent=False)
         self.mlp = nn.Sequential(nn.Linear(2 * half, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
 
@@ -66,7 +66,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualMLPDenoiser(nn.Module):
-    """Residual MLP over the whole flattened window [L * (x_dim + act_dim)] (PolyGRAD default)."""
+    """Residual MLP over the whole flattened window [L * (x_dim + act_dim)]."""
 
     def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
         super().__init__()
@@ -74,7 +74,8 @@ class ResidualMLPDenoiser(nn.Module):
         self.inp = nn.Linear(n_rows * (x_dim + act_dim), config.width)
         self.time = TimeEmbedding(config.time_dim, config.width)
         self.blocks = nn.Sequential(*[ResidualBlock(config.width) for _ in range(config.depth)])
-        self.out = nn.Sequential(nn.LayerNorm(config.width), nn.ReLU(), nn.Linear(config.width, n_rows * x_dim))
+        self.out = nn.Sequential(nn.LayerNorm(config.width), nn.ReLU(),
+                                 nn.Linear(config.width, n_rows * x_dim))
 
     def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x [B, L, x_dim], actions [B, L, act_dim] (already scaled), t [B] -> x0_hat [B, L, x_dim]."""

@@ -8,8 +8,8 @@ read without a graph, so sampling never leaves `.grad` on policy parameters.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -20,11 +20,11 @@ class GuidanceConfig:
     """How strongly and how adaptively imagined actions are pulled toward the policy."""
 
     initial_scale: float = 0.005
-    """lambda_0, in unnormalised action units per step of the full chain (paper: 0.005). A strided
-    chain of S < T steps uses lambda * T / S per step, so one lambda fits every chain length."""
+    """lambda_0, in unnormalised action units per step of the full chain. A strided chain of S < T steps
+    uses lambda * T / S per step, so one lambda fits every chain length."""
     scale_lr: float = 0.05
-    """Step of log(lambda) per imagination toward the target spread. The paper uses 3e-3 over
-    ~250k imaginations; CPU runs make a few hundred, so the default adapts within ~50 calls."""
+    """Step of log(lambda) per tuning call toward the target spread; large enough to settle within tens
+    of calls, as a CPU run makes only a few hundred."""
     target_std: float = 1.0
     """Target std of standardised actions (a - mean_pi) / std_pi: 1 means on-policy spread."""
     std_floor: float = 0.1
@@ -35,9 +35,8 @@ class GuidanceConfig:
     """Tune lambda online; False keeps `initial_scale`."""
     per_row: bool = False
     """Also tune one factor per trajectory row, lambda_k = lambda * exp(o_k), each toward the target
-    spread. With one lambda for all rows the start row, whose state is known throughout the chain,
-    ends under-dispersed and the last rows over-dispersed (a cpu-preset run at 50k real steps: spread
-    0.74 at row 0 rising to 1.12 at row 4), so no row's actions are distributed like the policy."""
+    spread: rows differ (the start row's state is known throughout the chain, later rows' are not), so
+    one lambda for all leaves some rows under- and others over-dispersed."""
 
     def __post_init__(self) -> None:
         if not (self.initial_scale > 0 and self.std_floor > 0 and self.action_clamp_std > 0):

@@ -1,8 +1,9 @@
-"""Policy-guided trajectory sampling (PolyGRAD, section 4 of shared/polygrad.md).
+"""Policy-guided trajectory sampling: B whole trajectories from one chain of network passes.
 
 States are denoised given the current actions; actions follow the policy's score plus fresh noise.
-One call produces B whole trajectories with one chain of network passes. The sampler takes the
-denoiser, schedule, normaliser and policy as arguments and owns no state.
+Inside the chain the actions live in normalised units, where the chain's noise is drawn; once per step
+they go to policy units (environment units, unclipped), where the policy scores them and the
+simulator's bounds clip what the denoiser sees.
 """
 from __future__ import annotations
 
@@ -20,19 +21,7 @@ from imagined_env.diffusion.guidance import (
     row_spreads,
     standardised_spread,
 )
-from imagined_env.diffusion.schedule import DiffusionSchedule, strided_timesteps
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """Chain length and the step limits of the reverse process."""
-
-    n_sample_steps: int | None = None
-    """Network passes per imagination: None = the full T-step chain, else an even strided subset."""
-    late_clip_steps: int = 10
-    """At timesteps <= this (in full-chain units), the state update mu - x is limited..."""
-    late_clip: float = 0.25
-    """...to +- this (normalised units), which stops late-chain blow-ups."""
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -57,106 +46,105 @@ class ActionBounds:
         return torch.maximum(torch.minimum(a, self.high.to(a.device)), self.low.to(a.device))
 
 
-def action_input(cond: torch.Tensor, signal: torch.Tensor, *, scale_actions: bool, last_action: bool
-                 ) -> torch.Tensor:
-    """What the denoiser sees of the normalised, clipped actions [B, L, act] at signal levels
-    sqrt(alpha_bar_t) [B]: scaled by them (`scale_actions`) or at full strength; the last row's action
-    zeroed (the mean action) unless `last_action`."""
-    if scale_actions:
-        cond = signal[:, None, None] * cond
-    if not last_action:
-        cond = torch.cat([cond[:, :-1], torch.zeros_like(cond[:, -1:])], dim=1)
-    return cond
+@dataclass(frozen=True)
+class ActionInput:
+    """How the denoiser sees the normalised, clipped actions, the same in training and sampling."""
+
+    scale_actions: bool = True
+    """Scale them by the signal level sqrt(alpha_bar_t), else show them at full strength."""
+    last_action: bool = True
+    """Show the last row's action, else the mean action (zero once normalised)."""
+
+    def __call__(self, actions: torch.Tensor, signal: torch.Tensor) -> torch.Tensor:
+        """actions [B, L, act] (normalised, clipped), signal sqrt(alpha_bar_t) [B] -> denoiser input."""
+        if self.scale_actions:
+            actions = signal[:, None, None] * actions
+        if not self.last_action:
+            actions = torch.cat([actions[:, :-1], torch.zeros_like(actions[:, -1:])], dim=1)
+        return actions
 
 
-@torch.no_grad()
-def guided_sample(
-    denoiser: nn.Module,
-    schedule: DiffusionSchedule,
-    normaliser: Normaliser,
-    bounds: ActionBounds,
-    start_states: torch.Tensor,
-    n_rows: int,
-    *,
-    policy: GaussianPolicyFn | None,
-    scale: float | torch.Tensor,
-    guidance: GuidanceConfig,
-    config: SamplerConfig,
-    generator: torch.Generator | None = None,
-    fixed_actions: torch.Tensor | None = None,
-    scale_actions: bool = True,
-    last_action: bool = True,
-) -> GuidedSample:
-    """Sample B trajectories of `n_rows` rows from start states [B, obs] (environment units).
+class GuidedSampler:
+    """Samples trajectories from a trained denoiser, guided by a policy; holds no state between calls."""
 
-    `fixed_actions` [B, k, act] (environment units, k <= n_rows), when given, fixes a_0..a_{k-1} at
-    every step: the trajectory is then conditioned on actions the agent actually took (k = 1), or on a
-    whole given sequence (the model as an open-loop simulator).
-    `scale`: the guidance scale lambda, one for all rows or one per row [L].
-    Without a policy the actions are one draw of N(0, I) in normalised units (data-like), unguided.
-    `scale_actions`, `last_action`: how the denoiser sees the actions (`action_input`), as it was trained.
-    """
-    device = start_states.device
-    batch, obs_dim = start_states.shape
-    act_dim = bounds.low.numel()
-    x_dim = obs_dim + 2
-    s0 = normaliser.normalise_obs(start_states)
-    x = torch.randn(batch, n_rows, x_dim, device=device, generator=generator)
-    x[:, 0, :obs_dim] = s0
-    a = torch.randn(batch, n_rows, act_dim, device=device, generator=generator)
-    fixed = None if fixed_actions is None else normaliser.normalise_action(bounds.clip(fixed_actions))
-    n_fixed = 0 if fixed is None else fixed.shape[1]
-    steps = strided_timesteps(schedule.n_steps, config.n_sample_steps)
-    # a strided chain takes fewer guidance steps: scale each so that lambda means the same for any length
-    step_scale = scale * schedule.n_steps / len(steps)
-    if isinstance(step_scale, torch.Tensor):                # per row: [L] -> [B * L, 1], rows fastest
-        step_scale = step_scale.to(device).repeat(batch)[:, None]
-    spread, row_spread = float("nan"), torch.full((n_rows,), float("nan"))
-    for i, t in enumerate(steps):
-        s = steps[i + 1] if i + 1 < len(steps) else -1
-        if fixed is not None:
-            a[:, :n_fixed] = fixed
-        tt = torch.full((batch,), t, device=device, dtype=torch.long)
-        cond = normaliser.normalise_action(bounds.clip(normaliser.unnormalise_action(a)))
-        x0_hat = denoiser(x, action_input(cond, schedule.signal_scale(tt), scale_actions=scale_actions,
-                                          last_action=last_action), tt)
-        x0_hat[:, 0, :obs_dim] = s0
-        mean, std = schedule.posterior(x0_hat, x, tt, torch.full_like(tt, s))
-        if t <= config.late_clip_steps:
-            mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
-        if policy is not None:
-            a_u, pi_mean, pi_std = _clamped_to_policy(a, x0_hat[..., :obs_dim], normaliser, policy, guidance)
-            if s < 0:   # the final actions: measured, not stepped
-                spread = standardised_spread(a_u, pi_mean, pi_std)
-                row_spread = row_spreads(*(v.view(a.shape) for v in (a_u, pi_mean, pi_std)))
-                a = normaliser.normalise_action(a_u).view(a.shape)
-            else:
-                a_u = guidance_step(a_u, pi_mean, pi_std, step_scale)
-                noise = torch.randn(a.shape, device=device, generator=generator)
-                a = normaliser.normalise_action(a_u).view(a.shape) + std[:, :, :1] * noise
-        if s < 0:
-            x = mean
-        else:
-            x = mean + std * torch.randn(x.shape, device=device, generator=generator)
+    def __init__(self, denoiser: nn.Module, schedule: DiffusionSchedule, normaliser: Normaliser,
+                 bounds: ActionBounds, action_input: ActionInput, guidance: GuidanceConfig,
+                 config: SamplerConfig):
+        self.denoiser, self.schedule, self.normaliser, self.bounds = denoiser, schedule, normaliser, bounds
+        self.action_input, self.guidance, self.config = action_input, guidance, config
+        self.chain = schedule.reverse_chain(config.n_sample_steps)
+
+    @torch.no_grad()
+    def sample(self, start_states: torch.Tensor, n_rows: int, *, policy: GaussianPolicyFn | None = None,
+               scale: float | torch.Tensor | None = None, generator: torch.Generator | None = None,
+               fixed_actions: torch.Tensor | None = None) -> GuidedSample:
+        """B trajectories of `n_rows` rows from start states [B, obs] (environment units).
+
+        `scale`: the guidance scale lambda, one for all rows or one per row [L] (None: the guidance
+        config's initial scale).
+        `fixed_actions` [B, k, act] (policy units, k <= n_rows), when given, fixes a_0..a_{k-1} at every
+        step: the trajectory is then conditioned on actions the agent actually took (k = 1), or on a
+        whole given sequence (the model as an open-loop simulator).
+        Without a policy the actions are one draw of N(0, I) in normalised units (data-like), unguided.
+        """
+        norm, device = self.normaliser, start_states.device
+        batch, obs_dim = start_states.shape
+        n_fixed = 0 if fixed_actions is None else fixed_actions.shape[1]
+        if fixed_actions is not None and (fixed_actions.shape[0] != batch or n_fixed > n_rows):
+            raise ValueError(f"fixed_actions must have shape [{batch}, k <= {n_rows}, act], "
+                             f"got {tuple(fixed_actions.shape)}")
+        s0 = norm.normalise_obs(start_states)
+        x = torch.randn(batch, n_rows, obs_dim + 2, device=device, generator=generator)
         x[:, 0, :obs_dim] = s0
-    actions = normaliser.unnormalise_action(a)
-    if fixed_actions is not None:
-        actions[:, :n_fixed] = fixed_actions
-    return GuidedSample(x0=x, actions=actions, spread=spread, row_spread=row_spread)
+        a = torch.randn(batch, n_rows, self.bounds.low.numel(), device=device, generator=generator)
+        fixed = None if fixed_actions is None else norm.normalise_action(self.bounds.clip(fixed_actions))
+        step_scale = self._step_scale(scale, batch, device)
+        spread, row_spread = float("nan"), torch.full((n_rows,), float("nan"))
+        for t, s in self.chain:
+            if fixed is not None:
+                a[:, :n_fixed] = fixed
+            a_pi = norm.unnormalise_action(a)
+            tt = torch.full((batch,), t, device=device, dtype=torch.long)
+            seen = norm.normalise_action(self.bounds.clip(a_pi))
+            seen = self.action_input(seen, self.schedule.signal_scale(tt))
+            x0_hat = self.denoiser(x, seen, tt)
+            x0_hat[:, 0, :obs_dim] = s0
+            if policy is not None:
+                a_pi, pi_mean, pi_std = self._clamped_to_policy(a_pi, x0_hat[..., :obs_dim], policy)
+                if s < 0:   # the final actions: measured, not stepped
+                    spread = standardised_spread(a_pi, pi_mean, pi_std)
+                    row_spread = row_spreads(*(v.view(a.shape) for v in (a_pi, pi_mean, pi_std)))
+                    a = norm.normalise_action(a_pi).view(a.shape)
+                else:
+                    a_pi = guidance_step(a_pi, pi_mean, pi_std, step_scale)
+                    noise = torch.randn(a.shape, device=device, generator=generator)
+                    noise_std = self.schedule.posterior_std(t, s, a)
+                    a = norm.normalise_action(a_pi).view(a.shape) + noise_std * noise
+            x = self.schedule.reverse_step(x0_hat, x, t, s, self.config, generator)
+            x[:, 0, :obs_dim] = s0
+        actions = norm.unnormalise_action(a)
+        if fixed_actions is not None:
+            actions[:, :n_fixed] = fixed_actions
+        return GuidedSample(x0=x, actions=actions, spread=spread, row_spread=row_spread)
 
+    def _step_scale(self, scale: float | torch.Tensor | None, batch: int, device: torch.device
+                    ) -> float | torch.Tensor:
+        """lambda per guidance step: a strided chain takes fewer steps, so each is scaled up to keep lambda
+        meaning the same for any chain length; a per-row lambda [L] becomes [B * L, 1], rows fastest."""
+        if scale is None:
+            scale = self.guidance.initial_scale
+        step_scale = scale * self.schedule.n_steps / len(self.chain)
+        if isinstance(step_scale, torch.Tensor):
+            step_scale = step_scale.to(device).repeat(batch)[:, None]
+        return step_scale
 
-def _clamped_to_policy(
-    a: torch.Tensor,
-    states_norm: torch.Tensor,
-    normaliser: Normaliser,
-    policy: GaussianPolicyFn,
-    guidance: GuidanceConfig,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Actions a [B, L, act] (normalised) in policy units, clamped to the policy's mean +- k std at the
-    states of their rows, with that mean and std; each [B * L, act]."""
-    batch, rows, act_dim = a.shape
-    states = normaliser.unnormalise_obs(states_norm).reshape(batch * rows, -1)
-    a_u = normaliser.unnormalise_action(a).reshape(batch * rows, act_dim)
-    mean, std = policy_moments(policy, states, guidance.std_floor)
-    k = guidance.action_clamp_std
-    return torch.maximum(torch.minimum(a_u, mean + k * std), mean - k * std), mean, std
+    def _clamped_to_policy(self, a: torch.Tensor, states_norm: torch.Tensor, policy: GaussianPolicyFn
+                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Actions a [B, L, act] (policy units) clamped to the policy's mean +- k std at the states of
+        their rows, with that mean and std; each [B * L, act]."""
+        batch, rows, act_dim = a.shape
+        states = self.normaliser.unnormalise_obs(states_norm).reshape(batch * rows, -1)
+        mean, std = policy_moments(policy, states, self.guidance.std_floor)
+        bound = self.guidance.action_clamp_std * std
+        clamped = torch.maximum(torch.minimum(a.reshape(batch * rows, act_dim), mean + bound), mean - bound)
+        return clamped, mean, std

@@ -1,8 +1,8 @@
-"""Noise schedule of the trajectory diffusion: pure tensor math, no weights, no I/O.
+"""Noise schedule of the trajectory diffusion and its one reverse step: pure tensor math, no weights, no I/O.
 
-The schedule is the cosine-power family alpha_bar(u) = cos(pi u / 2) ** (2 tau) of PolyGRAD, with
-betas clipped at `max_beta` so the last step stays invertible. Tables are computed in float64 once
-and cast, so float32 rounding does not accumulate in the cumulative product.
+The schedule is the cosine-power family alpha_bar(u) = cos(pi u / 2) ** (2 tau), with betas clipped at
+`max_beta` so the last step stays invertible. Tables are computed in float64 once and cast, so float32
+rounding does not accumulate in the cumulative product.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class ScheduleConfig:
     n_steps: int = 128
     """T, the number of diffusion steps of the full chain."""
     tau: float = 1.0
-    """Power of the cosine; PolyGRAD uses 1 (0.1 for Hopper). Smaller tau keeps more signal late."""
+    """Power of the cosine (1 is the usual cosine schedule). Smaller tau keeps more signal late."""
     max_beta: float = 0.999
     """Upper clip of each beta, so that the final step is not pure noise with alpha = 0."""
 
@@ -30,6 +30,18 @@ class ScheduleConfig:
             raise ValueError(f"tau must be > 0, got {self.tau}")
         if not 0 < self.max_beta < 1:
             raise ValueError(f"max_beta must lie in (0, 1), got {self.max_beta}")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Chain length and the step limits of the reverse process."""
+
+    n_sample_steps: int | None = None
+    """Network passes per sample: None = the full T-step chain, else an even strided subset."""
+    late_clip_steps: int = 10
+    """At timesteps <= this (in full-chain units), the update of the posterior mean is limited..."""
+    late_clip: float = 0.25
+    """...to +- this (normalised units), which stops late-chain blow-ups."""
 
 
 def cosine_power_alpha_bar(u: torch.Tensor, tau: float) -> torch.Tensor:
@@ -89,14 +101,42 @@ class DiffusionSchedule:
         mean = sqrt(ab_s) b / (1 - ab_t) x0 + sqrt(a) (1 - ab_s) / (1 - ab_t) x_t,
         var = b (1 - ab_s) / (1 - ab_t).
         """
-        ab_t = _expand(self._ab(t), x0)
-        ab_s = _expand(self._ab(s), x0)
+        c0, ct, std = self._posterior_terms(t, s, x0)
+        return c0 * x0 + ct * xt, std
+
+    def posterior_std(self, t: int, s: int, like: torch.Tensor) -> torch.Tensor:
+        """The std of `posterior` for one step t -> s, shaped to broadcast against `like`."""
+        step = torch.tensor([t], device=like.device)
+        return self._posterior_terms(step, torch.full_like(step, s), like)[2]
+
+    def _posterior_terms(self, t: torch.Tensor, s: torch.Tensor, like: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Coefficients of x0 and x_t in the posterior mean, and the posterior std, shaped like `like`."""
+        ab_t = _expand(self._ab(t), like)
+        ab_s = _expand(self._ab(s), like)
         a = ab_t / ab_s
         b = 1.0 - a
         denom = 1.0 - ab_t
-        mean = ab_s.sqrt() * b / denom * x0 + a.sqrt() * (1.0 - ab_s) / denom * xt
         var = (b * (1.0 - ab_s) / denom).clamp(min=0.0)
-        return mean, var.sqrt()
+        return ab_s.sqrt() * b / denom, a.sqrt() * (1.0 - ab_s) / denom, var.sqrt()
+
+    def reverse_chain(self, n_sample_steps: int | None) -> list[tuple[int, int]]:
+        """The (t, s) pairs a sampler steps through, from T-1 down; s = -1 marks the step to clean data."""
+        steps = strided_timesteps(self.n_steps, n_sample_steps)
+        return list(zip(steps, steps[1:] + [-1]))
+
+    def reverse_step(self, x0_hat: torch.Tensor, x: torch.Tensor, t: int, s: int, config: SamplerConfig,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """x_s from x_t [B, ...] and the denoiser's prediction x0_hat: the posterior mean, its move limited
+        to +- `config.late_clip` at t <= `config.late_clip_steps`, plus posterior-std noise (none at s = -1).
+        """
+        tt = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        mean, std = self.posterior(x0_hat, x, tt, torch.full_like(tt, s))
+        if t <= config.late_clip_steps:
+            mean = x + (mean - x).clamp(-config.late_clip, config.late_clip)
+        if s < 0:
+            return mean
+        return mean + std * torch.randn(x.shape, device=x.device, generator=generator)
 
 
 def strided_timesteps(n_steps: int, n_sample_steps: int | None) -> list[int]:

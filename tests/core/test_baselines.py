@@ -105,7 +105,7 @@ def test_one_step_error_far_below_copying_the_state(name, bound, request):
 @pytest.mark.parametrize("name", ["ensemble", "ar_diffusion"])
 def test_rollout_shapes_and_unclipped_policy_actions(name, request):
     model = request.getfixturevalue(name)
-    far = lambda s: (torch.full((len(s), 2), 5.0), torch.full((len(s), 2), 0.1))  # noqa: E731
+    far = lambda s: (torch.full((len(s), 2), 5.0), torch.full((len(s), 2), 0.1))
     out = model.rollout(np.zeros((5, 3)), far, 4, torch.Generator().manual_seed(0))
     assert out.observations.shape == (5, 5, 3) and out.actions.shape == (5, 4, 2)
     assert out.rewards.shape == (5, 4) and out.terminations.shape == (5, 4)
@@ -128,7 +128,7 @@ def test_conditioning_sees_the_clipped_action(name, request):
 
 def test_rollout_follows_the_policy_at_the_model_state(ensemble):
     """With a near-deterministic policy the imagined actions are the policy mean at imagined states."""
-    sharp = lambda s: (0.5 * s[:, :2], torch.full((len(s), 2), 1e-6))  # noqa: E731
+    sharp = lambda s: (0.5 * s[:, :2], torch.full((len(s), 2), 1e-6))
     out = ensemble.rollout(torch.ones(4, 3), sharp, 3, torch.Generator().manual_seed(0))
     torch.testing.assert_close(out.actions, 0.5 * out.observations[:, :3, :2], atol=1e-4, rtol=0)
 

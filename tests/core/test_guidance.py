@@ -52,7 +52,7 @@ def test_step_never_passes_the_mean():
 
 
 def test_std_floor_bounds_the_moments():
-    pi = lambda s: (torch.zeros(len(s), 1), torch.full((len(s), 1), 1e-4))  # noqa: E731
+    pi = lambda s: (torch.zeros(len(s), 1), torch.full((len(s), 1), 1e-4))
     _, std = policy_moments(pi, torch.zeros(1, 3), std_floor=0.1)
     torch.testing.assert_close(std, torch.tensor([[0.1]]))
 

@@ -6,6 +6,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils.env_checker import check_env
 
 import imagined_env  # noqa: F401
@@ -71,7 +72,7 @@ def test_early_terminations_use_spares_from_the_same_call():
     env.reset(seed=3)
     n_term = 0
     for _ in range(30):
-        _, _, term, trunc, info = env.step(np.clip(env.planned_actions(), -1, 1))
+        _, _, term, _, info = env.step(np.clip(env.planned_actions(), -1, 1))
         n_term += int(term.sum())
         if term.any():
             assert all(np.asarray(o)[0] > 0.5 for o in info["final_obs"][term])
@@ -118,7 +119,7 @@ def test_render_mode_refused():
 ])
 def test_bad_actions_change_nothing(actions, match):
     env = make_env()
-    obs, _ = env.reset(seed=0)
+    env.reset(seed=0)
     before = (env.replay.cursor.copy(), env.elapsed.copy(), env.planned_actions())
     with pytest.raises(ValueError, match=match):
         env.step(actions)
@@ -149,7 +150,8 @@ def test_wrong_task_and_bad_start_states(tmp_path):
     other.save(path)
     with pytest.raises(ValueError, match=r"start states must have shape \[n >= 1, 3\].*\(3, 5\)"):
         ImaginedVectorEnv(LinearFakeModel(), 2, start_states=path)
-    with pytest.raises(ValueError, match="no pretrained world model ships for 'Hopper-v4'.*imagined-env train"):
+    with pytest.raises(ValueError, match="no pretrained world model ships for 'Hopper-v4'.*imagined-env "
+                                         "train"):
         gym.make("Imagined-Hopper-v4", start_states=path)
     with pytest.raises(ValueError, match="no world model given.*imagined-env train"):
         ImaginedVectorEnv(None, 2, start_states=path)
@@ -171,11 +173,13 @@ def test_off_plan_regenerations_neither_tune_guidance_nor_set_the_spare_rate():
     env = make_env(num_envs=4, horizon=4, terminate_above=-np.inf)     # every trajectory terminates
     fake = env.model
     env.reset(seed=0)
+    env.planned_actions()                                               # unguided: nothing to tune from
+    env.set_policy(lambda s: (torch.zeros(len(s), ACT), torch.full((len(s), ACT), 0.5)))
     env.planned_actions()                                               # batched: rate 1 -> spares next time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         env.step(np.full((4, ACT), 0.9))                                # off-plan for all four
-    assert fake.adapted == [True, False]
+    assert fake.adapted == [False, True, False]
     env2 = make_env(num_envs=4, horizon=4, terminate_above=np.inf)      # nothing terminates...
     env2.model.terminate_above = -np.inf
     env2.reset(seed=0)
@@ -195,6 +199,7 @@ def test_planned_actions_before_reset_and_setters_after_close():
     with pytest.raises(RuntimeError, match="reset"):
         env.planned_actions()
     env.close()
-    for call in (lambda: env.set_policy(None), env.replan, lambda: env.set_start_states(linear_buffer(5, 10))):
+    for call in (lambda: env.set_policy(None), env.replan,
+                 lambda: env.set_start_states(linear_buffer(5, 10))):
         with pytest.raises(RuntimeError, match="closed"):
             call()

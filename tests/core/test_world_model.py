@@ -8,14 +8,21 @@ import pytest
 import torch
 from torch import nn
 
-from imagined_env.diffusion.guidance import GuidanceConfig
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.guidance import GuidanceConfig
 from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig
-from tests.conftest import ACT, H, LINEAR_SPEC, OBS, TINY_CONFIG, linear_buffer, linear_step
+from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer, linear_step
 
 
 def fixed_policy(mean: float, std: float):
     return lambda s: (torch.full((len(s), ACT), mean), torch.full((len(s), ACT), std))
+
+
+def imagine_and_tune(model: WorldModel, *args, **kwargs):
+    """A guided imagination followed by the tuning step the replay layer takes after it."""
+    out = model.imagine(*args, **kwargs)
+    model.adapt_guidance(out)
+    return out
 
 
 def test_training_beats_no_model_baseline(trained_linear_model):
@@ -44,30 +51,52 @@ def test_shapes_units_and_start_states_preserved(trained_linear_model):
 def test_guidance_moves_actions_toward_policy(trained_linear_model):
     model, buf, _ = trained_linear_model
     s0, _, _ = buf.start_states(np.random.default_rng(1), 512)
-    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    g = lambda: torch.Generator().manual_seed(3)
     unguided = model.imagine(s0, None, generator=g()).actions
-    guided = model.imagine(s0, fixed_policy(0.8, 0.1), generator=g(), adapt_guidance=False).actions
+    guided = model.imagine(s0, fixed_policy(0.8, 0.1), generator=g()).actions
     assert (guided - 0.8).abs().mean() < 0.5 * (unguided - 0.8).abs().mean()
     assert ((guided - 0.8).abs() <= 3 * 0.1 + 1e-5).all()          # clamped to +-3 std of the policy
 
 
 def test_scale_tuning_reaches_unit_spread(trained_linear_model):
     model, buf, _ = trained_linear_model
-    tuned = WorldModel(model.spec, dataclasses.replace(model.config, guidance=GuidanceConfig(initial_scale=1e-4, scale_lr=0.3)),
+    config = dataclasses.replace(model.config, guidance=GuidanceConfig(initial_scale=1e-4, scale_lr=0.3))
+    tuned = WorldModel(model.spec, config,
                        model.normaliser, "cpu")
     tuned.ema.load_state_dict(model.ema.state_dict())
     s0, _, _ = buf.start_states(np.random.default_rng(2), 256)
     gen = torch.Generator().manual_seed(0)
-    spreads = [tuned.imagine(s0, fixed_policy(0.0, 0.2), generator=gen).spread for _ in range(60)]
+    spreads = [imagine_and_tune(tuned, s0, fixed_policy(0.0, 0.2), generator=gen).spread for _ in range(60)]
     assert abs(spreads[0] - 1.0) > 0.3                    # the untuned scale is off...
     assert abs(np.mean(spreads[-10:]) - 1.0) < 0.15       # ...and tuning brings it to ~1
+
+
+def test_imagining_leaves_the_guidance_scale_alone_until_told_to_tune(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    config = dataclasses.replace(model.config, guidance=GuidanceConfig(initial_scale=1e-4, per_row=True))
+    tuned = WorldModel(model.spec, config, model.normaliser, "cpu")
+    tuned.ema.load_state_dict(model.ema.state_dict())
+    s0, _, _ = buf.start_states(np.random.default_rng(2), 64)
+    out = tuned.imagine(s0, fixed_policy(0.0, 0.2), generator=torch.Generator().manual_seed(0))
+    assert tuned.guidance_scale == pytest.approx(1e-4) and not tuned.row_scale_offsets.any()
+    tuned.adapt_guidance(out)
+    lr = config.guidance.scale_lr
+    assert tuned.log_guidance_scale == pytest.approx(np.log(1e-4) + lr * (out.spread - 1.0))
+    torch.testing.assert_close(tuned.row_scale_offsets, lr * (out.row_spread - out.spread))
+    before = tuned.log_guidance_scale
+    tuned.adapt_guidance(tuned.imagine(s0, None))                 # unguided: no spread to tune from
+    assert tuned.log_guidance_scale == before
+    again = tuned.imagine(s0, fixed_policy(0.0, 0.2), generator=torch.Generator().manual_seed(0),
+                          adapt_guidance=True)                    # the same step, asked for in the call
+    assert tuned.log_guidance_scale == pytest.approx(before + lr * (again.spread - 1.0))
 
 
 def test_a_given_first_action_is_kept_and_followed(trained_linear_model):
     model, buf, _ = trained_linear_model
     s0, _, _ = buf.start_states(np.random.default_rng(3), 64)
     a0 = np.tile(np.array([[0.9, -0.9]], np.float32), (64, 1))
-    out = model.imagine(s0, fixed_policy(-0.5, 0.1), actions=a0[:, None], generator=torch.Generator().manual_seed(0))
+    out = model.imagine(s0, fixed_policy(-0.5, 0.1), actions=a0[:, None],
+                        generator=torch.Generator().manual_seed(0))
     np.testing.assert_array_equal(out.actions[:, 0].numpy(), a0)
     truth, _ = linear_step(s0, a0)
     other, _ = linear_step(s0, np.full_like(a0, -0.5))
@@ -78,8 +107,8 @@ def test_a_given_first_action_is_kept_and_followed(trained_linear_model):
 def test_sampling_leaves_no_policy_gradients(trained_linear_model):
     model, buf, _ = trained_linear_model
     net = nn.Linear(OBS, ACT)
-    pi = lambda s: (net(s), torch.full((len(s), ACT), 0.3))  # noqa: E731
-    model.imagine(buf.start_states(np.random.default_rng(0), 4)[0], pi, adapt_guidance=False)
+    pi = lambda s: (net(s), torch.full((len(s), ACT), 0.3))
+    model.imagine(buf.start_states(np.random.default_rng(0), 4)[0], pi)
     assert all(p.grad is None for p in net.parameters())
 
 
@@ -105,8 +134,8 @@ def test_save_load_roundtrip(tmp_path, trained_linear_model):
     assert loaded.spec == model.spec and loaded.config == model.config
     assert loaded.guidance_scale == model.guidance_scale
     s0, _, _ = buf.start_states(np.random.default_rng(0), 5)
-    a = model.imagine(s0, fixed_policy(0, 0.5), generator=torch.Generator().manual_seed(1), adapt_guidance=False)
-    b = loaded.imagine(s0, fixed_policy(0, 0.5), generator=torch.Generator().manual_seed(1), adapt_guidance=False)
+    a = model.imagine(s0, fixed_policy(0, 0.5), generator=torch.Generator().manual_seed(1))
+    b = loaded.imagine(s0, fixed_policy(0, 0.5), generator=torch.Generator().manual_seed(1))
     assert torch.equal(a.observations, b.observations) and torch.equal(a.actions, b.actions)
     assert [p.name for p in tmp_path.iterdir()] == ["wm.pt"]             # no temp file left behind
 
@@ -170,7 +199,8 @@ class _ZeroDenoiser(nn.Module):
 def test_reward_loss_weight_against_numpy_reference(weight):
     buf = linear_buffer(n_episodes=5)
     normaliser = Normaliser.fit(buf, -1.0, 1.0)
-    model = WorldModel(LINEAR_SPEC, dataclasses.replace(TINY_CONFIG, reward_loss_weight=weight), normaliser, "cpu")
+    config = dataclasses.replace(TINY_CONFIG, reward_loss_weight=weight)
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     model.denoiser = _ZeroDenoiser()
     windows = buf.sample_windows(16, H, np.random.default_rng(0))
     # reference: z-score each channel by hand; row 0's states are inpainted, so they carry no error
@@ -225,7 +255,7 @@ def test_scale_tuning_stays_bounded_on_a_strided_chain_at_the_std_floor(trained_
     tuned.ema.load_state_dict(model.ema.state_dict())
     s0, _, _ = buf.start_states(np.random.default_rng(2), 256)
     gen = torch.Generator().manual_seed(0)
-    spreads = [tuned.imagine(s0, fixed_policy(0.0, 0.1), generator=gen, n_sample_steps=5).spread
+    spreads = [imagine_and_tune(tuned, s0, fixed_policy(0.0, 0.1), generator=gen, n_sample_steps=5).spread
                for _ in range(60)]
     assert abs(np.mean(spreads[-10:]) - 1.0) < 0.3
     assert tuned.guidance_scale < 0.005
@@ -286,8 +316,7 @@ def test_each_row_is_guided_with_its_own_scale():
 
     def actions(offsets):
         model.row_scale_offsets = torch.as_tensor(offsets, dtype=torch.float32)
-        return model.imagine(s0, fixed_policy(0.3, 0.5), generator=torch.Generator().manual_seed(0),
-                             adapt_guidance=False).actions
+        return model.imagine(s0, fixed_policy(0.3, 0.5), generator=torch.Generator().manual_seed(0)).actions
 
     weak, strong = actions(np.full(H + 1, -3.0)), actions(np.full(H + 1, 3.0))
     mixed = actions(np.where(np.arange(H + 1) % 2 == 0, -3.0, 3.0))
@@ -308,9 +337,34 @@ def test_per_row_tuning_brings_every_row_to_the_target_spread(trained_linear_mod
         s = torch.as_tensor(s)
         return 2.0 * s[:, :ACT], torch.full((len(s), ACT), 0.2)
 
-    first = tuned.imagine(s0, policy, generator=gen, n_sample_steps=10)
-    rows = [tuned.imagine(s0, policy, generator=gen, n_sample_steps=10) for _ in range(60)]
+    first = imagine_and_tune(tuned, s0, policy, generator=gen, n_sample_steps=10)
+    rows = [imagine_and_tune(tuned, s0, policy, generator=gen, n_sample_steps=10) for _ in range(60)]
     before = first.row_spread[:H]
     after = torch.stack([r.row_spread[:H] for r in rows[-10:]]).mean(0)
     assert (after - 1.0).abs().max() < 0.15 < (before - 1.0).abs().max(), (before, after)
     assert tuned.row_scale_offsets.abs().max() > 0.1
+
+
+def test_guided_actions_carry_the_chain_noise_in_normalised_units():
+    # a pull of 1 puts the actions on the policy mean at every guided step; what is left at the end is the
+    # noise of the last step, std_{1 -> 0} in normalised units, i.e. std_{1 -> 0} * action_std in policy units
+    ones, zeros = np.ones(OBS, np.float32), np.zeros(OBS, np.float32)
+    action_std = np.array([0.2, 1.0], np.float32)
+    normaliser = Normaliser(zeros, ones, np.array([0.5, -0.5], np.float32), action_std,
+                            np.zeros(1, np.float32), np.ones(1, np.float32), np.zeros(1, np.float32),
+                            np.ones(1, np.float32))
+    config = dataclasses.replace(TINY_CONFIG, guidance=GuidanceConfig(initial_scale=1.0))
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
+    model.denoiser = model.ema = _RecordingDenoiser()
+    out = model.imagine(np.zeros((2048, OBS), np.float32), fixed_policy(0.3, 0.1),
+                        generator=torch.Generator().manual_seed(0))
+    last_std = model.schedule.posterior_std(1, 0, torch.zeros(1)).item()
+    spread = ((out.actions - 0.3) / 0.1).reshape(-1, ACT).std(dim=0).numpy()
+    np.testing.assert_allclose(spread, last_std * action_std / 0.1, rtol=0.05)
+
+
+def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    model = WorldModel(LINEAR_SPEC, TINY_CONFIG, normaliser, "cpu")
+    with pytest.raises(ValueError, match=r"fixed_actions must have shape \[2, k <= 5, act\], got \(2, 6, "):
+        model.sampler().sample(torch.zeros(2, OBS), H + 1, fixed_actions=torch.zeros(2, H + 2, ACT))
