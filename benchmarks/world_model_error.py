@@ -174,11 +174,11 @@ def calibrate_guidance(model: WorldModel, starts: torch.Tensor, policy: Gaussian
     for _ in range(iterations):
         model.log_guidance_scale = 0.5 * (lo + hi)
         out = model.imagine(starts, policy, generator=torch.Generator(model.device).manual_seed(seed),
-                            n_sample_steps=n_sample_steps, adapt_guidance=False)
+                            n_sample_steps=n_sample_steps)
         lo, hi = (model.log_guidance_scale, hi) if out.spread > target else (lo, model.log_guidance_scale)
     model.log_guidance_scale = 0.5 * (lo + hi)
     out = model.imagine(starts, policy, generator=torch.Generator(model.device).manual_seed(seed),
-                        n_sample_steps=n_sample_steps, adapt_guidance=False)
+                        n_sample_steps=n_sample_steps)
     return model.guidance_scale, out.spread
 
 
@@ -186,8 +186,7 @@ def polygrad_generate(model: WorldModel, policy: GaussianPolicyFn, n_sample_step
                       log_scale: float) -> Generate:
     def generate(starts: torch.Tensor, generator: torch.Generator) -> Imagination:
         model.log_guidance_scale = log_scale
-        return model.imagine(starts, policy, generator=generator, n_sample_steps=n_sample_steps,
-                             adapt_guidance=False)
+        return model.imagine(starts, policy, generator=generator, n_sample_steps=n_sample_steps)
 
     return generate
 

@@ -66,8 +66,7 @@ def open_loop_error(
     if isinstance(source, Imagination):
         imagination = source
     else:
-        imagination = source.imagine(starts, policy, generator=generator, n_sample_steps=n_sample_steps,
-                                     adapt_guidance=False)
+        imagination = source.imagine(starts, policy, generator=generator, n_sample_steps=n_sample_steps)
     obs, actions, rewards, terms = (t.detach().cpu().numpy() for t in (
         imagination.observations, imagination.actions, imagination.rewards, imagination.terminations))
     if obs.shape[0] != len(starts) or not np.allclose(obs[:, 0], starts, atol=1e-4):

@@ -177,7 +177,6 @@ class WorldModel:
         generator: torch.Generator | None = None,
         actions: torch.Tensor | np.ndarray | None = None,
         n_sample_steps: int | None = None,
-        adapt_guidance: bool = False,
     ) -> Imagination:
         """B guided trajectories of H steps from start observations [B, obs], in one batched call.
 
@@ -185,7 +184,7 @@ class WorldModel:
         a_0..a_{k-1} (k = 1: an action the agent took; k = H: the model replays a given action sequence
         open-loop); the other actions follow the policy.
         `n_sample_steps` overrides the configured chain length (None: use the config).
-        `adapt_guidance` also calls `adapt_guidance` with the result; the guidance scale changes only then.
+        The guidance scale is left as it is: tuning it is the caller's explicit `adapt_guidance` call.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
         fixed = None if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=self.device)
@@ -205,14 +204,11 @@ class WorldModel:
         states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
         h = self.horizon
-        imagination = Imagination(
+        return Imagination(
             observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
             terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
             row_spread=out.row_spread,
         )
-        if adapt_guidance:
-            self.adapt_guidance(imagination)
-        return imagination
 
     def adapt_guidance(self, imagination: Imagination) -> None:
         """One tuning step of the guidance scale (and, with `per_row`, of each row's factor) toward the
