@@ -28,7 +28,7 @@ from agents.compare import (
     imagination_run_dir,
     parse_methods,
     run_comparison,
-    summary,
+    summary_lines,
     write_outputs,
 )
 from agents.config import SUPPORTED_TASKS, CoordinatorConfig, apply, upgrade_tree
@@ -252,9 +252,7 @@ def prepare_compare(args: argparse.Namespace) -> Job:
 
     def job() -> int:
         points = run_comparison(spec, out_dir, progress=args.progress)
-        for method, s in summary(points).items():
-            print(f"{method:>16}: final real return {s['mean']:.1f} +- {s['std']:.1f} "
-                  f"over {s['seeds']} seeds")
+        print("\n".join(summary_lines(points)))
         print(f"wrote {out_dir / 'compare.csv'}, {out_dir / 'compare.json'}, {out_dir / 'compare.png'}")
         return 0
 
@@ -280,8 +278,7 @@ def prepare_merge(args: argparse.Namespace) -> Job:
 
     def job() -> int:
         write_outputs(points, spec, out_dir)
-        for method, s in summary(points).items():
-            print(f"{method:>18}: final real return {s['mean']:8.1f} +- {s['std']:.1f} over {s['seeds']} seeds")
+        print("\n".join(summary_lines(points)))
         print(f"wrote {out_dir / 'compare.csv'}, compare.json, compare.png")
         return 0
 

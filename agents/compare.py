@@ -2,8 +2,10 @@
 
 Runs are sequential (one heavy process at a time). Every method is evaluated on the real task with the
 deterministic policy every `eval_every` real steps; model-free learners under VecNormalize are evaluated
-with a frozen copy of the training statistics. Results go to `compare.csv`, `compare.json` and
-`compare.png`, rewritten after every run so an interrupted comparison keeps what it finished.
+with a frozen copy of the training statistics. Results go to `compare.csv` (every evaluation),
+`compare_summary.csv` (per method and step over seeds: mean, std, IQM and its 95% bootstrap interval),
+`compare.json` (setup, settings, evaluations and that summary) and `compare.png`, rewritten after every
+run so an interrupted comparison keeps what it finished.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecNormalize
@@ -26,6 +27,7 @@ from agents.config import CoordinatorConfig
 from agents.coordinator import Coordinator
 from agents.presets import build_preset, preset_ids, resolve
 from agents.real_evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
+from agents.statistics import MIN_SEEDS_FOR_CLAIM, SeedSummary, not_a_claim_note, summarise
 from agents.zoo import BaselineSettings, zoo_settings
 from imagined_env.utils import atomic_path
 
@@ -208,6 +210,7 @@ def method_settings(spec: CompareSpec) -> dict[str, str]:
 
 def write_outputs(points: list[EvalPoint], spec: CompareSpec, out_dir: Path) -> None:
     write_csv(points, out_dir / "compare.csv")
+    write_summary_csv(points, out_dir / "compare_summary.csv")
     write_json(points, spec, out_dir / "compare.json")
     plot_comparison(points, spec, out_dir / "compare.png")
 
@@ -219,6 +222,32 @@ def write_csv(points: list[EvalPoint], path: Path) -> None:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
         writer.writerows(asdict(p) for p in points)
+
+
+SUMMARY_FIELDS = ("method", "real_steps", *SeedSummary.__dataclass_fields__)
+
+
+def step_statistics(points: list[EvalPoint]) -> dict[str, list[tuple[int, SeedSummary]]]:
+    """method -> (real steps, `SeedSummary` of the seeds evaluated there), in step order."""
+    returns: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for p in points:
+        returns[p.method][p.real_steps].append(p.mean_return)
+    return {m: [(step, summarise(values)) for step, values in sorted(by_step.items())]
+            for m, by_step in returns.items()}
+
+
+def summary_rows(points: list[EvalPoint]) -> list[dict[str, Any]]:
+    """One row per method and evaluation step, with the `SUMMARY_FIELDS`."""
+    return [{"method": m, "real_steps": step, **asdict(s)}
+            for m, rows in step_statistics(points).items() for step, s in rows]
+
+
+def write_summary_csv(points: list[EvalPoint], path: Path) -> None:
+    """compare_summary.csv: `summary_rows`."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_FIELDS)
+        writer.writeheader()
+        writer.writerows(summary_rows(points))
 
 
 def results_by_method(points: list[EvalPoint]) -> dict[str, dict[str, list[dict[str, float]]]]:
@@ -238,24 +267,16 @@ def write_json(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
         "max_episode_steps": spec.max_episode_steps, "preset": spec.preset, "settings": method_settings(spec),
         "imagination_config": None if spec.imagination is None else spec.imagination.to_dict(),
         "results": results_by_method(points),
+        "summary": {m: [{"real_steps": step, **asdict(s)} for step, s in rows]
+                    for m, rows in step_statistics(points).items()},
     }
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
 
 
-def seed_band(points: list[EvalPoint]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Steps and the mean, min and max over seeds of one method's returns at each evaluated step."""
-    by_step: dict[int, list[float]] = defaultdict(list)
-    for p in points:
-        by_step[p.real_steps].append(p.mean_return)
-    steps = np.array(sorted(by_step))
-    values = [np.array(by_step[s]) for s in steps]
-    return (steps, np.array([v.mean() for v in values]), np.array([v.min() for v in values]),
-            np.array([v.max() for v in values]))
-
-
 def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
-    """Real-task return vs real steps: mean over seeds, shaded min-max, each method's settings below."""
+    """Real-task return vs real steps: the IQM over seeds with its 95% bootstrap interval shaded, each
+    method's settings below."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,19 +287,21 @@ def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> N
     text_height = 0.13 * (notes.count("\n") + 1) + 0.2
     fig, (ax, text_ax) = plt.subplots(2, 1, figsize=(11, 5 + text_height),
                                       gridspec_kw={"height_ratios": [5, text_height]})
-    for method in spec.methods:
-        mine = [p for p in points if p.method == method]
-        if not mine:
-            continue
-        steps, mean, low, high = seed_band(mine)
-        n_seeds = len({p.seed for p in mine})
+    statistics = step_statistics(points)
+    for method in (m for m in spec.methods if m in statistics):
+        steps = [step for step, _ in statistics[method]]
+        iqm, low, high = ([getattr(s, f) for _, s in statistics[method]] for f in ("iqm", "iqm_low", "iqm_high"))
+        n_seeds = len({p.seed for p in points if p.method == method})
         label = f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
-        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=label)
+        (line,) = ax.plot(steps, iqm, marker="o", markersize=3, label=label)
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    note = not_a_claim_note([len({p.seed for p in points if p.method == m}) for m in statistics])
     ax.set_xlabel("real environment steps")
     ax.set_ylabel(f"real-task return ({spec.eval_episodes} deterministic episodes)")
     ax.set_title(f"{spec.env_id}: real-task return vs real steps (budget {spec.budget:,} real steps, seeds "
-                 f"{', '.join(map(str, spec.seeds))}; line: mean, band: min-max over seeds)", fontsize=10)
+                 f"{', '.join(map(str, spec.seeds))})\nline: IQM over seeds, band: its 95% bootstrap CI"
+                 f"{'' if note is None else f'; fewer than {MIN_SEEDS_FOR_CLAIM} seeds: not a claim'}",
+                 fontsize=10)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="best")
@@ -302,24 +325,37 @@ def parse_methods(text: str) -> tuple[str, ...]:
     return methods
 
 
-def summary(points: list[EvalPoint]) -> dict[str, Any]:
-    """method -> mean and std over seeds of the last evaluation, for the console."""
+def final_statistics(points: list[EvalPoint]) -> dict[str, SeedSummary]:
+    """method -> `SeedSummary` of each seed's last evaluation."""
     out = {}
     for method in dict.fromkeys(p.method for p in points):
         last: dict[int, EvalPoint] = {}
         for p in points:
             if p.method == method and (p.seed not in last or p.real_steps >= last[p.seed].real_steps):
                 last[p.seed] = p
-        finals = np.array([p.mean_return for p in last.values()])
-        out[method] = {"mean": float(finals.mean()), "std": float(finals.std()), "seeds": len(finals)}
+        out[method] = summarise([p.mean_return for p in last.values()])
     return out
 
 
+def summary_lines(points: list[EvalPoint]) -> list[str]:
+    """The console summary: one line per method, and one saying when the seeds are too few for a claim."""
+    finals = final_statistics(points)
+    lines = [f"{method:>16}: final real return {s.describe()}" for method, s in finals.items()]
+    note = not_a_claim_note([s.seeds for s in finals.values()])
+    return lines + ([] if note is None else [note])
+
+
 def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
-    """The evaluations and setup a comparison wrote to out_dir/compare.json."""
+    """The evaluations and setup a comparison wrote to out_dir/compare.json; ValueError (one line naming
+    the folder or file) when it is missing or not a comparison."""
     path = Path(out_dir) / "compare.json"
+    if not path.is_file():
+        what = "has no compare.json" if Path(out_dir).is_dir() else "does not exist"
+        raise ValueError(f"{out_dir} is not a readable comparison: the folder {what}")
     try:
         payload = json.loads(path.read_text())
+        if not isinstance(payload, dict):
+            raise TypeError(f"expected a JSON object, got {type(payload).__name__}")
         points = [EvalPoint(method, int(seed), int(r["real_steps"]), float(r["mean_return"]),
                             float(r["std_return"]))
                   for method, seeds in payload["results"].items() for seed, rows in seeds.items() for r in rows]
@@ -329,8 +365,11 @@ def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
                            eval_every=int(payload["eval_every"]), eval_episodes=int(payload["eval_episodes"]),
                            imagination=None if imagination is None else CoordinatorConfig.from_dict(imagination),
                            preset=payload.get("preset"), max_episode_steps=payload["max_episode_steps"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{path} is not a readable comparison: {err}") from None
+    except KeyError as err:
+        raise ValueError(f"{path} is not a readable comparison: no entry {err}") from None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{path} is not a readable comparison: {reason}") from None
     return points, spec
 
 

@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from torch import nn
 
 from agents.cli import COMPARE_OWNED, build_config, build_parser, main
-from agents.compare import CompareSpec, EvalPoint, plot_comparison, seed_band, summary, write_csv, write_json
+from agents.compare import CompareSpec, EvalPoint, plot_comparison, write_csv, write_json
 from agents.config import CoordinatorConfig
 from agents.config_flags import field_doc, flag_name, given_flags, leaf_paths
 from agents.demo import DemoConfig
@@ -285,18 +285,6 @@ def test_json_groups_by_method_and_seed_and_states_settings(tmp_path):
     assert "RL Zoo tuned HalfCheetah" in data["settings"]["ppo"] and "n_steps 512" in data["settings"]["ppo"]
     assert "(cpu-v5)" in data["settings"]["imagination-ppo"] and data["preset"] == "cpu-v5"
     assert data["imagination_config"] == CoordinatorConfig.preset("cpu").to_dict()
-
-
-def test_seed_band_is_mean_min_max_per_step():
-    steps, mean, low, high = seed_band([p for p in synthetic() if p.method == "ppo"])
-    assert steps.tolist() == [0, 500, 1000]
-    assert np.allclose(mean, [5, 10, 15]) and np.allclose(low, [0, 5, 10]) and np.allclose(high, [10, 15, 20])
-
-
-def test_summary_is_over_each_seeds_last_evaluation():
-    finals = summary(synthetic()[::-1])
-    assert finals["ppo"] == {"mean": 15.0, "std": 5.0, "seeds": 2}
-    assert finals["imagination-ppo"]["mean"] == 115.0
 
 
 def test_plot_is_a_png(tmp_path):

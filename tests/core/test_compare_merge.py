@@ -110,3 +110,36 @@ def test_settings_line_names_the_options_switched_on():
     paper_like = describe_imagination(CoordinatorConfig(world_model=replace(
         wm, scale_actions=True, condition_on_last_action=True, guidance=replace(wm.guidance, per_row=True))), "cpu-v5")
     assert "(actions scaled)" in paper_like and "guidance scale lr 0.2 per row;" in paper_like
+
+
+@pytest.mark.parametrize("damage", ["no folder", "no json", "not json", "a list", "no results", "bad row",
+                                    "rows not a list"])
+def test_merge_names_the_unreadable_input_in_one_line(tmp_path, capsys, damage):
+    a, _ = part(tmp_path, "a", [0])
+    b, _ = part(tmp_path, "b", [1])
+    target = b / "compare.json"
+    data = json.loads(target.read_text())
+    if damage == "no folder":
+        b = tmp_path / "missing"
+    elif damage == "no json":
+        target.unlink()
+    elif damage == "not json":
+        target.write_text('{"env_id": "HalfCheetah-v4", ')
+    elif damage == "a list":
+        target.write_text("[1, 2]")
+    elif damage == "no results":
+        del data["results"]
+        target.write_text(json.dumps(data))
+    elif damage == "bad row":
+        data["results"]["ppo"]["1"][0]["mean_return"] = "lots"
+        target.write_text(json.dumps(data))
+    else:
+        data["results"]["ppo"] = [1, 2]
+        target.write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["merge", str(a), str(b), "--out", str(tmp_path / "m")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and "not a readable comparison" in err
+    assert str(b if damage in ("no folder", "no json") else target) in err
+    assert not (tmp_path / "m").exists()
