@@ -390,7 +390,7 @@ def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                                    "imagination runs."))
     p.add_argument("--env", default="HalfCheetah-v4", help="task id [default HalfCheetah-v4]")
     p.add_argument("--algos", default="ppo,imagination-ppo",
-                   help="comma-separated methods: ppo, a2c (model-free), imagination-ppo, imagination-a2c "
+                   help="comma-separated methods: ppo, a2c, sac (model-free), imagination-ppo, imagination-a2c "
                         "[default ppo,imagination-ppo]")
     p.add_argument("--steps", type=positive_int, required=True, metavar="N",
                    help="real-step budget of every run")

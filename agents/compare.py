@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from stable_baselines3 import SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.vec_env import VecNormalize
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import CoordinatorConfig
 from agents.coordinator import Coordinator
@@ -31,8 +32,9 @@ from agents.statistics import MIN_SEEDS_FOR_CLAIM, SeedSummary, not_a_claim_note
 from agents.zoo import BaselineSettings, zoo_settings
 from imagined_env.utils import atomic_path
 
+MODEL_FREE: dict[str, type[BaseAlgorithm]] = {**LEARNERS, "sac": SAC}
 IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c"}
-METHODS = (*LEARNERS, *IMAGINATION)
+METHODS = (*MODEL_FREE, *IMAGINATION)
 EVAL_SEED_OFFSET = 10_000
 """Evaluation episodes are seeded apart from training so they never replay a training reset."""
 
@@ -95,10 +97,13 @@ class RealEvalCallback(BaseCallback):
 
 # ---- runners --------------------------------------------------------------------------------------
 def make_model_free(settings: BaselineSettings, env_id: str, seed: int, device: str = "cpu") -> BaseAlgorithm:
-    """The Zoo's learner: its kwargs on one VecNormalize'd env (reward discount = the learner's gamma)."""
-    venv = VecNormalize(real_env(env_id, seed), norm_obs=settings.norm_obs, norm_reward=settings.norm_reward,
-                        gamma=settings.gamma)
-    return LEARNERS[settings.algo]("MlpPolicy", venv, seed=seed, device=device, verbose=0, **settings.kwargs)
+    """The Zoo's learner: its kwargs on one env, VecNormalize'd when the Zoo normalises (reward discount =
+    the learner's gamma)."""
+    venv: VecEnv = real_env(env_id, seed)
+    if settings.normalized:
+        venv = VecNormalize(venv, norm_obs=settings.norm_obs, norm_reward=settings.norm_reward,
+                            gamma=settings.gamma)
+    return MODEL_FREE[settings.algo]("MlpPolicy", venv, seed=seed, device=device, verbose=0, **settings.kwargs)
 
 
 def run_model_free(method: str, spec: CompareSpec, seed: int, progress: bool = True) -> list[EvalPoint]:
