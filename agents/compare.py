@@ -26,14 +26,17 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import CoordinatorConfig
 from agents.coordinator import Coordinator
+from agents.oracle import OracleCoordinator
 from agents.presets import build_preset, preset_ids, resolve
 from agents.real_evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
+from agents.simulator_model import ORACLE_TASKS
 from agents.statistics import MIN_SEEDS_FOR_CLAIM, SeedSummary, not_a_claim_note, summarise
-from agents.zoo import BaselineSettings, zoo_settings
+from agents.zoo import BaselineSettings, task_name, zoo_settings
 from imagined_env.utils import atomic_path
 
 MODEL_FREE: dict[str, type[BaseAlgorithm]] = {**LEARNERS, "sac": SAC}
-IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c"}
+IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c", "oracle-ppo": "ppo"}
+"""Methods run by the coordinator, and their learner; oracle-* imagine with MuJoCo (`agents.oracle`)."""
 METHODS = (*MODEL_FREE, *IMAGINATION)
 EVAL_SEED_OFFSET = 10_000
 """Evaluation episodes are seeded apart from training so they never replay a training reset."""
@@ -67,6 +70,16 @@ class CompareSpec:
     """Versioned id of the preset `imagination` started from, for the record (None: not recorded)."""
     max_episode_steps: int | None = None
     """Time limit of evaluation episodes on both sides (None: the task's own)."""
+
+    def __post_init__(self) -> None:
+        oracles = [m for m in self.methods if is_oracle(m)]
+        if oracles and task_name(self.env_id) not in ORACLE_TASKS:
+            raise ValueError(f"{oracles[0]} needs a task whose observation determines the simulator state; "
+                             f"{self.env_id!r} is not one (oracle tasks: {', '.join(ORACLE_TASKS)})")
+
+
+def is_oracle(method: str) -> bool:
+    return method.startswith("oracle-")
 
 
 # ---- evaluation during model-free learning ---------------------------------------------------------
@@ -132,10 +145,13 @@ def imagination_run_dir(out_dir: Path, method: str, seed: int) -> Path:
 
 def run_imagination(method: str, spec: CompareSpec, seed: int, out_dir: Path,
                     progress: bool = True) -> list[EvalPoint]:
-    """The coordinator (real data -> world model -> learner in imagination) for `spec.budget` real steps."""
+    """The coordinator (real data -> world model -> learner in imagination) for `spec.budget` real steps;
+    for an oracle method, the same loop imagining with MuJoCo."""
     config = imagination_config(method, spec, seed)
-    coordinator = Coordinator(config, imagination_run_dir(out_dir, method, seed), verbose=0)
+    loop = OracleCoordinator if is_oracle(method) else Coordinator
+    coordinator = loop(config, imagination_run_dir(out_dir, method, seed), verbose=0)
     coordinator.learn(spec.budget, progress_bar=progress)
+    coordinator.close()
     return [EvalPoint(method, seed, int(r["real_steps"]), float(r["mean_return"]), float(r["std_return"]))
             for r in coordinator.history]
 
@@ -207,7 +223,8 @@ def method_settings(spec: CompareSpec) -> dict[str, str]:
     out = {}
     for method in spec.methods:
         if method in IMAGINATION:
-            out[method] = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
+            line = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
+            out[method] = f"MuJoCo in place of the world model, otherwise {line}" if is_oracle(method) else line
         else:
             out[method] = zoo_settings(method, spec.env_id).describe()
     return out
@@ -279,6 +296,15 @@ def write_json(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
         tmp.write_text(json.dumps(payload, indent=2, allow_nan=True))
 
 
+def oracle_fractions(statistics: dict[str, list[tuple[int, SeedSummary]]]) -> dict[str, float]:
+    """Each non-oracle method's final IQM over the first oracle method's final IQM (none without an oracle
+    or when the oracle's is not positive: a fraction of it would mean nothing)."""
+    oracle = next((m for m in statistics if is_oracle(m)), None)
+    if oracle is None or statistics[oracle][-1][1].iqm <= 0:
+        return {}
+    return {m: rows[-1][1].iqm / statistics[oracle][-1][1].iqm for m, rows in statistics.items() if not is_oracle(m)}
+
+
 def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
     """Real-task return vs real steps: the IQM over seeds with its 95% bootstrap interval shaded, each
     method's settings below."""
@@ -293,11 +319,13 @@ def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> N
     fig, (ax, text_ax) = plt.subplots(2, 1, figsize=(11, 5 + text_height),
                                       gridspec_kw={"height_ratios": [5, text_height]})
     statistics = step_statistics(points)
+    fractions = oracle_fractions(statistics)
     for method in (m for m in spec.methods if m in statistics):
         steps = [step for step, _ in statistics[method]]
         iqm, low, high = ([getattr(s, f) for _, s in statistics[method]] for f in ("iqm", "iqm_low", "iqm_high"))
         n_seeds = len({p.seed for p in points if p.method == method})
-        label = f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''})"
+        share = f"; final IQM {fractions[method]:.0%} of the oracle's" if method in fractions else ""
+        label = f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''}{share})"
         (line,) = ax.plot(steps, iqm, marker="o", markersize=3, label=label)
         ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
     note = not_a_claim_note([len({p.seed for p in points if p.method == m}) for m in statistics])

@@ -1,8 +1,10 @@
 """What the run measures besides its returns: the spread of the imagined actions under the policy, the
-world model's open-loop error and action sensitivity on real states, and the rows they are logged in."""
+world model's open-loop error, action sensitivity and on-policy action ranking on real states, and the
+rows they are logged in."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
@@ -12,9 +14,17 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.plan_following import PlanFollowingPolicy
 from agents.run_log import RunLogger
+from agents.simulator_model import policy_rollout
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.guidance import GaussianPolicyFn, row_spreads, standardised_spread
-from imagined_env.evaluation import ActionSensitivity, OpenLoopError, action_sensitivity, open_loop_error
+from imagined_env.evaluation import (
+    ActionRanking,
+    ActionSensitivity,
+    OpenLoopError,
+    action_ranking,
+    action_sensitivity,
+    open_loop_error,
+)
 from imagined_env.world_model import WorldModel
 
 SENSITIVITY_NOISE = 0.25
@@ -68,13 +78,26 @@ class SpreadProbe(BaseCallback):
         self.model.policy.plan_observer = None
 
 
+@dataclass(frozen=True)
+class WorldModelErrors:
+    """The world model measured on real start states at one evaluation (ranking None with < 2 states)."""
+
+    open_loop: OpenLoopError
+    sensitivity: ActionSensitivity
+    ranking: ActionRanking | None
+
+
 def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuffer, guide: GaussianPolicyFn,
-                       n_states: int, n_sample_steps: int | None,
-                       seed: tuple[int, ...]) -> tuple[OpenLoopError, ActionSensitivity]:
-    """Open-loop error of policy-guided imaginations, and action sensitivity (do imagined H-step
-    returns of two random action sequences differ as the real ones do?), from `n_states` real buffer
-    states. A fixed draw per `seed` (run seed, real steps): a resumed run measures the same states.
-    `sim` is a MuJoCo env whose state the replays overwrite."""
+                       n_states: int, n_sample_steps: int | None, seed: tuple[int, ...]) -> WorldModelErrors:
+    """Open-loop error of policy-guided imaginations; action sensitivity (do imagined H-step returns of
+    two random action sequences differ as the real ones do?); and the on-policy `action_ranking` of the
+    policy's own action sequences, from `n_states` real buffer states. A fixed draw per `seed` (run seed,
+    real steps): a resumed run measures the same states. `sim` is a MuJoCo env whose state the replays
+    overwrite.
+
+    The ranked sequences are sampled step by step from the policy's Gaussian at the simulator's states
+    under the actions drawn so far (`policy_rollout`): the sequences the policy would act out, not
+    shaped by the model being measured, and exact policy samples where guided imagination is not."""
     rng = np.random.default_rng(list(seed))
     _, qpos, qvel = buffer.start_states(rng, n_states)
     generator = torch.Generator(device=world_model.device).manual_seed(int(rng.integers(2 ** 62)))
@@ -87,22 +110,32 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
     b = np.clip(a + offset, space.low, space.high)
     sensitivity = action_sensitivity(sim, world_model, qpos, qvel, a, b.astype(np.float32),
                                      n_sample_steps=n_sample_steps, generator=generator)
-    return error, sensitivity
+    ranking = None
+    if n_states >= 2:
+        rollout = policy_rollout(sim, qpos, qvel, world_model.horizon, guide, generator)
+        on_policy = np.clip(rollout.actions.numpy(), space.low, space.high)
+        ranking = action_ranking(sim, world_model, qpos, qvel, on_policy, rng, seed=int(rng.integers(2 ** 62)),
+                                 leak_rows=None if world_model.horizon > 1 else (),
+                                 n_sample_steps=n_sample_steps)
+    return WorldModelErrors(error, sensitivity, ranking)
 
 
-def record_evaluation(logger: RunLogger, row: dict[str, Any],
-                      errors: tuple[OpenLoopError, ActionSensitivity] | None) -> dict[str, Any]:
-    """`row` (an evaluation's real return and counters) with the world model's errors, also logged."""
+def record_evaluation(logger: RunLogger, row: dict[str, Any], errors: WorldModelErrors | None) -> dict[str, Any]:
+    """`row` (an evaluation's real return and counters) with the world model's errors, also logged (the
+    ranking's figures under their `world_model/` names in the logger, without that prefix in the row)."""
     logger.record("eval/mean_reward", row["mean_return"])
     logger.record("eval/std_reward", row["std_return"])
     if errors is not None:
-        error, sensitivity = errors
+        error, sensitivity = errors.open_loop, errors.sensitivity
         row["open_loop_mse"] = float(np.nanmean(error.obs_mse))
         row["open_loop_reward_mse"] = float(np.nanmean(error.reward_mse))
         row["return_difference_corr"] = sensitivity.correlation
         logger.record("world_model/open_loop_mse", row["open_loop_mse"])
         logger.record("world_model/open_loop_reward_mse", row["open_loop_reward_mse"])
         logger.record("world_model/return_difference_corr", sensitivity.correlation)
+        for key, value in ({} if errors.ranking is None else errors.ranking.as_log_dict()).items():
+            logger.record(key, value)
+            row[key.removeprefix("world_model/")] = value
     return row
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from agents.compare import (
     CompareSpec,
     EvalPoint,
     final_statistics,
+    oracle_fractions,
     step_statistics,
     summary_lines,
     write_outputs,
@@ -69,3 +71,12 @@ def test_summary_table_and_json(tmp_path):
     summary = json.loads((tmp_path / "compare.json").read_text())["summary"]
     assert summary["ppo"][0] == {"real_steps": 0, "seeds": 2, "mean": 5.0, "std": 5.0, "iqm": 5.0,
                                  "iqm_low": 0.0, "iqm_high": 10.0}
+
+
+def test_fraction_of_the_oracle_reached():
+    points = synthetic(methods=("oracle-ppo", "ppo"))  # final IQMs: oracle 15, ppo 115
+    fractions = oracle_fractions(step_statistics(points))
+    assert fractions == {"ppo": pytest.approx(115 / 15)}
+    below_zero = [replace(p, mean_return=-1.0) if p.method == "oracle-ppo" else p for p in points]
+    assert oracle_fractions(step_statistics(below_zero)) == {}
+    assert oracle_fractions(step_statistics(synthetic())) == {}
