@@ -68,7 +68,7 @@ def policy_rollout(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, horizon: in
 
 class SimulatorModel:
     """MuJoCo behind the world model's interface (`spec`, `horizon`, `device`, `imagine`,
-    `guidance_scale`), for tasks in `ORACLE_TASKS`. Start observations are turned back into simulator
+    `guidance_scale`, `adapt_guidance`), for tasks in `ORACLE_TASKS`. Start observations are turned back into simulator
     states with x = 0."""
 
     def __init__(self, env_id: str, horizon: int):
@@ -96,8 +96,8 @@ class SimulatorModel:
 
     def imagine(self, start_obs: torch.Tensor | np.ndarray, policy: GaussianPolicyFn | None = None, *,
                 generator: torch.Generator | None = None, actions: torch.Tensor | np.ndarray | None = None,
-                n_sample_steps: int | None = None, adapt_guidance: bool = True) -> Imagination:
-        """`WorldModel.imagine` answered by the simulator (`n_sample_steps`, `adapt_guidance`: unused)."""
+                n_sample_steps: int | None = None) -> Imagination:
+        """`WorldModel.imagine` answered by the simulator (`n_sample_steps`: unused)."""
         start = torch.as_tensor(start_obs).detach().cpu().numpy()
         if start.ndim != 2 or start.shape[1] != self.spec.obs_dim or not np.isfinite(start).all():
             raise ValueError(f"start_obs must be finite with shape [B, {self.spec.obs_dim}], got {start.shape}")
@@ -108,6 +108,9 @@ class SimulatorModel:
                              f"{self.spec.act_dim}], got {fixed.shape}")
         qpos, qvel = self.states(start)
         return policy_rollout(self.env, qpos, qvel, self.horizon, policy, generator, fixed)
+
+    def adapt_guidance(self, imagination: Imagination) -> None:
+        """Nothing to tune: the actions are the policy's own draws."""
 
     def close(self) -> None:
         self.env.close()
