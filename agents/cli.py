@@ -40,7 +40,7 @@ from agents.presets import ALIASES, build_preset, describe, preset_ids, resolve
 from agents.real_evaluation import evaluate_real, load_learner
 from agents.run_files import LEARNER_FILE, check_learner_file, find_checkpoint, read_state, saved_config
 from agents.safe_writes import WriteFailed, check_writable
-from agents.vec_normalize_stats import STATS_FILE
+from agents.vec_normalize_stats import STATS_FILE, read_stats
 from agents.zoo import zoo_settings
 
 DESCRIPTION = ("PolyGRAD trajectory-diffusion world models as Gymnasium envs: train SB3 PPO/A2C in "
@@ -200,6 +200,8 @@ def prepare_evaluate(args: argparse.Namespace) -> Job:
     check_task(env_id, imagined=False)
     if stats_path is not None and not Path(stats_path).is_file():
         raise ValueError(f"VecNormalize statistics file {stats_path} does not exist")
+    if stats_path is not None and Path(stats_path).suffix == ".npz":
+        read_stats(Path(stats_path))  # its own errors name the fault
     try:
         model, stats = load_learner(model_path, algo, env_id, args.seed, stats_path)
     except Exception as err:  # noqa: BLE001  (SB3 and pickle raise many types for foreign or corrupt files)

@@ -101,8 +101,9 @@ class Coordinator:
         checkpoint = find_checkpoint(run_dir)
         if checkpoint is None:
             raise ValueError(f"no checkpoint in {run_dir}; start a run with Coordinator(config, run_dir)")
+        raw = saved_config(checkpoint, read_state(checkpoint))
         try:
-            config = CoordinatorConfig.from_dict(saved_config(checkpoint, read_state(checkpoint)))
+            config = CoordinatorConfig.from_dict(raw)
         except ValueError as err:
             raise ValueError(f"checkpoint file {checkpoint / 'state.json'}: {err}") from None
         if env_id is not None and env_id != config.env_id:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from agents.config import CoordinatorConfig
 from agents.learning_rate import RunLearningRate
 from agents.rng_state import rng_state, set_rng_state
-from agents.safe_writes import failure_reason, writing
+from agents.safe_writes import WriteFailed, failure_reason, writing
 from agents.vec_normalize_stats import (
     STATS_FILE,
     load_normalization_stats,
@@ -104,7 +105,11 @@ def write_checkpoint(state: RunState, run_dir: Path, config: dict[str, Any]) -> 
         state.save(tmp, config)
         with writing(run_dir / CHECKPOINT_DIR):
             return swap_in(tmp, run_dir)
-    finally:  # after the swap, tmp is gone
+    except WriteFailed as err:
+        if err.path.parent == tmp:  # named as the file it was to become
+            raise WriteFailed(run_dir / CHECKPOINT_DIR / err.path.name, err.reason) from err.__cause__
+        raise
+    finally:  # no half-written directory stays; after the swap, tmp is gone
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -264,13 +269,18 @@ def read_run_state(checkpoint: Path, normalize: bool) -> dict[str, Any]:
         raise ValueError(f"checkpoint file {path} is missing (the run folder is damaged)")
     try:
         tensors = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"checkpoint file {path} holds pickled objects, not only tensors: refused, as "
+                         "loading them could run code (the run folder is damaged or tampered with)") from None
     except Exception as err:  # noqa: BLE001  (torch raises many types for truncated or foreign files)
-        raise ValueError(f"checkpoint file {path} is truncated, corrupt or holds more than tensors "
-                         f"(the run folder is damaged): {failure_reason(err)}") from None
+        raise ValueError(f"checkpoint file {path} is truncated or corrupt (the run folder is damaged): "
+                         f"{failure_reason(err)}") from None
     if not isinstance(tensors, dict) or set(tensors) != {"trainer", "rng"}:
         raise ValueError(f"checkpoint file {path} does not hold a run state (the run folder is damaged)")
     progress = {key: state[key] for key in ("budget", "real_steps", "policy_updates", "learning_rate",
                                             "elapsed_s", "history")}
+    if normalize and not (checkpoint / STATS_FILE).is_file():
+        raise ValueError(f"checkpoint file {checkpoint / STATS_FILE} is missing (the run folder is damaged)")
     stats = read_stats(checkpoint / STATS_FILE) if normalize else None
     return {"progress": progress, **tensors, "normalization": stats}
 
