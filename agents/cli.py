@@ -38,8 +38,9 @@ from agents.coordinator import Coordinator
 from agents.demo import DemoConfig, run_demo
 from agents.presets import ALIASES, build_preset, describe, preset_ids, resolve
 from agents.real_evaluation import evaluate_real, load_learner
-from agents.run_files import LEARNER_FILE, check_learner_file, find_checkpoint, read_state, saved_config
+from agents.run_files import LEARNER_FILE, find_checkpoint, read_state, saved_config
 from agents.safe_writes import WriteFailed, check_writable
+from agents.saved_run import check_learner_file
 from agents.vec_normalize_stats import STATS_FILE, read_stats
 from agents.zoo import zoo_settings
 

@@ -31,18 +31,15 @@ from agents.real_evaluation import evaluate_real
 from agents.run_files import (
     RUN_STATE,
     RunState,
-    SavedRun,
     existing_checkpoint_message,
     find_checkpoint,
-    read_checkpoint,
     read_state,
-    resume_note,
-    saved_config,
     sweep_litter,
     write_checkpoint,
 )
 from agents.run_log import make_logger, write_rows
-from agents.safe_writes import WriteFailed, check_writable, failure_reason, writing
+from agents.safe_writes import check_writable, writing
+from agents.saved_run import SavedRun, read_checkpoint, read_config, resumable_failures
 from agents.sb3_guidance import sb3_guide
 from agents.sb3_sampling import sb3_sampler
 from imagined_env.data.collect import RealCollector, buffer_for_env
@@ -101,11 +98,7 @@ class Coordinator:
         checkpoint = find_checkpoint(run_dir)
         if checkpoint is None:
             raise ValueError(f"no checkpoint in {run_dir}; start a run with Coordinator(config, run_dir)")
-        raw = saved_config(checkpoint, read_state(checkpoint))
-        try:
-            config = CoordinatorConfig.from_dict(raw)
-        except ValueError as err:
-            raise ValueError(f"checkpoint file {checkpoint / 'state.json'}: {err}") from None
+        config = read_config(checkpoint)
         if env_id is not None and env_id != config.env_id:
             raise ValueError(f"the checkpoint in {run_dir} is of task {config.env_id!r}, not {env_id!r}")
         check_device(config.device)
@@ -126,7 +119,7 @@ class Coordinator:
         """
         self.state.budget = self.state.checked_budget(total_real_steps, self.config.prefill_steps)
         self._progress = progress_bar
-        try:
+        with resumable_failures(self.run_dir):
             with tqdm(total=self.budget, initial=self.real_steps, unit="step", disable=not progress_bar,
                       desc=f"{self.config.env_id} real steps") as bar:
                 if self.learner is None:
@@ -141,10 +134,6 @@ class Coordinator:
                         break
                 hooks.on_training_end()
             self._finish()
-        except WriteFailed as err:
-            raise WriteFailed(err.path, err.reason, resume_note(self.run_dir)) from None
-        except OSError as err:  # a write outside the named ones (e.g. a log's)
-            raise WriteFailed(err.filename or self.run_dir, failure_reason(err), resume_note(self.run_dir)) from None
         return self
 
     def evaluate(self, n_episodes: int | None = None) -> tuple[float, float]:

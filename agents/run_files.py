@@ -8,17 +8,16 @@ statistics as numbers, when observations are normalised) and SB3's learner.zip. 
 unpickled except learner.zip, by SB3 itself: run folders must come from a trusted source.
 
 A killed writer leaves temporary files (`.*.tmp`, `.checkpoint-tmp-*`): `sweep_litter` removes them at
-the start of a run and on resume. A failed write raises `WriteFailed` naming the file.
+the start of a run and on resume. A failed write raises `WriteFailed` naming the file. `agents.saved_run`
+reads a checkpoint back.
 """
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,10 @@ import torch
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents.config import CoordinatorConfig
 from agents.learning_rate import RunLearningRate
 from agents.rng_state import rng_state, set_rng_state
-from agents.safe_writes import WriteFailed, failure_reason, writing
-from agents.vec_normalize_stats import (
-    STATS_FILE,
-    load_normalization_stats,
-    normalization_stats,
-    read_stats,
-    save_stats,
-)
+from agents.safe_writes import WriteFailed, writing
+from agents.vec_normalize_stats import STATS_FILE, load_normalization_stats, normalization_stats, save_stats
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import WorldModelTrainer
 from imagined_env.world_model import WorldModel
@@ -111,15 +103,6 @@ def write_checkpoint(state: RunState, run_dir: Path, config: dict[str, Any]) -> 
         raise
     finally:  # no half-written directory stays; after the swap, tmp is gone
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def resume_note(run_dir: Path) -> str:
-    """What survives a failed write: the last complete checkpoint, if any."""
-    checkpoint = find_checkpoint(run_dir)
-    if checkpoint is None:
-        return "no checkpoint was written yet: start the run again"
-    return (f"the last checkpoint ({read_state(checkpoint).get('real_steps')} real steps, {checkpoint}) is "
-            f"intact: `imagined-env train --resume {run_dir}` continues the run")
 
 
 def write_state(checkpoint: Path, state: dict[str, Any]) -> None:
@@ -254,73 +237,3 @@ class RunState:
         write_state(directory, {"env_id": config["env_id"], "config": config, **state["progress"],
                                 "world_model_steps": self.trainer.steps,
                                 "guidance_scale": self.world_model.guidance_scale})
-
-
-def read_run_state(checkpoint: Path, normalize: bool) -> dict[str, Any]:
-    """The state dict of a checkpoint (for `RunState.load_state_dict`), read without unpickling;
-    ValueError naming the file for an older layout or a missing, truncated or foreign file."""
-    state = read_state(checkpoint)
-    if state["format_version"] < CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {checkpoint} has format {state['format_version']}, written by an older "
-                         f"version of this code; it cannot be resumed (resuming needs format "
-                         f"{CHECKPOINT_VERSION})")
-    path = checkpoint / RUN_STATE
-    if not path.is_file():
-        raise ValueError(f"checkpoint file {path} is missing (the run folder is damaged)")
-    try:
-        tensors = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"checkpoint file {path} holds pickled objects, not only tensors: refused, as "
-                         "loading them could run code (the run folder is damaged or tampered with)") from None
-    except Exception as err:  # noqa: BLE001  (torch raises many types for truncated or foreign files)
-        raise ValueError(f"checkpoint file {path} is truncated or corrupt (the run folder is damaged): "
-                         f"{failure_reason(err)}") from None
-    if not isinstance(tensors, dict) or set(tensors) != {"trainer", "rng"}:
-        raise ValueError(f"checkpoint file {path} does not hold a run state (the run folder is damaged)")
-    progress = {key: state[key] for key in ("budget", "real_steps", "policy_updates", "learning_rate",
-                                            "elapsed_s", "history")}
-    if normalize and not (checkpoint / STATS_FILE).is_file():
-        raise ValueError(f"checkpoint file {checkpoint / STATS_FILE} is missing (the run folder is damaged)")
-    stats = read_stats(checkpoint / STATS_FILE) if normalize else None
-    return {"progress": progress, **tensors, "normalization": stats}
-
-
-@dataclass
-class SavedRun:
-    """A checkpoint's contents besides the learner, every file read and checked before the run folder
-    is written to."""
-
-    checkpoint: Path
-    state: dict[str, Any]
-    """For `RunState.load_state_dict`."""
-    buffer: EpisodeBuffer
-    world_model: WorldModel
-
-
-def read_checkpoint(checkpoint: Path, config: CoordinatorConfig) -> SavedRun:
-    """Every file of `checkpoint`, for a run of `config`; ValueError naming a missing, damaged or
-    inconsistent one."""
-    saved = read_run_state(checkpoint, config.normalize)
-    check_learner_file(checkpoint / LEARNER_FILE)
-    buffer = EpisodeBuffer.load(checkpoint / "buffer.npz")
-    real_steps = saved["progress"]["real_steps"]
-    if buffer.env_id != config.env_id or buffer.n_transitions != real_steps:
-        raise ValueError(f"checkpoint {checkpoint} is inconsistent: its buffer holds {buffer.n_transitions} "
-                         f"steps of {buffer.env_id!r}, the run {real_steps} of {config.env_id!r}")
-    world_model = WorldModel.load(checkpoint / "world_model.pt", device=config.device, env_id=config.env_id)
-    return SavedRun(checkpoint, saved, buffer, world_model)
-
-
-def check_learner_file(path: Path) -> None:
-    """The learner's .zip exists and every member's checksum holds (SB3's own errors for a truncated file
-    name neither the file nor the fault)."""
-    if not path.is_file():
-        raise ValueError(f"learner file {path} is missing (the run folder is damaged)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-            names = archive.namelist()
-    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as err:
-        raise ValueError(f"learner file {path} is truncated or corrupt: {err}") from None
-    if bad is not None or "policy.pth" not in names:
-        raise ValueError(f"learner file {path} is truncated or corrupt (member {bad or 'policy.pth'})")
