@@ -103,3 +103,18 @@ def test_help_says_run_folders_must_be_trusted(capsys):
     for command in ("train", "evaluate"):
         code, out, _ = cli([command, "--help"], capsys)
         assert code == 0 and "must come from a trusted source" in " ".join(out.split())
+
+
+def test_run_state_loads_weights_only_and_restores_the_random_generators(finished_run):
+    import random
+
+    from agents.rng_state import rng_state, set_rng_state
+
+    saved = torch.load(finished_run / "checkpoint" / "run_state.pt", weights_only=True)
+    assert set(saved) == {"trainer", "rng"}
+    now = rng_state()
+    set_rng_state(saved["rng"])
+    first = (random.random(), np.random.normal(), torch.rand(1).item())
+    set_rng_state(saved["rng"])
+    assert (random.random(), np.random.normal(), torch.rand(1).item()) == first
+    set_rng_state(now)
