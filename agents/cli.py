@@ -2,7 +2,8 @@
 the work is in `agents.coordinator`, `agents.compare`, `agents.real_evaluation` and `agents.demo`.
 
 Every input error (unknown task, budget below the prefill, unreadable config, unwritable output
-directory, ...) is reported as a usage error (exit code 2) before anything is trained.
+directory, damaged run folder, ...) is reported as a usage error (exit code 2, one line) before anything
+is trained; a write that fails during a run (e.g. a full disk) likewise, naming the file.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import gymnasium as gym
 import torch
@@ -37,7 +38,10 @@ from agents.coordinator import Coordinator
 from agents.demo import DemoConfig, run_demo
 from agents.presets import ALIASES, build_preset, describe, preset_ids, resolve
 from agents.real_evaluation import evaluate_real, load_learner
-from agents.run_files import check_writable, find_checkpoint, read_state
+from agents.run_files import LEARNER_FILE, find_checkpoint, read_state, saved_config
+from agents.safe_writes import WriteFailed, check_writable
+from agents.saved_run import check_learner_file
+from agents.vec_normalize_stats import STATS_FILE, read_stats
 from agents.zoo import zoo_settings
 
 DESCRIPTION = ("PolyGRAD trajectory-diffusion world models as Gymnasium envs: train SB3 PPO/A2C in "
@@ -47,6 +51,8 @@ Job = Callable[[], int]
 CONFIG_ALIASES = {"env_id": ["--env"]}
 COMPARE_OWNED = frozenset({"env_id", "algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps"})
 """Config fields `compare` sets itself, identically for every method."""
+TRUSTED = ("Run folders and learner .zip files must come from a trusted source: SB3 unpickles learner.zip "
+           "(and a VecNormalize .pkl) when loading, which can run code.")
 DEFAULT_THREADS = 1
 """Torch CPU threads. On a small shared machine, OpenMP threads competing with other processes slow
 the small-batch work of this package down by an order of magnitude; one thread is the safe default."""
@@ -194,7 +200,9 @@ def prepare_evaluate(args: argparse.Namespace) -> Job:
         raise ValueError(f"{target} is neither a run folder nor a learner .zip file")
     check_task(env_id, imagined=False)
     if stats_path is not None and not Path(stats_path).is_file():
-        raise ValueError(f"VecNormalize statistics {stats_path} do not exist")
+        raise ValueError(f"VecNormalize statistics file {stats_path} does not exist")
+    if stats_path is not None and Path(stats_path).suffix == ".npz":
+        read_stats(Path(stats_path))  # its own errors name the fault
     try:
         model, stats = load_learner(model_path, algo, env_id, args.seed, stats_path)
     except Exception as err:  # noqa: BLE001  (SB3 and pickle raise many types for foreign or corrupt files)
@@ -212,15 +220,25 @@ def prepare_evaluate(args: argparse.Namespace) -> Job:
 
 
 def run_dir_files(run_dir: Path, env_id: str | None) -> tuple[Path, Path | None, str, str]:
-    """(learner.zip, vec_normalize.pkl or None, task, algo) of the last checkpoint of a run folder."""
+    """(learner.zip, vec_normalize.npz or None, task, algo) of the last checkpoint of a run folder,
+    checked to be there and whole."""
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir} is not a run folder with a checkpoint (no checkpoint/state.json)")
-    config = read_state(checkpoint)["config"]
+    config = saved_config(checkpoint, read_state(checkpoint))
     if env_id is not None and env_id != config["env_id"]:
         raise ValueError(f"the run in {run_dir} is of task {config['env_id']!r}, not {env_id!r}")
-    stats = checkpoint / "vec_normalize.pkl"
-    return checkpoint / "learner.zip", stats if stats.is_file() else None, config["env_id"], config["algo"]
+    check_learner_file(checkpoint / LEARNER_FILE)
+    stats = checkpoint / STATS_FILE
+    if config.get("normalize", True) and not stats.is_file():
+        pickled = checkpoint / "vec_normalize.pkl"
+        if pickled.is_file():  # written by an older version
+            raise ValueError(f"{checkpoint} holds its VecNormalize statistics only as a pickle ({pickled}), "
+                             f"which can run code when loaded; if the folder comes from a trusted source, "
+                             f"evaluate it with: imagined-env evaluate {checkpoint / LEARNER_FILE} --env "
+                             f"{config['env_id']} --algo {config.get('algo', 'ppo')} --vecnormalize {pickled}")
+        raise ValueError(f"VecNormalize statistics file {stats} is missing (the run folder is damaged)")
+    return checkpoint / LEARNER_FILE, stats if stats.is_file() else None, config["env_id"], config.get("algo", "ppo")
 
 
 # ---- compare ----------------------------------------------------------------------------------------
@@ -350,7 +368,8 @@ def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                              "[--config FILE.json] [--FIELD VALUE ...]", epilog=presets_epilog(),
                        help="train a learner in imagination (the coordinator loop)",
                        description=paragraphs("Real data -> world model -> PPO/A2C in imagination -> real data, for a "
-                                   "budget of real environment steps. Precedence: preset < --config < flags."))
+                                   "budget of real environment steps. Precedence: preset < --config < flags.",
+                                   TRUSTED + " --resume loads the run folder's learner.zip."))
     p.add_argument("--steps", type=positive_int, metavar="N",
                    help="real-step budget in all, prefill included (required for a new run; with --resume "
                         "[default: the run's own budget])")
@@ -365,9 +384,11 @@ def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[parent], formatter_class=HelpFormatter,
                        help="real-task return of a run folder or a learner .zip",
                        description=paragraphs("Mean and std of the real-task return over deterministic episodes; a "
-                                   "VecNormalize'd learner is evaluated with its frozen statistics."))
+                                   "VecNormalize'd learner is evaluated with its frozen statistics.", TRUSTED))
     p.add_argument("target", help="a run folder (uses its last checkpoint) or a learner .zip")
-    p.add_argument("--vecnormalize", metavar="STATS.pkl", help="VecNormalize statistics saved with the .zip")
+    p.add_argument("--vecnormalize", metavar="STATS",
+                   help="VecNormalize statistics of the .zip: a run's vec_normalize.npz, or SB3's .pkl (a pickle: "
+                        "trusted files only)")
     p.add_argument("--env", help="task id (required with a .zip; checked against a run folder's)")
     p.add_argument("--algo", choices=("ppo", "a2c"), default="ppo",
                    help="algorithm of the .zip [default ppo]")
@@ -446,9 +467,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     try:
         job = args.prepare(args)
-    except ValueError as err:
-        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
-    return job()
+    except (ValueError, WriteFailed) as err:
+        usage_error(parser, args.command, err)
+    try:
+        return job()
+    except WriteFailed as err:
+        usage_error(parser, args.command, err)
+
+
+def usage_error(parser: argparse.ArgumentParser, command: str, err: Exception) -> NoReturn:
+    """Exit 2 with the error on one line."""
+    parser.exit(2, f"{parser.prog} {command}: error: {' '.join(str(err).split())}\n")
 
 
 if __name__ == "__main__":

@@ -174,6 +174,10 @@ class CoordinatorConfig:
         if self.algo not in IMAGINATION_LEARNERS:
             raise ValueError(f"unknown algo {self.algo!r}; supported: {', '.join(IMAGINATION_LEARNERS)}")
         _check_counts(self)
+        chain = self.world_model.schedule.n_steps
+        if self.n_sample_steps is not None and self.n_sample_steps > chain:
+            raise ValueError(f"n_sample_steps ({self.n_sample_steps}) exceeds the world model's chain "
+                             f"(world_model.schedule.n_steps = {chain}); give at most {chain}, or none for all")
         if self.prefill_steps <= self.world_model.horizon:
             raise ValueError(f"prefill_steps ({self.prefill_steps}) must exceed the world model horizon "
                              f"({self.world_model.horizon}) so that training windows exist")

@@ -17,7 +17,6 @@ import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -27,22 +26,22 @@ from tqdm.auto import tqdm
 
 from agents.config import ACTIVATIONS, IMAGINATION_LEARNERS, SUPPORTED_TASKS, CoordinatorConfig
 from agents.diagnostics import SpreadProbe, record_evaluation, record_progress, world_model_errors
-from agents.imagined_learner import build_learner, run_learning_rate
+from agents.imagined_learner import build_learner, check_device, check_learner_settings, run_learning_rate
 from agents.real_evaluation import evaluate_real
 from agents.run_files import (
+    RUN_STATE,
     RunState,
-    check_writable,
     existing_checkpoint_message,
     find_checkpoint,
-    new_checkpoint_dir,
-    read_run_state,
     read_state,
-    swap_in,
+    sweep_litter,
+    write_checkpoint,
 )
 from agents.run_log import make_logger, write_rows
+from agents.safe_writes import check_writable, writing
+from agents.saved_run import SavedRun, read_checkpoint, read_config, resumable_failures
 from agents.sb3_guidance import sb3_guide
 from agents.sb3_sampling import sb3_sampler
-from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import RealCollector, buffer_for_env
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.training import WorldModelTrainer, spec_from_env
@@ -63,7 +62,8 @@ class Coordinator:
     """Runs `CoordinatorConfig` in `run_dir`: `learn(budget)`, `resume(run_dir)`, `evaluate()`.
 
     Before `learn` has prefilled, `world_model`, `trainer` and `learner` are None. Every input error
-    (task, run_dir, budget, a foreign checkpoint) raises ValueError before anything is trained.
+    (task, run_dir, budget, learner settings, device, a foreign or damaged checkpoint) raises ValueError
+    before anything is trained or written; a failed write raises `WriteFailed` naming the file.
     """
 
     real_steps = _from_state("real_steps", "Real environment steps taken, prefill included.")
@@ -80,6 +80,7 @@ class Coordinator:
         existing = find_checkpoint(run_dir)
         if existing is not None:
             raise ValueError(existing_checkpoint_message(Path(run_dir), read_state(existing), config.env_id))
+        check_device(config.device)
         self._open(config, Path(run_dir), verbose, keep_progress_until=None)
         set_random_seed(config.seed)
         self.state = RunState(buffer_for_env(self._real_env, config.env_id), run_learning_rate(config))
@@ -91,18 +92,20 @@ class Coordinator:
         """Continue the run of the last checkpoint in `run_dir`; `env_id`, when given, must be its task.
 
         The real episode in progress at the checkpoint is not restored: collection restarts with a reset.
+        The checkpoint's learner.zip is loaded by SB3, which unpickles it: resume only trusted run folders.
         """
         check_writable(Path(run_dir))
         checkpoint = find_checkpoint(run_dir)
         if checkpoint is None:
             raise ValueError(f"no checkpoint in {run_dir}; start a run with Coordinator(config, run_dir)")
-        config = CoordinatorConfig.from_dict(read_state(checkpoint)["config"])
+        config = read_config(checkpoint)
         if env_id is not None and env_id != config.env_id:
             raise ValueError(f"the checkpoint in {run_dir} is of task {config.env_id!r}, not {env_id!r}")
-        saved = read_run_state(checkpoint)
+        check_device(config.device)
+        saved = read_checkpoint(checkpoint, config)
         coordinator = cls.__new__(cls)
-        coordinator._open(config, Path(run_dir), verbose, keep_progress_until=saved["progress"]["real_steps"])
-        coordinator._restore(checkpoint, saved)
+        coordinator._open(config, Path(run_dir), verbose, keep_progress_until=saved.state["progress"]["real_steps"])
+        coordinator._restore(saved)
         return coordinator
 
     # ---- public ------------------------------------------------------------------------
@@ -116,20 +119,21 @@ class Coordinator:
         """
         self.state.budget = self.state.checked_budget(total_real_steps, self.config.prefill_steps)
         self._progress = progress_bar
-        with tqdm(total=self.budget, initial=self.real_steps, unit="step", disable=not progress_bar,
-                  desc=f"{self.config.env_id} real steps") as bar:
-            if self.learner is None:
-                self._start()
-                bar.update(self.real_steps)
-            hooks = self._init_callback(callback)
-            while self.real_steps < self.budget:
-                n = min(self.config.policy_every, self.budget - self.real_steps)
-                self._iteration(n)
-                bar.update(n)
-                if not hooks.on_step():
-                    break
-            hooks.on_training_end()
-        self._finish()
+        with resumable_failures(self.run_dir):
+            with tqdm(total=self.budget, initial=self.real_steps, unit="step", disable=not progress_bar,
+                      desc=f"{self.config.env_id} real steps") as bar:
+                if self.learner is None:
+                    self._start()
+                    bar.update(self.real_steps)
+                hooks = self._init_callback(callback)
+                while self.real_steps < self.budget:
+                    n = min(self.config.policy_every, self.budget - self.real_steps)
+                    self._iteration(n)
+                    bar.update(n)
+                    if not hooks.on_step():
+                        break
+                hooks.on_training_end()
+            self._finish()
         return self
 
     def evaluate(self, n_episodes: int | None = None) -> tuple[float, float]:
@@ -144,11 +148,10 @@ class Coordinator:
     def save_checkpoint(self) -> Path:
         """Write everything needed to resume into run_dir/checkpoint, atomically; returns its path."""
         self.collector.flush()
-        tmp = new_checkpoint_dir(self.run_dir)
-        self.state.save(tmp, self.config.to_dict())
-        target = swap_in(tmp, self.run_dir)
-        self.world_model.save(self.run_dir / "world_model.pt")
+        target = write_checkpoint(self.state, self.run_dir, self.config.to_dict())
         self._checkpoint_steps = self.real_steps
+        with writing(self.run_dir / "world_model.pt"):
+            self.world_model.save(self.run_dir / "world_model.pt")
         return target
 
     def close(self) -> None:
@@ -160,14 +163,18 @@ class Coordinator:
     # ---- setup -------------------------------------------------------------------------
     def _open(self, config: CoordinatorConfig, run_dir: Path, verbose: int,
               keep_progress_until: int | None) -> None:
-        """What a fresh and a resumed run share: config file, envs, logger, per-iteration records."""
+        """What a fresh and a resumed run share: envs, the learner settings' check, then (the folder's
+        litter swept) config file, logger and per-iteration records."""
         self.config, self.run_dir, self.verbose = config, run_dir, verbose
-        with atomic_path(run_dir / "config.json") as tmp:
-            tmp.write_text(json.dumps(config.to_dict(), indent=2))
         self._real_env = gym.make(config.env_id)
         self._sim = gym.make(config.env_id)  # open-loop replays overwrite its state
         self.spec = spec_from_env(self._real_env, config.env_id)
-        self.logger = make_logger(run_dir, keep_progress_until, console=verbose > 0)
+        check_learner_settings(config, self.spec)
+        sweep_litter(run_dir)
+        with writing(run_dir / "config.json"), atomic_path(run_dir / "config.json") as tmp:
+            tmp.write_text(json.dumps(config.to_dict(), indent=2))
+        with writing(run_dir / "progress.csv"):
+            self.logger = make_logger(run_dir, keep_progress_until, console=verbose > 0)
         self._probe = SpreadProbe(config.world_model.guidance.std_floor)
         self._losses: list[float] = []
         self._real_returns: list[float] = []
@@ -194,21 +201,19 @@ class Coordinator:
         normalize_obs = None if built.vec_normalize is None else built.vec_normalize.normalize_obs
         self._sampler = sb3_sampler(built.learner, normalize_obs, self.config.collection_noise_std)
 
-    def _restore(self, checkpoint: Path, saved: dict[str, Any]) -> None:
-        cfg, real_steps = self.config, saved["progress"]["real_steps"]
-        buffer = EpisodeBuffer.load(checkpoint / "buffer.npz")
-        if buffer.env_id != cfg.env_id or buffer.n_transitions != real_steps:
-            raise ValueError(f"checkpoint {checkpoint} is inconsistent: its buffer holds "
-                             f"{buffer.n_transitions} steps of {buffer.env_id!r}, the run "
-                             f"{real_steps} of {cfg.env_id!r}")
-        self.state = state = RunState(buffer, run_learning_rate(cfg, saved["progress"]["learning_rate"]))
-        state.world_model = WorldModel.load(checkpoint / "world_model.pt", device=cfg.device,
-                                            env_id=cfg.env_id)
+    def _restore(self, saved: SavedRun) -> None:
+        cfg, progress = self.config, saved.state["progress"]
+        self.state = state = RunState(saved.buffer, run_learning_rate(cfg, progress["learning_rate"]))
+        state.world_model = saved.world_model
         state.trainer = WorldModelTrainer(state.world_model, replace(cfg.train, seed=cfg.seed))
-        self._build_learner(checkpoint)
-        self.collector = RealCollector(self._real_env, buffer, seed=cfg.seed + real_steps)
-        state.load_state_dict(saved)
-        self._checkpoint_steps = real_steps
+        self._build_learner(saved.checkpoint)
+        self.collector = RealCollector(self._real_env, saved.buffer, seed=cfg.seed + progress["real_steps"])
+        try:
+            state.load_state_dict(saved.state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            raise ValueError(f"checkpoint file {saved.checkpoint / RUN_STATE} does not fit the run (the run "
+                             f"folder is damaged): {err!r}") from None
+        self._checkpoint_steps = progress["real_steps"]
 
     def _init_callback(self, callback: MaybeCallback) -> BaseCallback:
         callbacks = callback if isinstance(callback, list) else [] if callback is None else [callback]
@@ -284,7 +289,8 @@ class Coordinator:
                                         self.config.open_loop_states, self.config.n_sample_steps,
                                         seed=(self.config.seed, self.real_steps))
         self.history.append(record_evaluation(self.logger, row, errors))
-        write_rows(self.run_dir / "evaluations.csv", self.history)
+        with writing(self.run_dir / "evaluations.csv"):
+            write_rows(self.run_dir / "evaluations.csv", self.history)
 
     def _dump(self, show: bool) -> None:
         """One progress row at the current real step; `show` also prints it (after evaluations)."""
@@ -292,7 +298,8 @@ class Coordinator:
                     "policy_updates": self.policy_updates, "elapsed_s": self.state.elapsed()}
         record_progress(self.logger, counters, self.world_model.guidance_scale, self._probe, self._losses,
                         self._real_returns)
-        self.logger.dump(step=self.real_steps, show=show)
+        with writing(self.run_dir / "progress.csv"):
+            self.logger.dump(step=self.real_steps, show=show)
         self._losses, self._real_returns = [], []
 
 

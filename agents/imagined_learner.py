@@ -1,10 +1,15 @@
-"""The learner of a run and the imagined env it trains in, built fresh or from a checkpoint's learner.zip."""
+"""The learner of a run and the imagined env it trains in, built fresh or from a checkpoint's learner.zip,
+and the check of the learner settings and device before any real step."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+from gymnasium import spaces
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
@@ -13,8 +18,9 @@ from agents.config import IMAGINATION_LEARNERS, CoordinatorConfig, _learner_kwar
 from agents.learning_rate import RunLearningRate
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.replay import ReplayConfig
+from imagined_env.utils import resolve_device
 from imagined_env.vector_env import ImaginedVectorEnv
-from imagined_env.world_model import WorldModel
+from imagined_env.world_model import EnvSpec, WorldModel
 
 
 @dataclass
@@ -43,8 +49,11 @@ def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_stat
     if checkpoint is None:
         learner = algo("MlpPolicy", venv, seed=config.seed, device=config.device, verbose=0, **kwargs)
     else:  # SB3's load resets the new imagined env at the next update (its force_reset)
-        learner = algo.load(checkpoint / "learner.zip", env=venv, device=config.device,
-                            custom_objects={"learning_rate": learning_rate})
+        path = checkpoint / "learner.zip"
+        try:
+            learner = algo.load(path, env=venv, device=config.device, custom_objects={"learning_rate": learning_rate})
+        except Exception as err:  # noqa: BLE001  (SB3 raises many types for damaged or foreign files)
+            raise ValueError(f"learner file {path} does not load (the run folder is damaged): {err}") from None
     learner.set_logger(logger)
     return ImaginedLearner(imagined, learner, vec_normalize)
 
@@ -52,3 +61,42 @@ def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_stat
 def run_learning_rate(config: CoordinatorConfig, current: float | None = None) -> RunLearningRate:
     """The run's learning-rate schedule, starting from the rate of `config`'s learner settings."""
     return RunLearningRate(config.learner.learning_rate, current)
+
+
+class _SpacesOnly(VecEnv):
+    """A VecEnv with the imagined env's spaces and nothing else: enough for SB3 to build and check a
+    learner, not to step."""
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        return [None] * self.num_envs  # render_mode, asked by VecEnv itself
+
+    def _unused(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError("a stand-in env for checking settings")
+
+    reset = step_async = step_wait = close = set_attr = env_method = env_is_wrapped = _unused
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device of `device`, or ValueError when this machine has none such."""
+    try:
+        resolved = resolve_device(device)
+        torch.empty(1, device=resolved)
+    except (RuntimeError, AssertionError) as err:
+        raise ValueError(f"device {device!r} is not available on this machine: {err}") from None
+    return resolved
+
+
+def check_learner_settings(config: CoordinatorConfig, spec: EnvSpec) -> None:
+    """Build the run's learner on a stand-in env of the task's spaces, so that anything SB3 refuses
+    (settings, device) is a ValueError before the first real step. Global RNGs are seeded (by SB3)."""
+    check_device(config.device)
+    observations = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
+    actions = spaces.Box(np.array(spec.action_low, np.float32), np.array(spec.action_high, np.float32))
+    algo = IMAGINATION_LEARNERS[config.algo]
+    try:
+        with warnings.catch_warnings():  # the real build warns again, once
+            warnings.simplefilter("ignore")
+            algo("MlpPolicy", _SpacesOnly(config.n_imagined_envs, observations, actions), seed=config.seed,
+                 device=config.device, verbose=0, **_learner_kwargs(config))
+    except (AssertionError, ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"the learner settings are refused by {algo.__name__}: {err}") from None

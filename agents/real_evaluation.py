@@ -13,6 +13,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecNormalize, sync_envs_normalization
 from tqdm.auto import tqdm
 
+from agents.vec_normalize_stats import frozen_vec_normalize
+
 LEARNERS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 
 
@@ -49,10 +51,13 @@ def evaluate_real(model: BaseAlgorithm, env_id: str, n_episodes: int, seed: int,
 def load_learner(model_path: str | Path, algo: str, env_id: str, seed: int,
                  vecnormalize_path: str | Path | None = None) -> tuple[BaseAlgorithm, VecEnv | None]:
     """A saved PPO/A2C `.zip` (plain or imagination) and, if given, its VecNormalize statistics
-    loaded over the real task (the VecEnv to pass to `evaluate_real` as `training_env`)."""
+    (a run's vec_normalize.npz, or SB3's pickled .pkl) over the real task, frozen: the VecEnv to pass
+    to `evaluate_real` as `training_env`. SB3 unpickles the .zip and a .pkl: load only trusted files."""
     model = LEARNERS[algo].load(model_path, device="cpu")
     if vecnormalize_path is None:
         return model, None
+    if Path(vecnormalize_path).suffix == ".npz":
+        return model, frozen_vec_normalize(Path(vecnormalize_path), real_env(env_id, seed))
     stats = VecNormalize.load(str(vecnormalize_path), real_env(env_id, seed))
     stats.training, stats.norm_reward = False, False
     return model, stats

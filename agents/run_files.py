@@ -2,15 +2,19 @@
 `state_dict()` / `load_state_dict()`, and the atomically replaced checkpoint directory it is written to.
 
 A checkpoint holds state.json (config and progress, written last: its presence marks the directory
-complete), run_state.pt (tensors and plain values only: world-model optimiser, RNG states, observation
-and reward statistics; read with `torch.load(weights_only=True)`), world_model.pt, buffer.npz, and
-SB3's learner.zip (+ vec_normalize.pkl when observations are normalised) for SB3's own tools.
+complete), run_state.pt (tensors and plain values only: world-model optimiser and RNG states; read with
+`torch.load(weights_only=True)`), world_model.pt, buffer.npz, vec_normalize.npz (VecNormalize's
+statistics as numbers, when observations are normalised) and SB3's learner.zip. Nothing in it is
+unpickled except learner.zip, by SB3 itself: run folders must come from a trusted source.
+
+A killed writer leaves temporary files (`.*.tmp`, `.checkpoint-tmp-*`): `sweep_litter` removes them at
+the start of a run and on resume. A failed write raises `WriteFailed` naming the file. `agents.saved_run`
+reads a checkpoint back.
 """
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -21,32 +25,38 @@ from typing import Any
 import numpy as np
 import torch
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents.learning_rate import RunLearningRate
+from agents.rng_state import rng_state, set_rng_state
+from agents.safe_writes import WriteFailed, writing
+from agents.vec_normalize_stats import STATS_FILE, load_normalization_stats, normalization_stats, save_stats
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import WorldModelTrainer
 from imagined_env.world_model import WorldModel
 
-CHECKPOINT_VERSION = 2
-"""Version 2: tensors in run_state.pt (version 1 pickled them in trainer.pt and cannot be resumed)."""
+CHECKPOINT_VERSION = 3
+"""Version 3: VecNormalize statistics in vec_normalize.npz (version 2 pickled them in vec_normalize.pkl,
+version 1 also the trainer state in trainer.pt); older checkpoints cannot be resumed."""
 CHECKPOINT_DIR = "checkpoint"
 OLD_CHECKPOINT = ".checkpoint-old"
 TMP_PREFIX = ".checkpoint-tmp-"
+RUN_STATE = "run_state.pt"
+LEARNER_FILE = "learner.zip"
 
 
-def check_writable(run_dir: Path, what: str = "run_dir") -> None:
-    """Create `run_dir` and a file in it (permissions alone lie for root), or raise ValueError naming
-    the directory as `what`."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ValueError(f"{what} {run_dir} exists and is not a directory")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as err:
-        raise ValueError(f"{what} {run_dir} is not writable: {err.strerror or err}") from None
+def sweep_litter(run_dir: Path) -> list[Path]:
+    """Remove what killed writers leave in `run_dir`: `.*.tmp` files of atomic writes, unfinished
+    checkpoint directories, and the previous checkpoint once the current one is complete."""
+    litter = [p for p in run_dir.glob(".*.tmp") if p.is_file()] + list(run_dir.glob(f"{TMP_PREFIX}*"))
+    if (run_dir / CHECKPOINT_DIR / "state.json").is_file() and (run_dir / OLD_CHECKPOINT).exists():
+        litter.append(run_dir / OLD_CHECKPOINT)
+    for path in litter:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return litter
 
 
 def find_checkpoint(run_dir: str | os.PathLike) -> Path | None:
@@ -78,33 +88,76 @@ def swap_in(new: Path, run_dir: Path) -> Path:
     return target
 
 
+def write_checkpoint(state: RunState, run_dir: Path, config: dict[str, Any]) -> Path:
+    """`state` as the checkpoint of `run_dir`, swapped in complete; a failed write leaves the previous
+    checkpoint and no half-written directory."""
+    with writing(run_dir / CHECKPOINT_DIR):
+        tmp = new_checkpoint_dir(run_dir)
+    try:
+        state.save(tmp, config)
+        with writing(run_dir / CHECKPOINT_DIR):
+            return swap_in(tmp, run_dir)
+    except WriteFailed as err:
+        if err.path.parent == tmp:  # named as the file it was to become
+            raise WriteFailed(run_dir / CHECKPOINT_DIR / err.path.name, err.reason) from err.__cause__
+        raise
+    finally:  # no half-written directory stays; after the swap, tmp is gone
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_state(checkpoint: Path, state: dict[str, Any]) -> None:
     """Write state.json, the last file of a checkpoint (its presence marks the directory complete)."""
     payload = {"format_version": CHECKPOINT_VERSION, **state}
-    (checkpoint / "state.json").write_text(json.dumps(payload, indent=2))
+    with writing(checkpoint / "state.json"):
+        (checkpoint / "state.json").write_text(json.dumps(payload, indent=2))
+
+
+_STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "env_id": (str,), "config": (dict,), "budget": (int, type(None)), "real_steps": (int,),
+    "policy_updates": (int,), "learning_rate": (float, int, type(None)), "elapsed_s": (float, int),
+    "history": (list,), "world_model_steps": (int,), "guidance_scale": (float, int)}
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
+    """state.json of `checkpoint`, its fields type-checked; a damaged file is a ValueError naming it."""
+    path = checkpoint / "state.json"
     try:
-        state = json.loads((checkpoint / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"checkpoint {checkpoint} is unreadable: {err}") from None
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"checkpoint file {path} is unreadable (the run folder is damaged): {err}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint file {path} holds no JSON object (the run folder is damaged)")  # noqa: TRY004
     version = state.get("format_version")
-    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {checkpoint} has format {version!r}; this code reads up to "
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise ValueError(f"checkpoint file {path} has format {version!r}; this code reads 1 to "
                          f"{CHECKPOINT_VERSION}")
+    if version < CHECKPOINT_VERSION:
+        return state  # older layouts: only `config` and `env_id` are read (for evaluation and messages)
+    for name, kinds in _STATE_FIELDS.items():
+        if name not in state:
+            raise ValueError(f"checkpoint file {path} lacks the field {name!r} (the run folder is damaged)")
+        value = state[name]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ValueError(f"checkpoint file {path}: field {name!r} has the wrong type ({value!r}); the "
+                             "run folder is damaged")
     return state
+
+
+def saved_config(checkpoint: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The config dict of a checkpoint of any version, or ValueError naming state.json."""
+    config = state.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("env_id"), str):
+        raise ValueError(f"checkpoint file {checkpoint / 'state.json'} lacks its config (the run folder is "  # noqa: TRY004
+                         "damaged)")
+    return config
 
 
 def existing_checkpoint_message(run_dir: Path, state: dict[str, Any], env_id: str) -> str:
     if state["env_id"] != env_id:
         return (f"run_dir {run_dir} holds a checkpoint of another task ({state['env_id']!r}, not "
                 f"{env_id!r}); choose another run_dir")
-    return (f"run_dir {run_dir} already holds a checkpoint at {state['real_steps']} real steps; continue it "
+    return (f"run_dir {run_dir} already holds a checkpoint at {state.get('real_steps')} real steps; continue it "
             "with Coordinator.resume(run_dir) or choose an empty run_dir")
-
-
-RUN_STATE = "run_state.pt"
 
 
 @dataclass
@@ -144,8 +197,8 @@ class RunState:
         return int(total)
 
     def state_dict(self) -> dict[str, Any]:
-        """Progress (JSON values), world-model optimiser, global RNG states and normalisation
-        statistics: plain values and tensors only."""
+        """Progress (JSON values), world-model optimiser, global RNG states and VecNormalize statistics:
+        plain values, tensors and arrays only."""
         progress = {"budget": self.budget, "real_steps": self.real_steps,
                     "policy_updates": self.policy_updates, "learning_rate": self.learning_rate.current,
                     "elapsed_s": self.elapsed(), "history": self.history}
@@ -169,64 +222,18 @@ class RunState:
 
     def save(self, directory: Path, config: dict[str, Any]) -> None:
         """All files of a checkpoint into the empty `directory`; state.json last."""
-        self.learner.save(directory / "learner.zip", exclude=["imagined"])
+        with writing(directory / LEARNER_FILE):
+            self.learner.save(directory / LEARNER_FILE, exclude=["imagined"])
         if self.vec_normalize is not None:
-            self.vec_normalize.save(str(directory / "vec_normalize.pkl"))
-        self.world_model.save(directory / "world_model.pt")
-        self.buffer.save(directory / "buffer.npz")
+            with writing(directory / STATS_FILE):
+                save_stats(self.vec_normalize, directory / STATS_FILE)
+        with writing(directory / "world_model.pt"):
+            self.world_model.save(directory / "world_model.pt")
+        with writing(directory / "buffer.npz"):
+            self.buffer.save(directory / "buffer.npz")
         state = self.state_dict()
-        torch.save({key: value for key, value in state.items() if key != "progress"}, directory / RUN_STATE)
+        with writing(directory / RUN_STATE):
+            torch.save({"trainer": state["trainer"], "rng": state["rng"]}, directory / RUN_STATE)
         write_state(directory, {"env_id": config["env_id"], "config": config, **state["progress"],
                                 "world_model_steps": self.trainer.steps,
                                 "guidance_scale": self.world_model.guidance_scale})
-
-
-def read_run_state(checkpoint: Path) -> dict[str, Any]:
-    """The state dict of a checkpoint (for `RunState.load_state_dict`), read without unpickling."""
-    state = read_state(checkpoint)
-    if state["format_version"] < CHECKPOINT_VERSION:
-        raise ValueError(f"checkpoint {checkpoint} has format {state['format_version']}, written by an older "
-                         f"version of this code; it can be evaluated, not resumed (resuming needs format "
-                         f"{CHECKPOINT_VERSION})")
-    tensors = torch.load(checkpoint / RUN_STATE, map_location="cpu", weights_only=True)
-    progress = {key: state[key] for key in ("budget", "real_steps", "policy_updates", "learning_rate",
-                                            "elapsed_s", "history")}
-    return {"progress": progress, **tensors}
-
-
-def rng_state() -> dict[str, Any]:
-    """The global python, numpy and torch RNG states (what SB3's `set_random_seed` seeds), as tensors."""
-    version, internal, gauss_next = random.getstate()
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
-    return {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
-                       "gauss_next": gauss_next},
-            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
-            "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    python, numpy = state["python"], state["numpy"]
-    random.setstate((python["version"], tuple(python["internal"].tolist()), python["gauss_next"]))
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
-                         numpy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-
-
-def normalization_stats(vec_normalize: VecNormalize) -> dict[str, dict[str, Any]]:
-    """VecNormalize's running observation and return statistics as float64 tensors."""
-    return {name: {"mean": torch.as_tensor(np.asarray(rms.mean, np.float64)),
-                   "var": torch.as_tensor(np.asarray(rms.var, np.float64)), "count": float(rms.count)}
-            for name, rms in (("obs", vec_normalize.obs_rms), ("return", vec_normalize.ret_rms))}
-
-
-def load_normalization_stats(vec_normalize: VecNormalize, stats: dict[str, dict[str, Any]]) -> None:
-    """Give `vec_normalize` the statistics of `normalization_stats` (as SB3's `sync_envs_normalization`
-    hands statistics from one VecNormalize to another)."""
-    running = []
-    for name in ("obs", "return"):
-        rms = RunningMeanStd(shape=tuple(stats[name]["mean"].shape))
-        rms.mean, rms.var = stats[name]["mean"].numpy(), stats[name]["var"].numpy()
-        rms.count = stats[name]["count"]
-        running.append(rms)
-    vec_normalize.obs_rms, vec_normalize.ret_rms = running

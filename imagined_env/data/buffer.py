@@ -314,6 +314,12 @@ class EpisodeBuffer:
         rows = self._obs.view[keep]
         return rows if last is None else rows[-last:]
 
+    def check_task(self, env_id: str) -> None:
+        """ValueError unless the buffer's data are of `env_id` (tasks can share an observation width, so
+        shapes alone cannot tell); a buffer without a recorded task passes."""
+        if self.env_id is not None and self.env_id != env_id:
+            raise ValueError(f"the episode buffer holds data of {self.env_id!r}, not of {env_id!r}")
+
     def save(self, path: str | os.PathLike) -> None:
         """Write one `.npz` atomically (a crash leaves any previous file intact)."""
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
@@ -341,7 +347,7 @@ class EpisodeBuffer:
             with open(path, "rb") as handle:
                 npz = np.load(handle, allow_pickle=False)
                 if not isinstance(npz, np.lib.npyio.NpzFile):
-                    raise ValueError("not an .npz archive")
+                    raise ValueError("not an .npz archive")  # noqa: TRY004
                 arrays = {key: npz[key] for key in npz.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
             raise ValueError(f"{name} is truncated or corrupt: {err}") from None

@@ -13,6 +13,9 @@ import torch
 from imagined_env.data.buffer import EpisodeBuffer
 
 _STATS = ("obs", "action", "reward", "terminal")
+START_STATE_LIMIT = 1e3
+"""Start states further than this many stds from the training data's mean (per dimension) are refused:
+the model has never seen anything like them and answers with non-finite values."""
 _KEYS = tuple(f"{name}_{part}" for name in _STATS for part in ("mean", "std"))
 
 
@@ -136,6 +139,23 @@ class Normaliser:
             self._unnormalise("reward", reward).squeeze(-1),
             self._unnormalise("terminal", terminal).squeeze(-1),
         )
+
+    def check_start_states(self, observations: np.ndarray, limit: float = START_STATE_LIMIT) -> None:
+        """ValueError naming the first row and dimension of `observations` [n, obs] that is not finite or
+        lies more than `limit` stds from the mean the model was trained on."""
+        obs = np.asarray(observations, np.float64)
+        if obs.ndim != 2 or obs.shape[1] != len(self.obs_mean):
+            raise ValueError(f"start states must have shape [n, {len(self.obs_mean)}], got {obs.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            z = np.abs((obs - self.obs_mean) / self.obs_std)
+        bad = ~(z <= limit)  # NaN compares False
+        if bad.any():
+            row, dim = (int(i) for i in np.argwhere(bad)[0])
+            value = obs[row, dim]
+            what = "is not finite" if not np.isfinite(value) else f"lies {z[row, dim]:.3g} stds from the model's mean"
+            raise ValueError(f"start state {row}, dimension {dim}: {value!r} {what} (training data: mean "
+                             f"{self.obs_mean[dim]:.4g}, std {self.obs_std[dim]:.4g}; at most {limit:g} stds "
+                             "are accepted)")
 
     def to_dict(self) -> dict[str, list[float]]:
         """Plain lists, so a torch checkpoint holding them loads with `weights_only=True`."""

@@ -19,7 +19,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.config import PolicyConfig, sb3_default_learner
 from agents.coordinator import Coordinator, CoordinatorConfig, find_checkpoint
-from agents.run_files import rng_state, set_rng_state
+from agents.rng_state import rng_state, set_rng_state
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
@@ -44,7 +44,7 @@ TINY = CoordinatorConfig(
     learner=replace(sb3_default_learner("ppo"), n_epochs=2, batch_size=40,
                     policy=PolicyConfig(pi=(32, 32), vf=(32, 32), activation="relu", ortho_init=True)),
 )
-CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "run_state.pt", "buffer.npz", "vec_normalize.pkl",
+CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "run_state.pt", "buffer.npz", "vec_normalize.npz",
                     "state.json"}
 
 
@@ -120,7 +120,7 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
     assert not list(tmp_path.glob(".checkpoint-*"))
     assert EpisodeBuffer.load(checkpoint / "buffer.npz").n_transitions == 600
     tensors = torch.load(checkpoint / "run_state.pt", weights_only=True)  # no pickled objects
-    assert set(tensors) == {"trainer", "rng", "normalization"}
+    assert set(tensors) == {"trainer", "rng"}
     assert tensors["trainer"]["steps"] == coordinator.trainer.steps
     latest = WorldModel.load(tmp_path / "world_model.pt", device="cpu", env_id="HalfCheetah-v4")
     assert latest.guidance_scale == pytest.approx(coordinator.world_model.guidance_scale)
@@ -220,7 +220,7 @@ def test_tiny_hopper_run_with_terminations(tmp_path):
     assert_counters(coordinator, 500)
     episodes = coordinator.buffer.episodes
     assert sum(ep.terminated for ep in episodes) >= 3 and any(not ep.terminated for ep in episodes)
-    assert {p.name for p in find_checkpoint(tmp_path).iterdir()} == CHECKPOINT_FILES - {"vec_normalize.pkl"}
+    assert {p.name for p in find_checkpoint(tmp_path).iterdir()} == CHECKPOINT_FILES - {"vec_normalize.npz"}
     assert np.isfinite(coordinator.history[-1]["mean_return"])
     coordinator.close()
 
