@@ -46,7 +46,7 @@ def run_posture(run_dir: Path, episodes: int, seed: int) -> dict[str, Any]:
     state = read_state(checkpoint)
     if not state["env_id"].startswith("HalfCheetah"):
         raise SystemExit(f"{run_dir}: a run of {state['env_id']}, not HalfCheetah")
-    stats_path = checkpoint / "vec_normalize.pkl"
+    stats_path = checkpoint / "vec_normalize.npz"
     learner, stats = load_learner(checkpoint / "learner.zip", state["config"]["algo"], state["env_id"], seed,
                                   stats_path if stats_path.is_file() else None)
     collected = collected_upside_down(EpisodeBuffer.load(checkpoint / "buffer.npz"))
