@@ -28,6 +28,7 @@ from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.utils import atomic_path, resolve_device
 
 FORMAT_VERSION = 1
+READOUTS = ("chain", "mean")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,9 @@ class WorldModelConfig:
     condition_on_last_action: bool = True
     """The denoiser sees the last row's action a_H; False shows the mean action instead. Nothing read from
     the window depends on a_H, but in policy data it reveals s_H, so imagined returns can vary with it."""
+    readout: str = "chain"
+    """Imagined states and rewards: "chain", the chain's sample; "mean", one more pass given s0 and the
+    final actions, E[x0 | s0, a], free of the model's sampling noise."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -76,6 +80,8 @@ class WorldModelConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.reward_loss_weight > 0:
             raise ValueError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +90,7 @@ class WorldModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
         parts = {"denoiser": DenoiserConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
                  "guidance": GuidanceConfig}
+        d = {"readout": "chain", **d}   # files written before the read-out option sampled from the chain
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
 
 
@@ -184,6 +191,8 @@ class WorldModel:
         a_0..a_{k-1} (k = 1: an action the agent took; k = H: the model replays a given action sequence
         open-loop); the other actions follow the policy.
         `n_sample_steps` overrides the configured chain length (None: use the config).
+        With `readout` "mean", states, rewards and terminals are read out from (s0, final actions); a
+        replay of H given actions then needs no chain when the last row's action is hidden.
         The guidance scale is left as it is: tuning it is the caller's explicit `adapt_guidance` call.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
@@ -198,16 +207,24 @@ class WorldModel:
                                  "(one per start state)")
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
-        out = self.sampler(n_sample_steps).sample(
-            s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
-            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
-        states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
+        sampler, h = self.sampler(n_sample_steps), self.horizon
+        mean_readout = self.config.readout == "mean"
+        if (mean_readout and fixed is not None and fixed.shape[1] == h
+                and not self.config.condition_on_last_action):
+            actions = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)   # a_H is never seen
+            x0, spread, row_spread = sampler.readout(s0, actions), float("nan"), None
+        else:
+            out = sampler.sample(
+                s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
+                scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
+            actions, spread, row_spread = out.actions, out.spread, out.row_spread
+            x0 = sampler.readout(s0, actions) if mean_readout else out.x0
+        states, rewards, terminals = self.normaliser.unnormalise_rows(x0)
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
-        h = self.horizon
         return Imagination(
-            observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
-            terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
-            row_spread=out.row_spread,
+            observations=states, actions=actions[:, :h], rewards=rewards[:, :h],
+            terminations=terminals[:, :h] > self.config.terminal_threshold, spread=spread,
+            row_spread=row_spread,
         )
 
     def adapt_guidance(self, imagination: Imagination) -> None:

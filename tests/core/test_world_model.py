@@ -367,3 +367,69 @@ def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
     model = WorldModel(LINEAR_SPEC, TINY_CONFIG, normaliser, "cpu")
     with pytest.raises(ValueError, match=r"fixed_actions must have shape \[2, k <= 5, act\], got \(2, 6, "):
         model.sampler().sample(torch.zeros(2, OBS), H + 1, fixed_actions=torch.zeros(2, H + 2, ACT))
+
+
+def _mean_readout_model(model: WorldModel) -> WorldModel:
+    """The trained model's weights with the "mean" read-out and the last row's action hidden."""
+    config = dataclasses.replace(model.config, readout="mean", condition_on_last_action=False)
+    mean_model = WorldModel(model.spec, config, model.normaliser, "cpu")
+    mean_model.ema.load_state_dict(model.ema.state_dict())
+    return mean_model
+
+
+def test_mean_readout_is_deterministic_given_start_and_actions(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    mean_model = _mean_readout_model(model)
+    s0, _, _ = buf.start_states(np.random.default_rng(6), 32)
+    actions = np.random.default_rng(7).normal(scale=0.7, size=(32, H, ACT)).astype(np.float32)
+    for m, same in ((mean_model, True), (model, False)):   # the chain's read-out draws its own noise
+        a, b = (m.imagine(s0, actions=actions, generator=torch.Generator().manual_seed(g)) for g in (0, 1))
+        assert torch.equal(a.observations, b.observations) is same
+        assert torch.equal(a.rewards, b.rewards) is same
+        np.testing.assert_array_equal(a.actions.numpy(), actions)
+
+
+def test_mean_readout_is_one_denoiser_pass_from_the_prior_mean(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    mean_model = _mean_readout_model(model)
+    norm, n_steps = model.normaliser, model.schedule.n_steps
+    s0, _, _ = buf.start_states(np.random.default_rng(8), 16)
+    signal = float(np.sqrt(model.schedule.alpha_bar_f64[n_steps - 1]))
+
+    def by_hand(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # reference: zero noisy rows with the start state's row, z-scored clipped actions scaled to the
+        # signal level of t = T-1 with the last row's action hidden (zero), x0 prediction, s0 inpainted
+        z0 = (s0 - norm.obs_mean) / norm.obs_std
+        x = np.zeros((len(s0), H + 1, OBS + 2), np.float32)
+        x[:, 0, :OBS] = z0
+        seen = np.zeros((len(s0), H + 1, ACT), np.float32)
+        seen[:, :H] = signal * (np.clip(actions, -1, 1) - norm.action_mean) / norm.action_std
+        with torch.no_grad():
+            pred = model.ema(torch.as_tensor(x), torch.as_tensor(seen),
+                             torch.full((len(s0),), n_steps - 1)).numpy()
+        states = pred[..., :OBS] * norm.obs_std + norm.obs_mean
+        states[:, 0] = s0
+        return states, pred[:, :H, OBS] * norm.reward_std[0] + norm.reward_mean[0]
+
+    given = np.random.default_rng(9).normal(scale=0.7, size=(16, H, ACT)).astype(np.float32)
+    replay = mean_model.imagine(s0, actions=given)                             # open loop
+    guided = mean_model.imagine(s0, fixed_policy(0.3, 0.2), actions=given[:, :1],
+                                generator=torch.Generator().manual_seed(0))   # the chain picks the actions
+    for out in (replay, guided):
+        states, rewards = by_hand(out.actions.numpy())
+        np.testing.assert_allclose(out.observations.numpy(), states, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out.rewards.numpy(), rewards, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(guided.actions.numpy()[:, 1:], given[:, 1:])
+
+
+def test_readout_survives_save_load_and_old_files_read_the_chain(tmp_path, trained_linear_model):
+    model, _, _ = trained_linear_model
+    path = tmp_path / "wm.pt"
+    _mean_readout_model(model).save(path)
+    assert WorldModel.load(path).config.readout == "mean"
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["readout"]                      # a file written before the read-out option
+    torch.save(payload, path)
+    assert WorldModel.load(path).config.readout == "chain"
+    with pytest.raises(ValueError, match="readout must be one of chain, mean, got 'median'"):
+        WorldModelConfig(readout="median")
