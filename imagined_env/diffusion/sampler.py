@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import member_predictions
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
@@ -131,7 +132,8 @@ class GuidedSampler:
     def readout(self, start_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """E[x0 | s0, a] in one pass: the denoiser's x0 prediction at the noisiest step t = T-1 with the
         noisy rows at their prior mean (zero), the start state inpainted and the actions [B, L, act] (policy
-        units) as conditioning; normalised rows [B, L, obs+2], a deterministic function of (s0, a)."""
+        units) as conditioning. Normalised rows of every ensemble member [K, B, L, obs+2] (K = 1 for one
+        network), a deterministic function of (s0, a)."""
         norm = self.normaliser
         batch, obs_dim = start_states.shape
         if actions.dim() != 3 or actions.shape[0] != batch:
@@ -141,8 +143,8 @@ class GuidedSampler:
         x[:, 0, :obs_dim] = s0
         tt = torch.full((batch,), self.schedule.n_steps - 1, device=start_states.device, dtype=torch.long)
         seen = self.action_input(norm.normalise_action(self.bounds.clip(actions)), self.schedule.signal_scale(tt))
-        x0_hat = self.denoiser(x, seen, tt)
-        x0_hat[:, 0, :obs_dim] = s0
+        x0_hat = member_predictions(self.denoiser, x, seen, tt)
+        x0_hat[:, :, 0, :obs_dim] = s0
         return x0_hat
 
     def _step_scale(self, scale: float | torch.Tensor | None, batch: int, device: torch.device

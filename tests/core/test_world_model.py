@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import DenoiserEnsemble
 from imagined_env.diffusion.guidance import GuidanceConfig
+from imagined_env.training import TrainConfig, fit_world_model
 from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig
 from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer, linear_step
 
@@ -433,3 +436,81 @@ def test_readout_survives_save_load_and_old_files_read_the_chain(tmp_path, train
     assert WorldModel.load(path).config.readout == "chain"
     with pytest.raises(ValueError, match="readout must be one of chain, mean, got 'median'"):
         WorldModelConfig(readout="median")
+
+
+class _FixedDenoiser(nn.Module):
+    """Predicts the same normalised rows [L, C] for every trajectory."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, x, actions, t):
+        return self.rows.expand_as(x).clone()
+
+
+def test_disagreement_penalty_and_limit_against_a_hand_computation():
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.7,
+                                 disagreement_limit=0.9, condition_on_last_action=False)
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
+    rows = np.random.default_rng(0).normal(size=(3, H + 1, OBS + 2)).astype(np.float32)
+    model.ema = DenoiserEnsemble([_FixedDenoiser(torch.as_tensor(r)) for r in rows])
+    s0 = np.random.default_rng(1).normal(size=(4, OBS)).astype(np.float32)
+    out = model.imagine(s0, actions=np.zeros((4, H, ACT), np.float32))
+    # reference: transition k's outcome is s_{k+1} (row k+1) and r_k (row k); u_k is the root mean over
+    # those channels of the members' variance; rewards are the members' mean, unnormalised, minus 0.7 u
+    var = rows.var(axis=0)
+    u = np.sqrt(np.concatenate([var[1:, :OBS], var[:-1, OBS:OBS + 1]], axis=1).mean(axis=1))
+    reward = rows[:, :H, OBS].mean(axis=0) * normaliser.reward_std[0] + normaliser.reward_mean[0]
+    terminal = rows[:, :H, OBS + 1].mean(axis=0) * normaliser.terminal_std[0] + normaliser.terminal_mean[0]
+    np.testing.assert_allclose(out.disagreement.numpy(), np.tile(u, (4, 1)), rtol=1e-5)
+    np.testing.assert_allclose(out.rewards.numpy(), np.tile(reward - 0.7 * u, (4, 1)), rtol=1e-5, atol=1e-5)
+    assert (u > 0.9).any() and (u < 0.9).any()                     # the limit ends some steps, not all
+    np.testing.assert_array_equal(out.terminations.numpy(), np.tile((terminal > 0.5) | (u > 0.9), (4, 1)))
+    states = rows[:, 1:, :OBS].mean(axis=0) * normaliser.obs_std + normaliser.obs_mean
+    np.testing.assert_allclose(out.observations[:, 1:].numpy(), np.tile(states, (4, 1, 1)), rtol=1e-5, atol=1e-5)
+
+
+@functools.cache
+def _trained_linear_ensemble() -> WorldModel:
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.1)
+    model, _ = fit_world_model(linear_buffer(), LINEAR_SPEC, 300, config, TrainConfig(lr=2e-3, batch_size=128),
+                               device="cpu", progress=False)
+    return model
+
+
+def test_ensemble_members_disagree_more_off_the_data():
+    model = _trained_linear_ensemble()
+    rng = np.random.default_rng(0)
+    near = rng.normal(size=(128, OBS)).astype(np.float32)           # the data's start states are N(0, I)
+    actions = rng.normal(scale=0.7, size=(128, H, ACT)).astype(np.float32)
+    u_near = model.imagine(near, actions=actions).disagreement.mean()
+    u_far = model.imagine(8.0 * near, actions=actions).disagreement.mean()
+    assert u_far > 2 * u_near, (u_near, u_far)                      # measured: 0.085 vs 0.24
+
+
+def test_ensemble_save_load_roundtrip(tmp_path):
+    model = _trained_linear_ensemble()
+    path = tmp_path / "ensemble.pt"
+    model.save(path)
+    loaded = WorldModel.load(path, device="cpu")
+    assert loaded.config == model.config and len(loaded.ema.members) == 3
+    s0 = np.random.default_rng(2).normal(size=(6, OBS)).astype(np.float32)
+    a, b = (m.imagine(s0, fixed_policy(0.2, 0.3), generator=torch.Generator().manual_seed(0))
+            for m in (model, loaded))
+    for name in ("observations", "actions", "rewards", "terminations", "disagreement"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert (a.disagreement > 0).all()
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"n_members": 0}, "n_members must be >= 1, got 0"),
+    ({"n_members": 2}, "an ensemble .n_members=2. is read out by its members' mean: set readout='mean'"),
+    ({"readout": "mean", "disagreement_penalty": 0.5}, "needs an ensemble: set n_members >= 2"),
+    ({"readout": "mean", "n_members": 2, "disagreement_penalty": -1.0}, "disagreement_penalty must be >= 0"),
+    ({"readout": "mean", "n_members": 2, "disagreement_limit": 0.0}, "disagreement_limit must be > 0 or None"),
+])
+def test_bad_ensemble_settings(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY_CONFIG, **changes)
