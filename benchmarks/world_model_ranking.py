@@ -8,8 +8,9 @@ One run, one policy, one data set:
    - the preset's world model (`--preset`, default the newest cpu preset) with its optimiser and chain
      length, read out from the chain (its default) and with `readout="mean"` (the same weights);
    - the paper preset's world model at the same horizon (so every H-step return is comparable) with its
-     optimiser and full chain; in quick mode at width 512 x 4 blocks, as the paper's size does not
-     train in minutes on a CPU; also read out both ways;
+     optimiser and full chain; in quick mode at the preset's width (256 x 3 blocks), as the paper's
+     size does not train in minutes on a shared CPU; also read out both ways;
+   - the preset's world model as an ensemble of `--members` denoisers, read out as their mean;
    - autoregressive (AR) diffusion with the preset's denoiser, optimiser and chain length per step;
    - the MBPO-style MLP ensemble (MBPO's optimiser), sampled (a random elite per step) and as the
      elites' mean.
@@ -22,10 +23,12 @@ One run, one policy, one data set:
    sigma^2)), sigma 0.1 and 0.3, with independent model noise (as the learner sees returns) and with
    common noise; the correlation with MuJoCo's return differences, the noise/signal ratio and the leak.
 5. Cost per imagined transition of the guided generation: wall-clock, network passes, FLOPs.
+6. For the ensemble: the correlation of its members' disagreement with its real open-loop error, the
+   policy's actions replayed from the same real states.
 Ratios are against the preset's row (chain read-out) of the same run.
 
-`--quick`: 20k real steps, 4k Adam steps, 200 start states (minutes on a CPU). The full mode: 100k real
-steps, 20k Adam steps, the paper's width for its row, 500 start states.
+`--quick`: 20k real steps, 4k Adam steps, 200 start states, 3 ensemble members (minutes on a CPU). The
+full mode: 100k real steps, 20k Adam steps, the paper's width for its row, 500 start states, 5 members.
 
     python benchmarks/world_model_ranking.py --quick
 """
@@ -89,13 +92,16 @@ class Budget:
     """Adam steps for every model."""
     paper_denoiser: DenoiserConfig | None
     """The paper row's denoiser; None: the paper preset's own."""
+    members: int
+    """Denoisers of the ensemble row (< 2: no such row), unless `--members` says otherwise."""
     calibration_starts: int = 64
     """Training start states used to set the guidance scale."""
 
 
 QUICK = Budget(real_steps=20_000, eval_steps=3_000, n_starts=200, grad_steps=4_000,
-               paper_denoiser=DenoiserConfig(width=512, depth=4))
-FULL = Budget(real_steps=100_000, eval_steps=10_000, n_starts=500, grad_steps=20_000, paper_denoiser=None)
+               paper_denoiser=DenoiserConfig(width=256, depth=3, time_dim=64), members=3)
+FULL = Budget(real_steps=100_000, eval_steps=10_000, n_starts=500, grad_steps=20_000, paper_denoiser=None,
+              members=5)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper preset's rows")
+    parser.add_argument("--members", type=int, default=None,
+                        help="denoisers of the ensemble row (< 2: no such row; default: the mode's)")
     parser.add_argument("--out", default="benchmarks/results/world_model_ranking.json")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1,
@@ -119,21 +127,52 @@ def with_readout(model: WorldModel, readout: str) -> WorldModel:
     return other
 
 
-def policy_action_sequences(env: gym.Env, policy: GaussianPolicyFn, qpos: np.ndarray, qvel: np.ndarray,
-                            horizon: int, rng: np.random.Generator) -> np.ndarray:
-    """The policy's own actions [B, H, act] from each real state, sampled step by step in MuJoCo (after a
-    termination, from the last observation)."""
+@dataclass(frozen=True)
+class PolicyRollouts:
+    """The policy's own actions [B, H, act] from real states and what MuJoCo made of them: next
+    observations [B, H, obs], and valid [B, H]: steps before any real termination."""
+
+    actions: np.ndarray
+    next_obs: np.ndarray
+    valid: np.ndarray
+
+
+def policy_rollouts(env: gym.Env, policy: GaussianPolicyFn, qpos: np.ndarray, qvel: np.ndarray, horizon: int,
+                    rng: np.random.Generator) -> PolicyRollouts:
+    """Actions sampled step by step in MuJoCo from each real state (after a termination, from the last
+    observation, not stepped)."""
     sim, low, high = env.unwrapped, env.action_space.low, env.action_space.high
-    actions = np.zeros((len(qpos), horizon, env.action_space.shape[0]), np.float32)
-    for b in range(len(qpos)):
+    batch, obs_dim = len(qpos), env.observation_space.shape[0]
+    actions = np.zeros((batch, horizon, env.action_space.shape[0]), np.float32)
+    next_obs, valid = np.zeros((batch, horizon, obs_dim), np.float32), np.zeros((batch, horizon), bool)
+    for b in range(batch):
         obs, ended = set_mujoco_state(env, qpos[b], qvel[b]), False
         for k in range(horizon):
             with torch.no_grad():
                 mean, std = (v[0].numpy() for v in policy(torch.as_tensor(obs, dtype=torch.float32)[None]))
             actions[b, k] = mean + std * rng.standard_normal(mean.shape)
+            valid[b, k] = not ended
             if not ended:
                 obs, _, ended, _, _ = sim.step(np.clip(actions[b, k], low, high))
-    return actions
+            next_obs[b, k] = obs
+    return PolicyRollouts(actions, next_obs, valid)
+
+
+def disagreement_vs_error(model: WorldModel, starts: np.ndarray, rollouts: PolicyRollouts
+                          ) -> dict[str, float]:
+    """Does an ensemble's disagreement u track its real open-loop error? The policy's actions replayed from
+    real start observations [B, obs]; Pearson correlation of u with the squared observation error over
+    (trajectory, step), and Pearson and Spearman over trajectories of their means over steps."""
+    out = model.imagine(starts, actions=rollouts.actions)
+    error = ((out.observations[:, 1:].cpu().numpy() - rollouts.next_obs) ** 2).mean(axis=-1)
+    u, keep = out.disagreement.cpu().numpy(), rollouts.valid
+    full = keep.all(axis=1)
+    rank = lambda v: np.argsort(np.argsort(v))
+    per_u, per_error = u[full].mean(axis=1), error[full].mean(axis=1)
+    return {"pearson_steps": float(np.corrcoef(u[keep], error[keep])[0, 1]),
+            "pearson_trajectories": float(np.corrcoef(per_u, per_error)[0, 1]),
+            "spearman_trajectories": float(np.corrcoef(rank(per_u), rank(per_error))[0, 1]),
+            "mean_disagreement": float(u[keep].mean())}
 
 
 @dataclass(frozen=True)
@@ -158,20 +197,26 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     paper = build_preset("paper", args.env)
     paper_wm = replace(paper.world_model, horizon=horizon,
                        denoiser=budget.paper_denoiser or paper.world_model.denoiser)
+    n_members = budget.members if args.members is None else args.members
+    ensemble_wm = replace(preset.world_model, n_members=max(n_members, 1), readout="mean")
+    quiet = {"device": device, "progress": False}
     fits = {
         "preset": lambda: fit_world_model(train_buffer, spec, budget.grad_steps, preset.world_model,
-                                          replace(preset.train, seed=args.seed), device=device, progress=False),
+                                          replace(preset.train, seed=args.seed), **quiet),
         "ar_diffusion": lambda: fit_ar_diffusion(
             train_buffer, spec, budget.grad_steps,
             ARDiffusionConfig(denoiser=preset.world_model.denoiser, schedule=preset.world_model.schedule,
                               sampler=SamplerConfig(n_sample_steps=chain)),
-            replace(preset.train, seed=args.seed), device=device, progress=False),
+            replace(preset.train, seed=args.seed), **quiet),
         "mlp_ensemble": lambda: fit_mlp_ensemble(train_buffer, spec, budget.grad_steps, EnsembleConfig(),
-                                                 replace(ENSEMBLE_TRAIN, seed=args.seed), device=device, progress=False),
+                                                 replace(ENSEMBLE_TRAIN, seed=args.seed), **quiet),
     }
     if not args.no_paper:
         fits["paper"] = lambda: fit_world_model(train_buffer, spec, budget.grad_steps, paper_wm,
-                                                replace(paper.train, seed=args.seed), device=device)
+                                                replace(paper.train, seed=args.seed), **quiet)
+    if n_members > 1:
+        fits["ensemble"] = lambda: fit_world_model(train_buffer, spec, budget.grad_steps, ensemble_wm,
+                                                   replace(preset.train, seed=args.seed), **quiet)
     models, training = {}, {}
     for name, fit in fits.items():
         (model, losses), seconds = timed(fit)
@@ -183,12 +228,13 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     step0 = torch.zeros(1, dtype=torch.long, device=dev)
     rows: list[Row] = []
 
-    def diffusion_rows(label: str, wm: WorldModel, n_steps: int | None) -> None:
+    def diffusion_rows(label: str, wm: WorldModel, n_steps: int | None,
+                       readouts: tuple[str, ...] = ("chain", "mean")) -> None:
         scale, spread = calibrate_guidance(wm, calibration, policy, n_steps, args.seed)
         print(f"{label}: guidance scale {scale:.4g} (calibration spread {spread:.3f})", flush=True)
         wm_flops = flops(wm.ema, one(1, wm.n_rows, spec.obs_dim + 2), one(1, wm.n_rows, spec.act_dim), step0)
         chain_name = f"{n_steps}-step chain" if n_steps else f"full T={wm.schedule.n_steps} chain"
-        for readout in ("chain", "mean"):
+        for readout in readouts:
             model = wm if wm.config.readout == readout else with_readout(wm, readout)
             rows.append(Row(Variant(f"{label} ({chain_name}, read-out {readout})",
                                     polygrad_generate(model, policy, n_steps, math.log(scale)), model.ema,
@@ -198,6 +244,9 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     if "paper" in models:
         width = paper_wm.denoiser
         diffusion_rows(f"{resolve('paper')} {width.width}x{width.depth}", models["paper"], None)
+    if "ensemble" in models:
+        diffusion_rows(f"{resolve(args.preset)} x{n_members} members", models["ensemble"], chain,
+                       ("mean",))
     ar = models["ar_diffusion"]
     ar_flops = flops(ar.ema, one(1, 1, spec.obs_dim + 2), one(1, 1, spec.obs_dim + spec.act_dim), step0)
     rows.append(Row(Variant(f"AR diffusion ({chain}-step chain a step)",
@@ -287,20 +336,29 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
           f"transitions ({time.perf_counter() - t0:.0f} s)", flush=True)
     rng = np.random.default_rng(args.seed)
     calibration = torch.as_tensor(train_buffer.start_states(rng, budget.calibration_starts)[0], device=device)
-    rows, training, horizon = train_and_build_rows(args, budget, train_buffer, spec, policy, calibration, device)
+    rows, training, horizon = train_and_build_rows(args, budget, train_buffer, spec, policy, calibration,
+                                                   device)
     starts = eval_buffer.start_states(rng, budget.n_starts)
-    actions = policy_action_sequences(env, policy, starts[1], starts[2], horizon, np.random.default_rng(args.seed))
+    rollouts = policy_rollouts(env, policy, starts[1], starts[2], horizon, np.random.default_rng(args.seed))
     results = {}
     for row in rows:
-        results[row.variant.name] = measure(row, env, starts, actions, horizon, args.seed, device)
+        results[row.variant.name] = measure(row, env, starts, rollouts.actions, horizon, args.seed, device)
+        if isinstance(row.imaginer, WorldModel) and row.imaginer.config.n_members > 1:
+            results[row.variant.name]["disagreement_vs_error"] = disagreement_vs_error(
+                row.imaginer, starts[0], rollouts)
         print(f"measured {row.variant.name} ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(format_table(results, horizon))
+    for name, r in results.items():
+        if "disagreement_vs_error" in r:
+            print(f"{name}: disagreement vs real open-loop error: "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in r["disagreement_vs_error"].items()))
     reference = rows[0].variant.name
     preset_id = resolve(args.preset)
     report = {
         "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
         "env": args.env, "preset": preset_id, "horizon": horizon, "seed": args.seed,
-        "mode": "quick" if args.quick else "full", "device": str(device), "torch_threads": torch.get_num_threads(),
+        "mode": "quick" if args.quick else "full", "device": str(device),
+        "torch_threads": torch.get_num_threads(),
         "budget": asdict(budget), "sigmas": list(SIGMAS),
         "policy": "SB3 PPO MlpPolicy, untrained, seeded; log_std_init=-0.5, ortho_init=False",
         "data": {"train": train_stats, "eval": eval_stats}, "training": training,

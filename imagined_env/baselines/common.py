@@ -99,8 +99,8 @@ def checked_start(start_obs: torch.Tensor | np.ndarray, obs_dim: int, device: to
 
 
 @torch.no_grad()
-def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: GaussianPolicyFn | None, horizon: int,
-                           generator: torch.Generator | None = None,
+def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: GaussianPolicyFn | None,
+                           horizon: int, generator: torch.Generator | None = None,
                            fixed_actions: torch.Tensor | None = None) -> Imagination:
     """H steps from start_obs [B, obs]: a_k ~ N(mean_pi(s_k), std_pi(s_k)), then s_{k+1} from `step`.
 
@@ -117,7 +117,8 @@ def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: Gaussi
         raise ValueError(f"fixed actions must have shape [{start_obs.shape[0]}, k, act] with 1 <= k <= "
                          f"{horizon}, got {tuple(fixed_actions.shape)}")
     if policy is None and n_fixed < horizon:
-        raise ValueError(f"a policy must choose the actions of steps {n_fixed}..{horizon - 1}: none was given")
+        raise ValueError(f"a policy must choose the actions of steps {n_fixed}..{horizon - 1}: "
+                         "none was given")
     states, actions, rewards, terminations, means, stds = [start_obs], [], [], [], [], []
     for k in range(horizon):
         if k < n_fixed:

@@ -123,7 +123,8 @@ def members(net: nn.Module) -> list[nn.Module]:
     return list(net.members) if isinstance(net, DenoiserEnsemble) else [net]
 
 
-def member_predictions(net: nn.Module, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+def member_predictions(net: nn.Module, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor
+                       ) -> torch.Tensor:
     """x0 predictions [K, B, L, x_dim] of every member (K = 1 for a single network)."""
     return net.each(x, actions, t) if isinstance(net, DenoiserEnsemble) else net(x, actions, t)[None]
 

@@ -142,7 +142,8 @@ class GuidedSampler:
         x = torch.zeros(batch, actions.shape[1], obs_dim + 2, device=start_states.device)
         x[:, 0, :obs_dim] = s0
         tt = torch.full((batch,), self.schedule.n_steps - 1, device=start_states.device, dtype=torch.long)
-        seen = self.action_input(norm.normalise_action(self.bounds.clip(actions)), self.schedule.signal_scale(tt))
+        seen = self.action_input(norm.normalise_action(self.bounds.clip(actions)),
+                                 self.schedule.signal_scale(tt))
         x0_hat = member_predictions(self.denoiser, x, seen, tt)
         x0_hat[:, :, 0, :obs_dim] = s0
         return x0_hat

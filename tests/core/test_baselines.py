@@ -186,7 +186,8 @@ def test_stepwise_imaginer_replays_given_actions_step_by_step(ensemble):
     sharp = lambda s: (0.5 * s[:, :2], torch.full((len(s), 2), 1e-6))
     prefix = imaginer.imagine(obs, sharp, actions=given[:, :1])      # the policy picks the rest
     torch.testing.assert_close(prefix.actions[:, 0], given[:, 0])
-    torch.testing.assert_close(prefix.actions[:, 1:], 0.5 * prefix.observations[:, 1:3, :2], atol=1e-4, rtol=0)
+    torch.testing.assert_close(prefix.actions[:, 1:], 0.5 * prefix.observations[:, 1:3, :2],
+                               atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("kwargs,match", [

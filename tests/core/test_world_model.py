@@ -469,14 +469,15 @@ def test_disagreement_penalty_and_limit_against_a_hand_computation():
     assert (u > 0.9).any() and (u < 0.9).any()                     # the limit ends some steps, not all
     np.testing.assert_array_equal(out.terminations.numpy(), np.tile((terminal > 0.5) | (u > 0.9), (4, 1)))
     states = rows[:, 1:, :OBS].mean(axis=0) * normaliser.obs_std + normaliser.obs_mean
-    np.testing.assert_allclose(out.observations[:, 1:].numpy(), np.tile(states, (4, 1, 1)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out.observations[:, 1:].numpy(), np.tile(states, (4, 1, 1)),
+                               rtol=1e-5, atol=1e-5)
 
 
 @functools.cache
 def _trained_linear_ensemble() -> WorldModel:
     config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.1)
-    model, _ = fit_world_model(linear_buffer(), LINEAR_SPEC, 300, config, TrainConfig(lr=2e-3, batch_size=128),
-                               device="cpu", progress=False)
+    model, _ = fit_world_model(linear_buffer(), LINEAR_SPEC, 300, config,
+                               TrainConfig(lr=2e-3, batch_size=128), device="cpu", progress=False)
     return model
 
 
@@ -509,7 +510,8 @@ def test_ensemble_save_load_roundtrip(tmp_path):
     ({"n_members": 2}, "an ensemble .n_members=2. is read out by its members' mean: set readout='mean'"),
     ({"readout": "mean", "disagreement_penalty": 0.5}, "needs an ensemble: set n_members >= 2"),
     ({"readout": "mean", "n_members": 2, "disagreement_penalty": -1.0}, "disagreement_penalty must be >= 0"),
-    ({"readout": "mean", "n_members": 2, "disagreement_limit": 0.0}, "disagreement_limit must be > 0 or None"),
+    ({"readout": "mean", "n_members": 2, "disagreement_limit": 0.0},
+     "disagreement_limit must be > 0 or None"),
 ])
 def test_bad_ensemble_settings(changes, match):
     with pytest.raises(ValueError, match=match):
