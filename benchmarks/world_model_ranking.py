@@ -113,7 +113,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper preset's rows")
     parser.add_argument("--members", type=int, default=None,
                         help="denoisers of the ensemble row (< 2: no such row; default: the mode's)")
-    parser.add_argument("--out", default="benchmarks/results/world_model_ranking.json")
+    parser.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/"
+                        "world_model_ranking/ENV/MODE_seed-SEED.json)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads; 0: torch's default (on a shared CPU, 1 is fastest)")
@@ -368,9 +369,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     }
     for name, checks in report["bars"].items():
         print(f"bars, {name}: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
-    with atomic_path(args.out) as tmp:
+    out = args.out or (f"benchmarks/results/world_model_ranking/{args.env}/"
+                       f"{report['mode']}_seed-{args.seed}.json")
+    with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out} (total {report['total_seconds']:.0f} s)")
+    print(f"wrote {out} (total {report['total_seconds']:.0f} s)")
     return report
 
 
