@@ -49,10 +49,10 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents.sb3_guidance import sb3_guide
+from agents.sb3_sampling import sb3_sampler
 from imagined_env.baselines import ARDiffusionConfig, EnsembleConfig, fit_ar_diffusion, fit_mlp_ensemble
 from imagined_env.baselines.mlp_ensemble import ENSEMBLE_TRAIN
 from imagined_env.data.buffer import EpisodeBuffer
-from agents.sb3_sampling import sb3_sampler
 from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GaussianPolicyFn, policy_moments
@@ -204,7 +204,7 @@ def build_variants(models: dict[str, object], spec: EnvSpec, policy: GaussianPol
     """The table's rows, with PolyGRAD's guidance scale set per chain length."""
     wm, ar, ens = models["polygrad"], models["ar_diffusion"], models["mlp_ensemble"]
     dev, rows, T = wm.device, horizon + 1, wm.schedule.n_steps
-    one = lambda *shape: torch.zeros(*shape, device=dev)  # noqa: E731
+    one = lambda *shape: torch.zeros(*shape, device=dev)
     step0 = torch.zeros(1, dtype=torch.long, device=dev)
     wm_flops = flops(wm.ema, one(1, rows, spec.obs_dim + 2), one(1, rows, spec.act_dim), step0)
     ar_flops = flops(ar.ema, one(1, 1, spec.obs_dim + 2), one(1, 1, spec.obs_dim + spec.act_dim), step0)
@@ -233,7 +233,7 @@ def trajectory_errors(imagined: Imagination, error: OpenLoopError) -> dict[str, 
     were (spread)."""
     seen = error.n_valid > 0
     return {"obs_mse_per_step": error.obs_mse.tolist(), "obs_mse_mean": float(np.mean(error.obs_mse)),
-            "reward_mse_step1": float(error.reward_mse[0]),
+            "reward_mse_step1": float(error.reward_mse[0]), "reward_mse_mean": float(np.mean(error.reward_mse)),
             "no_motion_ref_mean": float(np.average(error.no_motion_mse[seen], weights=error.n_valid[seen])),
             "action_spread": imagined.spread}
 

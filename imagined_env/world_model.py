@@ -15,7 +15,7 @@ from torch import nn
 
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
-from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
+from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser, members
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
@@ -28,6 +28,7 @@ from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.utils import atomic_path, resolve_device
 
 FORMAT_VERSION = 1
+READOUTS = ("chain", "mean")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,14 @@ class WorldModelConfig:
     condition_on_last_action: bool = True
     """The denoiser sees the last row's action a_H; False shows the mean action instead. Nothing read from
     the window depends on a_H, but in policy data it reveals s_H, so imagined returns can vary with it."""
+    readout: str = "chain"
+    """Imagined states, rewards: "chain" sample, or "mean", E[x0 | s0, a] (one more pass, no noise)."""
+    n_members: int = 1
+    """K denoisers on the same data, imagined as their mean (needs readout "mean")."""
+    disagreement_penalty: float = 0.0
+    """lambda: imagined rewards r - lambda u, u the members' disagreement (std)."""
+    disagreement_limit: float | None = None
+    """End imagined episodes where u exceeds this (None: never)."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -76,6 +85,19 @@ class WorldModelConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.reward_loss_weight > 0:
             raise ValueError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
+        if self.readout not in READOUTS:
+            raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
+        if self.n_members < 1:
+            raise ValueError(f"n_members must be >= 1, got {self.n_members}")
+        if self.n_members > 1 and self.readout != "mean":
+            raise ValueError(f"an ensemble (n_members={self.n_members}) is read out by its members' mean: "
+                             f"set readout='mean', got {self.readout!r}")
+        if not self.disagreement_penalty >= 0:
+            raise ValueError(f"disagreement_penalty must be >= 0, got {self.disagreement_penalty}")
+        if self.disagreement_limit is not None and not self.disagreement_limit > 0:
+            raise ValueError(f"disagreement_limit must be > 0 or None, got {self.disagreement_limit}")
+        if (self.disagreement_penalty > 0 or self.disagreement_limit is not None) and self.n_members < 2:
+            raise ValueError("a disagreement penalty or limit needs an ensemble: set n_members >= 2")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +106,7 @@ class WorldModelConfig:
     def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
         parts = {"denoiser": DenoiserConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
                  "guidance": GuidanceConfig}
+        d = {"readout": "chain", **d}   # files written before the read-out option sampled from the chain
         return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
 
 
@@ -93,7 +116,8 @@ class Imagination:
 
     observations [B, H+1, obs]; actions [B, H, act] (policy units, unclipped); rewards [B, H];
     terminations [B, H] bool (rows after the first termination are padding); spread: std of
-    standardised actions (nan when unguided); row_spread: the same per row [H + 1], when known.
+    standardised actions (nan when unguided); row_spread: the same per row [H + 1], when known;
+    disagreement [B, H]: of an ensemble's members about each transition (`transition_disagreement`).
     """
 
     observations: torch.Tensor
@@ -102,6 +126,7 @@ class Imagination:
     terminations: torch.Tensor
     spread: float
     row_spread: torch.Tensor | None = None
+    disagreement: torch.Tensor | None = None
 
 
 class WorldModel:
@@ -112,7 +137,8 @@ class WorldModel:
         self.spec, self.config, self.normaliser = spec, config, normaliser
         self.device = resolve_device(device)
         self.n_rows = config.horizon + 1
-        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser)
+        self.denoiser = build_denoiser(self.n_rows, spec.obs_dim + 2, spec.act_dim, config.denoiser,
+                                       config.n_members)
         self.denoiser.to(self.device)
         self.ema = ema_copy(self.denoiser)
         self.schedule = DiffusionSchedule(config.schedule, self.device)
@@ -146,21 +172,23 @@ class WorldModel:
 
     def loss(self, windows: Windows, generator: torch.Generator | None = None) -> torch.Tensor:
         """x0-prediction MSE over all entries of B windows, with the start state inpainted; the reward
-        channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE."""
+        channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE.
+        Each ensemble member draws its own steps and noise on the same windows; their losses are averaged."""
         obs_dim, dev = self.spec.obs_dim, self.device
         as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)
         x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards),
                                             as_t(windows.terminals))
         cond = self.normaliser.normalise_action(self.bounds.clip(as_t(windows.actions)))
-        batch = x0.shape[0]
-        t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)
-        noise = torch.randn(x0.shape, device=dev, generator=generator)
-        xt = self.schedule.q_sample(x0, t, noise)
-        xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
-        pred = self.denoiser(xt, self.action_input(cond, self.schedule.signal_scale(t)), t)
-        pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
-        weight = self._channel_weight
-        return ((pred - x0).pow(2) * weight).mean() / weight.mean()
+        batch, weight, losses = x0.shape[0], self._channel_weight, []
+        for net in members(self.denoiser):
+            t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)
+            noise = torch.randn(x0.shape, device=dev, generator=generator)
+            xt = self.schedule.q_sample(x0, t, noise)
+            xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
+            pred = net(xt, self.action_input(cond, self.schedule.signal_scale(t)), t)
+            pred = _inpaint_start(pred, x0[:, 0, :obs_dim])
+            losses.append(((pred - x0).pow(2) * weight).mean() / weight.mean())
+        return torch.stack(losses).mean()
 
     def update_ema(self) -> None:
         ema_update(self.ema, self.denoiser, self.config.ema_decay)
@@ -184,6 +212,10 @@ class WorldModel:
         a_0..a_{k-1} (k = 1: an action the agent took; k = H: the model replays a given action sequence
         open-loop); the other actions follow the policy.
         `n_sample_steps` overrides the configured chain length (None: use the config).
+        With `readout` "mean", states, rewards and terminals are read out from (s0, final actions); a
+        replay of H given actions then needs no chain when the last row's action is hidden. An ensemble
+        reads out its members' mean, lowers rewards by `disagreement_penalty` times their disagreement and
+        ends episodes where it exceeds `disagreement_limit`.
         The guidance scale is left as it is: tuning it is the caller's explicit `adapt_guidance` call.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
@@ -198,17 +230,28 @@ class WorldModel:
                                  "(one per start state)")
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
-        out = self.sampler(n_sample_steps).sample(
-            s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
-            scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
-        states, rewards, terminals = self.normaliser.unnormalise_rows(out.x0)
+        sampler, h = self.sampler(n_sample_steps), self.horizon
+        mean_readout = self.config.readout == "mean"
+        if (mean_readout and fixed is not None and fixed.shape[1] == h
+                and not self.config.condition_on_last_action):
+            actions = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)   # a_H is never seen
+            x0, spread, row_spread = sampler.readout(s0, actions), float("nan"), None
+        else:
+            out = sampler.sample(
+                s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
+                scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
+            actions, spread, row_spread = out.actions, out.spread, out.row_spread
+            x0 = sampler.readout(s0, actions) if mean_readout else out.x0[None]
+        states, rewards, terminals = self.normaliser.unnormalise_rows(x0.mean(0))
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
-        h = self.horizon
-        return Imagination(
-            observations=states, actions=out.actions[:, :h], rewards=rewards[:, :h],
-            terminations=terminals[:, :h] > self.config.terminal_threshold, spread=out.spread,
-            row_spread=out.row_spread,
-        )
+        rewards, ended = rewards[:, :h], terminals[:, :h] > self.config.terminal_threshold
+        u = transition_disagreement(x0, self.spec.obs_dim) if self.config.n_members > 1 else None
+        if u is not None:
+            rewards = rewards - self.config.disagreement_penalty * u
+            if self.config.disagreement_limit is not None:
+                ended = ended | (u > self.config.disagreement_limit)
+        return Imagination(observations=states, actions=actions[:, :h], rewards=rewards, terminations=ended,
+                           spread=spread, row_spread=row_spread, disagreement=u)
 
     def adapt_guidance(self, imagination: Imagination) -> None:
         """One tuning step of the guidance scale (and, with `per_row`, of each row's factor) toward the
@@ -291,6 +334,14 @@ class WorldModel:
                                  f"factors for {model.n_rows} rows")
             model.row_scale_offsets = torch.tensor(offsets, dtype=torch.float32)
         return model
+
+
+def transition_disagreement(predictions: torch.Tensor, obs_dim: int) -> torch.Tensor:
+    """u [B, H] of members' predictions [K, B, H+1, obs+2] (normalised rows [s, r, d]): for transition k,
+    the root mean over channels of the members' variance of its outcome, s_{k+1} (row k+1) and r_k (row k)."""
+    var = predictions.var(dim=0, correction=0)
+    outcome = torch.cat([var[:, 1:, :obs_dim], var[:, :-1, obs_dim:obs_dim + 1]], dim=-1)
+    return outcome.mean(-1).sqrt()
 
 
 def _inpaint_start(x: torch.Tensor, s0: torch.Tensor) -> torch.Tensor:

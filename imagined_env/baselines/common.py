@@ -99,27 +99,70 @@ def checked_start(start_obs: torch.Tensor | np.ndarray, obs_dim: int, device: to
 
 
 @torch.no_grad()
-def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: GaussianPolicyFn, horizon: int,
-                           generator: torch.Generator | None = None) -> Imagination:
+def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: GaussianPolicyFn | None,
+                           horizon: int, generator: torch.Generator | None = None,
+                           fixed_actions: torch.Tensor | None = None) -> Imagination:
     """H steps from start_obs [B, obs]: a_k ~ N(mean_pi(s_k), std_pi(s_k)), then s_{k+1} from `step`.
 
-    Rows after a predicted termination are still stepped (they are padding to the consumer).
+    `fixed_actions` [B, k, act] (policy units), when given, are a_0..a_{k-1}; the policy draws the rest
+    (with k = H it is not needed: a given sequence is replayed open-loop). The spread is measured over
+    the policy's actions (NaN without any). Rows after a predicted termination are still stepped (they
+    are padding to the consumer).
     """
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
+    n_fixed = 0 if fixed_actions is None else fixed_actions.shape[1]
+    if fixed_actions is not None and (fixed_actions.dim() != 3 or fixed_actions.shape[0] != start_obs.shape[0]
+                                      or not 1 <= n_fixed <= horizon):
+        raise ValueError(f"fixed actions must have shape [{start_obs.shape[0]}, k, act] with 1 <= k <= "
+                         f"{horizon}, got {tuple(fixed_actions.shape)}")
+    if policy is None and n_fixed < horizon:
+        raise ValueError(f"a policy must choose the actions of steps {n_fixed}..{horizon - 1}: "
+                         "none was given")
     states, actions, rewards, terminations, means, stds = [start_obs], [], [], [], [], []
-    for _ in range(horizon):
-        mean, std = policy(states[-1])
-        action = mean + std * torch.randn(mean.shape, device=mean.device, generator=generator)
+    for k in range(horizon):
+        if k < n_fixed:
+            action = fixed_actions[:, k]
+        else:
+            mean, std = policy(states[-1])
+            action = mean + std * torch.randn(mean.shape, device=mean.device, generator=generator)
+            means.append(mean)
+            stds.append(std)
         next_obs, reward, terminal = step(states[-1], action)
         states.append(next_obs)
         actions.append(action)
         rewards.append(reward)
         terminations.append(terminal)
-        means.append(mean)
-        stds.append(std)
+    spread = (standardised_spread(torch.cat(actions[n_fixed:]), torch.cat(means), torch.cat(stds))
+              if means else float("nan"))
     return Imagination(
         observations=torch.stack(states, 1), actions=torch.stack(actions, 1),
-        rewards=torch.stack(rewards, 1), terminations=torch.stack(terminations, 1),
-        spread=standardised_spread(torch.cat(actions), torch.cat(means), torch.cat(stds)),
+        rewards=torch.stack(rewards, 1), terminations=torch.stack(terminations, 1), spread=spread,
     )
+
+
+@dataclass(frozen=True)
+class StepwiseImaginer:
+    """A one-step model behind `WorldModel.imagine`'s interface at a fixed horizon, so that measures written
+    for the world model (e.g. `evaluation.action_ranking`) take the baselines as they are."""
+
+    step: Callable[[torch.Tensor, torch.Tensor, torch.Generator | None],
+                   tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    """(obs [N, obs], actions [N, act], generator) -> (next_obs, rewards, terminations), as `StepFn`."""
+    spec: EnvSpec
+    horizon: int
+    device: torch.device
+
+    def imagine(self, start_obs: torch.Tensor | np.ndarray, policy: GaussianPolicyFn | None = None, *,
+                generator: torch.Generator | None = None, actions: torch.Tensor | np.ndarray | None = None,
+                n_sample_steps: int | None = None) -> Imagination:
+        """B trajectories of `horizon` steps; `actions` [B, k, act] fixes a_0..a_{k-1}, as in
+        `WorldModel.imagine`. A one-step model's chain length is part of its step: `n_sample_steps` must
+        be None."""
+        if n_sample_steps is not None:
+            raise ValueError(f"n_sample_steps={n_sample_steps}: a one-step model's chain length is set in "
+                             "its config, not per call")
+        s0 = checked_start(start_obs, self.spec.obs_dim, self.device)
+        fixed = None if actions is None else torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        return autoregressive_rollout(lambda s, a: self.step(s, a, generator), s0, policy, self.horizon,
+                                      generator, fixed)

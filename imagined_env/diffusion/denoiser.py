@@ -103,6 +103,36 @@ class TransformerDenoiser(nn.Module):
         return self.out(self.encoder(h))
 
 
-def build_denoiser(n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig) -> nn.Module:
+class DenoiserEnsemble(nn.Module):
+    """K denoisers of one architecture, each initialised on its own; called as one, it predicts their mean."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def each(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Every member's x0 prediction, stacked [K, B, L, x_dim]."""
+        return torch.stack([member(x, actions, t) for member in self.members])
+
+    def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.each(x, actions, t).mean(0)
+
+
+def members(net: nn.Module) -> list[nn.Module]:
+    """The networks trained one by one: an ensemble's members, else the network itself."""
+    return list(net.members) if isinstance(net, DenoiserEnsemble) else [net]
+
+
+def member_predictions(net: nn.Module, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor
+                       ) -> torch.Tensor:
+    """x0 predictions [K, B, L, x_dim] of every member (K = 1 for a single network)."""
+    return net.each(x, actions, t) if isinstance(net, DenoiserEnsemble) else net(x, actions, t)[None]
+
+
+def build_denoiser(n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig, n_members: int = 1
+                   ) -> nn.Module:
+    """One denoiser, or with `n_members` > 1 an ensemble of them."""
     cls = ResidualMLPDenoiser if config.kind == "mlp" else TransformerDenoiser
-    return cls(n_rows, x_dim, act_dim, config)
+    if n_members == 1:
+        return cls(n_rows, x_dim, act_dim, config)
+    return DenoiserEnsemble([cls(n_rows, x_dim, act_dim, config) for _ in range(n_members)])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import member_predictions
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
@@ -126,6 +127,26 @@ class GuidedSampler:
         if fixed_actions is not None:
             actions[:, :n_fixed] = fixed_actions
         return GuidedSample(x0=x, actions=actions, spread=spread, row_spread=row_spread)
+
+    @torch.no_grad()
+    def readout(self, start_states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """E[x0 | s0, a] in one pass: the denoiser's x0 prediction at the noisiest step t = T-1 with the
+        noisy rows at their prior mean (zero), the start state inpainted and the actions [B, L, act] (policy
+        units) as conditioning. Normalised rows of every ensemble member [K, B, L, obs+2] (K = 1 for one
+        network), a deterministic function of (s0, a)."""
+        norm = self.normaliser
+        batch, obs_dim = start_states.shape
+        if actions.dim() != 3 or actions.shape[0] != batch:
+            raise ValueError(f"actions must have shape [{batch}, L, act], got {tuple(actions.shape)}")
+        s0 = norm.normalise_obs(start_states)
+        x = torch.zeros(batch, actions.shape[1], obs_dim + 2, device=start_states.device)
+        x[:, 0, :obs_dim] = s0
+        tt = torch.full((batch,), self.schedule.n_steps - 1, device=start_states.device, dtype=torch.long)
+        seen = self.action_input(norm.normalise_action(self.bounds.clip(actions)),
+                                 self.schedule.signal_scale(tt))
+        x0_hat = member_predictions(self.denoiser, x, seen, tt)
+        x0_hat[:, :, 0, :obs_dim] = s0
+        return x0_hat
 
     def _step_scale(self, scale: float | torch.Tensor | None, batch: int, device: torch.device
                     ) -> float | torch.Tensor:

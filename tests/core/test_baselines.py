@@ -9,6 +9,7 @@ import torch
 from imagined_env.baselines import (
     ARDiffusionConfig,
     EnsembleConfig,
+    StepwiseImaginer,
     fit_ar_diffusion,
     fit_mlp_ensemble,
 )
@@ -167,3 +168,34 @@ def test_ensemble_keeps_the_best_members_as_elites(ensemble):
         assert set(ensemble.elites.tolist()) == set(mse.argsort()[:2].tolist())
     finally:
         ensemble.elites = before
+
+
+def test_stepwise_imaginer_replays_given_actions_step_by_step(ensemble):
+    step = lambda s, a, g: ensemble.step(s, a, g, deterministic=True)
+    imaginer = StepwiseImaginer(step, SPEC, 3, torch.device("cpu"))
+    obs = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    given = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(1))
+    out = imaginer.imagine(obs, actions=given)
+    state = obs
+    for k in range(3):                            # reference: the one-step model applied by hand
+        state, reward, _ = step(state, given[:, k], None)
+        torch.testing.assert_close(out.observations[:, k + 1], state)
+        torch.testing.assert_close(out.rewards[:, k], reward)
+    torch.testing.assert_close(out.actions, given)
+    assert np.isnan(out.spread)
+    sharp = lambda s: (0.5 * s[:, :2], torch.full((len(s), 2), 1e-6))
+    prefix = imaginer.imagine(obs, sharp, actions=given[:, :1])      # the policy picks the rest
+    torch.testing.assert_close(prefix.actions[:, 0], given[:, 0])
+    torch.testing.assert_close(prefix.actions[:, 1:], 0.5 * prefix.observations[:, 1:3, :2],
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"actions": torch.zeros(2, 2, 2)}, "a policy must choose the actions of steps 2..2"),
+    ({"actions": torch.zeros(2, 4, 2)}, r"fixed actions must have shape \[2, k, act\] with 1 <= k <= 3"),
+    ({"actions": torch.zeros(2, 3, 2), "n_sample_steps": 4}, "n_sample_steps=4"),
+])
+def test_stepwise_imaginer_refuses_what_it_cannot_do(ensemble, kwargs, match):
+    imaginer = StepwiseImaginer(lambda s, a, g: ensemble.step(s, a, g), SPEC, 3, torch.device("cpu"))
+    with pytest.raises(ValueError, match=match):
+        imaginer.imagine(torch.zeros(2, 3), **kwargs)

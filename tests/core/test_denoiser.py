@@ -5,7 +5,13 @@ import math
 
 import torch
 
-from imagined_env.diffusion.denoiser import TimeEmbedding
+from imagined_env.diffusion.denoiser import (
+    DenoiserConfig,
+    TimeEmbedding,
+    build_denoiser,
+    member_predictions,
+    members,
+)
 
 
 def _reference(module: TimeEmbedding, t: int, time_dim: int) -> torch.Tensor:
@@ -36,3 +42,19 @@ def test_gradients_reach_the_mlp_through_shared_rows():
     sum(_reference(reference, s, 16) for s in t.tolist()).sum().backward()
     for got, want in zip(module.parameters(), reference.parameters()):
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_an_ensemble_predicts_its_members_mean_and_each_member_on_its_own():
+    torch.manual_seed(0)
+    config = DenoiserConfig(width=16, depth=1, time_dim=8)
+    ensemble = build_denoiser(3, 4, 2, config, n_members=3)
+    x, a, t = torch.randn(5, 3, 4), torch.randn(5, 3, 2), torch.tensor([0, 3, 3, 7, 1])
+    each = member_predictions(ensemble, x, a, t)
+    assert each.shape == (3, 5, 3, 4) and len(members(ensemble)) == 3
+    for k, member in enumerate(ensemble.members):
+        torch.testing.assert_close(each[k], member(x, a, t))
+    torch.testing.assert_close(ensemble(x, a, t), each.mean(0))
+    assert not torch.allclose(each[0], each[1])                      # initialised one by one
+    single = build_denoiser(3, 4, 2, config)
+    assert members(single) == [single]
+    torch.testing.assert_close(member_predictions(single, x, a, t), single(x, a, t)[None])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 import pytest
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.diffusion.denoiser import DenoiserEnsemble
 from imagined_env.diffusion.guidance import GuidanceConfig
+from imagined_env.training import TrainConfig, fit_world_model
 from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig
 from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer, linear_step
 
@@ -367,3 +370,149 @@ def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
     model = WorldModel(LINEAR_SPEC, TINY_CONFIG, normaliser, "cpu")
     with pytest.raises(ValueError, match=r"fixed_actions must have shape \[2, k <= 5, act\], got \(2, 6, "):
         model.sampler().sample(torch.zeros(2, OBS), H + 1, fixed_actions=torch.zeros(2, H + 2, ACT))
+
+
+def _mean_readout_model(model: WorldModel) -> WorldModel:
+    """The trained model's weights with the "mean" read-out and the last row's action hidden."""
+    config = dataclasses.replace(model.config, readout="mean", condition_on_last_action=False)
+    mean_model = WorldModel(model.spec, config, model.normaliser, "cpu")
+    mean_model.ema.load_state_dict(model.ema.state_dict())
+    return mean_model
+
+
+def test_mean_readout_is_deterministic_given_start_and_actions(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    mean_model = _mean_readout_model(model)
+    s0, _, _ = buf.start_states(np.random.default_rng(6), 32)
+    actions = np.random.default_rng(7).normal(scale=0.7, size=(32, H, ACT)).astype(np.float32)
+    for m, same in ((mean_model, True), (model, False)):   # the chain's read-out draws its own noise
+        a, b = (m.imagine(s0, actions=actions, generator=torch.Generator().manual_seed(g)) for g in (0, 1))
+        assert torch.equal(a.observations, b.observations) is same
+        assert torch.equal(a.rewards, b.rewards) is same
+        np.testing.assert_array_equal(a.actions.numpy(), actions)
+
+
+def test_mean_readout_is_one_denoiser_pass_from_the_prior_mean(trained_linear_model):
+    model, buf, _ = trained_linear_model
+    mean_model = _mean_readout_model(model)
+    norm, n_steps = model.normaliser, model.schedule.n_steps
+    s0, _, _ = buf.start_states(np.random.default_rng(8), 16)
+    signal = float(np.sqrt(model.schedule.alpha_bar_f64[n_steps - 1]))
+
+    def by_hand(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # reference: zero noisy rows with the start state's row, z-scored clipped actions scaled to the
+        # signal level of t = T-1 with the last row's action hidden (zero), x0 prediction, s0 inpainted
+        z0 = (s0 - norm.obs_mean) / norm.obs_std
+        x = np.zeros((len(s0), H + 1, OBS + 2), np.float32)
+        x[:, 0, :OBS] = z0
+        seen = np.zeros((len(s0), H + 1, ACT), np.float32)
+        seen[:, :H] = signal * (np.clip(actions, -1, 1) - norm.action_mean) / norm.action_std
+        with torch.no_grad():
+            pred = model.ema(torch.as_tensor(x), torch.as_tensor(seen),
+                             torch.full((len(s0),), n_steps - 1)).numpy()
+        states = pred[..., :OBS] * norm.obs_std + norm.obs_mean
+        states[:, 0] = s0
+        return states, pred[:, :H, OBS] * norm.reward_std[0] + norm.reward_mean[0]
+
+    given = np.random.default_rng(9).normal(scale=0.7, size=(16, H, ACT)).astype(np.float32)
+    replay = mean_model.imagine(s0, actions=given)                             # open loop
+    guided = mean_model.imagine(s0, fixed_policy(0.3, 0.2), actions=given[:, :1],
+                                generator=torch.Generator().manual_seed(0))   # the chain picks the actions
+    for out in (replay, guided):
+        states, rewards = by_hand(out.actions.numpy())
+        np.testing.assert_allclose(out.observations.numpy(), states, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(out.rewards.numpy(), rewards, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(guided.actions.numpy()[:, 1:], given[:, 1:])
+
+
+def test_readout_survives_save_load_and_old_files_read_the_chain(tmp_path, trained_linear_model):
+    model, _, _ = trained_linear_model
+    path = tmp_path / "wm.pt"
+    _mean_readout_model(model).save(path)
+    assert WorldModel.load(path).config.readout == "mean"
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["readout"]                      # a file written before the read-out option
+    torch.save(payload, path)
+    assert WorldModel.load(path).config.readout == "chain"
+    with pytest.raises(ValueError, match="readout must be one of chain, mean, got 'median'"):
+        WorldModelConfig(readout="median")
+
+
+class _FixedDenoiser(nn.Module):
+    """Predicts the same normalised rows [L, C] for every trajectory."""
+
+    def __init__(self, rows: torch.Tensor):
+        super().__init__()
+        self.rows = rows
+
+    def forward(self, x, actions, t):
+        return self.rows.expand_as(x).clone()
+
+
+def test_disagreement_penalty_and_limit_against_a_hand_computation():
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.7,
+                                 disagreement_limit=0.9, condition_on_last_action=False)
+    model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
+    rows = np.random.default_rng(0).normal(size=(3, H + 1, OBS + 2)).astype(np.float32)
+    model.ema = DenoiserEnsemble([_FixedDenoiser(torch.as_tensor(r)) for r in rows])
+    s0 = np.random.default_rng(1).normal(size=(4, OBS)).astype(np.float32)
+    out = model.imagine(s0, actions=np.zeros((4, H, ACT), np.float32))
+    # reference: transition k's outcome is s_{k+1} (row k+1) and r_k (row k); u_k is the root mean over
+    # those channels of the members' variance; rewards are the members' mean, unnormalised, minus 0.7 u
+    var = rows.var(axis=0)
+    u = np.sqrt(np.concatenate([var[1:, :OBS], var[:-1, OBS:OBS + 1]], axis=1).mean(axis=1))
+    reward = rows[:, :H, OBS].mean(axis=0) * normaliser.reward_std[0] + normaliser.reward_mean[0]
+    terminal = rows[:, :H, OBS + 1].mean(axis=0) * normaliser.terminal_std[0] + normaliser.terminal_mean[0]
+    np.testing.assert_allclose(out.disagreement.numpy(), np.tile(u, (4, 1)), rtol=1e-5)
+    np.testing.assert_allclose(out.rewards.numpy(), np.tile(reward - 0.7 * u, (4, 1)), rtol=1e-5, atol=1e-5)
+    assert (u > 0.9).any() and (u < 0.9).any()                     # the limit ends some steps, not all
+    np.testing.assert_array_equal(out.terminations.numpy(), np.tile((terminal > 0.5) | (u > 0.9), (4, 1)))
+    states = rows[:, 1:, :OBS].mean(axis=0) * normaliser.obs_std + normaliser.obs_mean
+    np.testing.assert_allclose(out.observations[:, 1:].numpy(), np.tile(states, (4, 1, 1)),
+                               rtol=1e-5, atol=1e-5)
+
+
+@functools.cache
+def _trained_linear_ensemble() -> WorldModel:
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.1)
+    model, _ = fit_world_model(linear_buffer(), LINEAR_SPEC, 300, config,
+                               TrainConfig(lr=2e-3, batch_size=128), device="cpu", progress=False)
+    return model
+
+
+def test_ensemble_members_disagree_more_off_the_data():
+    model = _trained_linear_ensemble()
+    rng = np.random.default_rng(0)
+    near = rng.normal(size=(128, OBS)).astype(np.float32)           # the data's start states are N(0, I)
+    actions = rng.normal(scale=0.7, size=(128, H, ACT)).astype(np.float32)
+    u_near = model.imagine(near, actions=actions).disagreement.mean()
+    u_far = model.imagine(8.0 * near, actions=actions).disagreement.mean()
+    assert u_far > 2 * u_near, (u_near, u_far)                      # measured: 0.085 vs 0.24
+
+
+def test_ensemble_save_load_roundtrip(tmp_path):
+    model = _trained_linear_ensemble()
+    path = tmp_path / "ensemble.pt"
+    model.save(path)
+    loaded = WorldModel.load(path, device="cpu")
+    assert loaded.config == model.config and len(loaded.ema.members) == 3
+    s0 = np.random.default_rng(2).normal(size=(6, OBS)).astype(np.float32)
+    a, b = (m.imagine(s0, fixed_policy(0.2, 0.3), generator=torch.Generator().manual_seed(0))
+            for m in (model, loaded))
+    for name in ("observations", "actions", "rewards", "terminations", "disagreement"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert (a.disagreement > 0).all()
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"n_members": 0}, "n_members must be >= 1, got 0"),
+    ({"n_members": 2}, "an ensemble .n_members=2. is read out by its members' mean: set readout='mean'"),
+    ({"readout": "mean", "disagreement_penalty": 0.5}, "needs an ensemble: set n_members >= 2"),
+    ({"readout": "mean", "n_members": 2, "disagreement_penalty": -1.0}, "disagreement_penalty must be >= 0"),
+    ({"readout": "mean", "n_members": 2, "disagreement_limit": 0.0},
+     "disagreement_limit must be > 0 or None"),
+])
+def test_bad_ensemble_settings(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY_CONFIG, **changes)
