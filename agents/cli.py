@@ -236,9 +236,11 @@ def run_dir_files(run_dir: Path, env_id: str | None) -> tuple[Path, Path | None,
             raise ValueError(f"{checkpoint} holds its VecNormalize statistics only as a pickle ({pickled}), "
                              f"which can run code when loaded; if the folder comes from a trusted source, "
                              f"evaluate it with: imagined-env evaluate {checkpoint / LEARNER_FILE} --env "
-                             f"{config['env_id']} --algo {config.get('algo', 'ppo')} --vecnormalize {pickled}")
+                             f"{config['env_id']} --algo {config.get('algo', 'ppo')} "
+                             f"--vecnormalize {pickled}")
         raise ValueError(f"VecNormalize statistics file {stats} is missing (the run folder is damaged)")
-    return checkpoint / LEARNER_FILE, stats if stats.is_file() else None, config["env_id"], config.get("algo", "ppo")
+    return (checkpoint / LEARNER_FILE, stats if stats.is_file() else None, config["env_id"],
+            config.get("algo", "ppo"))
 
 
 # ---- compare ----------------------------------------------------------------------------------------
@@ -311,7 +313,8 @@ def prepare_export(args: argparse.Namespace) -> Job:
     writable_dir(Path(args.out_dir))
 
     def job() -> int:
-        out = export_run(args.run_dir, args.out_dir, args.start_episodes, command="imagined-env " + " ".join(sys.argv[1:]))
+        out = export_run(args.run_dir, args.out_dir, args.start_episodes,
+                         command="imagined-env " + " ".join(sys.argv[1:]))
         print((out / "COMMAND.txt").read_text())
         return 0
 
@@ -334,7 +337,8 @@ def paragraphs(*texts: str) -> str:
 
 
 def presets_epilog() -> str:
-    lines = [textwrap.fill(describe(name), WIDTH - 2, initial_indent=f"  {name:<10}", subsequent_indent=" " * 12)
+    lines = [textwrap.fill(describe(name), WIDTH - 2, initial_indent=f"  {name:<10}",
+                           subsequent_indent=" " * 12)
              for name in preset_ids() if name not in ALIASES]
     return "presets (each a diff from its parent):\n" + "\n".join(lines)
 
@@ -351,7 +355,8 @@ def common_options() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagined-env", description=DESCRIPTION)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,evaluate,compare,merge,demo,export}")
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{train,evaluate,compare,merge,demo,export}")
     parent = common_options()
     add_train_parser(sub, parent)
     add_evaluate_parser(sub, parent)
@@ -367,9 +372,10 @@ def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                        usage="imagined-env train [--steps N] [--run-dir DIR | --resume DIR] [--preset ID] "
                              "[--config FILE.json] [--FIELD VALUE ...]", epilog=presets_epilog(),
                        help="train a learner in imagination (the coordinator loop)",
-                       description=paragraphs("Real data -> world model -> PPO/A2C in imagination -> real data, for a "
-                                   "budget of real environment steps. Precedence: preset < --config < flags.",
-                                   TRUSTED + " --resume loads the run folder's learner.zip."))
+                       description=paragraphs(
+                           "Real data -> world model -> PPO/A2C in imagination -> real data, for a "
+                           "budget of real environment steps. Precedence: preset < --config < flags.",
+                           TRUSTED + " --resume loads the run folder's learner.zip."))
     p.add_argument("--steps", type=positive_int, metavar="N",
                    help="real-step budget in all, prefill included (required for a new run; with --resume "
                         "[default: the run's own budget])")
@@ -383,12 +389,13 @@ def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("evaluate", parents=[parent], formatter_class=HelpFormatter,
                        help="real-task return of a run folder or a learner .zip",
-                       description=paragraphs("Mean and std of the real-task return over deterministic episodes; a "
-                                   "VecNormalize'd learner is evaluated with its frozen statistics.", TRUSTED))
+                       description=paragraphs(
+                           "Mean and std of the real-task return over deterministic episodes; a "
+                           "VecNormalize'd learner is evaluated with its frozen statistics.", TRUSTED))
     p.add_argument("target", help="a run folder (uses its last checkpoint) or a learner .zip")
     p.add_argument("--vecnormalize", metavar="STATS",
-                   help="VecNormalize statistics of the .zip: a run's vec_normalize.npz, or SB3's .pkl (a pickle: "
-                        "trusted files only)")
+                   help="VecNormalize statistics of the .zip: a run's vec_normalize.npz, or SB3's .pkl "
+                        "(a pickle: trusted files only)")
     p.add_argument("--env", help="task id (required with a .zip; checked against a run folder's)")
     p.add_argument("--algo", choices=("ppo", "a2c"), default="ppo",
                    help="algorithm of the .zip [default ppo]")
@@ -400,19 +407,22 @@ def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 
 def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compare", parents=[parent], formatter_class=HelpFormatter,
-                       usage="imagined-env compare --steps N [--env ID] [--algos A,B] [--seeds 0,1,2] [--out DIR] "
-                             "[--preset ID] [--config FILE.json] [--FIELD VALUE ...]", epilog=presets_epilog(),
+                       usage="imagined-env compare --steps N [--env ID] [--algos A,B] [--seeds 0,1,2] "
+                             "[--out DIR] [--preset ID] [--config FILE.json] [--FIELD VALUE ...]",
+                       epilog=presets_epilog(),
                        help="model-free (RL Zoo tuned) vs imagination, same budget",
-                       description=paragraphs("Runs each method for the same real-step budget and seeds, one after "
-                                   "another, evaluating every --eval-every real steps; writes compare.csv, "
-                                   "compare.json and compare.png. Model-free PPO uses the RL Baselines3 "
-                                   "Zoo's tuned settings for the task, A2C SB3's defaults, both with "
-                                   "VecNormalize (as the Zoo). The config options below shape the "
-                                   "imagination runs."))
+                       description=paragraphs(
+                           "Runs each method for the same real-step budget and seeds, one after "
+                           "another, evaluating every --eval-every real steps; writes compare.csv, "
+                           "compare.json and compare.png. Model-free PPO uses the RL Baselines3 "
+                           "Zoo's tuned settings for the task, A2C SB3's defaults, both with "
+                           "VecNormalize (as the Zoo). The config options below shape the "
+                           "imagination runs."))
     p.add_argument("--env", default="HalfCheetah-v4", help="task id [default HalfCheetah-v4]")
     p.add_argument("--algos", default="ppo,imagination-ppo",
-                   help="comma-separated methods: ppo, a2c, sac (model-free), imagination-ppo, imagination-a2c, "
-                        "oracle-ppo (MuJoCo as the model; HalfCheetah, Hopper) [default ppo,imagination-ppo]")
+                   help="comma-separated methods: ppo, a2c, sac (model-free), imagination-ppo, "
+                        "imagination-a2c, oracle-ppo (MuJoCo as the model; HalfCheetah, Hopper) "
+                        "[default ppo,imagination-ppo]")
     p.add_argument("--steps", type=positive_int, required=True, metavar="N",
                    help="real-step budget of every run")
     p.add_argument("--seeds", type=int_list, default=(0, 1, 2), help="comma-separated seeds [default 0,1,2]")
@@ -431,29 +441,35 @@ def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 def add_demo_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("demo", parents=[parent], formatter_class=HelpFormatter,
                        help="PPO in imagination on the pretrained HalfCheetah model",
-                       description=paragraphs("Loads the pretrained HalfCheetah-v4 world model, trains PPO purely in "
-                                   "imagination, and prints the real-task return before and after."))
+                       description=paragraphs(
+                           "Loads the pretrained HalfCheetah-v4 world model, trains PPO purely in "
+                           "imagination, and prints the real-task return before and after."))
     defaults = {"default": leaf_values(DemoConfig())}
     add_config_flags(p, DemoConfig, defaults, aliases=CONFIG_ALIASES)
     p.set_defaults(prepare=prepare_demo)
 
 
 def add_merge_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("merge", parents=[parent], formatter_class=HelpFormatter, help="one table and plot from comparisons run apart",
-                       description=paragraphs("Combines the compare.json of comparisons run separately (e.g. seeds in "
-                                   "parallel processes) with the same task, budget and settings into one "
-                                   "compare.csv/json/png."))
-    p.add_argument("in_dirs", nargs="+", metavar="COMPARE_DIR", help="output folders of `imagined-env compare`")
+    p = sub.add_parser("merge", parents=[parent], formatter_class=HelpFormatter,
+                       help="one table and plot from comparisons run apart",
+                       description=paragraphs(
+                           "Combines the compare.json of comparisons run separately (e.g. seeds in "
+                           "parallel processes) with the same task, budget and settings into one "
+                           "compare.csv/json/png."))
+    p.add_argument("in_dirs", nargs="+", metavar="COMPARE_DIR",
+                   help="output folders of `imagined-env compare`")
     p.add_argument("--out", type=Path, help="folder to write the merged outputs to [default "
                    "runs/compare/<task>/<preset>/seeds-<first>-<last>]")
     p.set_defaults(prepare=prepare_merge)
 
 
 def add_export_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("export", parents=[parent], formatter_class=HelpFormatter, help="a run's world model + start states, ready to ship",
-                       description=paragraphs("Writes OUT_DIR/world_model.pt, start_states.npz and COMMAND.txt from the "
-                                   "last checkpoint of RUN_DIR; usable as world_model=/start_states= of the "
-                                   "imagined env (this is how imagined_env/pretrained/ is made)."))
+    p = sub.add_parser("export", parents=[parent], formatter_class=HelpFormatter,
+                       help="a run's world model + start states, ready to ship",
+                       description=paragraphs(
+                           "Writes OUT_DIR/world_model.pt, start_states.npz and COMMAND.txt from the "
+                           "last checkpoint of RUN_DIR; usable as world_model=/start_states= of the "
+                           "imagined env (this is how imagined_env/pretrained/ is made)."))
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of `imagined-env train` or `compare`")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
     p.add_argument("--start-episodes", type=positive_int, default=6,

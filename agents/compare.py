@@ -116,7 +116,8 @@ def make_model_free(settings: BaselineSettings, env_id: str, seed: int, device: 
     if settings.normalized:
         venv = VecNormalize(venv, norm_obs=settings.norm_obs, norm_reward=settings.norm_reward,
                             gamma=settings.gamma)
-    return MODEL_FREE[settings.algo]("MlpPolicy", venv, seed=seed, device=device, verbose=0, **settings.kwargs)
+    return MODEL_FREE[settings.algo]("MlpPolicy", venv, seed=seed, device=device, verbose=0,
+                                     **settings.kwargs)
 
 
 def run_model_free(method: str, spec: CompareSpec, seed: int, progress: bool = True) -> list[EvalPoint]:
@@ -177,8 +178,10 @@ def run_comparison(spec: CompareSpec, out_dir: Path, progress: bool = True,
 
 # ---- settings, tables and plot ----------------------------------------------------------------------
 def changed_from_preset(config: CoordinatorConfig, preset: str) -> bool:
-    """Whether `config` differs from `preset` (a registered id) in more than task, algo, seed and evaluation."""
-    own = {k: getattr(config, k) for k in ("algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps")}
+    """Whether `config` differs from `preset` (a registered id) in more than task, algo, seed and
+    evaluation."""
+    own = {k: getattr(config, k)
+           for k in ("algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps")}
     return build_preset(preset, config.env_id, own) != config
 
 
@@ -199,7 +202,8 @@ def describe_imagination(config: CoordinatorConfig, preset: str | None) -> str:
     steps = "full chain" if config.n_sample_steps is None else f"{config.n_sample_steps} sample steps"
     actions = ("scaled" if wm.scale_actions else "full strength") + (
         "" if wm.condition_on_last_action else ", last action hidden")
-    return (f"{config.algo.upper()} in imagination ({preset_label(config, preset)}): prefill {config.prefill_steps}, "
+    return (f"{config.algo.upper()} in imagination ({preset_label(config, preset)}): "
+            f"prefill {config.prefill_steps}, "
             f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
             f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
             f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {actions}), "
@@ -224,7 +228,8 @@ def method_settings(spec: CompareSpec) -> dict[str, str]:
     for method in spec.methods:
         if method in IMAGINATION:
             line = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
-            out[method] = f"MuJoCo in place of the world model, otherwise {line}" if is_oracle(method) else line
+            out[method] = (f"MuJoCo in place of the world model, otherwise {line}" if is_oracle(method)
+                           else line)
         else:
             out[method] = zoo_settings(method, spec.env_id).describe()
     return out
@@ -302,7 +307,8 @@ def oracle_fractions(statistics: dict[str, list[tuple[int, SeedSummary]]]) -> di
     oracle = next((m for m in statistics if is_oracle(m)), None)
     if oracle is None or statistics[oracle][-1][1].iqm <= 0:
         return {}
-    return {m: rows[-1][1].iqm / statistics[oracle][-1][1].iqm for m, rows in statistics.items() if not is_oracle(m)}
+    return {m: rows[-1][1].iqm / statistics[oracle][-1][1].iqm
+            for m, rows in statistics.items() if not is_oracle(m)}
 
 
 def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> None:
@@ -322,7 +328,8 @@ def plot_comparison(points: list[EvalPoint], spec: CompareSpec, path: Path) -> N
     fractions = oracle_fractions(statistics)
     for method in (m for m in spec.methods if m in statistics):
         steps = [step for step, _ in statistics[method]]
-        iqm, low, high = ([getattr(s, f) for _, s in statistics[method]] for f in ("iqm", "iqm_low", "iqm_high"))
+        iqm, low, high = ([getattr(s, f) for _, s in statistics[method]]
+                          for f in ("iqm", "iqm_low", "iqm_high"))
         n_seeds = len({p.seed for p in points if p.method == method})
         share = f"; final IQM {fractions[method]:.0%} of the oracle's" if method in fractions else ""
         label = f"{method} ({n_seeds} seed{'s' if n_seeds != 1 else ''}{share})"
@@ -391,12 +398,14 @@ def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
             raise TypeError(f"expected a JSON object, got {type(payload).__name__}")
         points = [EvalPoint(method, int(seed), int(r["real_steps"]), float(r["mean_return"]),
                             float(r["std_return"]))
-                  for method, seeds in payload["results"].items() for seed, rows in seeds.items() for r in rows]
+                  for method, seeds in payload["results"].items() for seed, rows in seeds.items()
+                  for r in rows]
         imagination = payload["imagination_config"]
         spec = CompareSpec(env_id=payload["env_id"], methods=tuple(payload["results"]),
                            seeds=tuple(payload["seeds"]), budget=int(payload["budget"]),
                            eval_every=int(payload["eval_every"]), eval_episodes=int(payload["eval_episodes"]),
-                           imagination=None if imagination is None else CoordinatorConfig.from_dict(imagination),
+                           imagination=(None if imagination is None
+                                        else CoordinatorConfig.from_dict(imagination)),
                            preset=payload.get("preset"), max_episode_steps=payload["max_episode_steps"])
     except KeyError as err:
         raise ValueError(f"{path} is not a readable comparison: no entry {err}") from None

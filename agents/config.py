@@ -46,7 +46,8 @@ class PolicyConfig:
 
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(f"unknown activation {self.activation!r}; "
+                             f"choose one of {', '.join(ACTIVATIONS)}")
         for name in ("pi", "vf"):
             sizes = getattr(self, name)
             if not all(isinstance(n, int) and n >= 1 for n in sizes):
@@ -95,7 +96,8 @@ class LearnerConfig:
             if not 0 <= value <= 1:
                 raise ValueError(f"learner.{name} must lie in [0, 1], got {value}")
         if not (self.ent_coef >= 0 and self.vf_coef >= 0):
-            raise ValueError(f"learner.ent_coef and vf_coef must be >= 0, got {self.ent_coef}, {self.vf_coef}")
+            raise ValueError("learner.ent_coef and vf_coef must be >= 0, "
+                             f"got {self.ent_coef}, {self.vf_coef}")
         if self.target_kl is not None and not self.target_kl > 0:
             raise ValueError(f"learner.target_kl must be None or > 0, got {self.target_kl}")
 
@@ -177,7 +179,8 @@ class CoordinatorConfig:
         chain = self.world_model.schedule.n_steps
         if self.n_sample_steps is not None and self.n_sample_steps > chain:
             raise ValueError(f"n_sample_steps ({self.n_sample_steps}) exceeds the world model's chain "
-                             f"(world_model.schedule.n_steps = {chain}); give at most {chain}, or none for all")
+                             f"(world_model.schedule.n_steps = {chain}); "
+                             f"give at most {chain}, or none for all")
         if self.prefill_steps <= self.world_model.horizon:
             raise ValueError(f"prefill_steps ({self.prefill_steps}) must exceed the world model horizon "
                              f"({self.world_model.horizon}) so that training windows exist")
@@ -195,7 +198,8 @@ class CoordinatorConfig:
         """The config `to_dict` wrote; a left-out field takes the default of its own dataclass, and a
         `learner_kwargs` dict of older files the value SB3 used where it is silent."""
         if "learner_kwargs" in data:
-            base, given = _sb3_learner_defaults(data.get("algo", cls.algo)), legacy_learner(data["learner_kwargs"])
+            base, given = (_sb3_learner_defaults(data.get("algo", cls.algo)),
+                           legacy_learner(data["learner_kwargs"]))
             old = {**base, **given, "policy": {**base["policy"], **given.get("policy", {})}}
             data = {**{k: v for k, v in data.items() if k != "learner_kwargs"}, "learner": old}
         return from_tree(cls, data)
@@ -247,8 +251,8 @@ def _learner_kwargs(config: CoordinatorConfig) -> dict[str, Any]:
         "gae_lambda": learner.gae_lambda, "ent_coef": learner.ent_coef, "vf_coef": learner.vf_coef,
         "max_grad_norm": learner.max_grad_norm, "normalize_advantage": learner.normalize_advantage,
         "policy_kwargs": {"net_arch": {"pi": list(policy.pi), "vf": list(policy.vf)},
-                          "activation_fn": ACTIVATIONS[policy.activation], "log_std_init": policy.log_std_init,
-                          "ortho_init": policy.ortho_init},
+                          "activation_fn": ACTIVATIONS[policy.activation],
+                          "log_std_init": policy.log_std_init, "ortho_init": policy.ortho_init},
     }
     if config.algo == "ppo":
         kwargs.update(n_epochs=learner.n_epochs, batch_size=learner.batch_size, clip_range=learner.clip_range,

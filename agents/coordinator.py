@@ -104,7 +104,8 @@ class Coordinator:
         check_device(config.device)
         saved = read_checkpoint(checkpoint, config)
         coordinator = cls.__new__(cls)
-        coordinator._open(config, Path(run_dir), verbose, keep_progress_until=saved.state["progress"]["real_steps"])
+        coordinator._open(config, Path(run_dir), verbose,
+                          keep_progress_until=saved.state["progress"]["real_steps"])
         coordinator._restore(saved)
         return coordinator
 

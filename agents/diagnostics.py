@@ -114,13 +114,15 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
     if n_states >= 2:
         rollout = policy_rollout(sim, qpos, qvel, world_model.horizon, guide, generator)
         on_policy = np.clip(rollout.actions.numpy(), space.low, space.high)
-        ranking = action_ranking(sim, world_model, qpos, qvel, on_policy, rng, seed=int(rng.integers(2 ** 62)),
+        ranking = action_ranking(sim, world_model, qpos, qvel, on_policy, rng,
+                                 seed=int(rng.integers(2 ** 62)),
                                  leak_rows=None if world_model.horizon > 1 else (),
                                  n_sample_steps=n_sample_steps)
     return WorldModelErrors(error, sensitivity, ranking)
 
 
-def record_evaluation(logger: RunLogger, row: dict[str, Any], errors: WorldModelErrors | None) -> dict[str, Any]:
+def record_evaluation(logger: RunLogger, row: dict[str, Any],
+                      errors: WorldModelErrors | None) -> dict[str, Any]:
     """`row` (an evaluation's real return and counters) with the world model's errors, also logged (the
     ranking's figures under their `world_model/` names in the logger, without that prefix in the row)."""
     logger.record("eval/mean_reward", row["mean_return"])

@@ -18,7 +18,8 @@ def checkpoint_to_export(run_dir: Path) -> Path:
     """The last checkpoint of `run_dir`, or ValueError naming what is missing."""
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
-        raise ValueError(f"{run_dir} holds no checkpoint to export (expected {run_dir}/checkpoint/state.json)")
+        raise ValueError(f"{run_dir} holds no checkpoint to export "
+                         f"(expected {run_dir}/checkpoint/state.json)")
     return checkpoint
 
 

@@ -51,9 +51,11 @@ def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_stat
     else:  # SB3's load resets the new imagined env at the next update (its force_reset)
         path = checkpoint / "learner.zip"
         try:
-            learner = algo.load(path, env=venv, device=config.device, custom_objects={"learning_rate": learning_rate})
+            learner = algo.load(path, env=venv, device=config.device,
+                                custom_objects={"learning_rate": learning_rate})
         except Exception as err:  # noqa: BLE001  (SB3 raises many types for damaged or foreign files)
-            raise ValueError(f"learner file {path} does not load (the run folder is damaged): {err}") from None
+            raise ValueError(f"learner file {path} does not load "
+                             f"(the run folder is damaged): {err}") from None
     learner.set_logger(logger)
     return ImaginedLearner(imagined, learner, vec_normalize)
 

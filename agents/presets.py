@@ -29,13 +29,14 @@ _SB3_POLICY = PolicyConfig(pi=(64, 64), vf=(64, 64), activation="tanh", log_std_
 _PRESETS: dict[str, Preset] = {p.id: p for p in (
     Preset("cpu-v1", None, {
         "initial_world_model_steps": 2000, "n_sample_steps": 32, "open_loop_states": 16,
-        "refit_world_model_steps": 0, "world_model.scale_actions": True, "world_model_steps_per_real_step": 0.5,
-        "world_model.guidance.scale_lr": 0.03, "world_model.condition_on_last_action": True,
-        "learner.ent_coef": 0.0,
+        "refit_world_model_steps": 0, "world_model.scale_actions": True,
+        "world_model_steps_per_real_step": 0.5, "world_model.guidance.scale_lr": 0.03,
+        "world_model.condition_on_last_action": True, "learner.ent_coef": 0.0,
     }, "PPO on a small world model (H 5, width 256, depth 3) that learns on 2 CPU cores"),
     Preset("cpu-v2", "cpu-v1", {
         "initial_world_model_steps": 4000, "n_sample_steps": 16, "open_loop_states": 128,
-        "refit_world_model_steps": 500, "world_model.scale_actions": False, "world_model_steps_per_real_step": 1.0,
+        "refit_world_model_steps": 500, "world_model.scale_actions": False,
+        "world_model_steps_per_real_step": 1.0,
     }, "actions at full strength in the denoiser, 1 world-model step per real step, retraining after refits"),
     Preset("cpu-v3", "cpu-v2", {"world_model.guidance.scale_lr": 0.2},
            "guidance scale adapts faster (scale_lr 0.2)"),
@@ -47,8 +48,8 @@ _PRESETS: dict[str, Preset] = {p.id: p for p in (
         "policy_every": 4, "learning_starts": 0, "n_imagined_envs": 1024, "n_sample_steps": None,
         "normalize": False, "eval_every": 10_000, "eval_episodes": 20, "checkpoint_every": 50_000,
         "world_model": WorldModelConfig(), "train": TrainConfig(), "algo": "a2c",
-        "learner": LearnerConfig(learning_rate=3e-4, ent_coef=1e-5, max_grad_norm=0.1, normalize_advantage=True,
-                                 use_rms_prop=False, policy=_SB3_POLICY),
+        "learner": LearnerConfig(learning_rate=3e-4, ent_coef=1e-5, max_grad_norm=0.1,
+                                 normalize_advantage=True, use_rms_prop=False, policy=_SB3_POLICY),
     }, "the paper's ratios and model sizes with a one-step actor-critic (A2C with Adam): a GPU recipe"),
 )}
 

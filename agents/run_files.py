@@ -156,8 +156,8 @@ def existing_checkpoint_message(run_dir: Path, state: dict[str, Any], env_id: st
     if state["env_id"] != env_id:
         return (f"run_dir {run_dir} holds a checkpoint of another task ({state['env_id']!r}, not "
                 f"{env_id!r}); choose another run_dir")
-    return (f"run_dir {run_dir} already holds a checkpoint at {state.get('real_steps')} real steps; continue it "
-            "with Coordinator.resume(run_dir) or choose an empty run_dir")
+    return (f"run_dir {run_dir} already holds a checkpoint at {state.get('real_steps')} real steps; "
+            "continue it with Coordinator.resume(run_dir) or choose an empty run_dir")
 
 
 @dataclass

@@ -105,7 +105,8 @@ def _read_rows(path: Path, keep_until: int) -> list[dict[str, float]]:
             lines = lines[:-1]
         rows = [{k: float(v) for k, v in row.items() if k is not None and v} for row in csv.DictReader(lines)]
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as err:
-        raise ValueError(f"log file {path} is damaged ({err}); move it away to resume without its rows") from None
+        raise ValueError(f"log file {path} is damaged ({err}); "
+                         "move it away to resume without its rows") from None
     return [row for row in rows if row.get("time/real_steps", math.inf) <= keep_until]
 
 

@@ -40,7 +40,8 @@ def policy_rollout(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, horizon: in
     low, high = env.action_space.low, env.action_space.high
     n_fixed = 0 if fixed is None else fixed.shape[1]
     if n_fixed < horizon and policy is None:
-        raise ValueError(f"rows {n_fixed}..{horizon - 1} have no action: give a policy or all {horizon} actions")
+        raise ValueError(f"rows {n_fixed}..{horizon - 1} have no action: "
+                         f"give a policy or all {horizon} actions")
     obs = np.zeros((batch, horizon + 1, env.observation_space.shape[0]), np.float32)
     actions = np.zeros((batch, horizon, env.action_space.shape[0]), np.float32)
     rewards, terms = np.zeros((batch, horizon), np.float32), np.zeros((batch, horizon), bool)
@@ -68,8 +69,8 @@ def policy_rollout(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, horizon: in
 
 class SimulatorModel:
     """MuJoCo behind the world model's interface (`spec`, `horizon`, `device`, `imagine`,
-    `guidance_scale`, `adapt_guidance`), for tasks in `ORACLE_TASKS`. Start observations are turned back into simulator
-    states with x = 0."""
+    `guidance_scale`, `adapt_guidance`), for tasks in `ORACLE_TASKS`. Start observations are turned back
+    into simulator states with x = 0."""
 
     def __init__(self, env_id: str, horizon: int):
         task = env_id.rsplit("-v", 1)[0]
@@ -100,7 +101,8 @@ class SimulatorModel:
         """`WorldModel.imagine` answered by the simulator (`n_sample_steps`: unused)."""
         start = torch.as_tensor(start_obs).detach().cpu().numpy()
         if start.ndim != 2 or start.shape[1] != self.spec.obs_dim or not np.isfinite(start).all():
-            raise ValueError(f"start_obs must be finite with shape [B, {self.spec.obs_dim}], got {start.shape}")
+            raise ValueError(f"start_obs must be finite with shape [B, {self.spec.obs_dim}], "
+                             f"got {start.shape}")
         fixed = None if actions is None else torch.as_tensor(actions).detach().cpu().numpy()
         if fixed is not None and (fixed.ndim != 3 or len(fixed) != len(start)
                                   or not 1 <= fixed.shape[1] <= self.horizon):

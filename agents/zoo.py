@@ -65,7 +65,8 @@ class BaselineSettings:
 
     @property
     def gamma(self) -> float:
-        """SB3's defaults are 0.99 for PPO, A2C and SAC; VecNormalize discounts rewards with the same gamma."""
+        """SB3's defaults are 0.99 for PPO, A2C and SAC; VecNormalize discounts rewards with the same
+        gamma."""
         return float(self.kwargs.get("gamma", 0.99))
 
     @property

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -97,7 +96,8 @@ def posture(learner: BaseAlgorithm, env_id: str, stats: VecEnv | None, episodes:
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="*", type=Path, help="coordinator run folders")
-    parser.add_argument("--zoo-seeds", default="", help="comma-separated seeds of Zoo PPO runs to train first")
+    parser.add_argument("--zoo-seeds", default="",
+                        help="comma-separated seeds of Zoo PPO runs to train first")
     parser.add_argument("--steps", type=int, default=50_000, help="real steps of each Zoo PPO run")
     parser.add_argument("--episodes", type=int, default=3, help="deterministic episodes per run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the evaluation env")
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     zoo_seeds = [int(seed) for seed in args.zoo_seeds.split(",") if seed]
     if not args.runs and not zoo_seeds:
         parser.error("give run folders, --zoo-seeds, or both")
-    rows = {f"zoo-ppo_seed{seed}": zoo_posture(seed, args.steps, args.episodes, args.seed) for seed in zoo_seeds}
+    rows = {f"zoo-ppo_seed{seed}": zoo_posture(seed, args.steps, args.episodes, args.seed)
+            for seed in zoo_seeds}
     rows.update({str(run): run_posture(run, args.episodes, args.seed) for run in args.runs})
     width = max(len(name) for name in rows) + 2
     print(f"{'run':<{width}}{'real steps':>12}{'return':>10}{'upside down':>13}  posture  "

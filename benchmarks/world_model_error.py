@@ -217,13 +217,15 @@ def build_variants(models: dict[str, object], spec: EnvSpec, policy: GaussianPol
         variants.append(Variant(name, polygrad_generate(wm, policy, n_steps, math.log(scale)), wm.ema,
                                 wm_flops, scale))
     variants.append(Variant(f"PolyGRAD full, initial lambda {math.exp(initial):g}",
-                            polygrad_generate(wm, policy, None, initial), wm.ema, wm_flops, math.exp(initial)))
+                            polygrad_generate(wm, policy, None, initial), wm.ema, wm_flops,
+                            math.exp(initial)))
     variants.append(Variant(f"AR diffusion T={T}/step", lambda s, g: ar.rollout(s, policy, horizon, g),
                             ar.ema, ar_flops))
     variants.append(Variant("MLP ensemble (MBPO)", lambda s, g: ens.rollout(s, policy, horizon, g),
                             ens.net, ens_flops))
     variants.append(Variant("MLP ensemble, elite mean (no sampling)",
-                            lambda s, g: ens.rollout(s, policy, horizon, g, deterministic=True), ens.net, ens_flops))
+                            lambda s, g: ens.rollout(s, policy, horizon, g, deterministic=True),
+                            ens.net, ens_flops))
     return variants
 
 
@@ -233,7 +235,8 @@ def trajectory_errors(imagined: Imagination, error: OpenLoopError) -> dict[str, 
     were (spread)."""
     seen = error.n_valid > 0
     return {"obs_mse_per_step": error.obs_mse.tolist(), "obs_mse_mean": float(np.mean(error.obs_mse)),
-            "reward_mse_step1": float(error.reward_mse[0]), "reward_mse_mean": float(np.mean(error.reward_mse)),
+            "reward_mse_step1": float(error.reward_mse[0]),
+            "reward_mse_mean": float(np.mean(error.reward_mse)),
             "no_motion_ref_mean": float(np.average(error.no_motion_mse[seen], weights=error.n_valid[seen])),
             "action_spread": imagined.spread}
 
@@ -291,7 +294,8 @@ def format_tables(results: dict[str, dict[str, object]], horizon: int, flops_rat
               f"{'model':<40}{'ms':>9}{'passes':>9}{'MFLOP':>9}{'floor ms':>10}{'x floor':>9}"]
     for name, r in results.items():
         floor = r["flops_per_transition"] / flops_rate
-        lines.append(f"{name:<40}{1e3 * r['seconds_per_transition']:9.3f}{r['network_calls_per_transition']:9.2f}"
+        lines.append(f"{name:<40}{1e3 * r['seconds_per_transition']:9.3f}"
+                     f"{r['network_calls_per_transition']:9.2f}"
                      f"{r['flops_per_transition'] / 1e6:9.2f}{1e3 * floor:10.4f}"
                      f"{r['seconds_per_transition'] / floor:9.1f}")
     return "\n".join(lines)
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
               f"passes x{r['network_calls_per_transition']:.1f}, FLOPs x{r['flops_per_transition']:.1f}")
     report = {
         "command": " ".join(["python", *sys.argv]) if argv is None else " ".join(argv),
-        "env": args.env, "horizon": args.horizon, "seed": args.seed, "mode": "quick" if args.quick else "full",
+        "env": args.env, "horizon": args.horizon, "seed": args.seed,
+        "mode": "quick" if args.quick else "full",
         "device": str(device), "torch_threads": torch.get_num_threads(), "budget": asdict(budget),
         "policy": "SB3 PPO MlpPolicy, untrained, seeded; log_std_init=-0.5, ortho_init=False",
         "data": {"train": train_stats, "eval": eval_stats}, "training": training,

@@ -34,6 +34,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
+from world_model_error import collect
 
 from agents.coordinator import CoordinatorConfig
 from agents.sb3_guidance import sb3_guide
@@ -41,7 +42,6 @@ from imagined_env.evaluation import action_sensitivity, open_loop_error
 from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModelConfig
-from world_model_error import collect
 
 SAMPLE_STEPS = 32
 """Diffusion passes per imagination of the baseline (the cpu-v1 preset's chain)."""
@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--env", default="HalfCheetah-v4")
     parser.add_argument("--variants", nargs="+", default=["scale_actions=false"], metavar="FIELD=VALUE[,...]",
-                        help="each a variant of the preset's WorldModelConfig: top-level fields, values as JSON")
+                        help="each a variant of the preset's WorldModelConfig: top-level fields, "
+                             "values as JSON")
     parser.add_argument("--seeds", default="0,1", help="comma-separated model seeds (the data is seed 0's)")
     parser.add_argument("--real-steps", type=int, default=20_000, help="training transitions")
     parser.add_argument("--grad-steps", type=int, default=4_000, help="Adam steps per model")
@@ -127,7 +128,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         for name, fields in variants.items():
             config = apply_variant(base_model, fields)
             model, _ = fit_world_model(train_buffer, spec, args.grad_steps, config,
-                                       TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size, seed=seed),
+                                       TrainConfig(lr=cpu.train.lr, batch_size=cpu.train.batch_size,
+                                                   seed=seed),
                                        device="cpu", progress=False)
             model.adapt_guidance(model.imagine(starts[0][:64], policy, n_sample_steps=SAMPLE_STEPS))
             row = measure(model, env, policy, starts, pairs, seed, SAMPLE_STEPS)

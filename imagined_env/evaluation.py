@@ -144,7 +144,8 @@ def action_sensitivity(
     imagined, real, ended = [], [], np.zeros(len(starts), bool)
     for actions in (actions_a, actions_b):
         if np.shape(actions) != (len(starts), model.horizon, model.spec.act_dim):
-            raise ValueError(f"action sequences must have shape {(len(starts), model.horizon, model.spec.act_dim)}, "
+            raise ValueError("action sequences must have shape "
+                             f"{(len(starts), model.horizon, model.spec.act_dim)}, "
                              f"got {np.shape(actions)}")
         out = model.imagine(starts, actions=actions, generator=generator, n_sample_steps=n_sample_steps)
         _, real_rewards, real_terms = _execute(env, qpos, qvel, np.asarray(actions, np.float32))

@@ -38,7 +38,9 @@ def linear_buffer(n_episodes: int = 40, length: int = 30, seed: int = 0, termina
         for _ in range(length):
             a = rng.normal(scale=0.7, size=ACT).astype(np.float32)
             s2, r = linear_step(obs[-1], a)
-            obs.append(s2.astype(np.float32)); acts.append(a); rews.append(r)
+            obs.append(s2.astype(np.float32))
+            acts.append(a)
+            rews.append(r)
             if terminate_above is not None and s2[0] > terminate_above:
                 terminated = True
                 break

@@ -152,7 +152,8 @@ class Normaliser:
         if bad.any():
             row, dim = (int(i) for i in np.argwhere(bad)[0])
             value = obs[row, dim]
-            what = "is not finite" if not np.isfinite(value) else f"lies {z[row, dim]:.3g} stds from the model's mean"
+            what = ("is not finite" if not np.isfinite(value)
+                    else f"lies {z[row, dim]:.3g} stds from the model's mean")
             raise ValueError(f"start state {row}, dimension {dim}: {value!r} {what} (training data: mean "
                              f"{self.obs_mean[dim]:.4g}, std {self.obs_std[dim]:.4g}; at most {limit:g} stds "
                              "are accepted)")

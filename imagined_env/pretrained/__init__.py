@@ -13,5 +13,6 @@ def pretrained_paths(env_id: str) -> tuple[Path, Path]:
     if not (model.is_file() and starts.is_file()):
         shipped = sorted(p.name for p in _HERE.iterdir() if (p / "world_model.pt").is_file())
         raise ValueError(f"no pretrained world model ships for {env_id!r} (shipped: {shipped or 'none'}); "
-                         "pass world_model=<file> and start_states=<file>, or train one with `imagined-env train`")
+                         "pass world_model=<file> and start_states=<file>, "
+                         "or train one with `imagined-env train`")
     return model, starts

@@ -52,7 +52,8 @@ def test_compare_help_lists_every_config_field_or_its_own_option(capsys):
     own = {"env_id": "--env", "algo": "--algos", "seed": "--seeds", "eval_every": "--eval-every",
            "eval_episodes": "--eval-episodes", "eval_max_episode_steps": "--max-episode-steps"}
     assert set(own) == COMPARE_OWNED
-    missing = [flag_name(p) for p, _, _ in leaf_paths(CoordinatorConfig) if p not in own and flag_name(p) not in text]
+    missing = [flag_name(p) for p, _, _ in leaf_paths(CoordinatorConfig)
+               if p not in own and flag_name(p) not in text]
     assert not missing
     assert all(flag in text for flag in own.values())
     assert "RL Baselines3 Zoo" in " ".join(text.split())
@@ -117,7 +118,8 @@ def test_every_preset_id_and_alias_is_accepted():
 def test_a_compare_json_is_a_config_and_names_its_preset(tmp_path):
     imagination = CoordinatorConfig.preset("cpu-v2", n_imagined_envs=64)
     write_json([], replace(spec(), imagination=imagination, preset="cpu-v2"), tmp_path / "compare.json")
-    args = build_parser().parse_args(["train", "--steps", "10000", "--config", str(tmp_path / "compare.json")])
+    args = build_parser().parse_args(["train", "--steps", "10000", "--config",
+                                      str(tmp_path / "compare.json")])
     assert build_config(args.preset, args.config, given_flags(args)) == (imagination, "cpu-v2")
     data = json.loads((tmp_path / "compare.json").read_text())
     del data["preset"], data["imagination_config"]["refit_world_model_steps"]  # an older file
@@ -161,12 +163,14 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
          "unknown config key 'world_model.hieght'"),
         (["train", "--steps", "9000", "--world-model.denoiser.width", "wide", *run],
          "world_model.denoiser.width must be an integer, got 'wide'"),
-        (["train", "--steps", "9000", "--config", str(typed), *run], "world_model.horizon must be an integer, got '5'"),
+        (["train", "--steps", "9000", "--config", str(typed), *run],
+         "world_model.horizon must be an integer, got '5'"),
         (["train", "--steps", "9000", "--config", str(legacy), *run],
          "learner_kwargs key 'use_sde' has no typed setting"),
         (["train", "--steps", "9000", "--config", str(model_free), *run], "holds no imagination config"),
         (["train", "--steps", "9000", "--preset", "cpu-v9", *run], "invalid choice: 'cpu-v9'"),
-        (["train", "--steps", "9000", "--learner.policy.activation", "swish", *run], "unknown activation 'swish'"),
+        (["train", "--steps", "9000", "--learner.policy.activation", "swish", *run],
+         "unknown activation 'swish'"),
         (["train", "--steps", "9000", "--algo", "sac", *run], "unknown algo 'sac'"),
         (["train", "--steps", "9000", "--run-dir", str(a_file / "run")], "not writable"),
         (["train", "--steps", "9000", "--run-dir", str(a_file)], "is not a directory"),
@@ -261,7 +265,8 @@ def synthetic(methods=("ppo", "imagination-ppo"), seeds=(0, 1), steps=(0, 500, 1
 
 
 def spec(methods=("ppo", "imagination-ppo")) -> CompareSpec:
-    return CompareSpec("HalfCheetah-v4", methods, (0, 1), 1000, 500, 2, CoordinatorConfig.preset("cpu"), "cpu-v5")
+    return CompareSpec("HalfCheetah-v4", methods, (0, 1), 1000, 500, 2, CoordinatorConfig.preset("cpu"),
+                       "cpu-v5")
 
 
 def test_csv_has_one_row_per_evaluation(tmp_path):

@@ -53,11 +53,13 @@ def test_merge_without_out_writes_to_a_folder_keyed_by_task_preset_and_seeds(tmp
 
 def test_compare_folders_name_the_preset_and_whether_it_was_changed():
     cpu = CoordinatorConfig()
-    assert compare_dir("HalfCheetah-v4", cpu, "cpu", (2, 0, 1)) == Path("runs/compare/HalfCheetah-v4/cpu-v5/seeds-0-2")
+    assert (compare_dir("HalfCheetah-v4", cpu, "cpu", (2, 0, 1))
+            == Path("runs/compare/HalfCheetah-v4/cpu-v5/seeds-0-2"))
     evaluation = replace(cpu, eval_every=500, seed=3, algo="a2c")  # set per run by compare: still the preset
     assert compare_dir("HalfCheetah-v4", evaluation, "cpu-v5", (4,)).parts[-2:] == ("cpu-v5", "seeds-4")
     changed = replace(cpu, n_imagined_envs=8)
-    assert compare_dir("HalfCheetah-v4", changed, "cpu-v5", (0, 2, 5)).parts[-2:] == ("cpu-v5-custom", "seeds-0+2+5")
+    assert (compare_dir("HalfCheetah-v4", changed, "cpu-v5", (0, 2, 5)).parts[-2:]
+            == ("cpu-v5-custom", "seeds-0+2+5"))
     assert compare_dir("Hopper-v4", None, None, (0,)).parts[-3:] == ("Hopper-v4", "model-free", "seeds-0")
     assert compare_dir("Hopper-v4", cpu, None, (0,)).parts[-2] == "unknown-preset"
 
@@ -100,7 +102,8 @@ def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
 
 def test_settings_line_names_the_options_switched_on():
     plain = describe_imagination(CoordinatorConfig(), "cpu-v5")
-    assert "(cpu-v5)" in plain and "(cpu-v4 with changes)" in describe_imagination(CoordinatorConfig(), "cpu-v4")
+    assert ("(cpu-v5)" in plain
+            and "(cpu-v4 with changes)" in describe_imagination(CoordinatorConfig(), "cpu-v4"))
     assert "window" not in plain and "collection noise" not in plain and "KL" not in plain
     options = describe_imagination(CoordinatorConfig(start_state_window=10_000, collection_noise_std=0.3,
                                                       target_update_kl=0.02), "cpu-v5")
@@ -108,7 +111,8 @@ def test_settings_line_names_the_options_switched_on():
     assert "(actions full strength, last action hidden)" in plain and "per row" not in plain
     wm = CoordinatorConfig().world_model
     paper_like = describe_imagination(CoordinatorConfig(world_model=replace(
-        wm, scale_actions=True, condition_on_last_action=True, guidance=replace(wm.guidance, per_row=True))), "cpu-v5")
+        wm, scale_actions=True, condition_on_last_action=True,
+        guidance=replace(wm.guidance, per_row=True))), "cpu-v5")
     assert "(actions scaled)" in paper_like and "guidance scale lr 0.2 per row;" in paper_like
 
 

@@ -56,7 +56,8 @@ def test_hopper_presets_use_the_papers_tau():
     assert CoordinatorConfig.preset("paper", env_id="Hopper-v5").world_model.schedule.tau == 0.1
     assert CoordinatorConfig.preset("cpu", env_id="Hopper-v4").world_model.schedule.tau == 0.1
     assert CoordinatorConfig.preset("cpu", env_id="Walker2d-v4").world_model.schedule.tau == 1.0
-    changed = build_preset("cpu", "Hopper-v4", {"world_model": {"horizon": 7}, "world_model.denoiser.width": 64})
+    changed = build_preset("cpu", "Hopper-v4",
+                           {"world_model": {"horizon": 7}, "world_model.denoiser.width": 64})
     assert changed.world_model.schedule.tau == 0.1 and changed.world_model.horizon == 7  # not dropped
     assert build_preset("cpu", "Hopper-v4", {"world_model.schedule.tau": 0.5}).world_model.schedule.tau == 0.5
 
@@ -95,7 +96,8 @@ def test_learner_settings_become_the_sb3_arguments_of_before():
     assert cpu.pop("policy_kwargs") == {"net_arch": {"pi": [256, 256], "vf": [256, 256]},
                                         "activation_fn": nn.ReLU, "log_std_init": 0.0, "ortho_init": False}
     assert cpu == {"n_steps": 5, "gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5,
-                   "batch_size": 256, "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.03, "max_grad_norm": 0.5,
+                   "batch_size": 256, "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.03,
+                   "max_grad_norm": 0.5,
                    "vf_coef": 0.5, "normalize_advantage": True}  # the last two: SB3's PPO defaults
     paper = _learner_kwargs(CoordinatorConfig.preset("paper"))
     assert paper.pop("policy_kwargs") == {"net_arch": {"pi": [64, 64], "vf": [64, 64]},

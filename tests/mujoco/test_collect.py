@@ -141,7 +141,8 @@ def test_sb3_sampler_extra_noise_widens_the_policy_gaussian():
     model = PPO("MlpPolicy", env, policy_kwargs=dict(log_std_init=np.log(0.3)), device="cpu", seed=0)
     obs, _ = env.reset(seed=0)
     with torch.no_grad():
-        mean = model.policy.get_distribution(obs_as_tensor(obs[None], model.device)).distribution.mean.numpy()[0]
+        mean = model.policy.get_distribution(
+            obs_as_tensor(obs[None], model.device)).distribution.mean.numpy()[0]
     sample = sb3_sampler(model, extra_noise_std=0.4)
     torch.manual_seed(0)
     draws = np.stack([sample(obs) for _ in range(4000)])

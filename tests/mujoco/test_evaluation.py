@@ -78,7 +78,8 @@ def test_steps_after_a_termination_are_not_compared():
     np.testing.assert_allclose(error.obs_mse, 0.0, atol=1e-8)
     still = perfect.observations[:, :1].expand_as(perfect.observations).clone()
     still[0, 4:] = np.inf                                # diverged padding: must not count either
-    no_motion = open_loop_error(env, Imagination(still, perfect.actions, perfect.rewards, terms, 0.0), qpos, qvel)
+    no_motion = open_loop_error(env, Imagination(still, perfect.actions, perfect.rewards, terms, 0.0),
+                                qpos, qvel)
     np.testing.assert_allclose(no_motion.obs_mse, error.no_motion_mse, rtol=1e-6)
     real = perfect.observations.numpy()
     by_hand = ((real[:, 1:] - real[:, :1]) ** 2).mean(axis=2)
@@ -162,7 +163,8 @@ class _SimulatorModel:
         out = exact_imagination(self.sim, qpos, starts[:, 8:], self.seen(actions))
         rewards = out.rewards + self.reward_noise * torch.randn(out.rewards.shape, generator=generator)
         rewards[:, :H - 1] += self.leak * torch.as_tensor(actions[:, H - 1].sum(axis=1))[:, None]
-        return Imagination(out.observations, torch.as_tensor(actions), rewards, out.terminations, float("nan"))
+        return Imagination(out.observations, torch.as_tensor(actions), rewards, out.terminations,
+                           float("nan"))
 
 
 def ranking_case(n: int = 64):
@@ -221,7 +223,8 @@ def test_a_model_whose_earlier_rewards_see_the_last_action_leaks_by_the_hand_com
     changed = a.copy()                                       # a_{H-1} from the largest sigma's b
     changed[:, H - 1] = np.clip(a + rng.normal(0.0, 0.3, a.shape), -1, 1)[:, H - 1]
     imagined_change = 0.5 * np.abs((changed[:, H - 1] - a[:, H - 1]).sum(axis=1)).mean()
-    real_change = np.abs(real_returns(qpos, qvel, changed)[:, H - 1] - real_returns(qpos, qvel, a)[:, H - 1]).mean()
+    real_change = np.abs(real_returns(qpos, qvel, changed)[:, H - 1]
+                         - real_returns(qpos, qvel, a)[:, H - 1]).mean()
     assert real_change > 0.01
     assert ranking.leak == pytest.approx(imagined_change / real_change, rel=1e-4)
     assert ranking.leak_by_row == {**{k: 0.0 for k in range(1, H - 1)}, H - 1: ranking.leak}

@@ -81,12 +81,14 @@ def test_the_oracle_is_an_exact_model_from_observations():
     oracle = SimulatorModel("HalfCheetah-v4", H)
     error = open_loop_error(env, oracle, qpos, qvel, policy=state_policy(0.3),
                             generator=torch.Generator().manual_seed(0))
-    assert np.all(error.obs_mse < 1e-8) and np.all(error.reward_mse < 1e-8) and np.all(error.no_motion_mse > 0)
+    assert (np.all(error.obs_mse < 1e-8) and np.all(error.reward_mse < 1e-8)
+            and np.all(error.no_motion_mse > 0))
     actions = np.random.default_rng(0).uniform(-1, 1, (6, H, 6)).astype(np.float32)
     ranking = action_ranking(env, oracle, qpos, qvel, actions, np.random.default_rng(1))
     assert all(r == pytest.approx(1.0, abs=1e-6) for r in (*ranking.ranking_independent.values(),
                                                            *ranking.ranking_common.values()))
-    assert ranking.leak == pytest.approx(0.0, abs=1e-6) and ranking.noise_to_signal == pytest.approx(0, abs=1e-6)
+    assert (ranking.leak == pytest.approx(0.0, abs=1e-6)
+            and ranking.noise_to_signal == pytest.approx(0, abs=1e-6))
     with pytest.raises(ValueError, match="give a policy"):
         oracle.imagine(np.zeros((2, 17)), actions=np.zeros((2, 2, 6)))
     oracle.close()
