@@ -2,9 +2,14 @@
 imagination in environment units, guidance-scale tuning, and a one-file save format."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
+import pickle
+import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imagined_env.config_tree import from_tree
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser, members
@@ -27,7 +33,9 @@ from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, Sc
 from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.utils import atomic_path, resolve_device
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version 2 files carry a SHA-256 checksum of their content; version 1 files, written before it, load
+without one."""
 READOUTS = ("chain", "mean")
 
 
@@ -42,8 +50,13 @@ class EnvSpec:
     action_high: tuple[float, ...]
 
     def __post_init__(self) -> None:
+        if self.obs_dim < 1 or self.act_dim < 1:
+            raise ValueError(f"obs_dim and act_dim must be >= 1, got {self.obs_dim} and {self.act_dim}")
         if len(self.action_low) != self.act_dim or len(self.action_high) != self.act_dim:
             raise ValueError(f"action bounds must have act_dim={self.act_dim} entries, got {self}")
+        if not all(low <= high for low, high in zip(self.action_low, self.action_high)):  # NaN fails too
+            raise ValueError(f"action bounds must be numbers with action_low <= action_high, got action_low "
+                             f"{self.action_low} and action_high {self.action_high}")
 
 
 @dataclass(frozen=True)
@@ -98,16 +111,27 @@ class WorldModelConfig:
             raise ValueError(f"disagreement_limit must be > 0 or None, got {self.disagreement_limit}")
         if (self.disagreement_penalty > 0 or self.disagreement_limit is not None) and self.n_members < 2:
             raise ValueError("a disagreement penalty or limit needs an ensemble: set n_members >= 2")
+        if self.readout == "mean" and self.scale_actions:
+            signal = float(DiffusionSchedule(self.schedule).alpha_bar_f64[-1].sqrt())
+            raise ValueError(f"readout='mean' needs scale_actions=False: the mean read-out is one pass at "
+                             f"t = T-1, where scaled actions are multiplied by {signal:.2g}, so it barely sees "
+                             "them")
+        chain, steps = self.schedule.n_steps, self.sampler.n_sample_steps
+        if steps is not None and steps > chain:
+            raise ValueError(f"sampler.n_sample_steps ({steps}) exceeds the chain's length "
+                             f"(schedule.n_steps = {chain}); give at most {chain}, or None for the full chain")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> WorldModelConfig:
-        parts = {"denoiser": DenoiserConfig, "schedule": ScheduleConfig, "sampler": SamplerConfig,
-                 "guidance": GuidanceConfig}
+    def from_dict(cls, d: dict[str, Any], where: str = "") -> WorldModelConfig:
+        """The config `to_dict` wrote; left-out fields take their defaults, and a value of the wrong type is a
+        ValueError naming its path (prefixed by `where`, e.g. "world_model.")."""
+        if not isinstance(d, dict):
+            raise ValueError(f"{where.rstrip('.') or 'a world model config'} must be a dict, got {d!r}")  # noqa: TRY004
         d = {"readout": "chain", **d}   # files written before the read-out option sampled from the chain
-        return cls(**{k: parts[k](**v) if k in parts else v for k, v in d.items()})
+        return from_tree(cls, d, where)
 
 
 @dataclass(frozen=True)
@@ -134,6 +158,10 @@ class WorldModel:
 
     def __init__(self, spec: EnvSpec, config: WorldModelConfig, normaliser: Normaliser,
                  device: str | torch.device = "auto"):
+        for name, width in (("obs", spec.obs_dim), ("action", spec.act_dim)):
+            if len(getattr(normaliser, f"{name}_mean")) != width:
+                raise ValueError(f"the normaliser's {name} statistics have {len(getattr(normaliser, f'{name}_mean'))} "
+                                 f"entries, but the task's {name} width is {width}")
         self.spec, self.config, self.normaliser = spec, config, normaliser
         self.device = resolve_device(device)
         self.n_rows = config.horizon + 1
@@ -283,8 +311,9 @@ class WorldModel:
         return t
 
     def save(self, path: str | os.PathLike) -> None:
-        """One file: network, EMA, normaliser, spec, config, guidance scale, format version."""
-        payload = {
+        """One file: network, EMA, normaliser, spec, config, guidance scale, format version and a checksum
+        of all of them."""
+        payload: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "spec": asdict(self.spec),
             "config": self.config.to_dict(),
@@ -294,46 +323,152 @@ class WorldModel:
             "log_guidance_scale": self.log_guidance_scale,
             "row_scale_offsets": self.row_scale_offsets.tolist(),
         }
+        payload["checksum"] = content_checksum(payload)
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",
              env_id: str | None = None) -> WorldModel:
-        """Load a file written by `save`; `env_id`, when given, must match the file's task."""
+        """Load a file written by `save`; `env_id`, when given, must match the file's task. Any problem of
+        the file (damage, a missing or ill-typed field, a hostile pickle) is a one-line ValueError naming it."""
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"world model file {path} does not exist")
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for truncated/corrupt archives
-            raise ValueError(f"world model file {path} is truncated or corrupt: {exc}") from exc
-        if not isinstance(payload, dict) or "format_version" not in payload:
-            raise ValueError(f"{path} is not a world model file (no format_version)")
-        version = payload["format_version"]
-        if version > FORMAT_VERSION:
-            raise ValueError(f"world model file {path} has format version {version}; this imagined-env "
-                             f"reads up to {FORMAT_VERSION}: upgrade imagined-env")
-        try:
-            spec_d = payload["spec"]
-            spec = EnvSpec(**{**spec_d, "action_low": tuple(spec_d["action_low"]),
-                              "action_high": tuple(spec_d["action_high"])})
-            if env_id is not None and spec.env_id != env_id:
-                raise ValueError(f"world model file {path} was trained on {spec.env_id!r}, not {env_id!r}")
-            model = cls(spec, WorldModelConfig.from_dict(payload["config"]),
-                        Normaliser.from_dict(payload["normaliser"]), device)
-            model.denoiser.load_state_dict(payload["denoiser"])
-            model.ema.load_state_dict(payload["ema"])
-        except (KeyError, TypeError, RuntimeError) as exc:
-            raise ValueError(f"world model file {path} is inconsistent: {exc}") from exc
-        model.log_guidance_scale = float(payload["log_guidance_scale"])
-        offsets = payload.get("row_scale_offsets")  # absent in files of format 1 without per-row tuning
+        payload = _read_model_file(path)
+        with _naming_the_file(path):
+            spec = from_tree(EnvSpec, _field(payload, "spec", dict), "spec.")
+        if env_id is not None and spec.env_id != env_id:
+            raise ValueError(f"world model file {path} was trained on {spec.env_id!r}, not {env_id!r}")
+        with _naming_the_file(path):
+            config = WorldModelConfig.from_dict(_field(payload, "config", dict), "config.")
+            normaliser = Normaliser.from_dict({key: _finite_numbers(f"normaliser.{key}", value)
+                                               for key, value in _field(payload, "normaliser", dict).items()})
+            log_scale = _field(payload, "log_guidance_scale", float)
+            offsets = payload.get("row_scale_offsets")  # absent in files of format 1 without per-row tuning
+            if offsets is not None:
+                offsets = _finite_numbers("row_scale_offsets", offsets)
+                if len(offsets) != config.horizon + 1:
+                    raise ValueError(f"{len(offsets)} row guidance factors for {config.horizon + 1} rows")
+            model = cls(spec, config, normaliser, device)
+            for name, net in (("denoiser", model.denoiser), ("ema", model.ema)):
+                net.load_state_dict(_checked_weights(name, _field(payload, name, dict)))
+        model.log_guidance_scale = log_scale
         if offsets is not None:
-            if len(offsets) != model.n_rows:
-                raise ValueError(f"world model file {path} is inconsistent: {len(offsets)} row guidance "
-                                 f"factors for {model.n_rows} rows")
             model.row_scale_offsets = torch.tensor(offsets, dtype=torch.float32)
         return model
+
+
+def content_checksum(payload: dict[str, Any]) -> str:
+    """SHA-256 of everything in a model file's payload but its checksum, in a fixed order: each tensor's
+    dtype, shape and bytes, dict entries sorted by key, list items in order, every other value as JSON."""
+    digest = hashlib.sha256()
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous()
+            digest.update(f"tensor {t.dtype} {list(t.shape)}\n".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            digest.update(f"dict {len(value)}\n".encode())
+            for key in sorted(value, key=repr):
+                digest.update(f"{key!r}\n".encode())
+                feed(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"list {len(value)}\n".encode())
+            for item in value:
+                feed(item)
+        else:
+            digest.update(f"{json.dumps(value, default=repr)}\n".encode())
+
+    feed({k: v for k, v in payload.items() if k != "checksum"})
+    return "sha256:" + digest.hexdigest()
+
+
+def _read_model_file(path: Path) -> dict[str, Any]:
+    """The payload of a model file, its format version and checksum verified."""
+    if path.is_dir():
+        raise ValueError(f"world model file {path} is a directory, not a file")
+    if not path.is_file():
+        raise ValueError(f"world model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        planted = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if planted:
+            raise ValueError(f"world model file {path} holds a pickled object ({planted[1]}) that no model file "
+                             "contains; it was refused and nothing in it was run") from None
+        raise ValueError(f"world model file {path} is truncated or corrupt: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001  (torch raises several types for truncated/corrupt archives)
+        raise ValueError(f"world model file {path} is truncated or corrupt: {_one_line(exc)}") from None
+    if not isinstance(payload, dict) or "format_version" not in payload:
+        raise ValueError(f"{path} is not a world model file (no format_version)")
+    version = payload["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"world model file {path}: format_version must be an integer >= 1, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"world model file {path} has format version {version}; this imagined-env "
+                         f"reads up to {FORMAT_VERSION}: upgrade imagined-env")
+    checksum = payload.get("checksum")
+    if checksum is None and version >= 2:
+        raise ValueError(f"world model file {path} is damaged: it lacks the checksum of format version {version}")
+    if checksum is not None and checksum != content_checksum(payload):
+        raise ValueError(f"world model file {path} is damaged: its content does not match its checksum")
+    return payload
+
+
+@contextmanager
+def _naming_the_file(path: Path) -> Iterator[None]:
+    """Turn any error about a model file's content into one line naming the file."""
+    try:
+        yield
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"world model file {path} is inconsistent: {_one_line(exc)}") from exc
+
+
+def _field(payload: dict[str, Any], name: str, kind: type) -> Any:
+    """payload[name], which must be of type `kind` (dict, or float: any finite real number)."""
+    if name not in payload:
+        raise ValueError(f"it lacks the field {name!r}")
+    value = payload[name]
+    if kind is float:
+        if not _is_finite_number(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
+        return float(value)
+    if not isinstance(value, kind):
+        raise ValueError(f"{name} must be a {kind.__name__}, got {type(value).__name__}")  # noqa: TRY004
+    return value
+
+
+def _finite_numbers(name: str, values: Any) -> list[float]:
+    """`values`, a list or tuple of finite real numbers, as floats; else a ValueError naming the entry."""
+    if not isinstance(values, (list, tuple)):
+        raise ValueError(f"{name} must be a list of numbers, got {type(values).__name__}")  # noqa: TRY004
+    for i, v in enumerate(values):
+        if not _is_finite_number(v):
+            raise ValueError(f"{name}[{i}] must be a finite number, got {v!r}")
+    return [float(v) for v in values]
+
+
+def _is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _checked_weights(name: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A state dict of finite tensors, the first offending entry named."""
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{name}.{key} must be a tensor, got {type(value).__name__}")  # noqa: TRY004
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{name}.{key} holds NaN or inf")
+    return state
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, without terminal colour codes, at most `limit` characters; of
+    torch's long weights-only text only the line that says what failed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    detail = re.search(r"WeightsUnpickler error: (.*)", text)
+    text = " ".join((detail[1] if detail else text).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def transition_disagreement(predictions: torch.Tensor, obs_dim: int) -> torch.Tensor:

@@ -43,6 +43,13 @@ class SamplerConfig:
     late_clip: float = 0.25
     """...to +- this (normalised units), which stops late-chain blow-ups."""
 
+    def __post_init__(self) -> None:
+        steps = self.n_sample_steps
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 1):
+            raise ValueError(f"n_sample_steps must be None or an integer >= 1, got {steps!r}")
+        if not self.late_clip > 0:
+            raise ValueError(f"late_clip must be > 0, got {self.late_clip}")
+
 
 def cosine_power_alpha_bar(u: torch.Tensor, tau: float) -> torch.Tensor:
     """Continuous alpha_bar(u) = cos(pi u / 2) ** (2 tau) for u in [0, 1]."""
@@ -140,14 +147,16 @@ class DiffusionSchedule:
 
 
 def strided_timesteps(n_steps: int, n_sample_steps: int | None) -> list[int]:
-    """Descending timesteps visited by the sampler: all T (full chain) or an even subset.
+    """Descending timesteps visited by the sampler: all T (full chain) or an even subset of
+    `n_sample_steps` <= T of them.
 
     The subset always contains T-1 (the noisiest step, where sampling starts) and 0.
     """
-    if n_sample_steps is None or n_sample_steps >= n_steps:
+    if n_sample_steps is not None and not 1 <= n_sample_steps <= n_steps:
+        raise ValueError(f"n_sample_steps must lie in [1, {n_steps}] (the chain's length) or be None for the "
+                         f"full chain, got {n_sample_steps}")
+    if n_sample_steps is None or n_sample_steps == n_steps:
         return list(range(n_steps - 1, -1, -1))
-    if n_sample_steps < 1:
-        raise ValueError(f"n_sample_steps must be >= 1, got {n_sample_steps}")
     if n_sample_steps == 1:
         return [n_steps - 1]
     grid = torch.linspace(0, n_steps - 1, n_sample_steps, dtype=torch.float64).round().long()

@@ -12,13 +12,24 @@ from torch import nn
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserEnsemble
 from imagined_env.diffusion.guidance import GuidanceConfig
+from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig
 from imagined_env.training import TrainConfig, fit_world_model
-from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig
+from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig, content_checksum
 from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer, linear_step
 
 
 def fixed_policy(mean: float, std: float):
     return lambda s: (torch.full((len(s), ACT), mean), torch.full((len(s), ACT), std))
+
+
+def rewrite(path, payload) -> None:
+    """Save an edited payload with its checksum renewed, as a careful hand edit would."""
+    torch.save({**payload, "checksum": content_checksum(payload)}, path)
+
+
+def write_version_1(path, payload) -> None:
+    """Save a payload as a file of format 1, written before files carried a checksum."""
+    torch.save({**{k: v for k, v in payload.items() if k != "checksum"}, "format_version": 1}, path)
 
 
 def imagine_and_tune(model: WorldModel, *args, **kwargs):
@@ -155,7 +166,7 @@ def test_load_errors_name_the_file(tmp_path, trained_linear_model):
     payload = torch.load(path, weights_only=True)
     payload["format_version"] = FORMAT_VERSION + 1
     newer = tmp_path / "newer.pt"
-    torch.save(payload, newer)
+    rewrite(newer, payload)
     with pytest.raises(ValueError, match="newer.pt.*format version"):
         WorldModel.load(newer)
     with pytest.raises(ValueError, match="does not exist"):
@@ -171,10 +182,10 @@ def test_row_guidance_factors_survive_save_load(tmp_path, trained_linear_model):
     torch.testing.assert_close(WorldModel.load(path).row_guidance_scales, tuned.row_guidance_scales)
     payload = torch.load(path, weights_only=True)
     del payload["row_scale_offsets"]                      # a file written before per-row tuning existed
-    torch.save(payload, path)
+    write_version_1(path, payload)
     assert torch.equal(WorldModel.load(path).row_scale_offsets, torch.zeros(H + 1))
     payload["row_scale_offsets"] = [0.0] * H
-    torch.save(payload, path)
+    rewrite(path, payload)
     with pytest.raises(ValueError, match=f"wm.pt is inconsistent: {H} row guidance factors for {H + 1} rows"):
         WorldModel.load(path)
 
@@ -373,8 +384,9 @@ def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
 
 
 def _mean_readout_model(model: WorldModel) -> WorldModel:
-    """The trained model's weights with the "mean" read-out and the last row's action hidden."""
-    config = dataclasses.replace(model.config, readout="mean", condition_on_last_action=False)
+    """The trained model's weights with the "mean" read-out, actions at full strength and the last row's
+    action hidden."""
+    config = dataclasses.replace(model.config, readout="mean", scale_actions=False, condition_on_last_action=False)
     mean_model = WorldModel(model.spec, config, model.normaliser, "cpu")
     mean_model.ema.load_state_dict(model.ema.state_dict())
     return mean_model
@@ -397,16 +409,15 @@ def test_mean_readout_is_one_denoiser_pass_from_the_prior_mean(trained_linear_mo
     mean_model = _mean_readout_model(model)
     norm, n_steps = model.normaliser, model.schedule.n_steps
     s0, _, _ = buf.start_states(np.random.default_rng(8), 16)
-    signal = float(np.sqrt(model.schedule.alpha_bar_f64[n_steps - 1]))
 
     def by_hand(actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        # reference: zero noisy rows with the start state's row, z-scored clipped actions scaled to the
-        # signal level of t = T-1 with the last row's action hidden (zero), x0 prediction, s0 inpainted
+        # reference: zero noisy rows with the start state's row, z-scored clipped actions at full strength
+        # with the last row's action hidden (zero), x0 prediction at t = T-1, s0 inpainted
         z0 = (s0 - norm.obs_mean) / norm.obs_std
         x = np.zeros((len(s0), H + 1, OBS + 2), np.float32)
         x[:, 0, :OBS] = z0
         seen = np.zeros((len(s0), H + 1, ACT), np.float32)
-        seen[:, :H] = signal * (np.clip(actions, -1, 1) - norm.action_mean) / norm.action_std
+        seen[:, :H] = (np.clip(actions, -1, 1) - norm.action_mean) / norm.action_std
         with torch.no_grad():
             pred = model.ema(torch.as_tensor(x), torch.as_tensor(seen),
                              torch.full((len(s0),), n_steps - 1)).numpy()
@@ -432,7 +443,7 @@ def test_readout_survives_save_load_and_old_files_read_the_chain(tmp_path, train
     assert WorldModel.load(path).config.readout == "mean"
     payload = torch.load(path, weights_only=True)
     del payload["config"]["readout"]                      # a file written before the read-out option
-    torch.save(payload, path)
+    write_version_1(path, payload)
     assert WorldModel.load(path).config.readout == "chain"
     with pytest.raises(ValueError, match="readout must be one of chain, mean, got 'median'"):
         WorldModelConfig(readout="median")
@@ -451,8 +462,8 @@ class _FixedDenoiser(nn.Module):
 
 def test_disagreement_penalty_and_limit_against_a_hand_computation():
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
-    config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.7,
-                                 disagreement_limit=0.9, condition_on_last_action=False)
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False, n_members=3,
+                                 disagreement_penalty=0.7, disagreement_limit=0.9, condition_on_last_action=False)
     model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     rows = np.random.default_rng(0).normal(size=(3, H + 1, OBS + 2)).astype(np.float32)
     model.ema = DenoiserEnsemble([_FixedDenoiser(torch.as_tensor(r)) for r in rows])
@@ -475,7 +486,8 @@ def test_disagreement_penalty_and_limit_against_a_hand_computation():
 
 @functools.cache
 def _trained_linear_ensemble() -> WorldModel:
-    config = dataclasses.replace(TINY_CONFIG, readout="mean", n_members=3, disagreement_penalty=0.1)
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False, n_members=3,
+                                 disagreement_penalty=0.1)
     model, _ = fit_world_model(linear_buffer(), LINEAR_SPEC, 300, config,
                                TrainConfig(lr=2e-3, batch_size=128), device="cpu", progress=False)
     return model
@@ -508,11 +520,67 @@ def test_ensemble_save_load_roundtrip(tmp_path):
 @pytest.mark.parametrize("changes,match", [
     ({"n_members": 0}, "n_members must be >= 1, got 0"),
     ({"n_members": 2}, "an ensemble .n_members=2. is read out by its members' mean: set readout='mean'"),
-    ({"readout": "mean", "disagreement_penalty": 0.5}, "needs an ensemble: set n_members >= 2"),
-    ({"readout": "mean", "n_members": 2, "disagreement_penalty": -1.0}, "disagreement_penalty must be >= 0"),
-    ({"readout": "mean", "n_members": 2, "disagreement_limit": 0.0},
+    ({"readout": "mean", "scale_actions": False, "disagreement_penalty": 0.5},
+     "needs an ensemble: set n_members >= 2"),
+    ({"readout": "mean", "scale_actions": False, "n_members": 2, "disagreement_penalty": -1.0},
+     "disagreement_penalty must be >= 0"),
+    ({"readout": "mean", "scale_actions": False, "n_members": 2, "disagreement_limit": 0.0},
      "disagreement_limit must be > 0 or None"),
 ])
 def test_bad_ensemble_settings(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(TINY_CONFIG, **changes)
+
+
+def test_config_from_dict_round_trips_and_names_ill_typed_fields():
+    assert WorldModelConfig.from_dict(TINY_CONFIG.to_dict()) == TINY_CONFIG
+    assert WorldModelConfig.from_dict({"ema_decay": 0}).ema_decay == 0.0          # an integer is a number
+    cases = [({"horizon": "5"}, "world_model.horizon must be an integer, got '5'"),
+             ({"denoiser": {"width": "wide"}}, "world_model.denoiser.width must be an integer, got 'wide'"),
+             ({"sampler": {"n_sample_steps": 2.5}}, r"world_model.sampler.n_sample_steps must be an integer or null"),
+             ({"scale_actions": 1}, "world_model.scale_actions must be true or false, got 1"),
+             ({"colour": "blue"}, "unknown config key 'world_model.colour'"),
+             ({"schedule": 128}, "config key 'world_model.schedule' must be a JSON object, got 128")]
+    for fields, match in cases:
+        with pytest.raises(ValueError, match=match):
+            WorldModelConfig.from_dict(fields, "world_model.")
+
+
+def test_mean_readout_refuses_scaled_actions():
+    # at t = T-1 scaled actions are multiplied by sqrt(alpha_bar_{T-1}): the one-pass read-out barely sees them
+    signal = float(DiffusionSchedule(TINY_CONFIG.schedule).alpha_bar_f64[-1].sqrt())
+    with pytest.raises(ValueError, match=f"readout='mean' needs scale_actions=False.*multiplied by {signal:.2g}"):
+        dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=True)
+    assert dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False).readout == "mean"
+
+
+def test_sample_steps_beyond_the_chain_are_refused(trained_linear_model):
+    model, _, _ = trained_linear_model
+    chain = model.schedule.n_steps
+    with pytest.raises(ValueError, match=rf"sampler.n_sample_steps \({chain + 1}\) exceeds the chain's length "
+                                         rf"\(schedule.n_steps = {chain}\)"):
+        dataclasses.replace(TINY_CONFIG, sampler=SamplerConfig(n_sample_steps=chain + 1))
+    with pytest.raises(ValueError, match=rf"n_sample_steps must lie in \[1, {chain}\].*got 1000"):
+        model.imagine(np.zeros((2, OBS), np.float32), n_sample_steps=1000)
+    for bad in (0, "5", True):
+        with pytest.raises(ValueError, match=f"n_sample_steps must be None or an integer >= 1, got {bad!r}"):
+            SamplerConfig(n_sample_steps=bad)
+    assert len(model.imagine(np.zeros((2, OBS), np.float32), n_sample_steps=chain).observations) == 2
+
+
+def test_a_normaliser_of_another_width_is_refused():
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=2), -1.0, 1.0)
+    wide = dataclasses.replace(LINEAR_SPEC, obs_dim=OBS + 1)
+    with pytest.raises(ValueError, match=f"normaliser's obs statistics have {OBS} entries, but the task's obs "
+                                         f"width is {OBS + 1}"):
+        WorldModel(wide, TINY_CONFIG, normaliser, "cpu")
+
+
+@pytest.mark.parametrize("low,high,match", [
+    ((-1.0,), (1.0,), f"action bounds must have act_dim={ACT} entries"),
+    ((1.0, -1.0), (-1.0, 1.0), "action_low <= action_high"),
+    ((float("nan"), -1.0), (1.0, 1.0), "action_low <= action_high"),
+])
+def test_bad_action_bounds(low, high, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(LINEAR_SPEC, action_low=low, action_high=high)
