@@ -14,8 +14,9 @@ from typing import Any
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from torch import nn
 
-from agents.config_flags import flatten, from_tree, override
+from agents.config_flags import override
 from agents.plan_following import ImaginationA2C, ImaginationPPO
+from imagined_env.config_tree import flatten, from_tree
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GuidanceConfig
 from imagined_env.registration import TASKS, VERSIONS

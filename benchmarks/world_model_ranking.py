@@ -244,7 +244,8 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     diffusion_rows(resolve(args.preset), models["preset"], chain)
     if "paper" in models:
         width = paper_wm.denoiser
-        diffusion_rows(f"{resolve('paper')} {width.width}x{width.depth}", models["paper"], None)
+        # the paper feeds actions scaled by the noise level, so the mean read-out would be blind to them
+        diffusion_rows(f"{resolve('paper')} {width.width}x{width.depth}", models["paper"], None, ("chain",))
     if "ensemble" in models:
         diffusion_rows(f"{resolve(args.preset)} x{n_members} members", models["ensemble"], chain,
                        ("mean",))
