@@ -309,22 +309,43 @@ def cost_ratios(results: dict[str, dict[str, object]]) -> dict[str, dict[str, fl
             if name.startswith("PolyGRAD") and "initial" not in name}
 
 
+@dataclass
+class FixedPolicyData:
+    """The benchmarks' shared setup: one seeded, untrained stochastic PPO policy and the training and
+    held-out real data it collects."""
+
+    env: gym.Env
+    spec: EnvSpec
+    policy: GaussianPolicyFn
+    train_buffer: EpisodeBuffer
+    eval_buffer: EpisodeBuffer
+    train_stats: dict[str, object]
+    eval_stats: dict[str, object]
+
+
+def fixed_policy_data(env_id: str, seed: int, real_steps: int, eval_steps: int, t0: float) -> FixedPolicyData:
+    env = gym.make(env_id)
+    env.reset(seed=seed)
+    agent = PPO("MlpPolicy", gym.make(env_id), seed=seed, device="cpu",
+                policy_kwargs={"log_std_init": -0.5, "ortho_init": False})
+    agent.policy.set_training_mode(False)
+    train_buffer, train_stats = collect(env_id, agent, real_steps, seed)
+    eval_buffer, eval_stats = collect(env_id, agent, eval_steps, seed + 10_000)
+    print(f"collected {train_buffer.n_transitions} training and {eval_buffer.n_transitions} held-out "
+          f"transitions ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return FixedPolicyData(env, spec_from_env(env, env_id), sb3_guide(agent.policy), train_buffer,
+                           eval_buffer, train_stats, eval_stats)
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     budget, device, t0 = (QUICK if args.quick else FULL), resolve_device(args.device), time.perf_counter()
-    env = gym.make(args.env)
-    env.reset(seed=args.seed)
-    spec = spec_from_env(env, args.env)
-    agent = PPO("MlpPolicy", gym.make(args.env), seed=args.seed, device="cpu",
-                policy_kwargs={"log_std_init": -0.5, "ortho_init": False})
-    agent.policy.set_training_mode(False)
-    policy = sb3_guide(agent.policy)
-    train_buffer, train_stats = collect(args.env, agent, budget.real_steps, args.seed)
-    eval_buffer, eval_stats = collect(args.env, agent, budget.eval_steps, args.seed + 10_000)
-    print(f"collected {train_buffer.n_transitions} training and {eval_buffer.n_transitions} held-out "
-          f"transitions ({time.perf_counter() - t0:.0f} s)", flush=True)
+    data = fixed_policy_data(args.env, args.seed, budget.real_steps, budget.eval_steps, t0)
+    env, spec, policy = data.env, data.spec, data.policy
+    train_buffer, eval_buffer = data.train_buffer, data.eval_buffer
+    train_stats, eval_stats = data.train_stats, data.eval_stats
     models, training = train_models(train_buffer, spec, budget, args.horizon, args.seed, device)
     rng = np.random.default_rng(args.seed)
     calibration = torch.as_tensor(train_buffer.start_states(rng, budget.calibration_starts)[0], device=device)

@@ -44,12 +44,11 @@ from dataclasses import asdict, dataclass, replace
 import gymnasium as gym
 import numpy as np
 import torch
-from stable_baselines3 import PPO
 from world_model_error import (
     Variant,
     calibrate_guidance,
-    collect,
     evaluate,
+    fixed_policy_data,
     flops,
     matmul_flops_per_second,
     polygrad_generate,
@@ -57,7 +56,6 @@ from world_model_error import (
 )
 
 from agents.presets import build_preset, resolve
-from agents.sb3_guidance import sb3_guide
 from imagined_env.baselines import (
     ARDiffusionConfig,
     EnsembleConfig,
@@ -71,7 +69,7 @@ from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.diffusion.schedule import SamplerConfig
 from imagined_env.evaluation import action_ranking
-from imagined_env.training import fit_world_model, spec_from_env
+from imagined_env.training import fit_world_model
 from imagined_env.utils import atomic_path, resolve_device
 from imagined_env.world_model import WorldModel
 
@@ -325,17 +323,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     budget, device, t0 = (QUICK if args.quick else FULL), resolve_device(args.device), time.perf_counter()
-    env = gym.make(args.env)
-    env.reset(seed=args.seed)
-    spec = spec_from_env(env, args.env)
-    agent = PPO("MlpPolicy", gym.make(args.env), seed=args.seed, device="cpu",
-                policy_kwargs={"log_std_init": -0.5, "ortho_init": False})
-    agent.policy.set_training_mode(False)
-    policy = sb3_guide(agent.policy)
-    train_buffer, train_stats = collect(args.env, agent, budget.real_steps, args.seed)
-    eval_buffer, eval_stats = collect(args.env, agent, budget.eval_steps, args.seed + 10_000)
-    print(f"collected {train_buffer.n_transitions} training and {eval_buffer.n_transitions} held-out "
-          f"transitions ({time.perf_counter() - t0:.0f} s)", flush=True)
+    data = fixed_policy_data(args.env, args.seed, budget.real_steps, budget.eval_steps, t0)
+    env, spec, policy = data.env, data.spec, data.policy
+    train_buffer, eval_buffer = data.train_buffer, data.eval_buffer
+    train_stats, eval_stats = data.train_stats, data.eval_stats
     rng = np.random.default_rng(args.seed)
     calibration = torch.as_tensor(train_buffer.start_states(rng, budget.calibration_starts)[0], device=device)
     rows, training, horizon = train_and_build_rows(args, budget, train_buffer, spec, policy, calibration,
