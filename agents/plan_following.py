@@ -34,7 +34,7 @@ from agents.sb3_guidance import sb3_guide
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.registration import imagined_id
 from imagined_env.single_env import ImaginedEnv
-from imagined_env.vector_env import ImaginedVectorEnv
+from imagined_env.vector_env import ImaginedVectorEnv, torch_threads
 
 
 class PlanFollowingPolicy(ActorCriticPolicy):
@@ -199,9 +199,13 @@ class _ImaginationMixin:
             imagined.set_policy(sb3_guide(policy, vec_normalize))
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, *args: Any, **kwargs: Any) -> bool:
-        if self.imagined is not None:  # an imagined rollout truncates every env together at H
-            callback = BatchedBootstrap(callback, self)
-        return super().collect_rollouts(env, callback, *args, **kwargs)  # type: ignore[misc]
+        """On an imagined env: the rollout's small forward passes run with the env's torch threads, as
+        its generation does, and truncated envs (every env at H) are bootstrapped in one batch."""
+        if self.imagined is None:
+            return super().collect_rollouts(env, callback, *args, **kwargs)  # type: ignore[misc]
+        with torch_threads(self.imagined.torch_threads):
+            return super().collect_rollouts(env, BatchedBootstrap(callback, self), *args,  # type: ignore[misc]
+                                            **kwargs)
 
     def train(self) -> None:
         super().train()  # type: ignore[misc]

@@ -283,3 +283,22 @@ def test_truncated_envs_are_bootstrapped_in_one_batched_value_call():
             expected = rewards + 0.9 * record.values[t]
         np.testing.assert_allclose(record.buffer_rewards[t], expected, rtol=1e-5, atol=1e-6)
     assert truncated_steps == 2
+
+
+def test_rollouts_run_with_the_env_torch_threads_and_updates_with_the_callers():
+    class Threads(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def _on_step(self) -> bool:
+            self.seen.add(torch.get_num_threads())
+            return True
+
+    before = torch.get_num_threads()
+    imagined = ImaginedVectorEnv(LinearFakeModel(horizon=4), 4, start_states=linear_buffer(5, 10),
+                                 torch_threads=before + 1)
+    model = ImaginationPPO("MlpPolicy", imagined, batch_size=16, n_epochs=1)
+    threads = Threads()
+    model.learn(32, callback=threads)
+    assert threads.seen == {before + 1} and torch.get_num_threads() == before
