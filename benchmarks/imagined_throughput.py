@@ -1,7 +1,9 @@
 """Imagined transitions per second for each torch thread setting of the env's generation: the raw batched
 generation and the same through SB3 PPO's rollout collection (generation + replay + SB3 bookkeeping),
 against the real MuJoCo task through SB3. The settings are measured in turns, each repeated, and medians
-reported, so that a busy machine slows all of them alike. Prints a table and writes JSON.
+reported, so that a busy machine slows all of them alike. The SB3 + env overhead is timed inside each
+rollout (its share not spent generating), so that it does not depend on the load of another moment.
+Prints a table and writes JSON.
 
     python benchmarks/imagined_throughput.py                 # shipped HalfCheetah-v4 model, 256 envs
     python benchmarks/imagined_throughput.py --quick         # fewer repeats
@@ -17,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -32,29 +35,50 @@ from imagined_env.utils import atomic_path
 from imagined_env.vector_env import ImaginedVectorEnv, torch_threads
 
 
-class RolloutTimer(BaseCallback):
-    """Wall-clock of each rollout collection (generation + replay + SB3 bookkeeping), not of training."""
+class GenerationClock:
+    """Wall-clock spent in a world model's `imagine` calls (wraps that instance's method)."""
 
-    def __init__(self) -> None:
+    def __init__(self, model: Any) -> None:
+        self.seconds = 0.0
+        self._imagine = model.imagine
+        model.imagine = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return self._imagine(*args, **kwargs)
+        finally:
+            self.seconds += time.perf_counter() - t0
+
+
+class RolloutTimer(BaseCallback):
+    """Wall-clock of each rollout collection (generation + replay + SB3 bookkeeping, not training), and
+    the part of it spent generating when a clock is given."""
+
+    def __init__(self, clock: GenerationClock | None = None) -> None:
         super().__init__()
+        self.clock = clock
         self.times: list[float] = []
-        self._t0 = 0.0
+        self.generating: list[float] = []
+        self._t0 = self._g0 = 0.0
 
     def _on_rollout_start(self) -> None:
+        self._g0 = self.clock.seconds if self.clock else 0.0
         self._t0 = time.perf_counter()
 
     def _on_rollout_end(self) -> None:
         self.times.append(time.perf_counter() - self._t0)
+        self.generating.append(self.clock.seconds - self._g0 if self.clock else 0.0)
 
     def _on_step(self) -> bool:
         return True
 
 
-def time_rollouts(model: PPO, n_rollouts: int) -> list[float]:
-    """Seconds of each of n_rollouts rollout collections."""
-    timer = RolloutTimer()
+def time_rollouts(model: PPO, n_rollouts: int, clock: GenerationClock | None = None) -> RolloutTimer:
+    """Timings of n_rollouts rollout collections."""
+    timer = RolloutTimer(clock)
     model.learn(model.n_steps * model.n_envs * n_rollouts, callback=timer, reset_num_timesteps=False)
-    return timer.times
+    return timer
 
 
 def time_raw(imagined: ImaginedVectorEnv, policy: PPO, n_repeats: int, seed: int) -> list[float]:
@@ -100,9 +124,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7, help="turns over the settings [default 7]")
     p.add_argument("--quick", action="store_true", help="3 turns")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/imagined_throughput.json"))
+    p.add_argument("--out", type=Path, help="JSON to write [default benchmarks/results/imagined_throughput/"
+                   "<env>/threads-<settings>_turns-<turns>.json]")
     args = p.parse_args()
     repeats = 3 if args.quick else args.repeats
+    labels = "-".join("all" if t is None else str(t) for t in args.threads)
+    out = args.out or Path(f"benchmarks/results/imagined_throughput/{args.env}/threads-{labels}_turns-{repeats}.json")
     default_threads = torch.get_num_threads()
     torch.manual_seed(args.seed)
     wm_path, starts_path = args.world_model, args.start_states
@@ -117,18 +144,20 @@ def main() -> None:
         learner = ImaginationPPO("MlpPolicy", imagined, batch_size=args.n_envs * imagined.horizon, n_epochs=1,
                                  seed=args.seed, device="cpu")
         time_rollouts(learner, 1), time_raw(imagined, learner, 1, args.seed)  # warm-up
-        learners[setting] = (imagined, learner)
+        learners[setting] = (imagined, learner, GenerationClock(imagined.model))
     horizon = imagined.horizon
     n = args.n_envs * horizon
-    times: dict[int | None, dict[str, list[float]]] = {s: {"raw": [], "sb3": []} for s in learners}
+    times: dict[int | None, dict[str, list[float]]] = {s: {"raw": [], "sb3": [], "in_sb3": []} for s in learners}
     for _ in range(repeats):
-        for setting, (imagined, learner) in learners.items():
+        for setting, (imagined, learner, clock) in learners.items():
             times[setting]["raw"] += time_raw(imagined, learner, 1, args.seed)
-            times[setting]["sb3"] += time_rollouts(learner, 1)
+            timer = time_rollouts(learner, 1, clock)
+            times[setting]["sb3"] += timer.times
+            times[setting]["in_sb3"] += timer.generating
     with quiet_stderr():
         real_env = make_vec_env(args.env, n_envs=args.n_envs, seed=args.seed)
     real = PPO("MlpPolicy", real_env, n_steps=horizon, batch_size=n, n_epochs=1, seed=args.seed, device="cpu")
-    real_rate = n / float(np.median(time_rollouts(real, repeats + 1)[1:]))
+    real_rate = n / float(np.median(time_rollouts(real, repeats + 1).times[1:]))
 
     chain = (imagined.replay.config.n_sample_steps or imagined.model.config.sampler.n_sample_steps
              or imagined.model.schedule.n_steps)
@@ -138,18 +167,19 @@ def main() -> None:
     rows = {}
     for setting, t in times.items():
         raw, sb3 = (n / float(np.median(t[k])) for k in ("raw", "sb3"))
-        overhead = float(np.median(1.0 - np.array(t["raw"]) / np.array(t["sb3"])))  # per turn, back to back
+        overhead = float(np.median(1.0 - np.array(t["in_sb3"]) / np.array(t["sb3"])))  # within each rollout
         label = f"all ({default_threads})" if setting is None else str(setting)
         rows[label] = {"raw_generation": raw, "sb3_rollouts": sb3, "sb3_overhead_fraction": overhead, "seconds": t}
         print(f"{label:<14} {raw:>15.0f} {sb3:>21.0f} {100 * overhead:>8.1f}%")
     print(f"real {args.env} through SB3 PPO rollouts: {real_rate:.0f} transitions/s")
-    print("overhead: the share of an SB3 rollout not spent generating, median over turns (target <= 20%)")
+    print("overhead: the share of each SB3 rollout not spent in the world model's generation, median over "
+          "turns (target <= 20%)")
     result = {"env": args.env, "n_envs": args.n_envs, "horizon": horizon, "chain_steps": chain, "turns": repeats,
               "torch_threads": rows, "real_sb3_rollouts": real_rate,
               "machine": {"platform": platform.platform(), "default_threads": default_threads}}
-    with atomic_path(args.out) as tmp:
+    with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

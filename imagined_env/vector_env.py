@@ -26,7 +26,7 @@ OFF_PLAN_WARNING = (
     "The agent sent actions that differ from the imagined plan, so the env regenerated those "
     "trajectories conditioned on the actions taken (one full diffusion chain per step: slow). "
     "For the one-call speed let the learner follow the plan: agents.ImaginationPPO / "
-    "agents.ImaginationA2C, or send info['planned_action']."
+    "agents.ImaginationA2C, or send env.unwrapped.planned_actions() (info['planned_action'] from gym.make_vec)."
 )
 
 

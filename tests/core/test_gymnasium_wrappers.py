@@ -98,3 +98,18 @@ def test_autoreset_mode_checks():
     assert ImaginedVectorEnv.metadata["autoreset_mode"] == AutoresetMode.SAME_STEP   # the class's stays
     with pytest.raises(ValueError, match="autoreset_mode=AutoresetMode.SAME_STEP"):
         ImaginedSB3VecEnv(env)
+
+
+def test_single_env_planned_action_through_wrappers():
+    from gymnasium.wrappers import ClipAction as SingleClipAction
+    from gymnasium.wrappers import NormalizeObservation as SingleNormalizeObservation
+
+    from imagined_env.single_env import ImaginedEnv
+
+    env = SingleClipAction(SingleNormalizeObservation(ImaginedEnv(world_model=LinearFakeModel(), start_states=STARTS)))
+    _, info = env.reset(seed=0)
+    planned = env.get_wrapper_attr("planned_action")
+    np.testing.assert_array_equal(planned(), info["planned_action"])
+    _, _, _, _, info = env.step(planned())
+    assert not info["off_plan"]
+    np.testing.assert_array_equal(planned(), info["planned_action"])
