@@ -5,25 +5,36 @@ env they (1) guide the env's plans by their own policy, wired once by reference,
 planned action (whose consequences the env generated) with its log-probability under the current
 policy, and (3) make the env re-plan after every update, so no update sees an older policy's
 trajectories. On any other env they behave exactly like SB3's classes.
+
+The swap is one line: a task id with an imagined twin ("HalfCheetah-v4" or "Imagined-HalfCheetah-v4")
+builds the batched imagined env on the shipped model (`n_envs`, `env_kwargs` to change it), and
+`n_steps` defaults to the model horizon H, so that one rollout is one imagined episode per env.
 """
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+import gymnasium as gym
+import numpy as np
 import torch
 from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
     ActorCriticPolicy,
     MultiInputActorCriticPolicy,
 )
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecNormalize
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
+from agents.env_factory import DEFAULT_N_ENVS, make_imagined_vec_env
 from agents.sb3_guidance import sb3_guide
 from agents.sb3_vec_env import ImaginedSB3VecEnv
+from imagined_env.registration import imagined_id
 from imagined_env.single_env import ImaginedEnv
-from imagined_env.vector_env import ImaginedVectorEnv
+from imagined_env.vector_env import ImaginedVectorEnv, torch_threads
 
 
 class PlanFollowingPolicy(ActorCriticPolicy):
@@ -58,11 +69,98 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
         return env.imagined, vec_normalize
     if isinstance(env, DummyVecEnv) and any(isinstance(e.unwrapped, ImaginedEnv) for e in env.envs):
         if env.num_envs != 1:
-            raise ValueError(f"a DummyVecEnv of {env.num_envs} imagined envs generates their trajectories "
-                             "one env at a time; use agents.make_imagined_vec_env(env_id, n_envs) for one "
-                             "batched call per rollout")
+            task = getattr(env.envs[0].spec, "id", None) or "Imagined-HalfCheetah-v4"
+            n = env.num_envs
+            raise ValueError(f"{n} separate imagined envs (e.g. make_vec_env({task!r}, n_envs={n})) would each "
+                             f"generate alone, one call per env. For one batched call per rollout write "
+                             f"ImaginationPPO('MlpPolicy', {task!r}, n_envs={n}), or pass "
+                             f"env=agents.make_imagined_vec_env({task!r}, n_envs={n})")
         return env.envs[0].unwrapped.vec, vec_normalize
     return None, vec_normalize
+
+
+def imagined_task(env_id: str) -> str | None:
+    """The registered imagined id of a task id (real or imagined), None if it has no imagined twin."""
+    candidate = env_id if env_id.startswith("Imagined-") else imagined_id(env_id)
+    return candidate if candidate in gym.registry else None
+
+
+def imagination_env(env: Any, n_envs: int | None, env_kwargs: dict[str, Any] | None) -> Any:
+    """What the learner trains in: a task id with an imagined twin becomes the batched imagined VecEnv
+    (`n_envs` envs, `env_kwargs` to the env); a bare `ImaginedVectorEnv` gets the SB3 adapter; anything
+    else is SB3's to handle."""
+    task = imagined_task(env) if isinstance(env, str) else None
+    if task is not None:
+        return make_imagined_vec_env(task, DEFAULT_N_ENVS if n_envs is None else n_envs, **(env_kwargs or {}))
+    if n_envs is not None or env_kwargs is not None:
+        raise ValueError(f"n_envs and env_kwargs build an imagined env from a task id with an imagined twin "
+                         f"(e.g. 'Imagined-HalfCheetah-v4'); got env={env!r}")
+    if isinstance(env, ImaginedVectorEnv):
+        return VecMonitor(ImaginedSB3VecEnv(env))
+    return env
+
+
+def imagined_horizon(env: Any) -> int | None:
+    """The model horizon H of an imagined env (single, vector, under SB3 wrappers), None for other envs."""
+    if isinstance(env, gym.Env) and isinstance(env.unwrapped, ImaginedEnv):
+        return env.unwrapped.vec.horizon
+    if isinstance(env, VecEnv):
+        imagined, _ = find_imagined(env)
+        return None if imagined is None else imagined.horizon
+    return None
+
+
+def n_steps_for(horizon: int, n_steps: int | None) -> int:
+    """`n_steps` for an imagined env: H when not given. A value that is not a multiple of H warns: it stays
+    correct, but every update then re-plans episodes midway and discards the rest of their plans."""
+    if n_steps is None:
+        return horizon
+    if n_steps % horizon:
+        wasted = horizon - n_steps % horizon
+        warnings.warn(f"n_steps={n_steps} is not a multiple of the world model's horizon H={horizon}: each "
+                      f"update re-plans the episodes it cuts, discarding up to {wasted} generated steps of "
+                      f"each; leave n_steps out (it defaults to H={horizon}) or use a multiple of {horizon}",
+                      UserWarning, stacklevel=3)
+    return n_steps
+
+
+class BatchedBootstrap(BaseCallback):
+    """Wraps the learner's callbacks for one rollout: after them, at each step, adds gamma x V(last
+    observation) to the reward of every env truncated at that step, in one batched value call, and
+    marks it handled (SB3's rollout would bootstrap each such env in a call of its own)."""
+
+    def __init__(self, inner: BaseCallback, learner: Any):
+        super().__init__()
+        self.inner, self.learner = inner, learner
+
+    def on_rollout_start(self) -> None:
+        self.inner.on_rollout_start()
+
+    def on_rollout_end(self) -> None:
+        self.inner.on_rollout_end()
+
+    def update_locals(self, locals_: dict[str, Any]) -> None:
+        self.inner.update_locals(locals_)
+        self.locals = locals_
+
+    def on_step(self) -> bool:
+        if not self.inner.on_step():
+            return False
+        rewards, dones, infos = self.locals["rewards"], self.locals["dones"], self.locals["infos"]
+        idx = [i for i in np.flatnonzero(dones) if infos[i].get("terminal_observation") is not None
+               and infos[i].get("TimeLimit.truncated", False)]
+        if idx:
+            policy = self.learner.policy
+            last_obs = policy.obs_to_tensor(np.stack([infos[i]["terminal_observation"] for i in idx]))[0]
+            with torch.no_grad():
+                values = policy.predict_values(last_obs).flatten().cpu().numpy()
+            rewards[idx] += self.learner.gamma * values
+            for i in idx:
+                infos[i]["TimeLimit.truncated"] = False  # bootstrapped above: SB3's loop must not add it again
+        return True
+
+    def _on_step(self) -> bool:
+        return True
 
 
 class _ImaginationMixin:
@@ -72,6 +170,16 @@ class _ImaginationMixin:
         "MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy}
     imagined: ImaginedVectorEnv | None = None
+
+    def __init__(self, policy: Any, env: Any, *, n_envs: int | None = None,
+                 env_kwargs: dict[str, Any] | None = None, **kwargs: Any):
+        env = imagination_env(env, n_envs, env_kwargs)
+        horizon = imagined_horizon(env)
+        if horizon is not None:
+            kwargs["n_steps"] = n_steps_for(horizon, kwargs.get("n_steps"))
+        elif kwargs.get("n_steps", 0) is None:
+            del kwargs["n_steps"]  # not imagined: SB3's own default
+        super().__init__(policy, env, **kwargs)  # type: ignore[call-arg]
 
     def _setup_model(self) -> None:
         super()._setup_model()  # type: ignore[misc]
@@ -90,15 +198,38 @@ class _ImaginationMixin:
         if imagined is not None:
             imagined.set_policy(sb3_guide(policy, vec_normalize))
 
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, *args: Any, **kwargs: Any) -> bool:
+        """On an imagined env: the rollout's small forward passes run with the env's torch threads, as
+        its generation does, and truncated envs (every env at H) are bootstrapped in one batch."""
+        if self.imagined is None:
+            return super().collect_rollouts(env, callback, *args, **kwargs)  # type: ignore[misc]
+        with torch_threads(self.imagined.torch_threads):
+            return super().collect_rollouts(env, BatchedBootstrap(callback, self), *args,  # type: ignore[misc]
+                                            **kwargs)
+
     def train(self) -> None:
         super().train()  # type: ignore[misc]
         if self.imagined is not None:
             self.imagined.replan()
 
 
+def _signature(base: type) -> inspect.Signature:
+    """`base`'s constructor signature as the imagination learner takes it: keywords after policy and env,
+    n_steps defaulting to None (the model horizon), and n_envs, env_kwargs."""
+    params = list(inspect.signature(base).parameters.values())
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[2:]]
+    keyword = [p.replace(default=None, annotation=int | None) if p.name == "n_steps" else p for p in keyword]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in ("n_envs", "env_kwargs")]
+    return inspect.Signature(params[:2] + keyword + extra)
+
+
 class ImaginationPPO(_ImaginationMixin, PPO):
     """SB3 PPO that follows imagined plans (see module docstring)."""
+
+    __signature__ = _signature(PPO)
 
 
 class ImaginationA2C(_ImaginationMixin, A2C):
     """SB3 A2C that follows imagined plans (see module docstring)."""
+
+    __signature__ = _signature(A2C)

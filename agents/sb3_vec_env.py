@@ -10,6 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvStepReturn
 
 from imagined_env.vector_env import ImaginedVectorEnv
@@ -19,6 +20,10 @@ class ImaginedSB3VecEnv(VecEnv):
     """SB3 view of an `ImaginedVectorEnv`; `imagined` is the wrapped env."""
 
     def __init__(self, imagined: ImaginedVectorEnv):
+        if imagined.autoreset_mode != AutoresetMode.SAME_STEP:
+            raise ValueError(f"SB3 needs each finished episode's last observation in the same step: build the "
+                             f"imagined env with autoreset_mode=AutoresetMode.SAME_STEP, not "
+                             f"{imagined.autoreset_mode} (agents.make_imagined_vec_env does)")
         self.imagined = imagined
         super().__init__(imagined.num_envs, imagined.single_observation_space, imagined.single_action_space)
         self._actions: np.ndarray | None = None

@@ -20,9 +20,15 @@ def make_single(env_id: str, **kwargs: Any) -> gym.Env:
 
 
 def make_vector(env_id: str, num_envs: int = 1, **kwargs: Any) -> gym.vector.VectorEnv:
+    """`gym.make_vec`: Gymnasium's conventions by default, so that its vector wrappers work: NEXT_STEP
+    autoreset and each env's next planned action in `info["planned_action"]` (both keywords override)."""
+    from gymnasium.vector import AutoresetMode
+
     from imagined_env.vector_env import ImaginedVectorEnv
 
     kwargs.pop("max_episode_steps", None)  # episodes end at the model's horizon
+    kwargs.setdefault("autoreset_mode", AutoresetMode.NEXT_STEP)
+    kwargs.setdefault("planned_action_info", True)
     return ImaginedVectorEnv(num_envs=num_envs, env_id=env_id, **kwargs)
 
 

@@ -108,24 +108,28 @@ class PlanReplay:
         self._assign(idx, *(p[: len(idx)] for p in plans))
         self._pool.extend(tuple(p[j: j + 1] for p in plans) for j in range(len(idx), len(starts)))
 
-    def advance(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def advance(self, actions: np.ndarray, active: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Take `actions` [N, act]; returns (next_obs [N, obs], rewards [N], terminated [N], off_plan [N]).
 
         Envs whose action differs from the plan (after clipping) are re-planned from their current
-        observation with that action fixed as the first one, so the next state belongs to it.
+        observation with that action fixed as the first one, so the next state belongs to it. Envs
+        outside `active` (default: all) do not move: their current observation, reward 0, not terminated.
         """
+        active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
         self.ensure_plans()
         rows = np.arange(self.num_envs)
         planned = np.clip(self.actions[rows, self.cursor], self.low, self.high)
         taken = np.clip(actions, self.low, self.high)
-        off = ~np.all(np.abs(planned - taken) <= self.config.action_atol, axis=1)
+        off = ~np.all(np.abs(planned - taken) <= self.config.action_atol, axis=1) & active
         if off.any():
             self._rebase(off)
             idx = np.flatnonzero(off)
             self._assign(idx, *self._generate(self.current_obs()[idx], actions[idx]))
         c = self.cursor
-        next_obs, rew, term = self.obs[rows, c + 1], self.rewards[rows, c], self.terms[rows, c]
-        self.cursor = c + 1
+        step = active.astype(np.int64)
+        next_obs, rew, term = self.obs[rows, c + step], self.rewards[rows, c] * active, self.terms[rows, c] & active
+        self.cursor = c + step
         self.valid &= self.cursor < self.model.horizon
         return next_obs.copy(), rew.copy(), term.copy(), off
 

@@ -23,6 +23,11 @@ class ImaginedEnv(gym.Env):
     def set_policy(self, policy) -> None:
         self.vec.set_policy(policy)
 
+    def planned_action(self) -> np.ndarray:
+        """The action that keeps to the plan, as in `info["planned_action"]`; through wrappers:
+        `env.get_wrapper_attr("planned_action")()`."""
+        return self.vec.planned_actions()[0]
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         obs, _ = self.vec.reset(seed=None if seed is None else int(self.np_random.integers(2 ** 31)))

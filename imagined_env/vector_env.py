@@ -1,9 +1,11 @@
 """The imagined task as a `gymnasium.vector.VectorEnv`: episode bookkeeping (horizon, truncation,
-same-step autoreset, final observations) over the batched plan-replay core."""
+autoreset, final observations) over the batched plan-replay core."""
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -24,8 +26,35 @@ OFF_PLAN_WARNING = (
     "The agent sent actions that differ from the imagined plan, so the env regenerated those "
     "trajectories conditioned on the actions taken (one full diffusion chain per step: slow). "
     "For the one-call speed let the learner follow the plan: agents.ImaginationPPO / "
-    "agents.ImaginationA2C, or send info['planned_action']."
+    "agents.ImaginationA2C, or send env.unwrapped.planned_actions() (info['planned_action'] from gym.make_vec)."
 )
+
+
+DEFAULT_TORCH_THREADS = 1
+"""Torch threads of a generation: its tensors are small, and on a CPU shared with the learner or other
+processes extra OpenMP threads wait more than they work (benchmarks/imagined_throughput.py measures)."""
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch CPU threads (None: leave torch's setting), then restore it."""
+    before = torch.get_num_threads()
+    if n is not None and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+def autoreset_mode_of(mode: AutoresetMode | str) -> AutoresetMode:
+    """`mode` as an AutoresetMode (its name or value also accepted); only SAME_STEP and NEXT_STEP exist here."""
+    supported = (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)
+    for m in supported:
+        if mode in (m, m.value, m.name):
+            return m
+    raise ValueError(f"autoreset_mode must be AutoresetMode.SAME_STEP or NEXT_STEP, got {mode!r}")
 
 
 def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id: str | None,
@@ -66,9 +95,15 @@ class ImaginedVectorEnv(VectorEnv):
     (and its start states) is used. `start_states`: the real data to start episodes from.
 
     Plans are guided by `policy` (states -> (mean, std)); the learner that follows them (reads
-    `planned_actions()` or `info["planned_action"]`) gets the one-call speed. Any other action is
-    honoured exactly, by regenerating that env's trajectory from its current state with the action
-    fixed. Episodes end at H (truncation, `info["final_obs"]`) or at a predicted termination.
+    `planned_actions()`, or `info["planned_action"]` with `planned_action_info=True`) gets the one-call
+    speed. Any other action is honoured exactly, by regenerating that env's trajectory from its current
+    state with the action fixed. Episodes end at H (truncation) or at a predicted termination.
+
+    `autoreset_mode`: SAME_STEP (the default, what the SB3 adapter needs) returns a finished env's first
+    new observation at once, its last one in `info["final_obs"]`; NEXT_STEP (Gymnasium's own default,
+    what its vector wrappers such as NormalizeObservation need) returns the last observation, and the
+    next step ignores that env's action and returns the new episode's first observation with reward 0.
+    `torch_threads`: torch CPU threads during generation (None: torch's current setting).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}  # noqa: RUF012 (gymnasium's)
@@ -76,12 +111,17 @@ class ImaginedVectorEnv(VectorEnv):
     def __init__(self, world_model: WorldModel | str | os.PathLike | None = None, num_envs: int = 1, *,
                  start_states: StartStates | None = None, policy: GaussianPolicyFn | None = None,
                  env_id: str | None = None, replay: ReplayConfig | None = None,
+                 autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
+                 planned_action_info: bool = False, torch_threads: int | None = DEFAULT_TORCH_THREADS,
                  device: str | torch.device = "auto", render_mode: str | None = None):
         if render_mode is not None:  # TypeError: SB3's PPO("MlpPolicy", env_id) then retries without it
             raise TypeError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
                             "use render_mode=None")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        if torch_threads is not None and not (isinstance(torch_threads, int) and torch_threads >= 1):
+            raise ValueError(f"torch_threads must be None or an int >= 1, got {torch_threads!r}")
+        mode = autoreset_mode_of(autoreset_mode)
         if world_model is None and env_id is not None:
             world_model, shipped_starts = pretrained_paths(env_id)
             start_states = shipped_starts if start_states is None else start_states
@@ -98,7 +138,12 @@ class ImaginedVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
         self.replay = PlanReplay(self.model, num_envs, self._sample_starts, replay or ReplayConfig())
         self.replay.set_policy(policy)
+        self.metadata = {**self.metadata, "autoreset_mode": mode}
+        self.planned_action_info = planned_action_info
+        self.torch_threads = torch_threads
         self.elapsed = np.zeros(num_envs, np.int64)
+        self._pending_reset = np.zeros(num_envs, bool)
+        """NEXT_STEP mode: envs whose episode ended at the last step (already restarted underneath)."""
         self._needs_reset = True
         self._warned = False
         self.closed = False
@@ -119,12 +164,18 @@ class ImaginedVectorEnv(VectorEnv):
         self._check_usable()
         self._starts = start_state_array(start_states, self.model.spec.obs_dim)
 
+    @property
+    def autoreset_mode(self) -> AutoresetMode:
+        return self.metadata["autoreset_mode"]
+
     def planned_actions(self) -> np.ndarray:
-        """[N, act] the action each env's plan takes next (policy units, unclipped)."""
+        """[N, act] the action each env's plan takes next (policy units, unclipped). Through Gymnasium
+        wrappers: `env.unwrapped.planned_actions()`, or `info["planned_action"]` (planned_action_info)."""
         self._check_usable()
         if self._needs_reset:
             raise RuntimeError("call reset() before planned_actions()")
-        return self.replay.planned_actions()
+        with torch_threads(self.torch_threads):
+            return self.replay.planned_actions()
 
     # ---- gymnasium API -----------------------------------------------------------------
     def reset(self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None):
@@ -140,34 +191,45 @@ class ImaginedVectorEnv(VectorEnv):
         self.replay.invalidate()
         self.replay.restart(np.ones(self.num_envs, bool))
         self.elapsed[:] = 0
+        self._pending_reset[:] = False
         self._needs_reset = False
-        return self.replay.current_obs().astype(np.float64), {}
+        info: dict[str, Any] = {}
+        self._add_planned_actions(info)
+        return self.replay.current_obs().astype(np.float64), info
 
     def step(self, actions: np.ndarray):
-        obs, rewards, terminated, truncated, info = self.advance(actions)
+        """One step of every env, with autoreset as `autoreset_mode` says."""
+        pending = self._pending_reset.copy()
+        obs, rewards, terminated, truncated, info = self.advance(actions, active=~pending)
         done = terminated | truncated
         if done.any():
-            final_obs = np.full(self.num_envs, None, dtype=object)
-            for i in np.flatnonzero(done):
-                final_obs[i] = obs[i]
-            info["final_obs"], info["_final_obs"] = final_obs, done.copy()
             self.replay.restart(done)
             self.elapsed[done] = 0
-            obs = self.replay.current_obs().astype(np.float64)
+            if self.autoreset_mode == AutoresetMode.SAME_STEP:
+                final_obs = np.full(self.num_envs, None, dtype=object)
+                for i in np.flatnonzero(done):
+                    final_obs[i] = obs[i]
+                info["final_obs"], info["_final_obs"] = final_obs, done.copy()
+                obs = self.replay.current_obs().astype(np.float64)
+        self._pending_reset = done if self.autoreset_mode == AutoresetMode.NEXT_STEP else pending
+        self._add_planned_actions(info)
         return obs, rewards, terminated, truncated, info
 
-    def advance(self, actions: np.ndarray):
-        """One step without autoreset: (next_obs, reward, terminated, truncated, info) batched."""
+    def advance(self, actions: np.ndarray, active: np.ndarray | None = None):
+        """One step without autoreset: (next_obs, reward, terminated, truncated, info) batched. Envs
+        outside `active` (default: all) ignore their action, stay put and get reward 0."""
         self._check_usable()
         if self._needs_reset:
             raise RuntimeError("call reset() before step()")
         actions = self._checked_actions(actions)
-        next_obs, rewards, terminated, off_plan = self.replay.advance(actions)
+        active = np.ones(self.num_envs, bool) if active is None else active
+        with torch_threads(self.torch_threads):
+            next_obs, rewards, terminated, off_plan = self.replay.advance(actions, active)
         if off_plan.any() and not self._warned:
             warnings.warn(OFF_PLAN_WARNING, stacklevel=3)
             self._warned = True
-        self.elapsed += 1
-        truncated = (self.elapsed >= self.horizon) & ~terminated
+        self.elapsed += active
+        truncated = (self.elapsed >= self.horizon) & ~terminated & active
         info = {"off_plan": off_plan, "_off_plan": np.ones(self.num_envs, bool)}
         return next_obs.astype(np.float64), rewards.astype(np.float64), terminated, truncated, info
 
@@ -181,6 +243,11 @@ class ImaginedVectorEnv(VectorEnv):
         self.closed = True
 
     # ---- checks ------------------------------------------------------------------------
+    def _add_planned_actions(self, info: dict[str, Any]) -> None:
+        if self.planned_action_info:
+            info["planned_action"] = self.planned_actions()
+            info["_planned_action"] = np.ones(self.num_envs, bool)
+
     def _sample_starts(self, n: int) -> np.ndarray:
         return self._starts[self.np_random.integers(len(self._starts), size=n)]
 

@@ -60,8 +60,9 @@ def test_rollout_buffer_actions_produced_the_next_observations(algo, kwargs):
     env, _ = imagined_sb3_env(terminate_above=1.5)
     snap = SnapshotBuffer()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)         # following the plan never goes off-plan
-        model = algo("MlpPolicy", env, n_steps=12, seed=0, policy_kwargs={"log_std_init": 0.0}, **kwargs)
+        warnings.filterwarnings("error", message=".*differ from the imagined plan")  # never off-plan
+        with pytest.warns(UserWarning, match="n_steps=12 is not a multiple of .* H=5"):   # cuts episodes
+            model = algo("MlpPolicy", env, n_steps=12, seed=0, policy_kwargs={"log_std_init": 0.0}, **kwargs)
         model.learn(12 * 8 * 3, callback=snap)
     assert isinstance(model.policy, PlanFollowingPolicy)
     assert len(snap.snapshots) == 3
@@ -185,3 +186,119 @@ def test_spread_probe_sees_what_the_rollout_buffer_stores():
     assert probe.spread == probe.expected
     assert np.isfinite(probe.first_spread) and np.isfinite(probe.last_spread)
     assert model.policy.plan_observer is None                # unhooked when learn ends
+
+
+def fake_task_kwargs(fake):
+    """env_kwargs that put the linear fake behind the registered id Imagined-HalfCheetah-v4."""
+    return {"world_model": fake, "start_states": linear_buffer(5, 10)}
+
+
+@pytest.mark.parametrize("algo", [ImaginationPPO, ImaginationA2C])
+def test_one_line_constructor_builds_the_batched_env_with_n_steps_h(algo):
+    fake = LinearFakeModel(horizon=4, env_id="HalfCheetah-v4")
+    kwargs = {"batch_size": 32} if algo is ImaginationPPO else {}
+    model = algo("MlpPolicy", "Imagined-HalfCheetah-v4", n_envs=8, env_kwargs=fake_task_kwargs(fake), seed=0,
+                 **kwargs)
+    assert model.n_steps == 4 and model.n_envs == 8 and model.imagined.model is fake
+    model.learn(4 * 8 * 3)
+    assert fake.calls == [8, 8, 8]                          # one batched generation per rollout
+    real_id = algo("MlpPolicy", "HalfCheetah-v4", n_envs=8, env_kwargs=fake_task_kwargs(fake))
+    assert real_id.imagined is not None                     # the real task's id learns it in imagination
+
+
+def test_make_vec_env_of_imagined_envs_names_the_batched_line_which_generates_once_per_rollout():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    fake = LinearFakeModel(horizon=4, env_id="HalfCheetah-v4")
+    separate = make_vec_env("Imagined-HalfCheetah-v4", n_envs=4, env_kwargs=fake_task_kwargs(fake))
+    with pytest.raises(ValueError, match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=4\)"):
+        ImaginationPPO("MlpPolicy", separate)
+    model = ImaginationPPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_envs=4, env_kwargs=fake_task_kwargs(fake),
+                           batch_size=16, n_epochs=1, seed=0)  # the line the error names
+    model.learn(4 * 4 * 3)
+    assert fake.calls == [4, 4, 4]
+
+
+def test_n_steps_defaults_to_the_horizon_and_warns_when_it_does_not_fit():
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env, _ = imagined_sb3_env(n_envs=4, horizon=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ImaginationPPO("MlpPolicy", env, batch_size=20).n_steps == 5
+        assert ImaginationPPO("MlpPolicy", env, n_steps=10, batch_size=20).n_steps == 10
+        assert ImaginationA2C("MlpPolicy", env).n_steps == 5
+    with pytest.warns(UserWarning, match=r"n_steps=2048 is not a multiple of .* H=5.*discarding up to 2 "):
+        ImaginationPPO("MlpPolicy", env, n_steps=2048, batch_size=64)
+    real = make_vec_env("Pendulum-v1", n_envs=2)
+    assert ImaginationPPO("MlpPolicy", real).n_steps == PPO("MlpPolicy", real).n_steps == 2048
+    assert ImaginationA2C("MlpPolicy", real).n_steps == 5  # SB3's defaults on other envs
+    with pytest.raises(ValueError, match="n_envs and env_kwargs build an imagined env"):
+        ImaginationPPO("MlpPolicy", real, n_envs=4)
+
+
+def test_a_bare_gymnasium_imagined_vector_env_gets_the_sb3_adapter():
+    fake = LinearFakeModel(horizon=4)
+    model = ImaginationPPO("MlpPolicy", ImaginedVectorEnv(fake, 4, start_states=linear_buffer(5, 10)),
+                           batch_size=16, n_epochs=1)
+    assert model.imagined.model is fake and model.n_steps == 4
+    model.learn(16)
+
+
+def test_truncated_envs_are_bootstrapped_in_one_batched_value_call():
+    env, _ = imagined_sb3_env(n_envs=6, horizon=3)
+
+    class Record(BaseCallback):
+        """Sees each step before the learner's bootstrap: env rewards, last observations."""
+
+        def __init__(self):
+            super().__init__()
+            self.steps = []
+
+        def _on_step(self) -> bool:
+            infos = self.locals["infos"]
+            self.steps.append((self.locals["rewards"].copy(), [i.get("terminal_observation") for i in infos],
+                               [i.get("TimeLimit.truncated", False) for i in infos]))
+            return True
+
+        def _on_rollout_end(self) -> None:                  # before the update: the rollout's policy
+            self.buffer_rewards = self.model.rollout_buffer.rewards.copy()
+            with torch.no_grad():
+                self.values = [predict(torch.as_tensor(np.stack(obs))).flatten().numpy() if any(trunc) else None
+                               for _, obs, trunc in self.steps]
+
+    model = ImaginationPPO("MlpPolicy", env, n_steps=6, batch_size=36, n_epochs=1, seed=0, gamma=0.9)
+    sizes = []
+    predict = model.policy.predict_values
+    model.policy.predict_values = lambda obs: (sizes.append(len(obs)), predict(obs))[1]
+    record = Record()
+    model.learn(36, callback=record)
+    assert sizes and set(sizes) == {6}                      # no value call of a single env
+    truncated_steps = 0
+    for t, (rewards, _, truncated) in enumerate(record.steps):
+        expected = rewards.copy()
+        if any(truncated):
+            truncated_steps += 1
+            assert all(truncated)                           # every env ends its episode at H together
+            expected = rewards + 0.9 * record.values[t]
+        np.testing.assert_allclose(record.buffer_rewards[t], expected, rtol=1e-5, atol=1e-6)
+    assert truncated_steps == 2
+
+
+def test_rollouts_run_with_the_env_torch_threads_and_updates_with_the_callers():
+    class Threads(BaseCallback):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def _on_step(self) -> bool:
+            self.seen.add(torch.get_num_threads())
+            return True
+
+    before = torch.get_num_threads()
+    imagined = ImaginedVectorEnv(LinearFakeModel(horizon=4), 4, start_states=linear_buffer(5, 10),
+                                 torch_threads=before + 1)
+    model = ImaginationPPO("MlpPolicy", imagined, batch_size=16, n_epochs=1)
+    threads = Threads()
+    model.learn(32, callback=threads)
+    assert threads.seen == {before + 1} and torch.get_num_threads() == before

@@ -203,3 +203,20 @@ def test_planned_actions_before_reset_and_setters_after_close():
                  lambda: env.set_start_states(linear_buffer(5, 10))):
         with pytest.raises(RuntimeError, match="closed"):
             call()
+
+
+def test_generation_runs_with_the_env_torch_threads_and_restores_them():
+    class ThreadRecorder(LinearFakeModel):
+        def imagine(self, *args, **kwargs):
+            self.threads = torch.get_num_threads()
+            return super().imagine(*args, **kwargs)
+
+    before = torch.get_num_threads()
+    for setting, expected in ((2, 2), (None, before)):
+        env = ImaginedVectorEnv(ThreadRecorder(), 2, start_states=linear_buffer(5, 10), torch_threads=setting)
+        env.reset(seed=0)
+        env.step(np.clip(env.planned_actions(), -1, 1))
+        assert env.model.threads == expected and torch.get_num_threads() == before
+    for bad in (0, 1.5, "2"):
+        with pytest.raises(ValueError, match=f"torch_threads must be None or an int >= 1, got {bad!r}"):
+            make_env(torch_threads=bad)

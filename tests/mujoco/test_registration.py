@@ -8,50 +8,75 @@ import numpy as np
 import pytest
 
 import imagined_env  # noqa: F401
+from imagined_env.pretrained import pretrained_paths
+from imagined_env.registration import TASKS, VERSIONS
 from imagined_env.vector_env import ImaginedVectorEnv
 
 pytestmark = pytest.mark.mujoco
 
 
-def test_make_vec_default_is_the_pretrained_model_and_spaces_match_the_real_task():
-    venv = gym.make_vec("Imagined-HalfCheetah-v4", num_envs=3, device="cpu")
+SHIPPED = []
+for _task in TASKS:
+    for _version in VERSIONS:
+        _id = f"{_task}-{_version}"
+        try:
+            pretrained_paths(_id)
+            SHIPPED.append(pytest.param(_id))
+        except ValueError:
+            SHIPPED.append(pytest.param(_id, marks=pytest.mark.skip(reason=f"no model ships for {_id} yet")))
+
+
+@pytest.mark.parametrize("env_id", SHIPPED)
+def test_make_vec_default_is_the_pretrained_model_and_spaces_match_the_real_task(env_id):
+    venv = gym.make_vec(f"Imagined-{env_id}", num_envs=3, device="cpu")
     assert isinstance(venv, ImaginedVectorEnv)
-    real = gym.make("HalfCheetah-v4")
+    assert venv.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP   # Gymnasium's default
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)                        # the v4 tasks
+        real = gym.make(env_id)
     assert venv.single_observation_space == real.observation_space
     assert venv.single_action_space == real.action_space
-    obs, _ = venv.reset(seed=0)
-    obs2, rew, term, trunc, info = venv.step(np.clip(venv.planned_actions(), -1, 1))
-    assert obs2.shape == (3, 17) and rew.shape == (3,) and not info["off_plan"].any()
+    obs, info = venv.reset(seed=0)
+    np.testing.assert_array_equal(info["planned_action"], venv.planned_actions())
+    obs2, rew, _, _, info = venv.step(np.clip(info["planned_action"], -1, 1))
+    assert obs2.shape == obs.shape and rew.shape == (3,) and not info["off_plan"].any()
     venv.close()
 
 
-def test_single_env_passes_gymnasium_and_sb3_checks():
+@pytest.mark.parametrize("env_id", SHIPPED)
+def test_single_env_passes_gymnasium_and_sb3_checks(env_id):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-    env = gym.make("Imagined-HalfCheetah-v4", device="cpu")
+    env = gym.make(f"Imagined-{env_id}", device="cpu")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         check_env(env.unwrapped, skip_render_check=True)
         sb3_check_env(env.unwrapped)
     obs, info = env.reset(seed=1)
-    obs, r, term, trunc, info = env.step(np.clip(info["planned_action"], -1, 1))
+    obs, _, _, _, info = env.step(np.clip(info["planned_action"], -1, 1))
     assert not info["off_plan"] and np.isfinite(obs).all()
 
 
-def test_sb3_learners_accept_the_imagined_id():
-    # SB3 builds gym.make(id, render_mode="rgb_array"), falls back on TypeError, wraps in a DummyVecEnv
+def test_the_one_line_swap_builds_the_batched_env_on_the_shipped_model():
     from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv
-    from agents import ImaginationPPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    from agents import ImaginationA2C, ImaginationPPO
+    from agents.env_factory import DEFAULT_N_ENVS
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)       # following the plan: never off-plan
-        model = ImaginationPPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_steps=8, batch_size=8, n_epochs=1, seed=0)
-        assert model.imagined is model.env.envs[0].unwrapped.vec
-        model.learn(16)
+        warnings.simplefilter("error", UserWarning)       # following the plan: never off-plan; n_steps fits
+        for task in ("Imagined-HalfCheetah-v4", "HalfCheetah-v4"):
+            model = ImaginationPPO("MlpPolicy", task, n_epochs=1, seed=0)
+            assert model.n_envs == DEFAULT_N_ENVS and model.n_steps == model.imagined.horizon == 5
+            assert model.imagined.model.spec.env_id == "HalfCheetah-v4"
+        model.learn(DEFAULT_N_ENVS * 5)
+        a2c = ImaginationA2C("MlpPolicy", "Imagined-HalfCheetah-v4", n_envs=8, env_kwargs={"device": "cpu"})
+        assert a2c.n_envs == 8 and a2c.n_steps == 5
+        a2c.learn(8 * 5)
     assert np.isfinite(model.imagined.model.guidance_scale)
     PPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_steps=8, batch_size=8, n_epochs=1, seed=0).learn(8)
-    many = DummyVecEnv([lambda: gym.make("Imagined-HalfCheetah-v4", device="cpu")] * 2)
-    with pytest.raises(ValueError, match="make_imagined_vec_env"):
-        ImaginationPPO("MlpPolicy", many, n_steps=8, batch_size=8)
+    many = make_vec_env("Imagined-HalfCheetah-v4", n_envs=2, env_kwargs={"device": "cpu"})
+    with pytest.raises(ValueError, match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=2\)"):
+        ImaginationPPO("MlpPolicy", many)

@@ -1,0 +1,33 @@
+"""The demo as a newcomer sees it: what it does, references for its returns, a true progress bar, no warnings."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from agents import demo
+from agents.demo import DemoConfig, run_demo
+
+pytestmark = [pytest.mark.slow, pytest.mark.mujoco]
+
+
+def test_demo_output_references_progress_total_and_no_warnings(monkeypatch):
+    totals = []
+
+    class RecordingBar(demo.TqdmProgress):
+        def __init__(self, total, *args, **kwargs):
+            totals.append(total)
+            super().__init__(total, *args, **kwargs)
+
+    monkeypatch.setattr(demo, "TqdmProgress", RecordingBar)
+    lines = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                      # none caused by the demo's own settings
+        result = run_demo(DemoConfig(imagined_steps=700, eval_episodes=1), log=lines.append, progress=False)
+    out = "\n".join(lines)
+    assert totals == [result["imagined_steps"]] == [2 * 640]  # whole rollouts of 128 envs x H = 5
+    assert "purely in imagination" in out and "no real step" in out
+    assert sum(line.startswith("world model:") for line in lines) == 1
+    assert "/" not in out.replace("+-", "") and "COMMAND" not in out and "imagined-env" not in out
+    assert f"random actions {result['random_mean']:.1f}" in out and result["random_mean"] < 0
+    assert "1466.6 (stored result, mean of 8 seeds)" in out
