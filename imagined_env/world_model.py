@@ -114,12 +114,13 @@ class WorldModelConfig:
         if self.readout == "mean" and self.scale_actions:
             signal = float(DiffusionSchedule(self.schedule).alpha_bar_f64[-1].sqrt())
             raise ValueError(f"readout='mean' needs scale_actions=False: the mean read-out is one pass at "
-                             f"t = T-1, where scaled actions are multiplied by {signal:.2g}, so it barely sees "
-                             "them")
+                             f"t = T-1, where scaled actions are multiplied by {signal:.2g}, "
+                             "so it barely sees them")
         chain, steps = self.schedule.n_steps, self.sampler.n_sample_steps
         if steps is not None and steps > chain:
             raise ValueError(f"sampler.n_sample_steps ({steps}) exceeds the chain's length "
-                             f"(schedule.n_steps = {chain}); give at most {chain}, or None for the full chain")
+                             f"(schedule.n_steps = {chain}); give at most {chain}, "
+                             "or None for the full chain")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +161,8 @@ class WorldModel:
                  device: str | torch.device = "auto"):
         for name, width in (("obs", spec.obs_dim), ("action", spec.act_dim)):
             if len(getattr(normaliser, f"{name}_mean")) != width:
-                raise ValueError(f"the normaliser's {name} statistics have {len(getattr(normaliser, f'{name}_mean'))} "
+                raise ValueError(f"the normaliser's {name} statistics have "
+                                 f"{len(getattr(normaliser, f'{name}_mean'))} "
                                  f"entries, but the task's {name} width is {width}")
         self.spec, self.config, self.normaliser = spec, config, normaliser
         self.device = resolve_device(device)
@@ -331,7 +333,8 @@ class WorldModel:
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",
              env_id: str | None = None) -> WorldModel:
         """Load a file written by `save`; `env_id`, when given, must match the file's task. Any problem of
-        the file (damage, a missing or ill-typed field, a hostile pickle) is a one-line ValueError naming it."""
+        the file (damage, a missing or ill-typed field, a hostile pickle) is a one-line ValueError
+        naming it."""
         path = Path(path)
         payload = _read_model_file(path)
         with _naming_the_file(path):
@@ -394,8 +397,9 @@ def _read_model_file(path: Path) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         planted = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if planted:
-            raise ValueError(f"world model file {path} holds a pickled object ({planted[1]}) that no model file "
-                             "contains; it was refused and nothing in it was run") from None
+            raise ValueError(f"world model file {path} holds a pickled object ({planted[1]}) "
+                             "that no model file contains; "
+                             "it was refused and nothing in it was run") from None
         raise ValueError(f"world model file {path} is truncated or corrupt: {_one_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001  (torch raises several types for truncated/corrupt archives)
         raise ValueError(f"world model file {path} is truncated or corrupt: {_one_line(exc)}") from None
@@ -409,7 +413,8 @@ def _read_model_file(path: Path) -> dict[str, Any]:
                          f"reads up to {FORMAT_VERSION}: upgrade imagined-env")
     checksum = payload.get("checksum")
     if checksum is None and version >= 2:
-        raise ValueError(f"world model file {path} is damaged: it lacks the checksum of format version {version}")
+        raise ValueError(f"world model file {path} is damaged: "
+                         f"it lacks the checksum of format version {version}")
     if checksum is not None and checksum != content_checksum(payload):
         raise ValueError(f"world model file {path} is damaged: its content does not match its checksum")
     return payload

@@ -386,7 +386,8 @@ def test_the_sampler_refuses_fixed_actions_that_do_not_fit():
 def _mean_readout_model(model: WorldModel) -> WorldModel:
     """The trained model's weights with the "mean" read-out, actions at full strength and the last row's
     action hidden."""
-    config = dataclasses.replace(model.config, readout="mean", scale_actions=False, condition_on_last_action=False)
+    config = dataclasses.replace(model.config, readout="mean", scale_actions=False,
+                                 condition_on_last_action=False)
     mean_model = WorldModel(model.spec, config, model.normaliser, "cpu")
     mean_model.ema.load_state_dict(model.ema.state_dict())
     return mean_model
@@ -463,7 +464,8 @@ class _FixedDenoiser(nn.Module):
 def test_disagreement_penalty_and_limit_against_a_hand_computation():
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
     config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False, n_members=3,
-                                 disagreement_penalty=0.7, disagreement_limit=0.9, condition_on_last_action=False)
+                                 disagreement_penalty=0.7, disagreement_limit=0.9,
+                                 condition_on_last_action=False)
     model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     rows = np.random.default_rng(0).normal(size=(3, H + 1, OBS + 2)).astype(np.float32)
     model.ema = DenoiserEnsemble([_FixedDenoiser(torch.as_tensor(r)) for r in rows])
@@ -537,7 +539,8 @@ def test_config_from_dict_round_trips_and_names_ill_typed_fields():
     assert WorldModelConfig.from_dict({"ema_decay": 0}).ema_decay == 0.0          # an integer is a number
     cases = [({"horizon": "5"}, "world_model.horizon must be an integer, got '5'"),
              ({"denoiser": {"width": "wide"}}, "world_model.denoiser.width must be an integer, got 'wide'"),
-             ({"sampler": {"n_sample_steps": 2.5}}, r"world_model.sampler.n_sample_steps must be an integer or null"),
+             ({"sampler": {"n_sample_steps": 2.5}},
+              r"world_model.sampler.n_sample_steps must be an integer or null"),
              ({"scale_actions": 1}, "world_model.scale_actions must be true or false, got 1"),
              ({"colour": "blue"}, "unknown config key 'world_model.colour'"),
              ({"schedule": 128}, "config key 'world_model.schedule' must be a JSON object, got 128")]
@@ -547,9 +550,11 @@ def test_config_from_dict_round_trips_and_names_ill_typed_fields():
 
 
 def test_mean_readout_refuses_scaled_actions():
-    # at t = T-1 scaled actions are multiplied by sqrt(alpha_bar_{T-1}): the one-pass read-out barely sees them
+    # at t = T-1 scaled actions are multiplied by sqrt(alpha_bar_{T-1}): the one-pass read-out barely
+    # sees them
     signal = float(DiffusionSchedule(TINY_CONFIG.schedule).alpha_bar_f64[-1].sqrt())
-    with pytest.raises(ValueError, match=f"readout='mean' needs scale_actions=False.*multiplied by {signal:.2g}"):
+    with pytest.raises(ValueError, match=f"readout='mean' needs scale_actions=False.*"
+                                         f"multiplied by {signal:.2g}"):
         dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=True)
     assert dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False).readout == "mean"
 
@@ -557,8 +562,8 @@ def test_mean_readout_refuses_scaled_actions():
 def test_sample_steps_beyond_the_chain_are_refused(trained_linear_model):
     model, _, _ = trained_linear_model
     chain = model.schedule.n_steps
-    with pytest.raises(ValueError, match=rf"sampler.n_sample_steps \({chain + 1}\) exceeds the chain's length "
-                                         rf"\(schedule.n_steps = {chain}\)"):
+    with pytest.raises(ValueError, match=rf"sampler.n_sample_steps \({chain + 1}\) "
+                                         rf"exceeds the chain's length \(schedule.n_steps = {chain}\)"):
         dataclasses.replace(TINY_CONFIG, sampler=SamplerConfig(n_sample_steps=chain + 1))
     with pytest.raises(ValueError, match=rf"n_sample_steps must lie in \[1, {chain}\].*got 1000"):
         model.imagine(np.zeros((2, OBS), np.float32), n_sample_steps=1000)
@@ -571,8 +576,8 @@ def test_sample_steps_beyond_the_chain_are_refused(trained_linear_model):
 def test_a_normaliser_of_another_width_is_refused():
     normaliser = Normaliser.fit(linear_buffer(n_episodes=2), -1.0, 1.0)
     wide = dataclasses.replace(LINEAR_SPEC, obs_dim=OBS + 1)
-    with pytest.raises(ValueError, match=f"normaliser's obs statistics have {OBS} entries, but the task's obs "
-                                         f"width is {OBS + 1}"):
+    with pytest.raises(ValueError, match=f"normaliser's obs statistics have {OBS} entries, "
+                                         f"but the task's obs width is {OBS + 1}"):
         WorldModel(wide, TINY_CONFIG, normaliser, "cpu")
 
 

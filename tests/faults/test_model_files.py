@@ -65,17 +65,23 @@ def setter(*keys: str, value=None, delete: bool = False) -> Callable[[dict], Non
 
 
 EDITS = {
-    "format_version 0": (setter("format_version", value=0), "format_version must be an integer >= 1, got 0"),
-    "format_version -1": (setter("format_version", value=-1), "format_version must be an integer >= 1, got -1"),
-    "format_version '2'": (setter("format_version", value="2"), "format_version must be an integer >= 1, got '2'"),
-    "no log_guidance_scale": (setter("log_guidance_scale", delete=True), "lacks the field 'log_guidance_scale'"),
+    "format_version 0": (setter("format_version", value=0),
+                         "format_version must be an integer >= 1, got 0"),
+    "format_version -1": (setter("format_version", value=-1),
+                          "format_version must be an integer >= 1, got -1"),
+    "format_version '2'": (setter("format_version", value="2"),
+                           "format_version must be an integer >= 1, got '2'"),
+    "no log_guidance_scale": (setter("log_guidance_scale", delete=True),
+                              "lacks the field 'log_guidance_scale'"),
     "NaN log_guidance_scale": (setter("log_guidance_scale", value=math.nan),
                                "log_guidance_scale must be a finite number, got nan"),
     "text log_guidance_scale": (setter("log_guidance_scale", value="-5"),
                                 "log_guidance_scale must be a finite number, got '-5'"),
     "no spec": (setter("spec", delete=True), "lacks the field 'spec'"),
-    "narrow normaliser": (lambda p: p["normaliser"].update(obs_mean=[0.0] * (OBS - 1), obs_std=[1.0] * (OBS - 1)),
-                          f"the normaliser's obs statistics have {OBS - 1} entries, but the task's obs width is {OBS}"),
+    "narrow normaliser": (lambda p: p["normaliser"].update(obs_mean=[0.0] * (OBS - 1),
+                                                           obs_std=[1.0] * (OBS - 1)),
+                          f"the normaliser's obs statistics have {OBS - 1} entries, "
+                          f"but the task's obs width is {OBS}"),
     "NaN normaliser": (setter("normaliser", "obs_std", value=lambda v: [v[0], math.nan, *v[2:]]),
                        "normaliser.obs_std[1] must be a finite number, got nan"),
     "text normaliser": (setter("normaliser", "reward_mean", value="0"),
@@ -90,7 +96,8 @@ EDITS = {
                                         "readout='mean' needs scale_actions=False"),
     "NaN weight": (setter("ema", "inp.weight", value=lambda w: torch.full_like(w, math.nan)),
                    "ema.inp.weight holds NaN or inf"),
-    "missing weight": (setter("denoiser", "inp.weight", delete=True), 'Missing key(s) in state_dict: "inp.weight"'),
+    "missing weight": (setter("denoiser", "inp.weight", delete=True),
+                       'Missing key(s) in state_dict: "inp.weight"'),
 }
 
 
