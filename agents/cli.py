@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 
 import gymnasium as gym
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
 
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
 from agents.compare import (
@@ -37,10 +39,10 @@ from agents.config_flags import add_config_flags, given_flags, leaf_values, over
 from agents.coordinator import Coordinator
 from agents.demo import DemoConfig, run_demo
 from agents.presets import ALIASES, build_preset, describe, preset_ids, resolve
-from agents.real_evaluation import evaluate_real, load_learner
-from agents.run_files import LEARNER_FILE, find_checkpoint, read_state, saved_config
+from agents.real_evaluation import evaluate_real, frozen_statistics, load_learner
+from agents.run_files import LEARNER_FILE, find_checkpoint
 from agents.safe_writes import WriteFailed, check_writable
-from agents.saved_run import check_learner_file
+from agents.saved_run import read_config, read_learner
 from agents.vec_normalize_stats import STATS_FILE, read_stats
 from agents.zoo import zoo_settings
 
@@ -51,8 +53,9 @@ Job = Callable[[], int]
 CONFIG_ALIASES = {"env_id": ["--env"]}
 COMPARE_OWNED = frozenset({"env_id", "algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps"})
 """Config fields `compare` sets itself, identically for every method."""
-TRUSTED = ("Run folders and learner .zip files must come from a trusted source: SB3 unpickles learner.zip "
-           "(and a VecNormalize .pkl) when loading, which can run code.")
+TRUSTED = ("A learner .zip given by itself must come from a trusted source: SB3 unpickles it (and a "
+           "VecNormalize .pkl) when loading, which can run code. A run folder is read without unpickling: "
+           "of its learner.zip only the tensors are loaded, into a learner built from the run's config.")
 DEFAULT_THREADS = 1
 """Torch CPU threads. On a small shared machine, OpenMP threads competing with other processes slow
 the small-batch work of this package down by an order of magnitude; one thread is the safe default."""
@@ -191,23 +194,18 @@ def finish_train(coordinator: Coordinator) -> int:
 def prepare_evaluate(args: argparse.Namespace) -> Job:
     target = Path(args.target)
     if target.is_dir():
-        model_path, stats_path, env_id, algo = run_dir_files(target, args.env)
+        checkpoint, config, stats_path = run_dir_files(target, args.env)
+        env_id = config.env_id
+        check_task(env_id, imagined=False)
+        model = read_learner(checkpoint, config)
+        stats = None if stats_path is None else frozen_statistics(stats_path, env_id, args.seed)
     elif target.suffix == ".zip" and target.is_file():
         if args.env is None:
             raise ValueError("--env is required to evaluate a learner .zip")
-        model_path, stats_path, env_id, algo = target, args.vecnormalize, args.env, args.algo
+        model, stats = load_zip(target, args)
+        stats_path, env_id = args.vecnormalize, args.env
     else:
         raise ValueError(f"{target} is neither a run folder nor a learner .zip file")
-    check_task(env_id, imagined=False)
-    if stats_path is not None and not Path(stats_path).is_file():
-        raise ValueError(f"VecNormalize statistics file {stats_path} does not exist")
-    if stats_path is not None and Path(stats_path).suffix == ".npz":
-        read_stats(Path(stats_path))  # its own errors name the fault
-    try:
-        model, stats = load_learner(model_path, algo, env_id, args.seed, stats_path)
-    except Exception as err:  # noqa: BLE001  (SB3 and pickle raise many types for foreign or corrupt files)
-        files = f"{model_path} / {stats_path}" if stats_path else f"{model_path}"
-        raise ValueError(f"cannot load {files}: {err}") from None
 
     def job() -> int:
         mean, std = evaluate_real(model, env_id, args.episodes, args.seed, stats, args.max_episode_steps)
@@ -219,28 +217,42 @@ def prepare_evaluate(args: argparse.Namespace) -> Job:
     return job
 
 
-def run_dir_files(run_dir: Path, env_id: str | None) -> tuple[Path, Path | None, str, str]:
-    """(learner.zip, vec_normalize.npz or None, task, algo) of the last checkpoint of a run folder,
-    checked to be there and whole."""
+def load_zip(path: Path, args: argparse.Namespace) -> tuple[BaseAlgorithm, VecEnv | None]:
+    """A learner .zip given by the user, loaded by SB3 (which unpickles it), and its --vecnormalize."""
+    check_task(args.env, imagined=False)
+    stats_path = args.vecnormalize
+    if stats_path is not None and not Path(stats_path).is_file():
+        raise ValueError(f"VecNormalize statistics file {stats_path} does not exist")
+    if stats_path is not None and Path(stats_path).suffix == ".npz":
+        read_stats(Path(stats_path))  # its own errors name the fault
+    try:
+        return load_learner(path, args.algo, args.env, args.seed, stats_path)
+    except Exception as err:  # noqa: BLE001  (SB3 and pickle raise many types for foreign or corrupt files)
+        files = f"{path} / {stats_path}" if stats_path else f"{path}"
+        raise ValueError(f"cannot load {files}: {err}") from None
+
+
+def run_dir_files(run_dir: Path, env_id: str | None) -> tuple[Path, CoordinatorConfig, Path | None]:
+    """(last checkpoint, its run's config, its vec_normalize.npz or None) of a run folder, checked to
+    be there; the learner file is checked as it is read."""
     checkpoint = find_checkpoint(run_dir)
     if checkpoint is None:
         raise ValueError(f"{run_dir} is not a run folder with a checkpoint (no checkpoint/state.json)")
-    config = saved_config(checkpoint, read_state(checkpoint))
-    if env_id is not None and env_id != config["env_id"]:
-        raise ValueError(f"the run in {run_dir} is of task {config['env_id']!r}, not {env_id!r}")
-    check_learner_file(checkpoint / LEARNER_FILE)
+    config = read_config(checkpoint)
+    if env_id is not None and env_id != config.env_id:
+        raise ValueError(f"the run in {run_dir} is of task {config.env_id!r}, not {env_id!r}")
     stats = checkpoint / STATS_FILE
-    if config.get("normalize", True) and not stats.is_file():
+    if config.normalize and not stats.is_file():
         pickled = checkpoint / "vec_normalize.pkl"
         if pickled.is_file():  # written by an older version
             raise ValueError(f"{checkpoint} holds its VecNormalize statistics only as a pickle ({pickled}), "
                              f"which can run code when loaded; if the folder comes from a trusted source, "
                              f"evaluate it with: imagined-env evaluate {checkpoint / LEARNER_FILE} --env "
-                             f"{config['env_id']} --algo {config.get('algo', 'ppo')} "
-                             f"--vecnormalize {pickled}")
+                             f"{config.env_id} --algo {config.algo} --vecnormalize {pickled}")
         raise ValueError(f"VecNormalize statistics file {stats} is missing (the run folder is damaged)")
-    return (checkpoint / LEARNER_FILE, stats if stats.is_file() else None, config["env_id"],
-            config.get("algo", "ppo"))
+    if stats.is_file():
+        read_stats(stats)  # its own errors name the fault
+    return checkpoint, config, stats if stats.is_file() else None
 
 
 # ---- compare ----------------------------------------------------------------------------------------
@@ -375,7 +387,8 @@ def add_train_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                        description=paragraphs(
                            "Real data -> world model -> PPO/A2C in imagination -> real data, for a "
                            "budget of real environment steps. Precedence: preset < --config < flags.",
-                           TRUSTED + " --resume loads the run folder's learner.zip."))
+                           "--resume reads the run folder without unpickling: of its learner.zip only the "
+                           "tensors are loaded, into a learner built from the run's config."))
     p.add_argument("--steps", type=positive_int, metavar="N",
                    help="real-step budget in all, prefill included (required for a new run; with --resume "
                         "[default: the run's own budget])")

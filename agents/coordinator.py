@@ -92,7 +92,8 @@ class Coordinator:
         """Continue the run of the last checkpoint in `run_dir`; `env_id`, when given, must be its task.
 
         The real episode in progress at the checkpoint is not restored: collection restarts with a reset.
-        The checkpoint's learner.zip is loaded by SB3, which unpickles it: resume only trusted run folders.
+        Nothing in the run folder is unpickled: the learner is built from the run's config, and only the
+        tensors of its learner.zip are loaded into it.
         """
         check_writable(Path(run_dir))
         checkpoint = find_checkpoint(run_dir)

@@ -1,7 +1,10 @@
-"""The learner of a run and the imagined env it trains in, built fresh or from a checkpoint's learner.zip,
-and the check of the learner settings and device before any real step."""
+"""The learner of a run and the imagined env it trains in, built from the run's config (with a
+checkpoint's parameters when resumed), and the check of the learner settings and device before any real
+step. A learner.zip is only read for its tensors (SB3's `set_parameters`, `torch.load(weights_only=True)`
+of its .pth members); its pickled "data" member is never opened."""
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import IMAGINATION_LEARNERS, CoordinatorConfig, _learner_kwargs
 from agents.learning_rate import RunLearningRate
+from agents.run_files import LEARNER_FILE
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.replay import ReplayConfig
 from imagined_env.utils import resolve_device
@@ -35,8 +39,10 @@ class ImaginedLearner:
 
 def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_states: np.ndarray,
                   learning_rate: RunLearningRate, logger: Logger, checkpoint: Path | None) -> ImaginedLearner:
-    """A new learner, or the one of `checkpoint` (its parameters; normalisation statistics are the run
-    state's). The learning rate is the run's schedule; the learner logs to `logger`."""
+    """The run's learner, built from `config` as a new run builds it, with the parameters and optimiser
+    state of `checkpoint`'s learner.zip when given. Counters are the run state's (`RunState`); SB3's
+    own `train/n_updates` restarts at a resume. The learning rate is the run's schedule; the learner logs
+    to `logger`."""
     imagined = ImaginedVectorEnv(world_model, config.n_imagined_envs, env_id=config.env_id,
                                  start_states=start_states,
                                  replay=ReplayConfig(n_sample_steps=config.n_sample_steps))
@@ -46,18 +52,24 @@ def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_stat
     if config.normalize:
         venv = vec_normalize = VecNormalize(venv, gamma=kwargs.get("gamma", 0.99))
     algo = IMAGINATION_LEARNERS[config.algo]
-    if checkpoint is None:
-        learner = algo("MlpPolicy", venv, seed=config.seed, device=config.device, verbose=0, **kwargs)
-    else:  # SB3's load resets the new imagined env at the next update (its force_reset)
-        path = checkpoint / "learner.zip"
-        try:
-            learner = algo.load(path, env=venv, device=config.device,
-                                custom_objects={"learning_rate": learning_rate})
-        except Exception as err:  # noqa: BLE001  (SB3 raises many types for damaged or foreign files)
-            raise ValueError(f"learner file {path} does not load "
-                             f"(the run folder is damaged): {err}") from None
+    learner = algo("MlpPolicy", venv, seed=config.seed, device=config.device, verbose=0, **kwargs)
+    if checkpoint is not None:
+        load_parameters(learner, checkpoint / LEARNER_FILE)
     learner.set_logger(logger)
     return ImaginedLearner(imagined, learner, vec_normalize)
+
+
+def load_parameters(learner: OnPolicyAlgorithm, path: Path) -> None:
+    """The policy and optimiser state of the learner file `path` into `learner`, read as tensors only
+    (its pickled data member is never opened); ValueError naming the file when they do not load or fit."""
+    try:
+        learner.set_parameters(str(path), exact_match=True, device=learner.device)
+    except pickle.UnpicklingError:
+        raise ValueError(f"learner file {path} holds pickled objects, not only tensors: refused, as loading "
+                         "them could run code (the run folder is damaged or tampered with)") from None
+    except Exception as err:  # noqa: BLE001  (zipfile, torch and SB3 raise many types for damaged files)
+        raise ValueError(f"learner file {path} does not load or does not fit the run's learner settings "
+                         f"(the run folder is damaged): {err}") from None
 
 
 def run_learning_rate(config: CoordinatorConfig, current: float | None = None) -> RunLearningRate:
@@ -92,13 +104,26 @@ def check_learner_settings(config: CoordinatorConfig, spec: EnvSpec) -> None:
     """Build the run's learner on a stand-in env of the task's spaces, so that anything SB3 refuses
     (settings, device) is a ValueError before the first real step. Global RNGs are seeded (by SB3)."""
     check_device(config.device)
+    try:
+        _stand_in_learner(config, spec, config.device)
+    except (AssertionError, ValueError, TypeError, RuntimeError) as err:
+        raise ValueError(f"the learner settings are refused by "
+                         f"{IMAGINATION_LEARNERS[config.algo].__name__}: {err}") from None
+
+
+def saved_learner(config: CoordinatorConfig, spec: EnvSpec, path: Path) -> OnPolicyAlgorithm:
+    """The learner of a run of `config` with the parameters of its learner file `path`, on CPU, for
+    predicting actions (it has no env to step). Global RNGs are seeded (by SB3)."""
+    learner = _stand_in_learner(config, spec, "cpu")
+    load_parameters(learner, path)
+    return learner
+
+
+def _stand_in_learner(config: CoordinatorConfig, spec: EnvSpec, device: str) -> OnPolicyAlgorithm:
     observations = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
     actions = spaces.Box(np.array(spec.action_low, np.float32), np.array(spec.action_high, np.float32))
-    algo = IMAGINATION_LEARNERS[config.algo]
-    try:
-        with warnings.catch_warnings():  # the real build warns again, once
-            warnings.simplefilter("ignore")
-            algo("MlpPolicy", _SpacesOnly(config.n_imagined_envs, observations, actions), seed=config.seed,
-                 device=config.device, verbose=0, **_learner_kwargs(config))
-    except (AssertionError, ValueError, TypeError, RuntimeError) as err:
-        raise ValueError(f"the learner settings are refused by {algo.__name__}: {err}") from None
+    with warnings.catch_warnings():  # about the settings: a run's real build warns, once
+        warnings.simplefilter("ignore")
+        return IMAGINATION_LEARNERS[config.algo](
+            "MlpPolicy", _SpacesOnly(config.n_imagined_envs, observations, actions), seed=config.seed,
+            device=device, verbose=0, **_learner_kwargs(config))

@@ -51,16 +51,22 @@ def evaluate_real(model: BaseAlgorithm, env_id: str, n_episodes: int, seed: int,
 def load_learner(model_path: str | Path, algo: str, env_id: str, seed: int,
                  vecnormalize_path: str | Path | None = None) -> tuple[BaseAlgorithm, VecEnv | None]:
     """A saved PPO/A2C `.zip` (plain or imagination) and, if given, its VecNormalize statistics
-    (a run's vec_normalize.npz, or SB3's pickled .pkl) over the real task, frozen: the VecEnv to pass
-    to `evaluate_real` as `training_env`. SB3 unpickles the .zip and a .pkl: load only trusted files."""
+    (`frozen_statistics`). SB3 unpickles the .zip (and a .pkl): load only trusted files; a run folder's
+    learner is read without unpickling by `agents.saved_run.read_learner`."""
     model = LEARNERS[algo].load(model_path, device="cpu")
     if vecnormalize_path is None:
         return model, None
-    if Path(vecnormalize_path).suffix == ".npz":
-        return model, frozen_vec_normalize(Path(vecnormalize_path), real_env(env_id, seed))
-    stats = VecNormalize.load(str(vecnormalize_path), real_env(env_id, seed))
+    return model, frozen_statistics(vecnormalize_path, env_id, seed)
+
+
+def frozen_statistics(path: str | Path, env_id: str, seed: int) -> VecNormalize:
+    """VecNormalize statistics (a run's vec_normalize.npz, or SB3's pickled .pkl) over the real task,
+    frozen: the VecEnv to pass to `evaluate_real` as `training_env`."""
+    if Path(path).suffix == ".npz":
+        return frozen_vec_normalize(Path(path), real_env(env_id, seed))
+    stats = VecNormalize.load(str(path), real_env(env_id, seed))
     stats.training, stats.norm_reward = False, False
-    return model, stats
+    return stats
 
 
 class TqdmProgress(BaseCallback):

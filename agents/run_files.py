@@ -5,7 +5,8 @@ A checkpoint holds state.json (config and progress, written last: its presence m
 complete), run_state.pt (tensors and plain values only: world-model optimiser and RNG states; read with
 `torch.load(weights_only=True)`), world_model.pt, buffer.npz, vec_normalize.npz (VecNormalize's
 statistics as numbers, when observations are normalised) and SB3's learner.zip. Nothing in it is
-unpickled except learner.zip, by SB3 itself: run folders must come from a trusted source.
+unpickled: of learner.zip only the tensors are read (`torch.load(weights_only=True)`), into a learner
+built from the config.
 
 A killed writer leaves temporary files (`.*.tmp`, `.checkpoint-tmp-*`): `sweep_litter` removes them at
 the start of a run and on resume. A failed write raises `WriteFailed` naming the file. `agents.saved_run`
@@ -211,6 +212,8 @@ class RunState:
         progress = state["progress"]
         self.budget, self.history = progress["budget"], progress["history"]
         self.real_steps, self.policy_updates = progress["real_steps"], progress["policy_updates"]
+        # each policy update learns on one rollout of n_steps x n_envs imagined steps
+        self.learner.num_timesteps = self.policy_updates * self.learner.n_steps * self.learner.n_envs
         self.learning_rate.current = progress["learning_rate"]
         self.elapsed_before = progress["elapsed_s"]
         self.trainer.load_state_dict(state["trainer"])

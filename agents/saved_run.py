@@ -1,4 +1,4 @@
-"""A checkpoint read back to resume its run: every file loaded and checked (named when missing, damaged
+"""A checkpoint read back to resume its run or evaluate its learner: every file loaded and checked (named when missing, damaged
 or foreign) before the run folder is written to, and what a failed write leaves to resume from."""
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.config import CoordinatorConfig
+from agents.imagined_learner import saved_learner
 from agents.run_files import (
     CHECKPOINT_VERSION,
     LEARNER_FILE,
@@ -24,6 +27,7 @@ from agents.run_files import (
 from agents.safe_writes import WriteFailed, failure_reason
 from agents.vec_normalize_stats import STATS_FILE, read_stats
 from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.training import spec_from_env
 from imagined_env.world_model import WorldModel
 
 
@@ -89,6 +93,19 @@ def read_checkpoint(checkpoint: Path, config: CoordinatorConfig) -> SavedRun:
                          f"steps of {buffer.env_id!r}, the run {real_steps} of {config.env_id!r}")
     world_model = WorldModel.load(checkpoint / "world_model.pt", device=config.device, env_id=config.env_id)
     return SavedRun(checkpoint, saved, buffer, world_model)
+
+
+def read_learner(checkpoint: Path, config: CoordinatorConfig) -> OnPolicyAlgorithm:
+    """The learner of `checkpoint`, for predicting actions on CPU: built from the run's `config`, with
+    only the parameters of its learner.zip (nothing unpickled); ValueError naming a damaged file."""
+    path = checkpoint / LEARNER_FILE
+    check_learner_file(path)
+    env = gym.make(config.env_id)
+    try:
+        spec = spec_from_env(env, config.env_id)
+    finally:
+        env.close()
+    return saved_learner(config, spec, path)
 
 
 def check_learner_file(path: Path) -> None:

@@ -97,12 +97,17 @@ def test_evaluate_never_unpickles_a_run_folders_statistics(run_copy, capsys, tmp
     assert not marker.exists()
 
 
-def test_help_says_run_folders_must_be_trusted(capsys):
+def test_help_says_what_must_be_trusted(capsys):
     from tests.faults.tiny_runs import cli
 
+    texts = {}
     for command in ("train", "evaluate"):
         code, out, _ = cli([command, "--help"], capsys)
-        assert code == 0 and "must come from a trusted source" in " ".join(out.split())
+        assert code == 0
+        texts[command] = " ".join(out.split())
+    assert "learner .zip given by itself must come from a trusted source" in texts["evaluate"]
+    assert "run folder is read without unpickling" in texts["evaluate"]
+    assert "--resume reads the run folder without unpickling" in texts["train"]
 
 
 def test_run_state_loads_weights_only_and_restores_the_random_generators(finished_run):
