@@ -45,7 +45,8 @@ def build_learner(config: CoordinatorConfig, world_model: WorldModel, start_stat
     to `logger`."""
     imagined = ImaginedVectorEnv(world_model, config.n_imagined_envs, env_id=config.env_id,
                                  start_states=start_states,
-                                 replay=ReplayConfig(n_sample_steps=config.n_sample_steps))
+                                 replay=ReplayConfig(n_sample_steps=config.n_sample_steps),
+                                 torch_threads=None)  # the process's setting (the CLI's --threads) holds
     venv: VecEnv = ImaginedSB3VecEnv(imagined)
     kwargs = {**_learner_kwargs(config), "learning_rate": learning_rate}
     vec_normalize = None

@@ -69,22 +69,25 @@ def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id:
     return world_model
 
 
-def start_state_array(start_states: StartStates | None, obs_dim: int) -> np.ndarray:
-    """Real start observations [n, obs] from a buffer, a buffer file or an array."""
+def start_state_array(start_states: StartStates | None, model: WorldModel) -> np.ndarray:
+    """Real start observations [n, obs] from a buffer, a buffer file or an array, checked against `model`:
+    a buffer must be of the model's task (tasks can share an observation width), and every observation
+    within the range the model was trained on (far outside it the model returns NaN or nonsense)."""
+    obs_dim = model.spec.obs_dim
     if start_states is None:
         raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, or an array "
                          "[n, obs] of real observations (the data the world model was trained on)")
     if isinstance(start_states, (str, os.PathLike)):
         start_states = EpisodeBuffer.load(start_states)
     if isinstance(start_states, EpisodeBuffer):
+        start_states.check_task(model.spec.env_id)
         arr = start_states.start_observations()
     else:
         arr = np.asarray(start_states, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] != obs_dim or len(arr) == 0:
         raise ValueError(f"start states must have shape [n >= 1, {obs_dim}] to match the world model, "
                          f"got {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ValueError("start states contain NaN or inf")
+    model.normaliser.check_start_states(arr)
     return np.asarray(arr, dtype=np.float32)
 
 
@@ -127,7 +130,7 @@ class ImaginedVectorEnv(VectorEnv):
             start_states = shipped_starts if start_states is None else start_states
         self.model = load_world_model(world_model, env_id, device)
         spec = self.model.spec
-        self._starts = start_state_array(start_states, spec.obs_dim)
+        self._starts = start_state_array(start_states, self.model)
         self.num_envs = num_envs
         self.render_mode = None
         self.horizon = self.model.horizon
@@ -162,7 +165,7 @@ class ImaginedVectorEnv(VectorEnv):
     def set_start_states(self, start_states: StartStates) -> None:
         """Draw future episode starts from `start_states` (e.g. a buffer that has grown since)."""
         self._check_usable()
-        self._starts = start_state_array(start_states, self.model.spec.obs_dim)
+        self._starts = start_state_array(start_states, self.model)
 
     @property
     def autoreset_mode(self) -> AutoresetMode:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from imagined_env.data.normaliser import Normaliser
 from imagined_env.world_model import EnvSpec, Imagination
 from tests.conftest import ACT, OBS, linear_step
 
@@ -20,6 +21,9 @@ class LinearFakeModel:
         self.horizon = horizon
         self.spec = EnvSpec(env_id, OBS, ACT, (-1.0,) * ACT, (1.0,) * ACT)
         self.device = torch.device("cpu")
+        zeros, ones = np.zeros(OBS), np.ones(OBS)
+        self.normaliser = Normaliser(zeros, ones, np.zeros(ACT), np.ones(ACT), np.zeros(1), np.ones(1),
+                                     np.zeros(1), np.ones(1))  # unit z-scores: the env's range check
         self.terminate_above = terminate_above
         self.calls: list[int] = []
         self.adapted: list[bool] = []

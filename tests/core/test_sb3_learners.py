@@ -190,7 +190,7 @@ def test_spread_probe_sees_what_the_rollout_buffer_stores():
 
 def fake_task_kwargs(fake):
     """env_kwargs that put the linear fake behind the registered id Imagined-HalfCheetah-v4."""
-    return {"world_model": fake, "start_states": linear_buffer(5, 10)}
+    return {"world_model": fake, "start_states": linear_buffer(5, 10).start_observations()}  # an array: no task
 
 
 @pytest.mark.parametrize("algo", [ImaginationPPO, ImaginationA2C])

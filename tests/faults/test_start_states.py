@@ -46,3 +46,22 @@ def test_the_limit_is_in_stds_of_the_training_data(normaliser):
         normaliser.check_start_states(starts)
     with pytest.raises(ValueError, match=r"shape \[n, 3\]"):
         normaliser.check_start_states(np.zeros((2, 4)))
+
+
+@pytest.mark.mujoco
+def test_the_imagined_env_refuses_a_foreign_buffer_and_far_out_start_states(tmp_path):
+    from imagined_env.vector_env import ImaginedVectorEnv
+
+    shipped = ImaginedVectorEnv(env_id="HalfCheetah-v4", num_envs=2, device="cpu")
+    starts = shipped._starts[:4].copy()
+    walker = EpisodeBuffer(17, 6, 9, 9, env_id="Walker2d-v4")
+    steps = 3
+    walker.add_episode(observations=np.zeros((steps + 1, 17), np.float32), actions=np.zeros((steps, 6), np.float32),
+                       rewards=np.zeros(steps, np.float32), qpos=np.zeros((steps + 1, 9)),
+                       qvel=np.zeros((steps + 1, 9)), terminated=False)
+    with pytest.raises(ValueError, match="holds data of 'Walker2d-v4', not of 'HalfCheetah-v4'"):
+        ImaginedVectorEnv(env_id="HalfCheetah-v4", num_envs=2, start_states=walker, device="cpu")
+    starts[1, 5] = 1e30
+    with pytest.raises(ValueError, match="start state 1, dimension 5"):
+        shipped.set_start_states(starts)
+    assert np.isfinite(shipped._starts).all()  # refused before anything changed
