@@ -155,8 +155,7 @@ def prepare_train(args: argparse.Namespace) -> Job:
         raise ValueError("--steps (the real-step budget) is required for a new run")
     config, _ = build_config(args.preset, args.config, flags)
     check_budget(args.steps, config)
-    run_dir = writable_dir(args.run_dir or default_run_dir(config))
-    coordinator = Coordinator(config, run_dir, verbose=args.verbose)
+    coordinator = Coordinator(config, args.run_dir or default_run_dir(config), verbose=args.verbose)
     return lambda: finish_train(coordinator.learn(args.steps, progress_bar=args.progress))
 
 

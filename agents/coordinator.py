@@ -76,11 +76,11 @@ class Coordinator:
     learner = _from_state("learner", "The SB3 learner (ImaginationPPO or ImaginationA2C).")
 
     def __init__(self, config: CoordinatorConfig, run_dir: str | os.PathLike, *, verbose: int = 1):
+        _check_settings(config)  # before the run folder is created, so a refused start leaves nothing
         check_writable(Path(run_dir))
         existing = find_checkpoint(run_dir)
         if existing is not None:
             raise ValueError(existing_checkpoint_message(Path(run_dir), read_state(existing), config.env_id))
-        check_device(config.device)
         self._open(config, Path(run_dir), verbose, keep_progress_until=None)
         set_random_seed(config.seed)
         self.state = RunState(buffer_for_env(self._real_env, config.env_id), run_learning_rate(config))
@@ -102,7 +102,7 @@ class Coordinator:
         config = read_config(checkpoint)
         if env_id is not None and env_id != config.env_id:
             raise ValueError(f"the checkpoint in {run_dir} is of task {config.env_id!r}, not {env_id!r}")
-        check_device(config.device)
+        _check_settings(config)
         saved = read_checkpoint(checkpoint, config)
         coordinator = cls.__new__(cls)
         coordinator._open(config, Path(run_dir), verbose,
@@ -165,13 +165,12 @@ class Coordinator:
     # ---- setup -------------------------------------------------------------------------
     def _open(self, config: CoordinatorConfig, run_dir: Path, verbose: int,
               keep_progress_until: int | None) -> None:
-        """What a fresh and a resumed run share: envs, the learner settings' check, then (the folder's
-        litter swept) config file, logger and per-iteration records."""
+        """What a fresh and a resumed run share: envs, then (the folder's litter swept) config file, logger
+        and per-iteration records."""
         self.config, self.run_dir, self.verbose = config, run_dir, verbose
         self._real_env = gym.make(config.env_id)
         self._sim = gym.make(config.env_id)  # open-loop replays overwrite its state
         self.spec = spec_from_env(self._real_env, config.env_id)
-        check_learner_settings(config, self.spec)
         sweep_litter(run_dir)
         with writing(run_dir / "config.json"), atomic_path(run_dir / "config.json") as tmp:
             tmp.write_text(json.dumps(config.to_dict(), indent=2))
@@ -308,3 +307,13 @@ class Coordinator:
 def _crossed(before: int, after: int, every: int) -> bool:
     """True when a multiple of `every` lies in (before, after]."""
     return after // every > before // every
+
+
+def _check_settings(config: CoordinatorConfig) -> None:
+    """The device and the learner settings, checked against the task's spaces before anything is written."""
+    check_device(config.device)
+    env = gym.make(config.env_id)
+    try:
+        check_learner_settings(config, spec_from_env(env, config.env_id))
+    finally:
+        env.close()
