@@ -113,7 +113,8 @@ def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
     model = WorldModel.load(model_path, device="cpu", env_id=config.env_id)
     reference = REFERENCES.get(config.env_id)
     data = f", fitted on {reference.real_steps:,} real steps" if reference else ""
-    log(f"world model: the one shipped for {config.env_id}{data} (imagined episodes of {model.horizon} steps)")
+    log(f"world model: the one shipped for {config.env_id}{data} "
+        f"(imagined episodes of {model.horizon} steps)")
     return model, starts_path
 
 
@@ -153,7 +154,8 @@ def run_demo(config: DemoConfig = DemoConfig(), log: Callable[[str], None] = pri
     with warnings.catch_warnings():
         # The shipped model and the stored results it is compared with are of the v4 task, whose make()
         # Gymnasium flags as out of date; that notice says nothing about this run.
-        warnings.filterwarnings("ignore", message=rf".*The environment (Imagined-)?{re.escape(config.env_id)} "
+        warnings.filterwarnings("ignore",
+                                message=rf".*The environment (Imagined-)?{re.escape(config.env_id)} "
                                 "is out of date", category=DeprecationWarning)
         return _run_demo(config, log, progress)
 
@@ -176,7 +178,8 @@ def _run_demo(config: DemoConfig, log: Callable[[str], None], progress: bool) ->
     if limit.hit:
         log(f"(stopped at the {config.time_limit_s:.0f} s time limit)")
     after = evaluate_real(learner, config.env_id, episodes, eval_seed)
-    log(f"real return after:  {after[0]:8.1f} +- {after[1]:.1f} after {learner.num_timesteps:,} imagined steps "
+    log(f"real return after:  {after[0]:8.1f} +- {after[1]:.1f} "
+        f"after {learner.num_timesteps:,} imagined steps "
         f"({time.perf_counter() - start:.0f} s in all)")
     random = random_return(config.env_id, episodes, eval_seed)
     reference = REFERENCES.get(config.env_id)

@@ -71,8 +71,9 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
         if env.num_envs != 1:
             task = getattr(env.envs[0].spec, "id", None) or "Imagined-HalfCheetah-v4"
             n = env.num_envs
-            raise ValueError(f"{n} separate imagined envs (e.g. make_vec_env({task!r}, n_envs={n})) would each "
-                             f"generate alone, one call per env. For one batched call per rollout write "
+            raise ValueError(f"{n} separate imagined envs (e.g. make_vec_env({task!r}, n_envs={n})) "
+                             f"would each generate alone, one call per env. "
+                             f"For one batched call per rollout write "
                              f"ImaginationPPO('MlpPolicy', {task!r}, n_envs={n}), or pass "
                              f"env=agents.make_imagined_vec_env({task!r}, n_envs={n})")
         return env.envs[0].unwrapped.vec, vec_normalize
@@ -156,7 +157,8 @@ class BatchedBootstrap(BaseCallback):
                 values = policy.predict_values(last_obs).flatten().cpu().numpy()
             rewards[idx] += self.learner.gamma * values
             for i in idx:
-                infos[i]["TimeLimit.truncated"] = False  # bootstrapped above: SB3's loop must not add it again
+                # bootstrapped above: SB3's loop must not add it again
+                infos[i]["TimeLimit.truncated"] = False
         return True
 
     def _on_step(self) -> bool:
@@ -219,7 +221,8 @@ def _signature(base: type) -> inspect.Signature:
     params = list(inspect.signature(base).parameters.values())
     keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params[2:]]
     keyword = [p.replace(default=None, annotation=int | None) if p.name == "n_steps" else p for p in keyword]
-    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None) for name in ("n_envs", "env_kwargs")]
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None)
+             for name in ("n_envs", "env_kwargs")]
     return inspect.Signature(params[:2] + keyword + extra)
 
 

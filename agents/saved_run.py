@@ -1,5 +1,6 @@
-"""A checkpoint read back to resume its run or evaluate its learner: every file loaded and checked (named when missing, damaged
-or foreign) before the run folder is written to, and what a failed write leaves to resume from."""
+"""A checkpoint read back to resume its run or evaluate its learner: every file loaded and checked (named
+when missing, damaged or foreign) before the run folder is written to, and what a failed write leaves to
+resume from."""
 from __future__ import annotations
 
 import pickle

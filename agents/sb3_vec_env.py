@@ -21,8 +21,8 @@ class ImaginedSB3VecEnv(VecEnv):
 
     def __init__(self, imagined: ImaginedVectorEnv):
         if imagined.autoreset_mode != AutoresetMode.SAME_STEP:
-            raise ValueError(f"SB3 needs each finished episode's last observation in the same step: build the "
-                             f"imagined env with autoreset_mode=AutoresetMode.SAME_STEP, not "
+            raise ValueError(f"SB3 needs each finished episode's last observation in the same step: "
+                             f"build the imagined env with autoreset_mode=AutoresetMode.SAME_STEP, not "
                              f"{imagined.autoreset_mode} (agents.make_imagined_vec_env does)")
         self.imagined = imagined
         super().__init__(imagined.num_envs, imagined.single_observation_space, imagined.single_action_space)

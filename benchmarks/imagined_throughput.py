@@ -85,7 +85,8 @@ def time_raw(imagined: ImaginedVectorEnv, policy: PPO, n_repeats: int, seed: int
     """Seconds of each of n_repeats batched generations of num_envs trajectories guided by the policy."""
     model, guide = imagined.model, sb3_guide(policy.policy)
     gen = torch.Generator(device=model.device).manual_seed(seed)
-    starts = imagined._starts[np.random.default_rng(seed).integers(len(imagined._starts), size=imagined.num_envs)]
+    starts = imagined._starts[
+        np.random.default_rng(seed).integers(len(imagined._starts), size=imagined.num_envs)]
     times = []
     with torch_threads(imagined.torch_threads):  # one untimed call first: the thread pool settles
         for _ in range(n_repeats + 1):
@@ -129,7 +130,8 @@ def main() -> None:
     args = p.parse_args()
     repeats = 3 if args.quick else args.repeats
     labels = "-".join("all" if t is None else str(t) for t in args.threads)
-    out = args.out or Path(f"benchmarks/results/imagined_throughput/{args.env}/threads-{labels}_turns-{repeats}.json")
+    out = args.out or Path(f"benchmarks/results/imagined_throughput/{args.env}/"
+                           f"threads-{labels}_turns-{repeats}.json")
     default_threads = torch.get_num_threads()
     torch.manual_seed(args.seed)
     wm_path, starts_path = args.world_model, args.start_states
@@ -147,7 +149,8 @@ def main() -> None:
         learners[setting] = (imagined, learner, GenerationClock(imagined.model))
     horizon = imagined.horizon
     n = args.n_envs * horizon
-    times: dict[int | None, dict[str, list[float]]] = {s: {"raw": [], "sb3": [], "in_sb3": []} for s in learners}
+    times: dict[int | None, dict[str, list[float]]] = {
+        s: {"raw": [], "sb3": [], "in_sb3": []} for s in learners}
     for _ in range(repeats):
         for setting, (imagined, learner, clock) in learners.items():
             times[setting]["raw"] += time_raw(imagined, learner, 1, args.seed)
@@ -169,13 +172,14 @@ def main() -> None:
         raw, sb3 = (n / float(np.median(t[k])) for k in ("raw", "sb3"))
         overhead = float(np.median(1.0 - np.array(t["in_sb3"]) / np.array(t["sb3"])))  # within each rollout
         label = f"all ({default_threads})" if setting is None else str(setting)
-        rows[label] = {"raw_generation": raw, "sb3_rollouts": sb3, "sb3_overhead_fraction": overhead, "seconds": t}
+        rows[label] = {"raw_generation": raw, "sb3_rollouts": sb3, "sb3_overhead_fraction": overhead,
+                       "seconds": t}
         print(f"{label:<14} {raw:>15.0f} {sb3:>21.0f} {100 * overhead:>8.1f}%")
     print(f"real {args.env} through SB3 PPO rollouts: {real_rate:.0f} transitions/s")
     print("overhead: the share of each SB3 rollout not spent in the world model's generation, median over "
           "turns (target <= 20%)")
-    result = {"env": args.env, "n_envs": args.n_envs, "horizon": horizon, "chain_steps": chain, "turns": repeats,
-              "torch_threads": rows, "real_sb3_rollouts": real_rate,
+    result = {"env": args.env, "n_envs": args.n_envs, "horizon": horizon, "chain_steps": chain,
+              "turns": repeats, "torch_threads": rows, "real_sb3_rollouts": real_rate,
               "machine": {"platform": platform.platform(), "default_threads": default_threads}}
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(result, indent=2))

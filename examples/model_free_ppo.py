@@ -25,5 +25,5 @@ model.learn(total_timesteps=args.steps)
 
 eval_env = Monitor(gym.make("HalfCheetah-v4"))
 mean, std = evaluate_policy(model, eval_env, n_eval_episodes=3, deterministic=True)
-print(f"{type(model).__name__}: real HalfCheetah-v4 return {mean:.1f} +- {std:.1f} after {model.num_timesteps} "
-      "steps of learning")
+print(f"{type(model).__name__}: real HalfCheetah-v4 return {mean:.1f} +- {std:.1f} "
+      f"after {model.num_timesteps} steps of learning")

@@ -128,7 +128,8 @@ class PlanReplay:
             self._assign(idx, *self._generate(self.current_obs()[idx], actions[idx]))
         c = self.cursor
         step = active.astype(np.int64)
-        next_obs, rew, term = self.obs[rows, c + step], self.rewards[rows, c] * active, self.terms[rows, c] & active
+        next_obs, rew, term = (self.obs[rows, c + step], self.rewards[rows, c] * active,
+                               self.terms[rows, c] & active)
         self.cursor = c + step
         self.valid &= self.cursor < self.model.horizon
         return next_obs.copy(), rew.copy(), term.copy(), off

@@ -26,7 +26,8 @@ OFF_PLAN_WARNING = (
     "The agent sent actions that differ from the imagined plan, so the env regenerated those "
     "trajectories conditioned on the actions taken (one full diffusion chain per step: slow). "
     "For the one-call speed let the learner follow the plan: agents.ImaginationPPO / "
-    "agents.ImaginationA2C, or send env.unwrapped.planned_actions() (info['planned_action'] from gym.make_vec)."
+    "agents.ImaginationA2C, or send env.unwrapped.planned_actions() "
+    "(info['planned_action'] from gym.make_vec)."
 )
 
 
@@ -49,7 +50,8 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def autoreset_mode_of(mode: AutoresetMode | str) -> AutoresetMode:
-    """`mode` as an AutoresetMode (its name or value also accepted); only SAME_STEP and NEXT_STEP exist here."""
+    """`mode` as an AutoresetMode (its name or value also accepted); only SAME_STEP and NEXT_STEP exist
+    here."""
     supported = (AutoresetMode.SAME_STEP, AutoresetMode.NEXT_STEP)
     for m in supported:
         if mode in (m, m.value, m.name):

@@ -75,7 +75,7 @@ def test_next_step_reset_sequence_through_normalize_record_and_clip():
         s4, r3 = linear_step(s3.astype(np.float32), a3)
         np.testing.assert_allclose(obs, normalised(s4), rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(rew, r3, rtol=1e-5)
-    assert raw_env.model.calls == [2, 2]                    # one call per episode start, none for the reset step
+    assert raw_env.model.calls == [2, 2]  # one call per episode start, none for the reset step
     np.testing.assert_array_equal(env.unwrapped.planned_actions(), info["planned_action"])
 
 
@@ -106,7 +106,8 @@ def test_single_env_planned_action_through_wrappers():
 
     from imagined_env.single_env import ImaginedEnv
 
-    env = SingleClipAction(SingleNormalizeObservation(ImaginedEnv(world_model=LinearFakeModel(), start_states=STARTS)))
+    env = SingleClipAction(SingleNormalizeObservation(
+        ImaginedEnv(world_model=LinearFakeModel(), start_states=STARTS)))
     _, info = env.reset(seed=0)
     planned = env.get_wrapper_attr("planned_action")
     np.testing.assert_array_equal(planned(), info["planned_action"])

@@ -190,7 +190,8 @@ def test_spread_probe_sees_what_the_rollout_buffer_stores():
 
 def fake_task_kwargs(fake):
     """env_kwargs that put the linear fake behind the registered id Imagined-HalfCheetah-v4."""
-    return {"world_model": fake, "start_states": linear_buffer(5, 10).start_observations()}  # an array: no task
+    return {"world_model": fake,
+            "start_states": linear_buffer(5, 10).start_observations()}  # an array: no task
 
 
 @pytest.mark.parametrize("algo", [ImaginationPPO, ImaginationA2C])
@@ -211,10 +212,11 @@ def test_make_vec_env_of_imagined_envs_names_the_batched_line_which_generates_on
 
     fake = LinearFakeModel(horizon=4, env_id="HalfCheetah-v4")
     separate = make_vec_env("Imagined-HalfCheetah-v4", n_envs=4, env_kwargs=fake_task_kwargs(fake))
-    with pytest.raises(ValueError, match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=4\)"):
+    with pytest.raises(ValueError,
+                       match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=4\)"):
         ImaginationPPO("MlpPolicy", separate)
-    model = ImaginationPPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_envs=4, env_kwargs=fake_task_kwargs(fake),
-                           batch_size=16, n_epochs=1, seed=0)  # the line the error names
+    model = ImaginationPPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_envs=4,  # the line the error names
+                           env_kwargs=fake_task_kwargs(fake), batch_size=16, n_epochs=1, seed=0)
     model.learn(4 * 4 * 3)
     assert fake.calls == [4, 4, 4]
 
@@ -264,7 +266,8 @@ def test_truncated_envs_are_bootstrapped_in_one_batched_value_call():
         def _on_rollout_end(self) -> None:                  # before the update: the rollout's policy
             self.buffer_rewards = self.model.rollout_buffer.rewards.copy()
             with torch.no_grad():
-                self.values = [predict(torch.as_tensor(np.stack(obs))).flatten().numpy() if any(trunc) else None
+                self.values = [predict(torch.as_tensor(np.stack(obs))).flatten().numpy()
+                               if any(trunc) else None
                                for _, obs, trunc in self.steps]
 
     model = ImaginationPPO("MlpPolicy", env, n_steps=6, batch_size=36, n_epochs=1, seed=0, gamma=0.9)

@@ -88,7 +88,8 @@ def test_a_planted_pickle_never_runs_on_resume(run_copy, capsys, tmp_path, name,
 def test_evaluate_never_unpickles_a_run_folders_statistics(run_copy, capsys, tmp_path):
     marker = tmp_path / "payload-ran"
     plant_npz(run_copy / "checkpoint" / "vec_normalize.npz", marker)
-    assert str(run_copy / "checkpoint" / "vec_normalize.npz") in usage_error(["evaluate", str(run_copy)], capsys)
+    assert (str(run_copy / "checkpoint" / "vec_normalize.npz")
+            in usage_error(["evaluate", str(run_copy)], capsys))
     # a folder of an older version holds a pickled vec_normalize.pkl: it is named, not loaded
     (run_copy / "checkpoint" / "vec_normalize.npz").unlink()
     (run_copy / "checkpoint" / "vec_normalize.pkl").write_bytes(pickle.dumps(Payload(marker)))

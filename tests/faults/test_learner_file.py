@@ -126,8 +126,8 @@ def test_evaluate_of_a_run_folder_equals_sb3s_load_of_its_files(finished_run, ca
     options = ["--episodes", "2", "--max-episode-steps", "50"]
     code, folder, err = cli(["evaluate", str(finished_run), *options], capsys)
     assert code == 0, err
-    code, file, err = cli(["evaluate", str(checkpoint / "learner.zip"), "--env", TINY.env_id, "--vecnormalize",
-                           str(checkpoint / "vec_normalize.npz"), *options], capsys)
+    code, file, err = cli(["evaluate", str(checkpoint / "learner.zip"), "--env", TINY.env_id,
+                           "--vecnormalize", str(checkpoint / "vec_normalize.npz"), *options], capsys)
     assert code == 0, err
     returns = [re.search(r"mean return (\S+ \+- \S+)", text).group(1) for text in (folder, file)]
     assert returns[0] == returns[1]

@@ -111,7 +111,8 @@ def test_ten_sigkills_each_resumed_reach_exact_counters_without_litter(tmp_path)
         os.kill(pid, signal.SIGKILL)
         assert server.wait(pid) == -signal.SIGKILL
         checkpoint = find_checkpoint(run_dir)
-        checkpointed.append(json.loads((checkpoint / "state.json").read_text())["real_steps"] if checkpoint else 0)
+        checkpointed.append(json.loads((checkpoint / "state.json").read_text())["real_steps"]
+                            if checkpoint else 0)
     assert checkpointed == sorted(checkpointed) and checkpointed[-1] < BUDGET  # never lost, never done early
 
     assert server.wait(server.run(resume)) == 0, log.read_text()[-3000:]
@@ -122,7 +123,8 @@ def test_ten_sigkills_each_resumed_reach_exact_counters_without_litter(tmp_path)
     refits = BUDGET // TINY.normaliser_refit_every - prefill // TINY.normaliser_refit_every
     assert (state["real_steps"], state["budget"]) == (BUDGET, BUDGET)
     assert state["policy_updates"] == (BUDGET - prefill) // every
-    assert state["world_model_steps"] == (TINY.initial_world_model_steps + refits * TINY.refit_world_model_steps
+    assert state["world_model_steps"] == (TINY.initial_world_model_steps
+                                          + refits * TINY.refit_world_model_steps
                                           + int(TINY.world_model_steps_per_real_step * (BUDGET - prefill)))
     assert EpisodeBuffer.load(checkpoint / "buffer.npz").n_transitions == BUDGET
     assert [row["real_steps"] for row in state["history"]] == list(range(300, BUDGET + 1, TINY.eval_every))

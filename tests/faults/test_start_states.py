@@ -56,9 +56,9 @@ def test_the_imagined_env_refuses_a_foreign_buffer_and_far_out_start_states(tmp_
     starts = shipped._starts[:4].copy()
     walker = EpisodeBuffer(17, 6, 9, 9, env_id="Walker2d-v4")
     steps = 3
-    walker.add_episode(observations=np.zeros((steps + 1, 17), np.float32), actions=np.zeros((steps, 6), np.float32),
-                       rewards=np.zeros(steps, np.float32), qpos=np.zeros((steps + 1, 9)),
-                       qvel=np.zeros((steps + 1, 9)), terminated=False)
+    walker.add_episode(observations=np.zeros((steps + 1, 17), np.float32),
+                       actions=np.zeros((steps, 6), np.float32), rewards=np.zeros(steps, np.float32),
+                       qpos=np.zeros((steps + 1, 9)), qvel=np.zeros((steps + 1, 9)), terminated=False)
     with pytest.raises(ValueError, match="holds data of 'Walker2d-v4', not of 'HalfCheetah-v4'"):
         ImaginedVectorEnv(env_id="HalfCheetah-v4", num_envs=2, start_states=walker, device="cpu")
     starts[1, 5] = 1e30

@@ -51,10 +51,10 @@ def test_the_writability_probe_writes_bytes(tmp_path, capsys, monkeypatch):
 def test_a_failed_write_names_the_file_and_the_intact_checkpoint(run_copy, capsys, monkeypatch, target,
                                                                  attribute, failure, file, checkpointed):
     monkeypatch.setattr(target, attribute, failure)
-    message = usage_error(["train", "--resume", str(run_copy), "--steps", str(BUDGET + 100), "--verbose", "0"],
-                          capsys)
-    reason = ("PytorchStreamWriter failed writing file data/0: file write failed" if failure is torch_write_failed
-              else "No space left on device (ENOSPC)")
+    message = usage_error(["train", "--resume", str(run_copy), "--steps", str(BUDGET + 100),
+                           "--verbose", "0"], capsys)
+    reason = ("PytorchStreamWriter failed writing file data/0: file write failed"
+              if failure is torch_write_failed else "No space left on device (ENOSPC)")
     assert f"cannot write {run_copy / file}: {reason}" in message
     checkpoint = run_copy / "checkpoint"
     assert {p.name for p in checkpoint.iterdir()} == CHECKPOINT_FILES and stray_files(run_copy) == []
@@ -63,7 +63,8 @@ def test_a_failed_write_names_the_file_and_the_intact_checkpoint(run_copy, capsy
     assert f"imagined-env train --resume {run_copy}" in message
 
     monkeypatch.undo()
-    assert cli(["train", "--resume", str(run_copy), "--verbose", "0", "--steps", str(BUDGET + 100)], capsys)[0] == 0
+    assert cli(["train", "--resume", str(run_copy), "--verbose", "0", "--steps", str(BUDGET + 100)],
+               capsys)[0] == 0
     state = json.loads((checkpoint / "state.json").read_text())
     assert state["real_steps"] == BUDGET + 100 and state["policy_updates"] == (BUDGET + 100 - 200) // 50
     assert EpisodeBuffer.load(checkpoint / "buffer.npz").n_transitions == BUDGET + 100
@@ -86,7 +87,8 @@ def test_litter_of_killed_writers_is_swept_on_resume(run_copy, capsys):
     for path in litter:
         path.parent.mkdir(exist_ok=True)
         path.write_text("half")
-    assert cli(["train", "--resume", str(run_copy), "--verbose", "0", "--steps", str(BUDGET + 50)], capsys)[0] == 0
+    assert cli(["train", "--resume", str(run_copy), "--verbose", "0", "--steps", str(BUDGET + 50)],
+               capsys)[0] == 0
     assert stray_files(run_copy) == []
 
 

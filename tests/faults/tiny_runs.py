@@ -64,8 +64,9 @@ def cli_process(argv: list[str], log: Path) -> subprocess.Popen:
     """`imagined-env argv` as a child process of this source tree, one torch thread; stderr to `log`."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     with open(log, "ab") as stderr:
-        return subprocess.Popen([sys.executable, "-m", "agents.cli", *argv, "--threads", "1", "--no-progress"],
-                                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        return subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", *argv, "--threads", "1", "--no-progress"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def stray_files(run_dir: Path) -> list[Path]:

@@ -1,4 +1,5 @@
-"""The demo as a newcomer sees it: what it does, references for its returns, a true progress bar, no warnings."""
+"""The demo as a newcomer sees it: what it does, references for its returns, a true progress bar, no
+warnings."""
 from __future__ import annotations
 
 import warnings

@@ -78,5 +78,6 @@ def test_the_one_line_swap_builds_the_batched_env_on_the_shipped_model():
     assert np.isfinite(model.imagined.model.guidance_scale)
     PPO("MlpPolicy", "Imagined-HalfCheetah-v4", n_steps=8, batch_size=8, n_epochs=1, seed=0).learn(8)
     many = make_vec_env("Imagined-HalfCheetah-v4", n_envs=2, env_kwargs={"device": "cpu"})
-    with pytest.raises(ValueError, match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=2\)"):
+    with pytest.raises(ValueError,
+                       match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=2\)"):
         ImaginationPPO("MlpPolicy", many)
