@@ -114,6 +114,13 @@ class SimulatorModel:
     def adapt_guidance(self, imagination: Imagination) -> None:
         """Nothing to tune: the actions are the policy's own draws."""
 
+    def check_start_states(self, observations: np.ndarray) -> None:
+        """The simulator accepts any finite state."""
+        bad = np.argwhere(~np.isfinite(np.asarray(observations, np.float64)))
+        if len(bad):
+            row, dim = (int(i) for i in bad[0])
+            raise ValueError(f"start state {row}, dimension {dim} is not finite")
+
     def close(self) -> None:
         self.env.close()
 

@@ -89,7 +89,7 @@ def start_state_array(start_states: StartStates | None, model: WorldModel) -> np
     if arr.ndim != 2 or arr.shape[1] != obs_dim or len(arr) == 0:
         raise ValueError(f"start states must have shape [n >= 1, {obs_dim}] to match the world model, "
                          f"got {arr.shape}")
-    model.normaliser.check_start_states(arr)
+    model.check_start_states(arr)
     return np.asarray(arr, dtype=np.float32)
 
 

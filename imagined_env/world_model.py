@@ -283,6 +283,11 @@ class WorldModel:
         return Imagination(observations=states, actions=actions[:, :h], rewards=rewards, terminations=ended,
                            spread=spread, row_spread=row_spread, disagreement=u)
 
+    def check_start_states(self, observations: np.ndarray) -> None:
+        """ValueError naming the first start observation [n, obs] (row and dimension) that is not finite or
+        lies far outside the data the model was trained on: there it would imagine NaN or nonsense."""
+        self.normaliser.check_start_states(observations)
+
     def adapt_guidance(self, imagination: Imagination) -> None:
         """One tuning step of the guidance scale (and, with `per_row`, of each row's factor) toward the
         target spread, from the action spread of a policy-guided imagination; unguided ones change nothing.
