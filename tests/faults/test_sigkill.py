@@ -24,8 +24,9 @@ from tests.faults.tiny_runs import CHECKPOINT_FILES, REPO, TINY, stray_files, ti
 pytestmark = [pytest.mark.slow, pytest.mark.mujoco]
 KILLS = 10
 BUDGET = 4000
-MAX_DELAY = 1.0
-"""Seconds after a run has opened its folder within which it is killed (a checkpoint every ~0.1 s)."""
+JITTER = 0.05
+"""Seconds, at most, between a run reaching its kill's real-step target and the kill: a random point within
+the iteration that follows (a checkpoint is written every iteration)."""
 
 
 FORK_SERVER = """
@@ -95,6 +96,26 @@ def wait_until_open(server: ForkServer, pid: int, run_dir: Path, before: int | N
         time.sleep(0.01)
 
 
+def logged_steps(run_dir: Path) -> int:
+    """The real steps of the newest progress row (0 before the first)."""
+    try:
+        with open(run_dir / "progress.csv", newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (FileNotFoundError, csv.Error):
+        return 0
+    return int(float(rows[-1]["time/real_steps"])) if rows else 0
+
+
+def wait_until_steps(server: ForkServer, pid: int, run_dir: Path, target: int, log: Path) -> None:
+    """Until the run has logged `target` real steps: kills are placed by progress, not by time, so a fast
+    machine cannot finish the budget before the last kill."""
+    deadline = time.monotonic() + 120.0
+    while logged_steps(run_dir) < target:
+        if not server.running(pid) or time.monotonic() > deadline:
+            pytest.fail(f"the run ended or stalled before {target} real steps:\n{log.read_text()[-3000:]}")
+        time.sleep(0.005)
+
+
 def test_ten_sigkills_each_resumed_reach_exact_counters_without_litter(tmp_path):
     rng = random.Random(15)
     run_dir, log = tmp_path / "run", tmp_path / "stderr.log"
@@ -102,11 +123,14 @@ def test_ten_sigkills_each_resumed_reach_exact_counters_without_litter(tmp_path)
              "--run-dir", str(run_dir), "--verbose", "0"]
     resume = ["train", "--resume", str(run_dir), "--verbose", "0"]
     server, checkpointed = ForkServer(log), []
-    for _ in range(KILLS):
+    every = TINY.policy_every
+    targets = sorted(rng.sample(range(TINY.prefill_steps + every, BUDGET - 10 * every, every), KILLS))
+    for target in targets:
         before = config_inode(run_dir)
         pid = server.run(resume if find_checkpoint(run_dir) else fresh)
         wait_until_open(server, pid, run_dir, before, log)
-        time.sleep(rng.uniform(0.0, MAX_DELAY))
+        wait_until_steps(server, pid, run_dir, target, log)
+        time.sleep(rng.uniform(0.0, JITTER))
         assert server.running(pid), f"the run ended before its kill:\n{log.read_text()[-3000:]}"
         os.kill(pid, signal.SIGKILL)
         assert server.wait(pid) == -signal.SIGKILL
