@@ -40,7 +40,7 @@ from agents.coordinator import Coordinator
 from agents.demo import DemoConfig, run_demo
 from agents.presets import ALIASES, build_preset, describe, preset_ids, resolve
 from agents.real_evaluation import evaluate_real, frozen_statistics, load_learner
-from agents.run_files import LEARNER_FILE, find_checkpoint
+from agents.run_files import LEARNER_FILE, find_checkpoint, read_state
 from agents.safe_writes import WriteFailed, check_writable
 from agents.saved_run import read_config, read_learner
 from agents.vec_normalize_stats import STATS_FILE, read_stats
@@ -57,8 +57,8 @@ TRUSTED = ("A learner .zip given by itself must come from a trusted source: SB3 
            "VecNormalize .pkl) when loading, which can run code. A run folder is read without unpickling: "
            "of its learner.zip only the tensors are loaded, into a learner built from the run's config.")
 DEFAULT_THREADS = 1
-"""Torch CPU threads. On a small shared machine, OpenMP threads competing with other processes slow
-the small-batch work of this package down by an order of magnitude; one thread is the safe default."""
+"""Torch CPU threads: the small-batch work of this package gains little from more, and threads that
+compete with other processes on a shared machine slow it down."""
 
 
 # ---- small parsers and checks ---------------------------------------------------------------------
@@ -167,11 +167,13 @@ def prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Job:
     if not run_dir.is_dir() or find_checkpoint(run_dir) is None:
         raise ValueError(f"--resume {run_dir}: no checkpoint there (expected "
                          f"{run_dir}/checkpoint/state.json)")
+    if args.steps is not None:  # checked before the resume touches the folder
+        checkpoint = find_checkpoint(run_dir)
+        check_budget(args.steps, read_config(checkpoint))
+        taken = read_state(checkpoint).get("real_steps", 0)  # a damaged state is named by the resume
+        if args.steps < taken:
+            raise ValueError(f"--steps {args.steps} is below the {taken} real steps taken")
     coordinator = Coordinator.resume(run_dir, verbose=args.verbose)
-    if args.steps is not None:
-        check_budget(args.steps, coordinator.config)
-        if args.steps < coordinator.real_steps:
-            raise ValueError(f"--steps {args.steps} is below the {coordinator.real_steps} real steps taken")
     return lambda: finish_train(coordinator.learn(args.steps, progress_bar=args.progress))
 
 
@@ -499,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         usage_error(parser, args.command, err)
     try:
         return job()
-    except WriteFailed as err:
+    except (ValueError, OSError, WriteFailed) as err:  # bad files met while working, a full disk: one line
         usage_error(parser, args.command, err)
 
 

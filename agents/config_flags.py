@@ -29,10 +29,6 @@ FLAG_PREFIX = "config:"
 
 
 # ---- the tree ---------------------------------------------------------------------------------------
-
-
-
-
 def leaf_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, type]]:
     """(dotted path, annotation, owning dataclass) of every non-dataclass field of `cls`, depth first."""
     for name, annotation in field_types(cls).items():
@@ -40,12 +36,6 @@ def leaf_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, Any, type]]:
             yield from leaf_paths(annotation, f"{prefix}{name}.")
         else:
             yield prefix + name, annotation, cls
-
-
-
-
-
-
 
 
 def override(config: Any, changes: dict[str, Any], where: str = "") -> Any:
@@ -63,8 +53,6 @@ def override(config: Any, changes: dict[str, Any], where: str = "") -> Any:
     for head, sub in groups.items():
         direct[head] = override(direct.get(head, getattr(config, head)), sub, f"{where}{head}.")
     return dataclasses.replace(config, **direct) if direct else config
-
-
 
 
 def leaf_values(config: Any) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from agents.config import ACTIVATIONS, IMAGINATION_LEARNERS, SUPPORTED_TASKS, CoordinatorConfig
 from agents.diagnostics import SpreadProbe, record_evaluation, record_progress, world_model_errors
-from agents.imagined_learner import build_learner, check_device, check_learner_settings, run_learning_rate
+from agents.imagined_learner import build_learner, check_learner_settings, run_learning_rate
 from agents.real_evaluation import evaluate_real
 from agents.run_files import (
     RUN_STATE,
@@ -311,7 +311,6 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 def _check_settings(config: CoordinatorConfig) -> None:
     """The device and the learner settings, checked against the task's spaces before anything is written."""
-    check_device(config.device)
     env = gym.make(config.env_id)
     try:
         check_learner_settings(config, spec_from_env(env, config.env_id))

@@ -1,4 +1,4 @@
-"""`imagined-env demo`: the package's main job on embedded defaults, in under a minute on a laptop CPU.
+"""`imagined-env demo`: the package's main job on embedded defaults, kept short by a time limit.
 
 Loads the pretrained HalfCheetah-v4 world model (or, when none ships, fits a tiny one on a few
 thousand random real steps), trains SB3 PPO purely in imagination, and reports the real-task return
@@ -33,14 +33,14 @@ from imagined_env.world_model import WorldModel, WorldModelConfig
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Embedded defaults of the demo: about a minute on 2 CPU cores, never much over `time_limit_s`."""
+    """Embedded defaults of the demo; its PPO phase never runs much over `time_limit_s`."""
 
     env_id: str = "HalfCheetah-v4"
     """Real task; a pretrained world model ships for HalfCheetah-v4."""
     imagined_steps: int = 25_000
     """Imagined transitions PPO learns from, rounded up to whole rollouts of n_envs x H (the time limit may
-    stop it earlier). Much longer training
-    exploits the frozen model's errors; the coordinator avoids that by refitting the model on real data."""
+    stop it earlier). Much longer training exploits the frozen model's errors; the coordinator avoids that
+    by refitting the model on real data."""
     time_limit_s: float = 180.0
     """Wall-clock cap of the PPO phase, so the demo stays short on a slow or busy machine."""
     n_envs: int = 128

@@ -46,10 +46,16 @@ RUN_STATE = "run_state.pt"
 LEARNER_FILE = "learner.zip"
 
 
+RUN_FOLDER_FILES = ("config.json", "progress.csv", "evaluations.csv", "world_model.pt")
+"""Files a run writes atomically at the top of its folder."""
+
+
 def sweep_litter(run_dir: Path) -> list[Path]:
-    """Remove what killed writers leave in `run_dir`: `.*.tmp` files of atomic writes, unfinished
-    checkpoint directories, and the previous checkpoint once the current one is complete."""
-    litter = [p for p in run_dir.glob(".*.tmp") if p.is_file()] + list(run_dir.glob(f"{TMP_PREFIX}*"))
+    """Remove what killed writers leave in `run_dir`: the temp files of the run's own atomic writes
+    (`.<name>.*.tmp`), unfinished checkpoint directories, and the previous checkpoint once the current one
+    is complete. Other files in the folder are never touched."""
+    temps = [p for name in RUN_FOLDER_FILES for p in run_dir.glob(f".{name}.*.tmp") if p.is_file()]
+    litter = temps + list(run_dir.glob(f"{TMP_PREFIX}*"))
     if (run_dir / CHECKPOINT_DIR / "state.json").is_file() and (run_dir / OLD_CHECKPOINT).exists():
         litter.append(run_dir / OLD_CHECKPOINT)
     for path in litter:

@@ -105,7 +105,8 @@ class SimulatorModel:
                              f"got {start.shape}")
         fixed = None if actions is None else torch.as_tensor(actions).detach().cpu().numpy()
         if fixed is not None and (fixed.ndim != 3 or len(fixed) != len(start)
-                                  or not 1 <= fixed.shape[1] <= self.horizon):
+                                  or not 1 <= fixed.shape[1] <= self.horizon
+                                  or fixed.shape[2] != self.spec.act_dim):
             raise ValueError(f"actions must have shape [{len(start)}, k <= {self.horizon}, "
                              f"{self.spec.act_dim}], got {fixed.shape}")
         qpos, qvel = self.states(start)

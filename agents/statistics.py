@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MIN_SEEDS_FOR_CLAIM = 8
-"""Fewer seeds than this make a first look, not a result to claim (a preset changes only on such a result)."""
+"""Fewer seeds than this make a first look, not a result to claim."""
 CONFIDENCE = 0.95
 N_RESAMPLES = 10_000
 

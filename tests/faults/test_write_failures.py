@@ -87,9 +87,10 @@ def test_litter_of_killed_writers_is_swept_on_resume(run_copy, capsys):
     for path in litter:
         path.parent.mkdir(exist_ok=True)
         path.write_text("half")
+    (run_copy / ".notes.tmp").write_text("the user's")  # not the run's: stays
     assert cli(["train", "--resume", str(run_copy), "--verbose", "0", "--steps", str(BUDGET + 50)],
                capsys)[0] == 0
-    assert stray_files(run_copy) == []
+    assert stray_files(run_copy) == [run_copy / ".notes.tmp"]
 
 
 def test_litter_is_swept_when_a_run_starts_and_a_refused_start_touches_nothing(tmp_path, capsys):
