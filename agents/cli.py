@@ -209,7 +209,11 @@ def prepare_evaluate(args: argparse.Namespace) -> Job:
         raise ValueError(f"{target} is neither a run folder nor a learner .zip file")
 
     def job() -> int:
-        mean, std = evaluate_real(model, env_id, args.episodes, args.seed, stats, args.max_episode_steps)
+        try:
+            mean, std = evaluate_real(model, env_id, args.episodes, args.seed, stats, args.max_episode_steps)
+        finally:
+            if stats is not None:
+                stats.close()
         frozen = f", frozen VecNormalize statistics from {stats_path}" if stats_path else ""
         print(f"{env_id}: mean return {mean:.1f} +- {std:.1f} over {args.episodes} deterministic episodes "
               f"(seed {args.seed}{frozen})")

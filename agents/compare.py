@@ -125,8 +125,10 @@ def run_model_free(method: str, spec: CompareSpec, seed: int, progress: bool = T
     model = make_model_free(zoo_settings(method, spec.env_id), spec.env_id, seed)
     evaluations = RealEvalCallback(method, spec, seed)
     bar = TqdmProgress(spec.budget, f"{method} seed {seed}", "real step", progress)
-    model.learn(total_timesteps=spec.budget, callback=CallbackList([bar, evaluations]))
-    model.get_env().close()
+    try:
+        model.learn(total_timesteps=spec.budget, callback=CallbackList([bar, evaluations]))
+    finally:
+        model.get_env().close()
     return evaluations.points
 
 
@@ -151,8 +153,10 @@ def run_imagination(method: str, spec: CompareSpec, seed: int, out_dir: Path,
     config = imagination_config(method, spec, seed)
     loop = OracleCoordinator if is_oracle(method) else Coordinator
     coordinator = loop(config, imagination_run_dir(out_dir, method, seed), verbose=0)
-    coordinator.learn(spec.budget, progress_bar=progress)
-    coordinator.close()
+    try:
+        coordinator.learn(spec.budget, progress_bar=progress)
+    finally:
+        coordinator.close()
     return [EvalPoint(method, seed, int(r["real_steps"]), float(r["mean_return"]), float(r["std_return"]))
             for r in coordinator.history]
 
