@@ -107,7 +107,11 @@ class Coordinator:
         coordinator = cls.__new__(cls)
         coordinator._open(config, Path(run_dir), verbose,
                           keep_progress_until=saved.state["progress"]["real_steps"])
-        coordinator._restore(saved)
+        try:
+            coordinator._restore(saved)
+        except BaseException:
+            coordinator.close()  # the checkpoint is untouched: resume can be tried again
+            raise
         return coordinator
 
     # ---- public ------------------------------------------------------------------------
