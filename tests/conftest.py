@@ -68,3 +68,12 @@ def _trained_linear_model():
 def trained_linear_model():
     """A tiny world model trained for a few hundred steps on the linear system (seconds), once per run."""
     return _trained_linear_model()
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Two shared cores: a second intra-op thread only adds contention for tiny networks."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

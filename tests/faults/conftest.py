@@ -12,12 +12,8 @@ from tests.faults.tiny_runs import BUDGET, TINY
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: a second intra-op thread only adds contention for these tiny networks."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs its tiny networks on one torch thread."""
 
 
 @pytest.fixture(scope="session")

@@ -49,12 +49,8 @@ CHECKPOINT_FILES = {"learner.zip", "world_model.pt", "run_state.pt", "buffer.npz
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two shared cores: a second intra-op thread only adds contention for these tiny networks."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs its tiny networks on one torch thread."""
 
 
 class CountUpdates(BaseCallback):

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from imagined_env.data.collect import buffer_for_env, collect_episodes, set_mujoco_state
+from imagined_env.data.collect import set_mujoco_state
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
 from imagined_env.evaluation import action_ranking, action_sensitivity, open_loop_error, real_start_obs
 from imagined_env.training import spec_from_env
 from imagined_env.world_model import Imagination, WorldModel, WorldModelConfig
+from tests.mujoco.real_states import real_states as shared_real_states
 
 pytestmark = [
     pytest.mark.mujoco,
@@ -25,11 +26,7 @@ H = 6
 
 
 def real_states(env_id: str, n: int = 5):
-    env = gym.make(env_id)
-    buffer = buffer_for_env(env, env_id)
-    collect_episodes(env, buffer, 200, seed=0)
-    _, qpos, qvel = buffer.start_states(np.random.default_rng(0), n)
-    return env, buffer, qpos, qvel
+    return shared_real_states(env_id, n, steps=200)
 
 
 def exact_imagination(env, qpos, qvel, actions) -> Imagination:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -16,8 +15,9 @@ from agents.config import CoordinatorConfig
 from agents.diagnostics import record_evaluation, world_model_errors
 from agents.oracle import OracleCoordinator
 from agents.simulator_model import SimulatorModel, policy_rollout
-from imagined_env.data.collect import buffer_for_env, collect_episodes, set_mujoco_state
+from imagined_env.data.collect import set_mujoco_state
 from imagined_env.evaluation import action_ranking, open_loop_error
+from tests.mujoco.real_states import real_states as shared_real_states
 
 pytestmark = [
     pytest.mark.mujoco,
@@ -28,11 +28,7 @@ H = 5
 
 
 def real_states(env_id: str, n: int = 6):
-    env = gym.make(env_id)
-    buffer = buffer_for_env(env, env_id)
-    collect_episodes(env, buffer, 300, seed=0)
-    _, qpos, qvel = buffer.start_states(np.random.default_rng(0), n)
-    return env, buffer, qpos, qvel
+    return shared_real_states(env_id, n, steps=300)
 
 
 def state_policy(std: float, act_dim: int = 6):
