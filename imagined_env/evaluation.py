@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
 import torch
 
-from imagined_env.data.collect import mujoco_state, set_mujoco_state
+from imagined_env.data.collect import action_bounds, mujoco_env, mujoco_state, set_mujoco_state
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.world_model import Imagination, WorldModel
 
@@ -95,9 +96,9 @@ def _execute(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarr
     termination are not simulated (zeros, masked by the caller).
     """
     batch, horizon, _ = actions.shape
-    sim = env.unwrapped
-    low, high = env.action_space.low, env.action_space.high
-    next_obs = np.zeros((batch, horizon, env.observation_space.shape[0]), np.float32)
+    sim = mujoco_env(env)
+    low, high = action_bounds(env)
+    next_obs = np.zeros((batch, horizon, *cast(tuple[int], env.observation_space.shape)), np.float32)
     rewards = np.zeros((batch, horizon), np.float32)
     terms = np.zeros((batch, horizon), bool)
     for b in range(batch):
@@ -226,7 +227,7 @@ def action_ranking(
     """
     rows = _checked_ranking_input(env, model, qpos, qvel, actions, sigmas, leak_rows)
     a = np.asarray(actions, np.float32)
-    low, high = env.action_space.low, env.action_space.high
+    low, high = action_bounds(env)
     perturbed = {float(s): np.clip(a + rng.normal(0.0, s, a.shape), low, high).astype(np.float32)
                  for s in sigmas}
     starts = real_start_obs(env, qpos, qvel)

@@ -122,8 +122,10 @@ def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: Gaussi
     states, actions, rewards, terminations, means, stds = [start_obs], [], [], [], [], []
     for k in range(horizon):
         if k < n_fixed:
+            assert fixed_actions is not None  # n_fixed > 0
             action = fixed_actions[:, k]
         else:
+            assert policy is not None  # checked above for every step past the fixed ones
             mean, std = policy(states[-1])
             action = mean + std * torch.randn(mean.shape, device=mean.device, generator=generator)
             means.append(mean)

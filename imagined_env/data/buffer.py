@@ -78,7 +78,7 @@ class _Rows:
     """
 
     def __init__(self, row_shape: tuple[int, ...], dtype: type) -> None:
-        self._data = np.empty((0, *row_shape), dtype=dtype)
+        self._data: np.ndarray = np.empty((0, *row_shape), dtype=dtype)
         self._size = 0
 
     def append(self, rows: np.ndarray) -> None:
@@ -121,7 +121,7 @@ class _EpisodeView(Sequence[Episode]):
 def _as_float_array(name: str, value: object, dtype: type, ndim: int) -> np.ndarray:
     try:
         with np.errstate(over="ignore"):  # overflow becomes inf and is reported below
-            array = np.array(value, dtype=dtype)  # copies: the caller may reuse its arrays
+            array: np.ndarray = np.array(value, dtype=dtype)  # copies: the caller may reuse its arrays
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} is not convertible to {np.dtype(dtype).name}: {err}") from None
     if array.ndim != ndim:

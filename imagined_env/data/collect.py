@@ -5,10 +5,11 @@ Actions follow SB3's on-policy convention: the policy's sample is stored as is, 
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 from imagined_env.data.buffer import EpisodeBuffer
 
@@ -16,9 +17,20 @@ Policy = Callable[[np.ndarray], np.ndarray]
 """obs [obs_dim] -> action [act_dim] as sampled (may lie outside the action bounds)."""
 
 
+def mujoco_env(env: gym.Env) -> Any:
+    """The MuJoCo env under `env`'s wrappers (gymnasium's MujocoEnv: `data`, `set_state`, `_get_obs`)."""
+    return env.unwrapped
+
+
+def action_bounds(env: gym.Env) -> tuple[np.ndarray, np.ndarray]:
+    """(low, high) of `env`'s Box action space."""
+    space = cast(spaces.Box, env.action_space)
+    return space.low, space.high
+
+
 def mujoco_state(env: gym.Env) -> tuple[np.ndarray, np.ndarray]:
     """Copies of the simulator's qpos [nq] and qvel [nv]."""
-    data = env.unwrapped.data
+    data = mujoco_env(env).data
     return data.qpos.copy(), data.qvel.copy()
 
 
@@ -28,8 +40,9 @@ def set_mujoco_state(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray) -> np.nda
     Used to replay generated actions open-loop from a real start state. Wrapper state (e.g. the
     TimeLimit step counter) is left untouched.
     """
-    env.unwrapped.set_state(np.asarray(qpos, np.float64), np.asarray(qvel, np.float64))
-    return env.unwrapped._get_obs()
+    sim = mujoco_env(env)
+    sim.set_state(np.asarray(qpos, np.float64), np.asarray(qvel, np.float64))
+    return sim._get_obs()
 
 
 def _env_dims(env: gym.Env) -> tuple[int, int, int, int]:
@@ -66,7 +79,7 @@ def collect_episodes(
     env_dims, buffer_dims = _env_dims(env), (buffer.obs_dim, buffer.act_dim, buffer.nq, buffer.nv)
     if env_dims != buffer_dims:
         raise ValueError(f"env dims (obs, act, nq, nv) {env_dims} do not match the buffer's {buffer_dims}")
-    low, high = env.action_space.low, env.action_space.high
+    low, high = action_bounds(env)
     if seed is not None:
         env.action_space.seed(seed)
     obs, _ = env.reset(seed=seed)
@@ -124,7 +137,7 @@ class RealCollector:
             raise ValueError(f"env dims (obs, act, nq, nv) {env_dims} do not match the buffer's "
                              f"{buffer_dims}")
         self.env, self.buffer = env, buffer
-        self._low, self._high = env.action_space.low, env.action_space.high
+        self._low, self._high = action_bounds(env)
         if seed is not None:
             env.action_space.seed(seed)
         self._obs, _ = env.reset(seed=seed)
