@@ -29,7 +29,7 @@ class DenoiserConfig:
     time_dim: int = 128
     """Size of the Fourier time embedding."""
     heads: int = 4
-    """Attention heads (transformer only)."""
+    """Attention heads (both transformers)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
