@@ -1,6 +1,6 @@
 """Denoisers: networks mapping (noisy trajectory, clean actions, t) to the clean trajectory.
 
-Both predict x0 (not epsilon). They never denoise actions: actions are conditioning channels, shown as
+All predict x0 (not epsilon). They never denoise actions: actions are conditioning channels, shown as
 `ActionInput` prescribes (by default scaled by sqrt(alpha_bar_t), to track the states' signal level).
 """
 from __future__ import annotations
@@ -9,7 +9,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+KINDS = ("mlp", "transformer", "causal-transformer")
 
 
 @dataclass(frozen=True)
@@ -17,7 +20,8 @@ class DenoiserConfig:
     """Architecture of the denoiser."""
 
     kind: str = "mlp"
-    """"mlp": residual MLP over the flattened window; "transformer": one token a step."""
+    """"mlp": residual MLP over the flattened window; "transformer": one token a step;
+    "causal-transformer": one token a transition, no row seeing a later action."""
     width: int = 1024
     """Hidden width."""
     depth: int = 6
@@ -25,14 +29,14 @@ class DenoiserConfig:
     time_dim: int = 128
     """Size of the Fourier time embedding."""
     heads: int = 4
-    """Attention heads (transformer only)."""
+    """Attention heads (both transformers)."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("mlp", "transformer"):
-            raise ValueError(f"denoiser kind must be 'mlp' or 'transformer', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"denoiser kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.width < 1 or self.depth < 1 or self.time_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and time_dim >= 2, got {self}")
-        if self.kind == "transformer" and self.width % self.heads:
+        if self.kind != "mlp" and self.width % self.heads:
             raise ValueError(f"transformer width {self.width} must be divisible by heads {self.heads}")
 
 
@@ -103,6 +107,63 @@ class TransformerDenoiser(nn.Module):
         return self.out(self.encoder(h))
 
 
+class CausalBlock(nn.Module):
+    """Pre-norm transformer layer whose attention lets each token see itself and earlier tokens only."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, width))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        batch, tokens, width = h.shape
+        q, k, v = self.qkv(self.norm1(h)).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        h = h + self.proj(att.transpose(1, 2).reshape(batch, tokens, width))
+        return h + self.mlp(self.norm2(h))
+
+
+class CausalTransformerDenoiser(nn.Module):
+    """A transformer causal in time: the states of row k depend only on the noisy rows <= k and a_0..a_{k-1},
+    the reward and termination of row k (the last two channels, outcomes of (s_k, a_k)) also on a_k and the
+    noisy s_{k+1}, never on a later action. So no imagined past moves with a later action.
+
+    Token j carries transition j-1: (noisy s_j, noisy r_{j-1}, d_{j-1}, a_{j-1}), zeros where a part lies
+    outside the window (L + 1 tokens for L rows); its output is (s_j, r_{j-1}, d_{j-1}). A token that held
+    its own row's reward or action would pass a_j into s_j, within a pass or through the chain's next step.
+    """
+
+    n_outcomes = 2
+    """Channels at the end of a row that belong to the row's action: reward and termination."""
+
+    def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
+        super().__init__()
+        if x_dim <= self.n_outcomes:
+            raise ValueError(f"rows must hold a state and {self.n_outcomes} outcome channels, "
+                             f"got x_dim={x_dim}")
+        self.inp = nn.Linear(x_dim + act_dim, config.width)
+        self.pos = nn.Parameter(torch.zeros(1, n_rows + 1, config.width))
+        self.time = TimeEmbedding(config.time_dim, config.width)
+        self.blocks = nn.Sequential(*[CausalBlock(config.width, config.heads) for _ in range(config.depth)])
+        self.out = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, x_dim))
+
+    def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [B, L, x_dim], actions [B, L, act_dim] (already scaled), t [B] -> x0_hat [B, L, x_dim]."""
+        split = x.shape[-1] - self.n_outcomes
+        tokens = torch.cat([_to_tokens(x[..., :split], later=False), _to_tokens(x[..., split:], later=True),
+                            _to_tokens(actions, later=True)], dim=-1)
+        h = self.blocks(self.inp(tokens) + self.pos + self.time(t)[:, None])
+        y = self.out(h)
+        return torch.cat([y[:, :-1, :split], y[:, 1:, split:]], dim=-1)
+
+
+def _to_tokens(v: torch.Tensor, later: bool) -> torch.Tensor:
+    """[B, L, c] -> [B, L + 1, c]: row k goes to token k, or with `later` to token k + 1; zeros elsewhere."""
+    return F.pad(v, (0, 0, 1, 0) if later else (0, 0, 0, 1))
+
+
 class DenoiserEnsemble(nn.Module):
     """K denoisers of one architecture, each initialised on its own; called as one, it predicts their mean."""
 
@@ -132,7 +193,8 @@ def member_predictions(net: nn.Module, x: torch.Tensor, actions: torch.Tensor, t
 def build_denoiser(n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig, n_members: int = 1
                    ) -> nn.Module:
     """One denoiser, or with `n_members` > 1 an ensemble of them."""
-    cls = ResidualMLPDenoiser if config.kind == "mlp" else TransformerDenoiser
+    cls = {"mlp": ResidualMLPDenoiser, "transformer": TransformerDenoiser,
+           "causal-transformer": CausalTransformerDenoiser}[config.kind]
     if n_members == 1:
         return cls(n_rows, x_dim, act_dim, config)
     return DenoiserEnsemble([cls(n_rows, x_dim, act_dim, config) for _ in range(n_members)])

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from imagined_env.diffusion.denoiser import (
+    KINDS,
     DenoiserConfig,
     TimeEmbedding,
     build_denoiser,
@@ -44,9 +46,10 @@ def test_gradients_reach_the_mlp_through_shared_rows():
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-6)
 
 
-def test_an_ensemble_predicts_its_members_mean_and_each_member_on_its_own():
+@pytest.mark.parametrize("kind", KINDS)
+def test_an_ensemble_predicts_its_members_mean_and_each_member_on_its_own(kind):
     torch.manual_seed(0)
-    config = DenoiserConfig(width=16, depth=1, time_dim=8)
+    config = DenoiserConfig(kind=kind, width=16, depth=1, time_dim=8)
     ensemble = build_denoiser(3, 4, 2, config, n_members=3)
     x, a, t = torch.randn(5, 3, 4), torch.randn(5, 3, 2), torch.tensor([0, 3, 3, 7, 1])
     each = member_predictions(ensemble, x, a, t)
