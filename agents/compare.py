@@ -25,6 +25,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from agents.config import CoordinatorConfig
+from agents.config_flags import leaf_values
 from agents.coordinator import Coordinator
 from agents.oracle import OracleCoordinator
 from agents.presets import build_preset, preset_ids, resolve
@@ -181,19 +182,27 @@ def run_comparison(spec: CompareSpec, out_dir: Path, progress: bool = True,
 
 
 # ---- settings, tables and plot ----------------------------------------------------------------------
-def changed_from_preset(config: CoordinatorConfig, preset: str) -> bool:
-    """Whether `config` differs from `preset` (a registered id) in more than task, algo, seed and
-    evaluation."""
+def changes_from_preset(config: CoordinatorConfig, preset: str) -> dict[str, Any]:
+    """{dotted field: value} where `config` differs from `preset` (a registered id), beyond task, algo,
+    seed and evaluation."""
     own = {k: getattr(config, k)
            for k in ("algo", "seed", "eval_every", "eval_episodes", "eval_max_episode_steps")}
-    return build_preset(preset, config.env_id, own) != config
+    base = leaf_values(build_preset(preset, config.env_id, own))
+    return {k: v for k, v in leaf_values(config).items() if base.get(k) != v}
+
+
+def changed_from_preset(config: CoordinatorConfig, preset: str) -> bool:
+    """Whether `config` differs from `preset` in more than task, algo, seed and evaluation."""
+    return bool(changes_from_preset(config, preset))
 
 
 def preset_label(config: CoordinatorConfig | None, preset: str | None) -> str:
-    """"cpu-v5", "cpu-v5 with changes" or "unknown preset": what an imagination config started from."""
+    """"cpu-v5", "cpu-v5 + world_model.readout mean" or "unknown preset": what an imagination config
+    started from, and what it changed."""
     if preset is None or config is None or preset not in preset_ids():
         return preset or "unknown preset"
-    return f"{preset} with changes" if changed_from_preset(config, preset) else preset
+    changes = changes_from_preset(config, preset)
+    return " + ".join([preset, *(f"{k} {v}" for k, v in changes.items())])
 
 
 def describe_imagination(config: CoordinatorConfig, preset: str | None) -> str:

@@ -103,7 +103,7 @@ def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
 def test_settings_line_names_the_options_switched_on():
     plain = describe_imagination(CoordinatorConfig(), "cpu-v5")
     assert ("(cpu-v5)" in plain
-            and "(cpu-v4 with changes)" in describe_imagination(CoordinatorConfig(), "cpu-v4"))
+            and "(cpu-v4 + learner.ent_coef 0.03)" in describe_imagination(CoordinatorConfig(), "cpu-v4"))
     assert "window" not in plain and "collection noise" not in plain and "KL" not in plain
     options = describe_imagination(CoordinatorConfig(start_state_window=10_000, collection_noise_std=0.3,
                                                       target_update_kl=0.02), "cpu-v5")
