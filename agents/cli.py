@@ -338,6 +338,24 @@ def prepare_export(args: argparse.Namespace) -> Job:
     return job
 
 
+# ---- build-model ------------------------------------------------------------------------------------
+def prepare_build_model(args: argparse.Namespace) -> Job:
+    from agents.build_model import BuildConfig, build_model
+
+    config = override(BuildConfig(), given_flags(args))
+    check_task(args.env, imagined=False)
+    work = Path(args.work or f"runs/build-model/{args.env}")
+    writable_dir(Path(args.out_dir))
+    writable_dir(work)
+
+    def job() -> int:
+        out = build_model(args.env, args.out_dir, work, config, command="imagined-env " + " ".join(sys.argv[1:]))
+        print((out / "COMMAND.txt").read_text())
+        return 0
+
+    return job
+
+
 # ---- parser -----------------------------------------------------------------------------------------
 WIDTH = max(100, min(120, shutil.get_terminal_size().columns))
 
@@ -381,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_merge_parser(sub, parent)
     add_demo_parser(sub, parent)
     add_export_parser(sub, parent)
+    add_build_model_parser(sub, parent)
     return parser
 
 
@@ -493,6 +512,24 @@ def add_export_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--start-episodes", type=positive_int, default=6,
                    help="real episodes, spread over the run's buffer, kept as start states [default 6]")
     p.set_defaults(prepare=prepare_export)
+
+
+def add_build_model_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
+    from agents.build_model import BuildConfig
+
+    p = sub.add_parser("build-model", parents=[parent], formatter_class=HelpFormatter,
+                       help="a world model to ship, from broad real data it collects",
+                       description=paragraphs(
+                           "Collects real episodes of every skill level (uniform random, RL Zoo PPO "
+                           "through its training, the final policy with noise), fits an ensemble world "
+                           "model with a disagreement penalty, and writes OUT_DIR/world_model.pt, "
+                           "start_states.npy and COMMAND.txt (this is how imagined_env/pretrained/ is "
+                           "made). Stages are kept in the work folder: a killed build resumes there."))
+    p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
+    p.add_argument("--env", required=True, help="real task, e.g. Hopper-v4")
+    p.add_argument("--work", default=None, help="work folder [default runs/build-model/ENV]")
+    add_config_flags(p, BuildConfig, {"default": leaf_values(BuildConfig())})
+    p.set_defaults(prepare=prepare_build_model)
 
 
 def main(argv: list[str] | None = None) -> int:

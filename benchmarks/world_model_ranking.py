@@ -111,12 +111,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-paper", action="store_true", help="leave out the paper preset's rows")
     parser.add_argument("--members", type=int, default=None,
                         help="denoisers of the ensemble row (< 2: no such row; default: the mode's)")
+    parser.add_argument("--denoiser", action="append", default=[], metavar="KIND:WIDTHxDEPTH",
+                        help="an extra row: the preset's world model with this denoiser, e.g. "
+                        "causal-transformer:128x3 (repeatable)")
     parser.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/"
                         "world_model_ranking/ENV/MODE_seed-SEED.json)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads; 0: torch's default (on a shared CPU, 1 is fastest)")
     return parser.parse_args(argv)
+
+
+def parse_denoiser(text: str, base: DenoiserConfig) -> DenoiserConfig:
+    """'causal-transformer:128x3' -> the base denoiser with that kind, width and depth."""
+    try:
+        kind, size = text.split(":")
+        width, depth = (int(v) for v in size.split("x"))
+    except ValueError:
+        raise SystemExit(f"--denoiser must look like KIND:WIDTHxDEPTH (e.g. causal-transformer:128x3), "
+                         f"got {text!r}") from None
+    return replace(base, kind=kind, width=width, depth=depth)
 
 
 def with_readout(model: WorldModel, readout: str) -> WorldModel:
@@ -213,6 +227,10 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     if not args.no_paper:
         fits["paper"] = lambda: fit_world_model(train_buffer, spec, budget.grad_steps, paper_wm,
                                                 replace(paper.train, seed=args.seed), **quiet)
+    for spec_text in args.denoiser:
+        wm = replace(preset.world_model, denoiser=parse_denoiser(spec_text, preset.world_model.denoiser))
+        fits[f"denoiser {spec_text}"] = (lambda wm=wm: fit_world_model(
+            train_buffer, spec, budget.grad_steps, wm, replace(preset.train, seed=args.seed), **quiet))
     if n_members > 1:
         fits["ensemble"] = lambda: fit_world_model(train_buffer, spec, budget.grad_steps, ensemble_wm,
                                                    replace(preset.train, seed=args.seed), **quiet)
@@ -244,6 +262,8 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
         width = paper_wm.denoiser
         # the paper feeds actions scaled by the noise level, so the mean read-out would be blind to them
         diffusion_rows(f"{resolve('paper')} {width.width}x{width.depth}", models["paper"], None, ("chain",))
+    for spec_text in args.denoiser:
+        diffusion_rows(f"{resolve(args.preset)} {spec_text}", models[f"denoiser {spec_text}"], chain)
     if "ensemble" in models:
         diffusion_rows(f"{resolve(args.preset)} x{n_members} members", models["ensemble"], chain,
                        ("mean",))

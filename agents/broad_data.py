@@ -1,0 +1,213 @@
+"""Broad real data for a world model that a learner will exploit: episodes of many skill levels.
+
+A model trained on one policy's data is only right near that policy's states; a learner training in the
+frozen model leaves them and is rewarded for the model's errors. So the data mixes:
+1. uniform random actions;
+2. every skill level of a learner that improves on the real task: RL-Zoo-tuned PPO (with its
+   VecNormalize) trained from scratch, each of its episodes recorded with the exploration noise of its
+   stochastic policy, then thinned evenly over its training steps;
+3. the final policy's mean action plus Gaussian noise of several widths, around the best states seen.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+from agents.zoo import zoo_settings
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.collect import buffer_for_env, mujoco_state
+
+
+@dataclass(frozen=True)
+class BroadDataConfig:
+    """How much of each kind of data to collect (real steps)."""
+
+    random_episodes: int = 10
+    """Episodes of uniform random actions."""
+    ppo_steps: int = 300_000
+    """Real steps of RL-Zoo-tuned PPO training, all recorded, then thinned to `ppo_kept_steps`."""
+    ppo_kept_steps: int = 150_000
+    """Transitions of PPO's training episodes kept, whole episodes spread evenly over its training."""
+    final_noise_stds: tuple[float, ...] = (0.1, 0.3)
+    """Widths of the Gaussian noise added to the final policy's mean action (policy units)."""
+    final_steps_per_noise: int = 10_000
+    """Real steps of the final policy at each noise width."""
+    seed: int = 0
+    """Seeds the random actions, PPO and the noise of the final policy."""
+
+    def __post_init__(self) -> None:
+        counts = {"random_episodes": self.random_episodes, "ppo_steps": self.ppo_steps,
+                  "ppo_kept_steps": self.ppo_kept_steps, "final_steps_per_noise": self.final_steps_per_noise}
+        for name, value in counts.items():
+            if not (isinstance(value, int) and value >= 0):
+                raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if any(not s >= 0 for s in self.final_noise_stds):
+            raise ValueError(f"final_noise_stds must be >= 0, got {self.final_noise_stds}")
+
+
+@dataclass
+class RecordedEpisode:
+    """One real episode as the simulator saw it (actions clipped to the bounds)."""
+
+    observations: list[np.ndarray] = field(default_factory=list)
+    actions: list[np.ndarray] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    qpos: list[np.ndarray] = field(default_factory=list)
+    qvel: list[np.ndarray] = field(default_factory=list)
+    terminated: bool = False
+
+    def add_to(self, buffer: EpisodeBuffer) -> None:
+        buffer.add_episode(np.stack(self.observations), np.stack(self.actions), np.asarray(self.rewards),
+                           self.terminated, np.stack(self.qpos), np.stack(self.qvel))
+
+    @property
+    def length(self) -> int:
+        return len(self.actions)
+
+    @property
+    def episode_return(self) -> float:
+        return float(np.sum(self.rewards))
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Records every complete episode of the env it wraps, with simulator states, for `on_episode`."""
+
+    def __init__(self, env: gym.Env, on_episode: Callable[[RecordedEpisode], None]):
+        super().__init__(env)
+        self.on_episode = on_episode
+        self._episode: RecordedEpisode | None = None
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        self._episode = RecordedEpisode()
+        self._record_state(obs)
+        return obs, info
+
+    def step(self, action: np.ndarray):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if self._episode is None:
+            raise RuntimeError("step() before reset()")
+        self._episode.actions.append(np.asarray(action, np.float32))
+        self._episode.rewards.append(float(reward))
+        self._record_state(obs)
+        if terminated or truncated:
+            self._episode.terminated = bool(terminated)
+            self.on_episode(self._episode)
+            self._episode = None
+        return obs, reward, terminated, truncated, info
+
+    def _record_state(self, obs: np.ndarray) -> None:
+        assert self._episode is not None
+        qpos, qvel = mujoco_state(self.env)
+        self._episode.observations.append(np.asarray(obs, np.float32))
+        self._episode.qpos.append(qpos)
+        self._episode.qvel.append(qvel)
+
+
+@dataclass
+class DataReport:
+    """What each part of the data holds: episodes, transitions and mean return."""
+
+    parts: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, name: str, episodes: list[RecordedEpisode]) -> None:
+        returns = [e.episode_return for e in episodes]
+        self.parts[name] = {"episodes": len(episodes), "transitions": sum(e.length for e in episodes),
+                            "mean_return": float(np.mean(returns)) if returns else float("nan"),
+                            "max_return": float(np.max(returns)) if returns else float("nan")}
+
+    def lines(self) -> Iterator[str]:
+        for name, p in self.parts.items():
+            yield (f"{name}: {p['episodes']:.0f} episodes, {p['transitions']:.0f} transitions, "
+                   f"return mean {p['mean_return']:.1f}, max {p['max_return']:.1f}")
+
+
+def thin_evenly(episodes: list[RecordedEpisode], keep_steps: int) -> list[RecordedEpisode]:
+    """Whole episodes whose transitions add up to at most about `keep_steps`, spread evenly over the
+    steps of the sequence (not over episodes: early episodes of a falling robot are short and many)."""
+    total = sum(e.length for e in episodes)
+    if total <= keep_steps:
+        return list(episodes)
+    fraction, seen, kept_steps, kept = keep_steps / total, 0, 0, []
+    for episode in episodes:
+        seen += episode.length
+        if kept_steps + episode.length <= fraction * seen + 0.5 * episode.length:
+            kept.append(episode)
+            kept_steps += episode.length
+    return kept
+
+
+class _Progress(BaseCallback):
+    def __init__(self, report: Callable[[int], None]):
+        super().__init__()
+        self.report = report
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps % 10_000 == 0:
+            self.report(self.num_timesteps)
+        return True
+
+
+def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str], None] = print
+                       ) -> tuple[EpisodeBuffer, DataReport]:
+    """Real episodes of `env_id` at every skill level (module docstring), in one buffer."""
+    report, buffer = DataReport(), None
+    rng = np.random.default_rng(config.seed)
+
+    def record(into: list[RecordedEpisode]) -> Callable[[], gym.Env]:
+        return lambda: Monitor(EpisodeRecorder(gym.make(env_id), into.append))
+
+    random_episodes: list[RecordedEpisode] = []
+    env = record(random_episodes)()
+    buffer = buffer_for_env(env, env_id)
+    env.action_space.seed(config.seed)
+    for i in range(config.random_episodes):
+        env.reset(seed=config.seed + i)
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+            done = terminated or truncated
+    env.close()
+    report.add("uniform random", random_episodes)
+
+    ppo_episodes: list[RecordedEpisode] = []
+    settings = zoo_settings("ppo", env_id)
+    venv = VecNormalize(DummyVecEnv([record(ppo_episodes)]), norm_obs=settings.norm_obs,
+                        norm_reward=settings.norm_reward, gamma=settings.gamma)
+    venv.seed(config.seed)
+    model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings.kwargs)
+    if config.ppo_steps:
+        model.learn(config.ppo_steps, callback=_Progress(lambda n: log(
+            f"PPO {n}/{config.ppo_steps} real steps, last returns "
+            f"{np.mean([e.episode_return for e in ppo_episodes[-5:]]) if ppo_episodes else float('nan'):.0f}")))
+    kept = thin_evenly(ppo_episodes, config.ppo_kept_steps)
+    report.add(f"RL Zoo PPO training ({config.ppo_steps} steps, thinned)", kept)
+    venv.training = False
+
+    finals: list[RecordedEpisode] = []
+    for std in config.final_noise_stds:
+        noisy: list[RecordedEpisode] = []
+        env = record(noisy)()
+        obs, _ = env.reset(seed=int(rng.integers(2**31)))
+        low, high = env.action_space.low, env.action_space.high
+        for _ in range(config.final_steps_per_noise):
+            mean, _ = model.predict(venv.normalize_obs(obs[None]), deterministic=True)
+            action = np.clip(mean[0] + std * rng.standard_normal(mean.shape[1]), low, high)
+            obs, _, terminated, truncated, _ = env.step(action.astype(np.float32))
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env.close()
+        report.add(f"final PPO policy + N(0, {std:g}^2)", noisy)
+        finals.extend(noisy)
+    venv.close()
+    for episode in [*random_episodes, *kept, *finals]:
+        episode.add_to(buffer)
+    return buffer, report

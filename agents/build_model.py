@@ -1,0 +1,132 @@
+"""Make a world model to ship: broad real data (`agents.broad_data`), an ensemble fitted on it, and the
+files an imagined env loads (`imagined_env/pretrained/<name>/`).
+
+Each stage writes its result into a work folder before the next starts, so a killed build resumes from
+the last finished stage: `data.npz` (the real episodes), `world_model.pt` (the fitted ensemble), then the
+shipped folder: the model without its training-only weights, start states, and `COMMAND.txt` (how it was
+made and what the data holds).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from agents.broad_data import BroadDataConfig, collect_broad_data
+from agents.presets import build_preset
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
+from imagined_env.utils import atomic_path
+from imagined_env.world_model import WorldModel
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Data, model and pessimism of a shipped world model."""
+
+    data: BroadDataConfig = field(default_factory=BroadDataConfig)
+    preset: str = "cpu-v5"
+    """The world model's architecture, chain and training settings come from this preset."""
+    n_members: int = 3
+    """Ensemble members: their mean is imagined, their disagreement is the pessimism signal."""
+    fit_steps: int = 20_000
+    """Adam steps per member on the broad data."""
+    disagreement_penalty: float = 1.0
+    """Imagined reward minus this times the members' disagreement (off with 0)."""
+    disagreement_limit: float | None = None
+    """Imagined episodes end where the disagreement exceeds this (None: never)."""
+    n_start_states: int = 4096
+    """Real observations shipped to start imagined episodes from, drawn evenly from all the data."""
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n_members, int) and self.n_members >= 2):
+            raise ValueError(f"n_members must be an int >= 2 (pessimism needs an ensemble), got {self.n_members!r}")
+        if not (isinstance(self.fit_steps, int) and self.fit_steps >= 1):
+            raise ValueError(f"fit_steps must be an int >= 1, got {self.fit_steps!r}")
+        if not (isinstance(self.n_start_states, int) and self.n_start_states >= 1):
+            raise ValueError(f"n_start_states must be an int >= 1, got {self.n_start_states!r}")
+
+
+def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: BuildConfig, command: str,
+                log: Callable[[str], None] = print) -> Path:
+    """Run (or resume) the three stages; returns the shipped folder."""
+    gym.spec(env_id)  # unknown ids fail here, before any work
+    out_dir, work_dir = Path(out_dir), Path(work_dir)
+    preset = build_preset(config.preset, env_id)
+    wm_config = replace(preset.world_model, n_members=config.n_members, readout="mean",
+                        disagreement_penalty=config.disagreement_penalty,
+                        disagreement_limit=config.disagreement_limit)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    data_file, report_file, model_file = work_dir / "data.npz", work_dir / "data.json", work_dir / "world_model.pt"
+    if data_file.is_file():
+        check_same(report_file, "data", asdict(config.data))
+    else:
+        t0 = time.perf_counter()
+        buffer, report = collect_broad_data(env_id, config.data, log)
+        with atomic_path(report_file) as tmp:
+            tmp.write_text(json.dumps({"data": asdict(config.data), "parts": report.parts,
+                                       "seconds": time.perf_counter() - t0}, indent=2))
+        buffer.save(data_file)
+    buffer = EpisodeBuffer.load(data_file)
+    buffer.check_task(env_id)
+    parts = json.loads(report_file.read_text())["parts"]
+    log(f"data: {buffer.n_transitions} transitions in {len(buffer)} episodes")
+    fit_settings = {"preset": config.preset, "n_members": config.n_members, "fit_steps": config.fit_steps}
+    if model_file.is_file():
+        check_same(work_dir / "model.json", "model", fit_settings)
+    else:
+        env = gym.make(env_id)
+        spec = spec_from_env(env, env_id)
+        env.close()
+        model, losses = fit_world_model(buffer, spec, config.fit_steps, wm_config,
+                                        replace(preset.train, seed=config.data.seed), device="cpu")
+        chain = preset.n_sample_steps
+        model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
+        model.save(model_file)
+        with atomic_path(work_dir / "model.json") as tmp:
+            tmp.write_text(json.dumps({"model": fit_settings}, indent=2))
+        log(f"fitted {config.n_members} members for {config.fit_steps} steps, final loss "
+            f"{np.mean(losses[-100:]):.4f}")
+    model = WorldModel.load(model_file, device="cpu")
+    model.config = replace(model.config, disagreement_penalty=config.disagreement_penalty,
+                           disagreement_limit=config.disagreement_limit)
+    starts = evenly_drawn_starts(buffer, config.n_start_states)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "world_model.pt")
+    with atomic_path(out_dir / "start_states.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, starts)
+    lines = [command, "",
+             f"{env_id}: RL Zoo PPO and random data, {buffer.n_transitions} real transitions in "
+             f"{len(buffer)} episodes:",
+             *(f"- {name}: {p['episodes']:.0f} episodes, {p['transitions']:.0f} transitions, return mean "
+               f"{p['mean_return']:.1f}, max {p['max_return']:.1f}" for name, p in parts.items()),
+             f"model: preset {config.preset} world model, {config.n_members} members of "
+             f"{model.n_parameters() // config.n_members} parameters, {config.fit_steps} Adam steps each; "
+             f"disagreement penalty {config.disagreement_penalty:g}, limit {config.disagreement_limit}",
+             f"start states: {len(starts)} real observations drawn evenly from the data",
+             f"build settings: {json.dumps(asdict(config))}"]
+    with atomic_path(out_dir / "COMMAND.txt") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return out_dir
+
+
+def check_same(record: Path, key: str, settings: dict[str, object]) -> None:
+    """A stage's stored result must come from the settings asked for now, or resuming would mix builds."""
+    stored = json.loads(record.read_text()).get(key) if record.is_file() else None
+    if stored != json.loads(json.dumps(settings)):
+        raise ValueError(f"{record.parent} holds a {key} stage built with {stored}, not the {settings} asked "
+                         "for: use another work folder or delete it")
+
+
+def evenly_drawn_starts(buffer: EpisodeBuffer, n: int) -> np.ndarray:
+    """`n` observations (float32 [n, obs]) at evenly spaced positions of all observations an episode can
+    start from."""
+    obs = buffer.start_observations()
+    picks = np.unique(np.linspace(0, len(obs) - 1, min(n, len(obs))).round().astype(int))
+    return np.asarray(obs[picks], np.float32)
