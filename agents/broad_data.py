@@ -185,9 +185,10 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
     venv.seed(config.seed)
     model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings.kwargs)
     if config.ppo_steps:
-        model.learn(config.ppo_steps, callback=_Progress(lambda n: log(
-            f"PPO {n}/{config.ppo_steps} real steps, last returns "
-            f"{np.mean([e.episode_return for e in ppo_episodes[-5:]]) if ppo_episodes else float('nan'):.0f}")))
+        def progress(n: int) -> None:
+            recent = [e.episode_return for e in ppo_episodes[-5:]] or [float("nan")]
+            log(f"PPO {n}/{config.ppo_steps} real steps, last returns {np.mean(recent):.0f}")
+        model.learn(config.ppo_steps, callback=_Progress(progress))
     kept = thin_evenly(ppo_episodes, config.ppo_kept_steps)
     report.add(f"RL Zoo PPO training ({config.ppo_steps} steps, thinned)", kept)
     venv.training = False

@@ -16,11 +16,12 @@ from typing import Callable
 
 import gymnasium as gym
 import numpy as np
+import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data
 from agents.presets import build_preset
 from imagined_env.data.buffer import EpisodeBuffer
-from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
+from imagined_env.training import fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
 
@@ -38,16 +39,21 @@ class BuildConfig:
     """Adam steps per member on the broad data."""
     disagreement_penalty: float = 1.0
     """Imagined reward minus this times the members' disagreement (off with 0)."""
-    disagreement_limit: float | None = None
-    """Imagined episodes end where the disagreement exceeds this (None: never)."""
+    disagreement_quantile: float | None = 0.99
+    """Imagined episodes end where the disagreement exceeds this quantile of its values on the real data's
+    own transitions (None: never), so the limit follows the model's scale of doubt rather than a guess."""
     n_start_states: int = 4096
     """Real observations shipped to start imagined episodes from, drawn evenly from all the data."""
 
     def __post_init__(self) -> None:
         if not (isinstance(self.n_members, int) and self.n_members >= 2):
-            raise ValueError(f"n_members must be an int >= 2 (pessimism needs an ensemble), got {self.n_members!r}")
+            raise ValueError(f"n_members must be an int >= 2 (pessimism needs an ensemble), "
+                             f"got {self.n_members!r}")
         if not (isinstance(self.fit_steps, int) and self.fit_steps >= 1):
             raise ValueError(f"fit_steps must be an int >= 1, got {self.fit_steps!r}")
+        if self.disagreement_quantile is not None and not 0 < self.disagreement_quantile <= 1:
+            raise ValueError(f"disagreement_quantile must be in (0, 1] or None, "
+                             f"got {self.disagreement_quantile}")
         if not (isinstance(self.n_start_states, int) and self.n_start_states >= 1):
             raise ValueError(f"n_start_states must be an int >= 1, got {self.n_start_states!r}")
 
@@ -58,11 +64,10 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     gym.spec(env_id)  # unknown ids fail here, before any work
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     preset = build_preset(config.preset, env_id)
-    wm_config = replace(preset.world_model, n_members=config.n_members, readout="mean",
-                        disagreement_penalty=config.disagreement_penalty,
-                        disagreement_limit=config.disagreement_limit)
+    wm_config = replace(preset.world_model, n_members=config.n_members, readout="mean")
     work_dir.mkdir(parents=True, exist_ok=True)
-    data_file, report_file, model_file = work_dir / "data.npz", work_dir / "data.json", work_dir / "world_model.pt"
+    data_file, report_file = work_dir / "data.npz", work_dir / "data.json"
+    model_file = work_dir / "world_model.pt"
     if data_file.is_file():
         check_same(report_file, "data", asdict(config.data))
     else:
@@ -93,8 +98,11 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
         log(f"fitted {config.n_members} members for {config.fit_steps} steps, final loss "
             f"{np.mean(losses[-100:]):.4f}")
     model = WorldModel.load(model_file, device="cpu")
+    on_data = data_disagreement(model, buffer, np.random.default_rng(config.data.seed))
+    limit = None if config.disagreement_quantile is None else float(np.quantile(on_data,
+                                                                                config.disagreement_quantile))
     model.config = replace(model.config, disagreement_penalty=config.disagreement_penalty,
-                           disagreement_limit=config.disagreement_limit)
+                           disagreement_limit=limit)
     starts = evenly_drawn_starts(buffer, config.n_start_states)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "world_model.pt")
@@ -108,12 +116,27 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
                f"{p['mean_return']:.1f}, max {p['max_return']:.1f}" for name, p in parts.items()),
              f"model: preset {config.preset} world model, {config.n_members} members of "
              f"{model.n_parameters() // config.n_members} parameters, {config.fit_steps} Adam steps each; "
-             f"disagreement penalty {config.disagreement_penalty:g}, limit {config.disagreement_limit}",
+             f"members' disagreement on the data's transitions: median {np.median(on_data):.4f}, 99% "
+             f"{np.quantile(on_data, 0.99):.4f}; imagined reward minus {config.disagreement_penalty:g} x "
+             f"disagreement; episodes end above {'never' if limit is None else f'{limit:.4f}'}",
              f"start states: {len(starts)} real observations drawn evenly from the data",
              f"build settings: {json.dumps(asdict(config))}"]
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir
+
+
+def data_disagreement(model: WorldModel, buffer: EpisodeBuffer, rng: np.random.Generator,
+                      n_windows: int = 4096) -> np.ndarray:
+    """The members' disagreement [n] about real transitions: windows of the data replayed through the
+    model with their own actions (padding past an episode's end left out)."""
+    windows = buffer.sample_windows(n_windows, model.horizon, rng)
+    h = model.horizon
+    with torch.no_grad():
+        out = model.imagine(windows.states[:, 0], actions=windows.actions[:, :h])
+    if out.disagreement is None:
+        raise ValueError("the model is not an ensemble: it has no disagreement to calibrate a limit on")
+    return out.disagreement.cpu().numpy()[windows.valid[:, :h]]
 
 
 def check_same(record: Path, key: str, settings: dict[str, object]) -> None:

@@ -349,7 +349,8 @@ def prepare_build_model(args: argparse.Namespace) -> Job:
     writable_dir(work)
 
     def job() -> int:
-        out = build_model(args.env, args.out_dir, work, config, command="imagined-env " + " ".join(sys.argv[1:]))
+        command = "imagined-env " + " ".join(sys.argv[1:])
+        out = build_model(args.env, args.out_dir, work, config, command=command)
         print((out / "COMMAND.txt").read_text())
         return 0
 
