@@ -1,0 +1,447 @@
+"""Real return of PPO trained only in a shipped, frozen imagined env, in the README's snippet form
+(`ImaginationPPO("MlpPolicy", task, seed=seed)`, 256 imagined envs, `learn` continued to each checkpoint),
+evaluated on the real task (deterministic episodes): do the shipped models teach a policy that is good on
+the real task, and does longer training keep it? Rows on the same seeds: the shipped env as it ships
+(pessimism on), with pessimism off (what the guard buys), the same env and start states with MuJoCo in
+place of the world model (the ceiling these learner settings reach, so the table reads "fraction of the
+oracle reached"), and uniform random actions (the floor). Prints a table with the shipped models' bars,
+writes JSON and a plot. Each (task, row, seed) run writes its result as it ends; `--resume` skips those.
+
+    python benchmarks/shipped_envs.py                     # every shipped task, seeds 0,1,2, 50k/100k/200k
+    python benchmarks/shipped_envs.py --quick             # smoke run: one task, one seed, 2 short checkpoints
+    python benchmarks/shipped_envs.py --resume --jobs 2   # continue a stopped run
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from imagined_throughput import quiet_stderr
+
+from agents import ImaginationPPO, make_imagined_vec_env
+from agents.demo import random_return
+from agents.env_factory import DEFAULT_N_ENVS
+from agents.real_evaluation import evaluate_real
+from agents.simulator_model import ORACLE_TASKS, SimulatorModel
+from imagined_env.pretrained import pretrained_paths
+from imagined_env.utils import atomic_path
+from imagined_env.world_model import WorldModel
+
+TASKS = ("HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
+ROWS = {"shipped": "shipped model", "no-pessimism": "shipped model, pessimism off",
+        "oracle": "MuJoCo oracle", "random": "random actions"}
+QUICK_STEPS = (2_560, 5_120)
+TARGETS = {"HalfCheetah": ("at", 50_000, 1500.0), "Hopper": ("within", 200_000, 1000.0),
+           "Walker2d": ("within", 200_000, 1000.0)}
+"""Bars of the shipped row: the real return to reach at, or at some checkpoint within, the imagined steps."""
+HOLD = (50_000, 200_000, 0.10)
+"""The return at 200k imagined steps may be lower than at 50k by at most 10% (of |return at 50k|)."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent run: a task, a row, a seed, and what makes its result reusable."""
+
+    env_id: str
+    row: str
+    seed: int
+    steps: tuple[int, ...]
+    n_episodes: int
+    model: str
+    """Digest of the shipped world model and start states measured (a part of another model is stale)."""
+    pessimism_option: bool
+    """Whether the env has the pessimism option (without it, "shipped model" runs with none)."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.env_id}_{self.row}_seed{self.seed}"
+
+
+def shipped_tasks() -> list[str]:
+    """The tasks among TASKS for which a model ships."""
+    found = []
+    for env_id in TASKS:
+        try:
+            pretrained_paths(env_id)
+        except ValueError:
+            continue
+        found.append(env_id)
+    return found
+
+
+def model_digest(env_id: str) -> str:
+    """First 16 hex digits of the sha256 of the shipped world model and start states of `env_id`."""
+    digest = hashlib.sha256()
+    for path in pretrained_paths(env_id):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def has_pessimism_option(env_id: str) -> bool:
+    """Whether the shipped imagined env takes `pessimism=`: False when it refuses the keyword."""
+    try:
+        make_imagined_vec_env(env_id, 1, pessimism=False).close()
+    except TypeError as err:
+        if "pessimism" in str(err):
+            return False
+        raise
+    return True
+
+
+def env_kwargs(unit: Unit) -> dict[str, Any] | None:
+    """What the row changes in the shipped env (None: the README snippet exactly)."""
+    if unit.row == "no-pessimism":
+        return {"pessimism": False}
+    if unit.row == "oracle":
+        wm_path, starts = pretrained_paths(unit.env_id)
+        horizon = WorldModel.load(wm_path, device="cpu").horizon
+        # No pessimism against an exact model: the oracle is the ceiling of the learner settings.
+        off = {"pessimism": False} if unit.pessimism_option else {}
+        with quiet_stderr():
+            oracle = SimulatorModel(unit.env_id, horizon)
+        return {"world_model": oracle, "start_states": starts, **off}
+    return None
+
+
+def quiet() -> None:
+    """The v4 tasks' out-of-date notices say nothing about a measurement."""
+    gym.logger.min_level = 40
+    warnings.filterwarnings("ignore", message=r".*is out of date", category=DeprecationWarning)
+
+
+def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
+    """Run `unit` (one torch thread), write its result to `parts/<name>.json` and return it: the real
+    return (mean, std over deterministic episodes) after each checkpoint of one continuing `learn`, or of
+    uniform random actions for the random row."""
+    torch.set_num_threads(1)
+    quiet()
+    t0 = time.perf_counter()
+    result: dict[str, Any] = {"unit": asdict(unit)}
+    if unit.row == "random":
+        with quiet_stderr():
+            result["real_return"] = random_return(unit.env_id, unit.n_episodes, unit.seed)
+    else:
+        try:
+            model = ImaginationPPO("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit),
+                                   verbose=0)
+        except TypeError as err:
+            if "pessimism" in str(err):
+                raise ValueError(f"{unit.name}: the imagined env refuses pessimism= ({err}); "
+                                 f"this row needs the env's pessimism option") from None
+            raise
+        checkpoints = []
+        for target in unit.steps:
+            t1 = time.perf_counter()
+            if not checkpoints:
+                model.learn(target)  # the README snippet's call
+            elif target > model.num_timesteps:
+                model.learn(target - model.num_timesteps, reset_num_timesteps=False)
+            t2 = time.perf_counter()
+            with quiet_stderr():  # MuJoCo's compiler notice for every model it loads
+                mean, std = evaluate_real(model, unit.env_id, unit.n_episodes, unit.seed)
+            checkpoints.append({"steps": target, "imagined_steps": int(model.num_timesteps),
+                                "real_return": mean, "real_return_std": std, "learn_seconds": t2 - t1,
+                                "eval_seconds": time.perf_counter() - t2})
+        model.env.close()
+        result["checkpoints"] = checkpoints
+    result["seconds"] = time.perf_counter() - t0
+    with atomic_path(parts / f"{unit.name}.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def read_part(path: Path, unit: Unit) -> dict[str, Any]:
+    """A finished unit's result; ValueError when it was measured with other settings or another model."""
+    part = json.loads(path.read_text())
+    stored = {**part["unit"], "steps": tuple(part["unit"]["steps"])}
+    if stored != asdict(unit):
+        changed = {k: (stored.get(k), v) for k, v in asdict(unit).items() if stored.get(k) != v}
+        raise ValueError(f"{path} was measured with other settings (stored, asked: {changed}); "
+                         f"remove it, run without --resume, or use another --out")
+    return part
+
+
+def returns_at(parts: list[dict[str, Any]], step: int | None) -> dict[str, float]:
+    """seed (as JSON keys it) -> real return at `step` (None: the random row's step-free return)."""
+    out = {}
+    for part in parts:
+        seed = str(part["unit"]["seed"])
+        if step is None:
+            out[seed] = part["real_return"]
+        else:
+            out[seed] = next(c["real_return"] for c in part["checkpoints"] if c["steps"] == step)
+    return out
+
+
+def spread(per_seed: dict[str, float]) -> dict[str, Any]:
+    values = np.array(list(per_seed.values()), float)
+    return {"mean": float(values.mean()), "std": float(values.std()), "per_seed": per_seed}
+
+
+def summarise(results: dict[str, dict[str, Any]], units: list[Unit]) -> dict[str, Any]:
+    """Per task and row: mean, std and per-seed returns at each checkpoint, ratio to the oracle, bars."""
+    tasks: dict[str, Any] = {}
+    for env_id in dict.fromkeys(u.env_id for u in units):
+        task_units = [u for u in units if u.env_id == env_id]
+        n_seeds = len({u.seed for u in task_units})
+        rows: dict[str, Any] = {}
+        for row in dict.fromkeys(u.row for u in task_units):
+            parts = [results[u.name] for u in task_units if u.row == row and u.name in results]
+            if not parts:
+                continue
+            complete = len(parts) == n_seeds
+            if row == "random":
+                rows[row] = {**spread(returns_at(parts, None)), "complete": complete}
+            else:
+                steps = task_units[0].steps
+                rows[row] = {"complete": complete,
+                             "steps": {str(s): spread(returns_at(parts, s)) for s in steps}}
+        oracle = rows.get("oracle")
+        for row, summary in rows.items():
+            if row in ("oracle", "random") or oracle is None:
+                continue
+            for step, cell in summary["steps"].items():
+                ceiling = oracle["steps"][step]["mean"]
+                cell["oracle_fraction"] = cell["mean"] / ceiling if ceiling > 0 else None
+        tasks[env_id] = {"pessimism_option": task_units[0].pessimism_option, "model": task_units[0].model,
+                         "rows": rows, "bars": bars(env_id, rows.get("shipped"))}
+    return tasks
+
+
+def bars(env_id: str, shipped: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The issue's bars on the shipped row's mean over seeds: passed True/False, or None when the steps
+    or seeds measured do not decide it."""
+    task = env_id.rsplit("-v", 1)[0]
+    complete = shipped is not None and shipped["complete"]
+    means = {int(s): c["mean"] for s, c in shipped["steps"].items()} if complete else {}
+    out = []
+    if task in TARGETS:
+        when, by, target = TARGETS[task]
+        if when == "at":
+            value = means.get(by)
+            passed = None if value is None else value >= target
+        else:
+            within = [m for s, m in means.items() if s <= by]
+            value = max(within) if within else None
+            passed = True if value is not None and value >= target else (False if by in means else None)
+        name = (f"real return at {by:,} imagined steps >= {target:.0f}" if when == "at"
+                else f"best real return within {by:,} imagined steps >= {target:.0f}")
+        out.append({"bar": name, "value": value, "passed": passed})
+    early, late, drop = HOLD
+    value = passed = None
+    if early in means and late in means:
+        value = means[late] - means[early]
+        passed = value >= -drop * abs(means[early])
+    out.append({"bar": f"return at {late:,} not lower than at {early:,} by more than {drop:.0%}",
+                "value": value, "passed": passed})
+    return out
+
+
+def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_episodes: int) -> str:
+    """The printed table: rows by task, a column per checkpoint."""
+    width = 24
+    lines = [f"Real return of PPO trained in the frozen imagined env (README snippet, {DEFAULT_N_ENVS} envs) "
+             f"over {n_episodes} deterministic real episode{'s' * (n_episodes != 1)}; "
+             f"mean +- std over seeds {','.join(map(str, seeds))}"]
+    for env_id, task in tasks.items():
+        lines += ["", f"{env_id}  (model {task['model']})"
+                  + ("" if task["pessimism_option"] else "  [the env has no pessimism option: the shipped "
+                     "row runs without it]"),
+                  f"{'':<30}" + "".join(f"{s:>{width},}" for s in steps)]
+        for row, summary in task["rows"].items():
+            label = ROWS[row] + ("" if summary["complete"] else " (some seeds missing)")
+            cells = [summary] if row == "random" else [summary["steps"][str(s)] for s in steps]
+            lines.append(f"{label:<30}" + "".join(
+                f"{c['mean']:.1f} +- {c['std']:.1f}".rjust(width) for c in cells))
+            lines.append(f"{'  per seed':<30}" + "".join(
+                f"{' '.join(f'{v:.1f}' for v in c['per_seed'].values()):>{width}}" for c in cells))
+            if any(c.get("oracle_fraction") is not None for c in cells):
+                fractions = ["-" if c.get("oracle_fraction") is None else f"{c['oracle_fraction']:.2f}"
+                             for c in cells]
+                lines.append(f"{'  fraction of the oracle':<30}" + "".join(f"{x:>{width}}"
+                                                                         for x in fractions))
+        for bar in task["bars"]:
+            verdict = {True: "yes", False: "NO", None: "n/a (not measured)"}[bar["passed"]]
+            value = "" if bar["value"] is None else f" ({bar['value']:.1f})"
+            lines.append(f"bar: {bar['bar']}: {verdict}{value}")
+    return "\n".join(lines)
+
+
+def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: Path) -> bool:
+    """Real return vs imagined steps, a panel per task, a line per row with a band of +- std over seeds;
+    False when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
+    for ax, (env_id, task) in zip(axes[0], tasks.items(), strict=True):
+        for row, summary in task["rows"].items():
+            if row == "random":
+                ax.axhline(summary["mean"], color="grey", linestyle="--", label=ROWS[row])
+                continue
+            mean = np.array([summary["steps"][str(s)]["mean"] for s in steps])
+            std = np.array([summary["steps"][str(s)]["std"] for s in steps])
+            color = f"C{list(ROWS).index(row)}"  # a row's colour is the same in every panel
+            ax.plot(steps, mean, marker="o", color=color, label=ROWS[row])
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+        ax.set_title(f"{env_id}: seeds {','.join(map(str, seeds))}, band +- std", fontsize=10)
+        ax.set_xlabel("imagined steps")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("real return")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def int_list(text: str) -> list[int]:
+    return [int(part.replace("_", "")) for part in text.split(",")]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--envs", help="comma-separated task ids [default: every shipped one among "
+                   f"{', '.join(TASKS)}; --quick: the first of them]")
+    p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run [default {','.join(ROWS)}]")
+    p.add_argument("--seeds", type=int_list, help="[default 0,1,2; --quick: 0]")
+    p.add_argument("--steps", type=int_list, help="imagined-step checkpoints of one continuing run "
+                   f"[default 50000,100000,200000; --quick: {','.join(map(str, QUICK_STEPS))}]")
+    p.add_argument("--episodes", type=int, default=5, help="real evaluation episodes [default 5]")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each [default 2]")
+    p.add_argument("--quick", action="store_true", help="smoke run (see --envs, --seeds, --steps)")
+    p.add_argument("--resume", action="store_true", help="reuse the results of runs already finished")
+    p.add_argument("--out", type=Path, help="JSON to write [default benchmarks/results/shipped_envs/"
+                   "<quick|full>.json]; runs' results go to <out without .json>.parts/, the plot to .png")
+    args = p.parse_args(argv)
+    rows = args.rows.split(",")
+    unknown = [r for r in rows if r not in ROWS]
+    if unknown:
+        p.error(f"--rows: unknown {unknown}; expected some of {', '.join(ROWS)}")
+    args.rows = rows
+    shipped = shipped_tasks()
+    if args.envs is None:
+        if not shipped:
+            p.error(f"no model ships for any of {', '.join(TASKS)}")
+        args.envs = shipped[:1] if args.quick else shipped
+    else:
+        args.envs = args.envs.split(",")
+        missing = [e for e in args.envs if e not in shipped]
+        if missing:
+            p.error(f"--envs: no shipped model for {missing}; shipped: {shipped or 'none'}")
+    args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    args.steps = tuple(args.steps or (QUICK_STEPS if args.quick else (50_000, 100_000, 200_000)))
+    if any(s < 1 for s in args.steps) or list(args.steps) != sorted(set(args.steps)):
+        p.error(f"--steps must be increasing positive checkpoints, got {','.join(map(str, args.steps))}")
+    if args.episodes < 1 or args.jobs < 1:
+        p.error(f"--episodes and --jobs must be >= 1, got {args.episodes} and {args.jobs}")
+    args.out = args.out or Path(f"benchmarks/results/shipped_envs/{'quick' if args.quick else 'full'}.json")
+    return args
+
+
+def plan(args: argparse.Namespace) -> list[Unit]:
+    """Every (task, row, seed) unit; rows the env cannot run are left out with a message."""
+    units = []
+    for env_id in args.envs:
+        option = has_pessimism_option(env_id)
+        digest = model_digest(env_id)
+        for row in args.rows:
+            if row == "no-pessimism" and not option:
+                print(f"{env_id}: row '{ROWS[row]}' left out: the imagined env refuses pessimism= "
+                      "(it has no pessimism option yet)")
+                continue
+            if row == "oracle" and env_id.rsplit("-v", 1)[0] not in ORACLE_TASKS:
+                print(f"{env_id}: row '{ROWS[row]}' left out: its observation does not determine the "
+                      f"simulator state (oracle tasks: {', '.join(ORACLE_TASKS)})")
+                continue
+            units += [Unit(env_id, row, seed, args.steps, args.episodes, digest, option)
+                      for seed in args.seeds]
+    return units
+
+
+def describe(result: dict[str, Any]) -> str:
+    if "real_return" in result:
+        return f"{result['real_return']:.1f}"
+    return ", ".join(f"{c['steps']:,}: {c['real_return']:.1f}" for c in result["checkpoints"])
+
+
+def run_all(units: list[Unit], parts: Path, jobs: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Results of `units` by name, run in `jobs` spawned processes (in this one when jobs is 1), and the
+    errors of those that failed (the others still run)."""
+    results, failed = {}, {}
+
+    def report(unit: Unit, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        done = len(results) + len(failed) + 1
+        if error is None:
+            results[unit.name] = result
+            print(f"[{done}/{len(units)}] {unit.name}: {describe(result)} ({result['seconds']:.0f} s)",
+                  flush=True)
+        else:
+            failed[unit.name] = f"{type(error).__name__}: {error}"
+            print(f"[{done}/{len(units)}] {unit.name} FAILED: {failed[unit.name]}", flush=True)
+
+    if jobs == 1 or len(units) <= 1:
+        for unit in units:
+            try:
+                report(unit, run_unit(unit, parts), None)
+            except Exception as err:  # noqa: BLE001  (one failed run must not lose the others)
+                report(unit, None, err)
+        return results, failed
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+        futures = {pool.submit(run_unit, unit, parts): unit for unit in units}
+        for future in as_completed(futures):
+            error = future.exception()
+            report(futures[future], None if error else future.result(), error)
+    return results, failed
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    quiet()
+    args = parse_args(argv)
+    units = plan(args)
+    parts = args.out.parent / f"{args.out.stem}.parts"
+    results = {}
+    if args.resume:
+        results = {u.name: read_part(parts / f"{u.name}.json", u) for u in units
+                   if (parts / f"{u.name}.json").is_file()}
+        print(f"resuming: {len(results)} of {len(units)} runs already finished")
+    t0 = time.perf_counter()
+    new, failed = run_all([u for u in units if u.name not in results], parts, args.jobs)
+    results.update(new)
+    tasks = summarise(results, units)
+    print("\n" + table(tasks, args.seeds, args.steps, args.episodes))
+    png = args.out.with_suffix(".png")
+    plotted = plot(tasks, args.seeds, args.steps, png)
+    command = ["python", "benchmarks/shipped_envs.py", *(sys.argv[1:] if argv is None else argv)]
+    report = {"command": " ".join(command),
+              "settings": {"envs": args.envs, "rows": args.rows, "seeds": args.seeds,
+                           "steps": list(args.steps), "eval_episodes": args.episodes, "jobs": args.jobs,
+                           "n_envs": DEFAULT_N_ENVS, "torch_threads": 1},
+              "tasks": tasks, "runs": {u.name: results[u.name] for u in units if u.name in results},
+              "failed": failed, "seconds": time.perf_counter() - t0}
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}" + (f" and {png}" if plotted else " (no plot: matplotlib is not installed)"))
+    if failed:
+        raise SystemExit(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The shipped-env benchmark on a tiny budget: one oracle run and the random reference, the table and JSON
+it writes, and `--resume` skipping finished runs; the bars' reading of the shipped row."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports a sibling benchmark
+    spec = importlib.util.spec_from_file_location("shipped_envs", BENCHMARKS / "shipped_envs.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "shipped_envs", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def shipped(means: dict[int, float], complete: bool = True) -> dict:
+    return {"complete": complete, "steps": {str(s): {"mean": m} for s, m in means.items()}}
+
+
+def verdicts(bars: list[dict]) -> list[bool | None]:
+    return [bar["passed"] for bar in bars]
+
+
+def test_bars_read_the_shipped_rows_mean(bench):
+    assert verdicts(bench.bars("HalfCheetah-v4", shipped({50_000: 1600, 100_000: 1500, 200_000: 1450}))) == [
+        True, True]                                                  # 1450 >= 1600 - 160
+    assert verdicts(bench.bars("HalfCheetah-v4", shipped({50_000: 1400, 200_000: 1250}))) == [False, False]
+    assert verdicts(bench.bars("HalfCheetah-v4", shipped({50_000: -100, 200_000: -109}))) == [False, True]
+    assert verdicts(bench.bars("Hopper-v5", shipped({50_000: 1100, 200_000: 900}))) == [True, False]
+    assert verdicts(bench.bars("Walker2d-v4", shipped({50_000: 500, 200_000: 990}))) == [False, True]
+    assert verdicts(bench.bars("Walker2d-v4", shipped({50_000: 500, 100_000: 700}))) == [None, None]
+    assert verdicts(bench.bars("Hopper-v4", shipped({50_000: 1200, 200_000: 1300}, complete=False))) == [
+        None, None]                                                  # not every seed measured
+    assert verdicts(bench.bars("HalfCheetah-v4", None)) == [None, None]
+
+
+@pytest.mark.mujoco
+def test_oracle_run_writes_table_json_parts_and_resume_skips_it(bench, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "tiny.json"
+    argv = ["--envs", "HalfCheetah-v4", "--rows", "oracle,random", "--seeds", "0", "--steps", "1280,2560",
+            "--episodes", "1", "--jobs", "1", "--out", str(out)]
+    report = bench.main(argv)
+    text = capsys.readouterr().out
+
+    parts = tmp_path / "tiny.parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["HalfCheetah-v4_oracle_seed0.json",
+                                                       "HalfCheetah-v4_random_seed0.json"]
+    run = report["runs"]["HalfCheetah-v4_oracle_seed0"]
+    assert [c["steps"] for c in run["checkpoints"]] == [1280, 2560]
+    assert [c["imagined_steps"] for c in run["checkpoints"]] == [1280, 2560]  # rollouts of 256 envs x H = 5
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert report["failed"] == {} and report["settings"]["steps"] == [1280, 2560]
+
+    task = report["tasks"]["HalfCheetah-v4"]
+    assert set(task["rows"]) == {"oracle", "random"}
+    cell = task["rows"]["oracle"]["steps"]["2560"]
+    assert cell["mean"] == cell["per_seed"]["0"] == run["checkpoints"][1]["real_return"] and cell["std"] == 0
+    random = report["runs"]["HalfCheetah-v4_random_seed0"]["real_return"]
+    assert task["rows"]["random"]["mean"] == random < 0
+    assert verdicts(task["bars"]) == [None, None]                   # neither 50k nor the shipped row measured
+
+    assert "MuJoCo oracle" in text and "random actions" in text and f"{random:.1f}" in text
+    assert f"{cell['mean']:.1f} +- 0.0" in text
+    assert text.count("n/a (not measured)") == 2
+
+    def must_not_run(*args):
+        raise AssertionError("a finished run ran again")
+
+    monkeypatch.setattr(bench, "run_unit", must_not_run)
+    again = bench.main(argv + ["--resume"])
+    assert json.loads(json.dumps(again["runs"])) == json.loads(json.dumps(report["runs"]))
+    assert again["tasks"] == report["tasks"]
+
+    before = out.read_text()
+    with pytest.raises(ValueError, match=r"oracle_seed0.json was measured with other settings"):
+        bench.main(["--steps", "1280", *argv[:6], *argv[8:], "--resume"])
+    assert out.read_text() == before
