@@ -111,7 +111,7 @@ def test_an_edit_without_a_new_checksum_is_damage(model_file, tmp_path):
     path = edited(model_file, tmp_path, setter("log_guidance_scale", value=0.0), checksum=False)
     assert "is damaged: its content does not match its checksum" in refused(path)
     path = edited(model_file, tmp_path, setter("checksum", delete=True), checksum=False)
-    assert "is damaged: it lacks the checksum of format version 2" in refused(path)
+    assert "is damaged: it lacks the checksum of format version 3" in refused(path)
 
 
 def test_files_with_flipped_bytes_are_refused(model_file, tmp_path):
