@@ -93,9 +93,11 @@ def load_start_array(path: str | os.PathLike) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise ValueError(f"{name} is truncated or corrupt: {err}") from None
-    if not isinstance(arr, np.ndarray) or not np.issubdtype(arr.dtype, np.number):
-        raise ValueError(f"{name} must hold one numeric array [n, obs] (numpy.save), "
-                         f"got {type(arr).__name__} of {getattr(arr, 'dtype', 'no dtype')}")
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        arr.close()
+        raise ValueError(f"{name} is an .npz archive, not one array [n, obs] as numpy.save writes it")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold a numeric array [n, obs], got dtype {arr.dtype}")
     return arr
 
 

@@ -78,6 +78,8 @@ EDITS = {
     "text log_guidance_scale": (setter("log_guidance_scale", value="-5"),
                                 "log_guidance_scale must be a finite number, got '-5'"),
     "no spec": (setter("spec", delete=True), "lacks the field 'spec'"),
+    "no compact": (setter("compact", delete=True), "lacks the field 'compact'"),
+    "text compact": (setter("compact", value="no"), "compact must be a bool, got str"),
     "narrow normaliser": (lambda p: p["normaliser"].update(obs_mean=[0.0] * (OBS - 1),
                                                            obs_std=[1.0] * (OBS - 1)),
                           f"the normaliser's obs statistics have {OBS - 1} entries, "
