@@ -105,7 +105,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
                            disagreement_limit=limit)
     starts = evenly_drawn_starts(buffer, config.n_start_states)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "world_model.pt")
+    model.save(out_dir / "world_model.pt", compact=True)
     with atomic_path(out_dir / "start_states.npy") as tmp:
         with open(tmp, "wb") as f:
             np.save(f, starts)

@@ -18,8 +18,8 @@ n_envs x H a multiple of PPO's default mini-batch (64) for any horizon H."""
 
 def make_imagined_vec_env(env_id: str, n_envs: int = DEFAULT_N_ENVS, **kwargs: Any) -> VecMonitor:
     """`env_id` may be the real task ("HalfCheetah-v4") or the imagined id; kwargs go to the env
-    (world_model=, start_states=, replay=, torch_threads=, device=). Wrapped in VecMonitor, as SB3's
-    make_vec_env wraps in Monitor, so `rollout/ep_rew_mean` reports imagined returns."""
+    (world_model=, start_states=, pessimism=, replay=, torch_threads=, device=). Wrapped in VecMonitor, as
+    SB3's make_vec_env wraps in Monitor, so `rollout/ep_rew_mean` reports imagined returns."""
     if not env_id.startswith("Imagined-"):
         env_id = imagined_id(env_id)
     kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "planned_action_info": False, **kwargs}

@@ -1,4 +1,10 @@
-"""Gymnasium ids `Imagined-<Task>-v4/v5`: `gym.make` gives one env, `gym.make_vec` the batched one."""
+"""Gymnasium ids `Imagined-<Task>-v4/v5`: `gym.make` gives one env, `gym.make_vec` the batched one.
+
+Each id imagines on the model shipped for it (`imagined_env.pretrained.MODEL_FOLDERS`): HalfCheetah v4 and v5
+share one, as do Hopper v4 and v5, whose rewards differ only on the step that terminates an episode (v4 pays
+the healthy reward of 1 there, v5 does not); Walker2d v4 and v5 have one each. Keywords go to the env, e.g.
+`pessimism=False` imagines without the model's disagreement penalty and limit.
+"""
 from __future__ import annotations
 
 from typing import Any

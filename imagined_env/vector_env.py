@@ -2,10 +2,13 @@
 autoreset, final observations) over the batched plan-replay core."""
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,7 +19,7 @@ from gymnasium.vector.utils import batch_space
 
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.guidance import GaussianPolicyFn
-from imagined_env.pretrained import pretrained_paths
+from imagined_env.pretrained import pretrained_paths, serves
 from imagined_env.replay import PlanReplay, ReplayConfig
 from imagined_env.world_model import WorldModel
 
@@ -66,23 +69,54 @@ def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id:
                          "`imagined-env train --env <task>`; it writes world_model.pt in its run folder)")
     if isinstance(world_model, (str, os.PathLike)):
         return WorldModel.load(world_model, device=device, env_id=env_id)
-    if env_id is not None and world_model.spec.env_id != env_id:
+    if env_id is not None and not serves(world_model.spec.env_id, env_id):
         raise ValueError(f"world model was trained on {world_model.spec.env_id!r}, not {env_id!r}")
     return world_model
 
 
+def without_pessimism(model: WorldModel) -> WorldModel:
+    """`model` imagining with no disagreement penalty or limit: itself when it has neither, else a shallow
+    copy (the same networks; its own config and guidance scale), so the model passed in stays as it was."""
+    if model.config.disagreement_penalty == 0 and model.config.disagreement_limit is None:
+        return model
+    plain = copy.copy(model)
+    plain.config = replace(model.config, disagreement_penalty=0.0, disagreement_limit=None)
+    return plain
+
+
+def load_start_array(path: str | os.PathLike) -> np.ndarray:
+    """The array of a `.npy` file of start observations, as written by `numpy.save`."""
+    name = f"start states file {os.fspath(path)!r}"
+    if not os.path.isfile(path):
+        raise ValueError(f"{name} does not exist or is not a file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise ValueError(f"{name} is truncated or corrupt: {err}") from None
+    if isinstance(arr, np.lib.npyio.NpzFile):
+        arr.close()
+        raise ValueError(f"{name} is an .npz archive, not one array [n, obs] as numpy.save writes it")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise ValueError(f"{name} must hold a numeric array [n, obs], got dtype {arr.dtype}")
+    return arr
+
+
 def start_state_array(start_states: StartStates | None, model: WorldModel) -> np.ndarray:
-    """Real start observations [n, obs] from a buffer, a buffer file or an array, checked against `model`:
-    a buffer must be of the model's task (tasks can share an observation width), and every observation
-    within the range the model was trained on (far outside it the model returns NaN or nonsense)."""
+    """Real start observations [n, obs] from a buffer, a buffer `.npz` file, a `.npy` array file or an array,
+    checked against `model`: a buffer must be of a task the model serves (tasks can share an observation
+    width), and every observation within the range the model was trained on (far outside it the model
+    returns NaN or nonsense)."""
     obs_dim = model.spec.obs_dim
     if start_states is None:
-        raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, or an array "
-                         "[n, obs] of real observations (the data the world model was trained on)")
+        raise ValueError("start_states is required: an EpisodeBuffer, a buffer .npz file, a .npy file or an "
+                         "array [n, obs] of real observations (the data the world model was trained on)")
     if isinstance(start_states, (str, os.PathLike)):
-        start_states = EpisodeBuffer.load(start_states)
+        is_array = Path(start_states).suffix == ".npy"
+        start_states = load_start_array(start_states) if is_array else EpisodeBuffer.load(start_states)
     if isinstance(start_states, EpisodeBuffer):
-        start_states.check_task(model.spec.env_id)
+        task = start_states.env_id
+        if task is not None and not serves(model.spec.env_id, task):
+            start_states.check_task(model.spec.env_id)
         arr = start_states.start_observations()
     else:
         arr = np.asarray(start_states, dtype=np.float32)
@@ -98,6 +132,8 @@ class ImaginedVectorEnv(VectorEnv):
 
     `world_model` is a WorldModel or a file; with none, the pretrained model shipped for `env_id`
     (and its start states) is used. `start_states`: the real data to start episodes from.
+    `pessimism`: True imagines with the model's disagreement penalty and limit (shipped models carry
+    them); False with neither, leaving the model passed in unchanged.
 
     Plans are guided by `policy` (states -> (mean, std)); the learner that follows them (reads
     `planned_actions()`, or `info["planned_action"]` with `planned_action_info=True`) gets the one-call
@@ -118,7 +154,7 @@ class ImaginedVectorEnv(VectorEnv):
                  env_id: str | None = None, replay: ReplayConfig | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
                  planned_action_info: bool = False, torch_threads: int | None = DEFAULT_TORCH_THREADS,
-                 device: str | torch.device = "auto", render_mode: str | None = None):
+                 pessimism: bool = True, device: str | torch.device = "auto", render_mode: str | None = None):
         if render_mode is not None:  # TypeError: SB3's PPO("MlpPolicy", env_id) then retries without it
             raise TypeError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
                             "use render_mode=None")
@@ -126,11 +162,15 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if torch_threads is not None and not (isinstance(torch_threads, int) and torch_threads >= 1):
             raise ValueError(f"torch_threads must be None or an int >= 1, got {torch_threads!r}")
+        if not isinstance(pessimism, bool):
+            raise ValueError(f"pessimism must be True or False, got {pessimism!r}")
         mode = autoreset_mode_of(autoreset_mode)
         if world_model is None and env_id is not None:
             world_model, shipped_starts = pretrained_paths(env_id)
             start_states = shipped_starts if start_states is None else start_states
         self.model = load_world_model(world_model, env_id, device)
+        if not pessimism:
+            self.model = without_pessimism(self.model)
         spec = self.model.spec
         self._starts = start_state_array(start_states, self.model)
         self.num_envs = num_envs

@@ -31,11 +31,13 @@ from imagined_env.diffusion.guidance import (
 from imagined_env.diffusion.sampler import ActionBounds, ActionInput, GuidedSampler
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
 from imagined_env.fitting import ema_copy, ema_update
+from imagined_env.pretrained import serves
 from imagined_env.utils import atomic_path, resolve_device
 
-FORMAT_VERSION = 2
-"""Version 2 files carry a SHA-256 checksum of their content; version 1 files, written before it, load
-without one."""
+FORMAT_VERSION = 3
+"""Version 3 files say whether they are compact (only the EMA weights, as float16); version 2 files carry a
+SHA-256 checksum of their content; version 1 files, written before it, load without one."""
+FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 READOUTS = ("chain", "mean")
 
 
@@ -317,19 +319,25 @@ class WorldModel:
             raise ValueError(f"{name} contains NaN or inf")
         return t
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, compact: bool = False) -> None:
         """One file: network, EMA, normaliser, spec, config, guidance scale, format version and a checksum
-        of all of them."""
+        of all of them. `compact`: only the EMA weights (what `imagine` uses), as float16, for a model to
+        ship rather than to train on: about a quarter of the full file."""
+        if not isinstance(compact, bool):
+            raise ValueError(f"compact must be True or False, got {compact!r}")
         payload: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
+            "compact": compact,
             "spec": asdict(self.spec),
             "config": self.config.to_dict(),
             "normaliser": self.normaliser.to_dict(),
-            "denoiser": self.denoiser.state_dict(),
-            "ema": self.ema.state_dict(),
             "log_guidance_scale": self.log_guidance_scale,
             "row_scale_offsets": self.row_scale_offsets.tolist(),
         }
+        if compact:
+            payload["ema"] = _half_weights(self.ema.state_dict())
+        else:
+            payload["denoiser"], payload["ema"] = self.denoiser.state_dict(), self.ema.state_dict()
         payload["checksum"] = content_checksum(payload)
         with atomic_path(path) as tmp:
             torch.save(payload, tmp)
@@ -337,14 +345,14 @@ class WorldModel:
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",
              env_id: str | None = None) -> WorldModel:
-        """Load a file written by `save`; `env_id`, when given, must match the file's task. Any problem of
-        the file (damage, a missing or ill-typed field, a hostile pickle) is a one-line ValueError
-        naming it."""
+        """Load a file written by `save` (full or compact); `env_id`, when given, must be one the file's model
+        serves (`imagined_env.pretrained.serves`). Any problem of the file (damage, a missing or ill-typed
+        field, a hostile pickle) is a one-line ValueError naming it."""
         path = Path(path)
         payload = _read_model_file(path)
         with _naming_the_file(path):
             spec = from_tree(EnvSpec, _field(payload, "spec", dict), "spec.")
-        if env_id is not None and spec.env_id != env_id:
+        if env_id is not None and not serves(spec.env_id, env_id):
             raise ValueError(f"world model file {path} was trained on {spec.env_id!r}, not {env_id!r}")
         with _naming_the_file(path):
             config = WorldModelConfig.from_dict(_field(payload, "config", dict), "config.")
@@ -356,9 +364,16 @@ class WorldModel:
                 offsets = _finite_numbers("row_scale_offsets", offsets)
                 if len(offsets) != config.horizon + 1:
                     raise ValueError(f"{len(offsets)} row guidance factors for {config.horizon + 1} rows")
+            compact = _field(payload, "compact", bool) if payload["format_version"] >= 3 else False
             model = cls(spec, config, normaliser, device)
-            for name, net in (("denoiser", model.denoiser), ("ema", model.ema)):
-                net.load_state_dict(_checked_weights(name, _field(payload, name, dict)))
+            if compact:  # the EMA weights, widened back to float32, also start any further fitting
+                ema = {key: value.float() if value.is_floating_point() else value
+                       for key, value in _checked_weights("ema", _field(payload, "ema", dict)).items()}
+                model.denoiser.load_state_dict(ema)
+                model.ema.load_state_dict(ema)
+            else:
+                for name, net in (("denoiser", model.denoiser), ("ema", model.ema)):
+                    net.load_state_dict(_checked_weights(name, _field(payload, name, dict)))
         model.log_guidance_scale = log_scale
         if offsets is not None:
             model.row_scale_offsets = torch.tensor(offsets, dtype=torch.float32)
@@ -470,6 +485,15 @@ def _checked_weights(name: str, state: dict[str, Any]) -> dict[str, Any]:
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name}.{key} holds NaN or inf")
     return state
+
+
+def _half_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict's floating tensors as float16; ValueError naming the first one float16 cannot hold."""
+    for key, value in state.items():
+        if value.is_floating_point() and value.numel() and value.abs().max() > FLOAT16_MAX:
+            raise ValueError(f"ema.{key} holds values up to {float(value.abs().max()):.3g}, beyond float16's "
+                             f"{FLOAT16_MAX:g}: save it with compact=False")
+    return {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

@@ -5,14 +5,41 @@ from pathlib import Path
 
 _HERE = Path(__file__).parent
 
+MODEL_FOLDERS: dict[str, str] = {
+    "HalfCheetah-v4": "HalfCheetah-v4",
+    "HalfCheetah-v5": "HalfCheetah-v4",
+    "Hopper-v4": "Hopper-v4",
+    "Hopper-v5": "Hopper-v4",
+    "Walker2d-v4": "Walker2d-v4",
+    "Walker2d-v5": "Walker2d-v5",
+}
+"""Each imagined task id -> the folder of the model that serves it, named after the task it was built on.
+
+HalfCheetah v4 and v5 step bit-identically (states, observations, rewards) from the same state. Hopper v4
+and v5 share dynamics and observations, but only v4 pays the healthy reward on the step that terminates an
+episode: their rewards differ by 1 on that one step. Walker2d v5 changed the feet's friction, so each
+version has its own model."""
+
+
+def serves(model_task: str, env_id: str) -> bool:
+    """Whether a world model fitted on `model_task` may imagine `env_id`: the same task, or two tasks that
+    share a folder in MODEL_FOLDERS."""
+    return model_task == env_id or (model_task in MODEL_FOLDERS
+                                    and MODEL_FOLDERS[model_task] == MODEL_FOLDERS.get(env_id))
+
 
 def pretrained_paths(env_id: str) -> tuple[Path, Path]:
-    """(world_model.pt, start_states.npz) shipped for `env_id`; ValueError if none ships."""
-    folder = _HERE / env_id
-    model, starts = folder / "world_model.pt", folder / "start_states.npz"
-    if not (model.is_file() and starts.is_file()):
-        shipped = sorted(p.name for p in _HERE.iterdir() if (p / "world_model.pt").is_file())
-        raise ValueError(f"no pretrained world model ships for {env_id!r} (shipped: {shipped or 'none'}); "
+    """(world_model.pt, start_states.npy) shipped for `env_id`; ValueError if none ships."""
+    folder = MODEL_FOLDERS.get(env_id)
+    if folder is None or not _ships(folder):
+        shipped = sorted(task for task, name in MODEL_FOLDERS.items() if _ships(name))
+        where = f"its folder {folder} is not in the package; " if folder else ""
+        raise ValueError(f"no pretrained world model ships for {env_id!r} ({where}shipped: "
+                         f"{shipped or 'none'}); "
                          "pass world_model=<file> and start_states=<file>, "
                          "or train one with `imagined-env train`")
-    return model, starts
+    return _HERE / folder / "world_model.pt", _HERE / folder / "start_states.npy"
+
+
+def _ships(folder: str) -> bool:
+    return (_HERE / folder / "world_model.pt").is_file() and (_HERE / folder / "start_states.npy").is_file()

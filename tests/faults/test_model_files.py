@@ -78,6 +78,8 @@ EDITS = {
     "text log_guidance_scale": (setter("log_guidance_scale", value="-5"),
                                 "log_guidance_scale must be a finite number, got '-5'"),
     "no spec": (setter("spec", delete=True), "lacks the field 'spec'"),
+    "no compact": (setter("compact", delete=True), "lacks the field 'compact'"),
+    "text compact": (setter("compact", value="no"), "compact must be a bool, got str"),
     "narrow normaliser": (lambda p: p["normaliser"].update(obs_mean=[0.0] * (OBS - 1),
                                                            obs_std=[1.0] * (OBS - 1)),
                           f"the normaliser's obs statistics have {OBS - 1} entries, "
@@ -111,7 +113,7 @@ def test_an_edit_without_a_new_checksum_is_damage(model_file, tmp_path):
     path = edited(model_file, tmp_path, setter("log_guidance_scale", value=0.0), checksum=False)
     assert "is damaged: its content does not match its checksum" in refused(path)
     path = edited(model_file, tmp_path, setter("checksum", delete=True), checksum=False)
-    assert "is damaged: it lacks the checksum of format version 2" in refused(path)
+    assert "is damaged: it lacks the checksum of format version 3" in refused(path)
 
 
 def test_files_with_flipped_bytes_are_refused(model_file, tmp_path):
