@@ -59,7 +59,7 @@ class BuildConfig:
 
 
 def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: BuildConfig, command: str,
-                log: Callable[[str], None] = print) -> Path:
+                log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Run (or resume) the three stages; returns the shipped folder."""
     gym.spec(env_id)  # unknown ids fail here, before any work
     out_dir, work_dir = Path(out_dir), Path(work_dir)
@@ -89,7 +89,8 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
         spec = spec_from_env(env, env_id)
         env.close()
         model, losses = fit_world_model(buffer, spec, config.fit_steps, wm_config,
-                                        replace(preset.train, seed=config.data.seed), device="cpu")
+                                        replace(preset.train, seed=config.data.seed), device="cpu",
+                                        progress=progress)
         chain = preset.n_sample_steps
         model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
         model.save(model_file)

@@ -350,7 +350,7 @@ def prepare_build_model(args: argparse.Namespace) -> Job:
 
     def job() -> int:
         command = "imagined-env " + " ".join(sys.argv[1:])
-        out = build_model(args.env, args.out_dir, work, config, command=command)
+        out = build_model(args.env, args.out_dir, work, config, command=command, progress=args.progress)
         print((out / "COMMAND.txt").read_text())
         return 0
 
