@@ -60,7 +60,8 @@ class BuildConfig:
 
 def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: BuildConfig, command: str,
                 log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """Run (or resume) the three stages; returns the shipped folder."""
+    """Run (or resume) the three stages; returns the shipped folder (world_model.pt, start_states.npy,
+    data.json: what the data holds, for references such as the demo's; COMMAND.txt)."""
     gym.spec(env_id)  # unknown ids fail here, before any work
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     preset = build_preset(config.preset, env_id)
@@ -122,6 +123,11 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
              f"disagreement; episodes end above {'never' if limit is None else f'{limit:.4f}'}",
              f"start states: {len(starts)} real observations drawn evenly from the data",
              f"build settings: {json.dumps(asdict(config))}"]
+    collected = (parts["uniform random"]["transitions"] + config.data.ppo_steps
+                 + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
+    with atomic_path(out_dir / "data.json") as tmp:
+        tmp.write_text(json.dumps({"env_id": env_id, "real_steps_collected": int(collected),
+                                   "transitions_kept": buffer.n_transitions, "parts": parts}, indent=2))
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir
