@@ -45,12 +45,15 @@ class BroadDataConfig:
 
     def __post_init__(self) -> None:
         counts = {"random_episodes": self.random_episodes, "ppo_steps": self.ppo_steps,
-                  "ppo_kept_steps": self.ppo_kept_steps, "final_steps_per_noise": self.final_steps_per_noise}
+                  "ppo_kept_steps": self.ppo_kept_steps, "final_steps_per_noise": self.final_steps_per_noise,
+                  "seed": self.seed}
         for name, value in counts.items():
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-        if any(not s >= 0 for s in self.final_noise_stds):
-            raise ValueError(f"final_noise_stds must be >= 0, got {self.final_noise_stds}")
+        stds = self.final_noise_stds
+        if not (isinstance(stds, tuple)
+                and all(isinstance(s, (int, float)) and 0 <= s < float("inf") for s in stds)):
+            raise ValueError(f"final_noise_stds must be a tuple of finite numbers >= 0, got {stds!r}")
 
 
 @dataclass
@@ -131,8 +134,10 @@ class DataReport:
 
 
 def thin_evenly(episodes: list[RecordedEpisode], keep_steps: int) -> list[RecordedEpisode]:
-    """Whole episodes whose transitions add up to at most about `keep_steps`, spread evenly over the
-    steps of the sequence (not over episodes: early episodes of a falling robot are short and many)."""
+    """Whole episodes, in order, spread evenly over the steps of the sequence (not over episodes: early
+    episodes of a falling robot are short and many). With f = keep_steps / all steps, the kept steps of
+    every prefix of the sequence are within half the longest episode of f times its steps; so in all they
+    are at most `keep_steps` plus half the longest episode. Under budget, every episode is kept."""
     total = sum(e.length for e in episodes)
     if total <= keep_steps:
         return list(episodes)

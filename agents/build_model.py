@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data
-from agents.presets import build_preset
+from agents.presets import build_preset, resolve
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
@@ -46,11 +46,15 @@ class BuildConfig:
     """Real observations shipped to start imagined episodes from, drawn evenly from all the data."""
 
     def __post_init__(self) -> None:
+        resolve(self.preset)
         if not (isinstance(self.n_members, int) and self.n_members >= 2):
             raise ValueError(f"n_members must be an int >= 2 (pessimism needs an ensemble), "
                              f"got {self.n_members!r}")
         if not (isinstance(self.fit_steps, int) and self.fit_steps >= 1):
             raise ValueError(f"fit_steps must be an int >= 1, got {self.fit_steps!r}")
+        if not 0 <= self.disagreement_penalty < float("inf"):
+            raise ValueError(f"disagreement_penalty must be a finite number >= 0, "
+                             f"got {self.disagreement_penalty}")
         if self.disagreement_quantile is not None and not 0 < self.disagreement_quantile <= 1:
             raise ValueError(f"disagreement_quantile must be in (0, 1] or None, "
                              f"got {self.disagreement_quantile}")
@@ -94,9 +98,9 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
                                         progress=progress)
         chain = preset.n_sample_steps
         model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
-        model.save(model_file)
-        with atomic_path(work_dir / "model.json") as tmp:
+        with atomic_path(work_dir / "model.json") as tmp:  # first: a kill between the two files refits
             tmp.write_text(json.dumps({"model": fit_settings}, indent=2))
+        model.save(model_file)
         log(f"fitted {config.n_members} members for {config.fit_steps} steps, final loss "
             f"{np.mean(losses[-100:]):.4f}")
     model = WorldModel.load(model_file, device="cpu")

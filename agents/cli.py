@@ -343,7 +343,7 @@ def prepare_build_model(args: argparse.Namespace) -> Job:
     from agents.build_model import BuildConfig, build_model
 
     config = override(BuildConfig(), given_flags(args))
-    check_task(args.env, imagined=False)
+    check_task(args.env, imagined=True)  # the model's settings come from a preset for this task
     work = Path(args.work or f"runs/build-model/{args.env}")
     writable_dir(Path(args.out_dir))
     writable_dir(work)

@@ -1,0 +1,224 @@
+"""`build_model` end to end on a tiny budget: the shipped folder, its pessimism calibrated on the data, the
+work folder's stages reused or refused, and the result as an imagined env."""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import agents.build_model as build_module
+import imagined_env  # noqa: F401  (registers the Imagined-* ids)
+from agents.broad_data import BroadDataConfig
+from agents.build_model import BuildConfig, build_model
+from agents.cli import main
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.world_model import WorldModel
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.mujoco,
+    pytest.mark.filterwarnings("ignore:.*is out of date"),
+    pytest.mark.filterwarnings("ignore:.*settotalmass"),
+]
+
+TASK = "Hopper-v4"
+TINY = BuildConfig(data=BroadDataConfig(random_episodes=1, ppo_steps=1024, ppo_kept_steps=500,
+                                        final_steps_per_noise=200, seed=3),
+                   fit_steps=20, n_start_states=50, disagreement_penalty=0.7, disagreement_quantile=0.9)
+TINY_FLAGS = ["--data.random-episodes", "1", "--data.ppo-steps", "1024", "--data.ppo-kept-steps", "500",
+              "--data.final-steps-per-noise", "200", "--data.seed", "3", "--fit-steps", "20",
+              "--n-start-states", "50", "--disagreement-penalty", "0.7", "--disagreement-quantile", "0.9"]
+COMMAND = "imagined-env build-model out --env Hopper-v4"
+
+
+def build(out: Path, work: Path, config: BuildConfig = TINY) -> Path:
+    return build_model(TASK, out, work, config, command=COMMAND, log=lambda _: None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path]:
+    """(shipped folder, work folder) of one tiny build, shared by the tests (which must not change it)."""
+    root = tmp_path_factory.mktemp("build")
+    return build(root / "out", root / "work"), root / "work"
+
+
+def snapshot(*folders: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for f in folders for p in sorted(f.iterdir())}
+
+
+def copy_of(folder: Path, to: Path) -> Path:
+    shutil.copytree(folder, to)
+    return to
+
+
+def forbid(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
+    """Stages that must not run: collecting data, fitting."""
+    for name in names:
+        def fail(*_args, _name=name, **_kwargs):
+            raise AssertionError(f"{_name} ran again")
+        monkeypatch.setattr(build_module, name, fail)
+
+
+def test_the_shipped_and_work_folders_hold_their_files(built):
+    out, work = built
+    assert sorted(p.name for p in out.iterdir()) == ["COMMAND.txt", "start_states.npy", "world_model.pt"]
+    assert sorted(p.name for p in work.iterdir()) == ["data.json", "data.npz", "model.json", "world_model.pt"]
+    text = (out / "COMMAND.txt").read_text()
+    assert text.startswith(COMMAND + "\n")
+    settings = json.loads(text.split("build settings: ", 1)[1])
+    assert settings == json.loads(json.dumps(asdict(TINY)))
+    assert json.loads((work / "data.json").read_text())["data"] == settings["data"]
+
+
+def test_the_shipped_model_is_a_compact_three_member_ensemble_with_the_configured_pessimism(built):
+    out, work = built
+    shipped = WorldModel.load(out / "world_model.pt", device="cpu", env_id=TASK)
+    assert torch.load(out / "world_model.pt", weights_only=True)["compact"] is True
+    assert (out / "world_model.pt").stat().st_size < 0.5 * (work / "world_model.pt").stat().st_size
+    assert shipped.config.n_members == 3 and shipped.config.readout == "mean"
+    assert shipped.config.disagreement_penalty == 0.7
+
+    # the limit is the 0.9 quantile of the members' disagreement about the data's own transitions:
+    # windows drawn with the data seed, replayed with their own actions, padding past an end left out
+    full = WorldModel.load(work / "world_model.pt", device="cpu")
+    buffer = EpisodeBuffer.load(work / "data.npz")
+    h = full.horizon
+    windows = buffer.sample_windows(4096, h, np.random.default_rng(TINY.data.seed))
+    with torch.no_grad():
+        u = full.imagine(windows.states[:, 0], actions=windows.actions[:, :h]).disagreement.numpy()
+    real = u[windows.valid[:, :h]]
+    assert len(real) < u.size                              # the data hold terminations, so some padding
+    assert shipped.config.disagreement_limit == pytest.approx(float(np.quantile(real, 0.9)), rel=1e-12)
+    # so the shipped model (float16 weights) ends about a tenth of the data's transitions on doubt
+    with torch.no_grad():
+        u_shipped = shipped.imagine(windows.states[:, 0], actions=windows.actions[:, :h]).disagreement.numpy()
+    above = float(np.mean(u_shipped[windows.valid[:, :h]] > shipped.config.disagreement_limit))
+    assert 0.08 <= above <= 0.12, above
+
+
+def test_start_states_are_real_observations_spread_over_the_data_and_never_terminal(built):
+    out, work = built
+    starts = np.load(out / "start_states.npy")
+    buffer = EpisodeBuffer.load(work / "data.npz")
+    assert starts.dtype == np.float32 and starts.shape == (50, 11)
+    terminal = {e.observations[-1].tobytes() for e in buffer.episodes if e.terminated}
+    assert terminal                                         # Hopper falls: there are some to leave out
+    position = {}
+    for episode in buffer.episodes:
+        last = episode.length if not episode.terminated else episode.length - 1
+        for t in range(last + 1):
+            position.setdefault(episode.observations[t].tobytes(), len(position))
+    rows = [row.tobytes() for row in starts]
+    assert not terminal & set(rows)
+    assert all(r in position for r in rows)                 # each is an observation of the data
+    where = [position[r] for r in rows]
+    assert where == sorted(set(where))                       # distinct, in the data's order
+    assert where[0] == 0 and where[-1] == len(position) - 1  # from the first observation to the last
+
+
+def test_the_shipped_folder_is_an_imagined_env(built):
+    out, _ = built
+    env = gym.make_vec("Imagined-Hopper-v4", num_envs=4, world_model=str(out / "world_model.pt"),
+                       start_states=str(out / "start_states.npy"), device="cpu")
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (4, 11)
+    starts = {row.tobytes() for row in np.load(out / "start_states.npy")}
+    assert {row.tobytes() for row in obs.astype(np.float32)} <= starts
+    for _ in range(3):
+        obs, reward, _, _, info = env.step(info["planned_action"])
+        assert obs.shape == (4, 11) and reward.shape == (4,)
+        assert np.isfinite(obs).all() and np.isfinite(reward).all()
+    env.close()
+
+
+def test_a_second_build_with_the_same_settings_reuses_both_stages(built, tmp_path, monkeypatch):
+    out, work = built
+    work = copy_of(work, tmp_path / "work")
+    before = snapshot(work)
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model")
+    again = build(tmp_path / "out", work)
+    assert snapshot(work) == before
+    assert (again / "COMMAND.txt").read_text() == (out / "COMMAND.txt").read_text()
+    np.testing.assert_array_equal(np.load(again / "start_states.npy"), np.load(out / "start_states.npy"))
+    ship = WorldModel.load(again / "world_model.pt", device="cpu")
+    assert ship.config == WorldModel.load(out / "world_model.pt", device="cpu").config
+
+
+def test_new_pessimism_or_start_settings_reuse_the_stages_and_ship_them(built, tmp_path, monkeypatch):
+    _, work = built
+    work = copy_of(work, tmp_path / "work")
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model")
+    config = replace(TINY, disagreement_penalty=0.0, disagreement_quantile=None, n_start_states=7)
+    out = build(tmp_path / "out", work, config)
+    shipped = WorldModel.load(out / "world_model.pt", device="cpu")
+    assert shipped.config.disagreement_penalty == 0.0 and shipped.config.disagreement_limit is None
+    assert np.load(out / "start_states.npy").shape == (7, 11)
+    assert "episodes end above never" in (out / "COMMAND.txt").read_text()
+
+
+@pytest.mark.parametrize("change,stage", [
+    ({"data": replace(TINY.data, ppo_kept_steps=400)}, "data stage"),
+    ({"data": replace(TINY.data, seed=4)}, "data stage"),
+    ({"fit_steps": 21}, "model stage"),
+    ({"n_members": 4}, "model stage"),
+    ({"preset": "cpu-v4"}, "model stage"),
+])
+def test_other_stage_settings_in_the_same_work_folder_are_refused_before_anything_changes(
+        built, tmp_path, monkeypatch, change, stage):
+    out, work = built
+    work, out = copy_of(work, tmp_path / "work"), copy_of(out, tmp_path / "out")
+    before = snapshot(work, out)
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model")
+    with pytest.raises(ValueError, match=f"holds a {stage}"):
+        build(out, work, replace(TINY, **change))
+    assert snapshot(work, out) == before
+
+
+@pytest.mark.parametrize("killed_at", ["model.json", "world_model.pt"])
+def test_a_build_killed_while_writing_the_model_stage_resumes(built, tmp_path, monkeypatch, killed_at):
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("data.npz", "data.json"):                   # the data stage had finished
+        shutil.copy(built[1] / name, work / name)
+    real_atomic_path, real_save = build_module.atomic_path, WorldModel.save
+
+    def atomic_path(path):
+        if Path(path).name == killed_at:
+            raise KeyboardInterrupt
+        return real_atomic_path(path)
+
+    def save(self, path, compact=False):
+        if Path(path).name == killed_at and Path(path).parent == work:
+            raise KeyboardInterrupt
+        return real_save(self, path, compact)
+
+    monkeypatch.setattr(build_module, "atomic_path", atomic_path)
+    monkeypatch.setattr(WorldModel, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        build(tmp_path / "out", work)
+    monkeypatch.undo()
+    forbid(monkeypatch, "collect_broad_data")
+    out = build(tmp_path / "out", work)
+    assert WorldModel.load(out / "world_model.pt", device="cpu").config.n_members == 3
+    assert json.loads((work / "model.json").read_text())["model"]["fit_steps"] == 20
+
+
+def test_the_cli_with_a_finished_builds_flags_reuses_it_and_prints_its_record(built, tmp_path, monkeypatch,
+                                                                               capsys):
+    _, work = built
+    work = copy_of(work, tmp_path / "work")
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model")
+    argv = ["build-model", str(tmp_path / "out"), "--env", TASK, "--work", str(work), "--no-progress",
+            *TINY_FLAGS]
+    monkeypatch.setattr(sys, "argv", ["imagined-env", *argv])
+    assert main(argv) == 0
+    record = (tmp_path / "out" / "COMMAND.txt").read_text()
+    assert record.startswith("imagined-env " + " ".join(argv) + "\n")
+    assert record in capsys.readouterr().out

@@ -1,0 +1,173 @@
+"""Broad real data on a MuJoCo task: the episode recorder, and a tiny collection of every part."""
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from agents.broad_data import BroadDataConfig, EpisodeRecorder, RecordedEpisode, collect_broad_data
+from imagined_env.data.buffer import EpisodeBuffer
+from imagined_env.data.collect import buffer_for_env, set_mujoco_state
+
+pytestmark = [
+    pytest.mark.mujoco,
+    pytest.mark.filterwarnings("ignore:.*is out of date"),
+    pytest.mark.filterwarnings("ignore:.*settotalmass"),
+]
+
+
+class Simulator(gym.Wrapper):
+    """Below the recorder: what the simulator got (its control inputs) and gave back, step by step."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.controls: list[np.ndarray] = []
+        self.rewards: list[float] = []
+        self.observations: list[np.ndarray] = []
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        self.controls, self.rewards, self.observations = [], [], [obs]
+        return obs, info
+
+    def step(self, action):
+        out = self.env.step(action)
+        self.controls.append(self.env.unwrapped.data.ctrl.copy())
+        self.rewards.append(float(out[1]))
+        self.observations.append(out[0])
+        return out
+
+
+def recorded_run(max_episode_steps: int | None, seed: int) -> tuple[list[RecordedEpisode], Simulator, list]:
+    """One episode of seeded uniform random actions through EpisodeRecorder(Simulator(Hopper-v4))."""
+    episodes: list[RecordedEpisode] = []
+    sim = Simulator(gym.make("Hopper-v4", max_episode_steps=max_episode_steps))
+    env = EpisodeRecorder(sim, episodes.append)
+    env.action_space.seed(seed)
+    env.reset(seed=seed)
+    ends = []
+    while not ends:
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated or truncated:
+            ends.append((terminated, truncated))
+    return episodes, sim, ends
+
+
+def assert_matches_the_simulator(episode: RecordedEpisode, sim: Simulator) -> None:
+    assert episode.length == len(sim.controls) == len(episode.rewards)
+    assert len(episode.observations) == len(episode.qpos) == len(episode.qvel) == episode.length + 1
+    np.testing.assert_allclose(np.stack(episode.actions), np.stack(sim.controls), rtol=0, atol=1e-7)
+    assert episode.rewards == sim.rewards
+    np.testing.assert_array_equal(np.stack(episode.observations),
+                                  np.stack(sim.observations).astype(np.float32))
+    probe = gym.make("Hopper-v4")
+    probe.reset(seed=123)
+    for obs, qpos, qvel in zip(episode.observations, episode.qpos, episode.qvel):
+        np.testing.assert_array_equal(set_mujoco_state(probe, qpos, qvel).astype(np.float32), obs)
+
+
+def test_a_falling_hopper_episode_is_recorded_whole_and_terminated():
+    episodes, sim, ends = recorded_run(None, seed=0)
+    assert ends == [(True, False)] and len(episodes) == 1
+    episode = episodes[0]
+    assert episode.terminated is True and episode.length < 1000
+    assert_matches_the_simulator(episode, sim)
+    assert episode.episode_return == pytest.approx(sum(sim.rewards))
+
+
+def test_a_time_limit_cut_is_not_a_termination():
+    episodes, sim, ends = recorded_run(5, seed=0)
+    assert ends == [(False, True)] and len(episodes) == 1
+    assert episodes[0].terminated is False and episodes[0].length == 5
+    assert_matches_the_simulator(episodes[0], sim)
+
+
+def test_only_complete_episodes_reach_the_callback_and_each_once():
+    episodes: list[RecordedEpisode] = []
+    env = EpisodeRecorder(gym.make("Hopper-v4", max_episode_steps=4), episodes.append)
+    env.reset(seed=0)
+    env.step(np.zeros(3, np.float32))                    # abandoned by the next reset: not an episode
+    for seed in (1, 2):
+        env.reset(seed=seed)
+        for _ in range(4):
+            env.step(np.full(3, 0.1 * seed, np.float32))
+    assert [e.length for e in episodes] == [4, 4]
+    assert episodes[0] is not episodes[1]
+    np.testing.assert_array_equal(episodes[1].actions, np.full((4, 3), 0.2, np.float32))
+    with pytest.raises(RuntimeError, match="before reset"):
+        env.step(np.zeros(3, np.float32))                # the last episode ended: a step needs a reset
+
+
+def test_a_recorded_episode_goes_into_a_buffer_unchanged():
+    episodes, _, _ = recorded_run(None, seed=1)
+    env = gym.make("Hopper-v4")
+    buffer = buffer_for_env(env, "Hopper-v4")
+    episodes[0].add_to(buffer)
+    stored, recorded = buffer.episodes[0], episodes[0]
+    assert stored.terminated == recorded.terminated
+    np.testing.assert_array_equal(stored.observations, np.stack(recorded.observations))
+    np.testing.assert_array_equal(stored.actions, np.stack(recorded.actions))
+    np.testing.assert_array_equal(stored.rewards, np.asarray(recorded.rewards, np.float32))
+    np.testing.assert_array_equal(stored.qpos, np.stack(recorded.qpos))
+    np.testing.assert_array_equal(stored.qvel, np.stack(recorded.qvel))
+
+
+# ---- collect_broad_data -----------------------------------------------------------------------------
+TINY = BroadDataConfig(random_episodes=1, ppo_steps=1024, ppo_kept_steps=500, final_noise_stds=(0.1, 0.3),
+                       final_steps_per_noise=200, seed=0)
+PARTS = ["uniform random", "RL Zoo PPO training (1024 steps, thinned)", "final PPO policy + N(0, 0.1^2)",
+         "final PPO policy + N(0, 0.3^2)"]
+
+
+def collected(config: BroadDataConfig) -> tuple[EpisodeBuffer, dict, list[str]]:
+    logged: list[str] = []
+    buffer, report = collect_broad_data("Hopper-v4", config, log=logged.append)
+    return buffer, report.parts, list(report.lines())
+
+
+def test_a_tiny_collection_reports_every_part_and_holds_exactly_it():
+    buffer, parts, lines = collected(TINY)
+    assert list(parts) == PARTS and len(lines) == len(PARTS)
+    random_part, ppo, *finals = parts.values()
+    assert random_part["episodes"] == 1
+    assert ppo["episodes"] >= 2
+    # whole episodes thinned to 500 steps: at most half an episode more (Hopper's episodes end by 1000)
+    assert 250 <= ppo["transitions"] <= 500 + 500
+    for final in finals:                                  # whole episodes only: a cut one is not recorded
+        assert 0 < final["transitions"] <= 200 and final["episodes"] >= 1
+    assert len(buffer) == sum(p["episodes"] for p in parts.values())
+    assert buffer.n_transitions == sum(p["transitions"] for p in parts.values())
+    assert buffer.env_id == "Hopper-v4"
+    # the parts are stored in order: the first episode is the random one, its return as reported
+    assert float(buffer.episodes[0].rewards.sum()) == pytest.approx(random_part["mean_return"], rel=1e-5)
+    lengths = [e.length for e in buffer.episodes]
+    assert lengths[0] == random_part["transitions"]
+    n_ppo = int(ppo["episodes"])
+    assert sum(lengths[1:1 + n_ppo]) == ppo["transitions"]
+    returns = [float(e.rewards.sum()) for e in buffer.episodes[1:1 + n_ppo]]
+    assert np.mean(returns) == pytest.approx(ppo["mean_return"], rel=1e-5)
+    assert max(returns) == pytest.approx(ppo["max_return"], rel=1e-5)
+    # every stored state reproduces its observation in the simulator
+    probe = gym.make("Hopper-v4")
+    probe.reset(seed=0)
+    for episode in buffer.episodes[::7]:
+        for obs, qpos, qvel in zip(episode.observations, episode.qpos, episode.qvel):
+            np.testing.assert_array_equal(set_mujoco_state(probe, qpos, qvel).astype(np.float32), obs)
+    # actions within the bounds: the simulator saw what was recorded
+    assert np.abs(buffer.transitions().actions).max() <= 1.0
+
+    again, parts_again, _ = collected(TINY)
+    assert parts_again == parts
+    assert [e.length for e in again.episodes] == lengths
+    np.testing.assert_array_equal(again.observations(), buffer.observations())
+    np.testing.assert_array_equal(again.transitions().actions, buffer.transitions().actions)
+
+
+def test_parts_can_be_left_out_and_the_seed_matters():
+    buffer, parts, _ = collected(BroadDataConfig(random_episodes=2, ppo_steps=0, final_noise_stds=(),
+                                                 seed=1))
+    assert list(parts) == ["uniform random", "RL Zoo PPO training (0 steps, thinned)"]
+    assert parts["uniform random"]["episodes"] == 2 and len(buffer) == 2
+    assert parts["RL Zoo PPO training (0 steps, thinned)"]["episodes"] == 0
+    other, _, _ = collected(BroadDataConfig(random_episodes=2, ppo_steps=0, final_noise_stds=(), seed=2))
+    assert not np.array_equal(other.episodes[0].actions[:5], buffer.episodes[0].actions[:5])
