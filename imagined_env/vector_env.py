@@ -76,8 +76,10 @@ def load_world_model(world_model: WorldModel | str | os.PathLike | None, env_id:
 
 def without_pessimism(model: WorldModel) -> WorldModel:
     """`model` imagining with no disagreement penalty or limit: itself when it has neither, else a shallow
-    copy (the same networks; its own config and guidance scale), so the model passed in stays as it was."""
-    if model.config.disagreement_penalty == 0 and model.config.disagreement_limit is None:
+    copy (the same networks; its own config and guidance scale), so the model passed in stays as it was.
+    A model without a config (a simulator standing in for one) has nothing to switch off."""
+    config = getattr(model, "config", None)
+    if config is None or (config.disagreement_penalty == 0 and config.disagreement_limit is None):
         return model
     plain = copy.copy(model)
     plain.config = replace(model.config, disagreement_penalty=0.0, disagreement_limit=None)
