@@ -2,7 +2,8 @@
 
 Loads the pretrained HalfCheetah-v4 world model (or, when none ships, fits a tiny one on a few
 thousand random real steps), trains SB3 PPO purely in imagination, and reports the real-task return
-of the deterministic policy before and after, beside random actions' return and a stored model-free one.
+of the deterministic policy before and after, beside random actions' return and the best policy in the
+model's data.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.sampler import SamplerConfig
-from imagined_env.pretrained import pretrained_paths
+from imagined_env.pretrained import data_record, pretrained_paths
 from imagined_env.training import TrainConfig, fit_world_model, spec_from_env
 from imagined_env.world_model import WorldModel, WorldModelConfig
 
@@ -36,7 +37,7 @@ class DemoConfig:
     """Embedded defaults of the demo; its PPO phase never runs much over `time_limit_s`."""
 
     env_id: str = "HalfCheetah-v4"
-    """Real task; a pretrained world model ships for HalfCheetah-v4."""
+    """Real task; HalfCheetah, Hopper and Walker2d (v4, v5) have a world model shipped in the package."""
     imagined_steps: int = 25_000
     """Imagined transitions PPO learns from, rounded up to whole rollouts of n_envs x H (the time limit may
     stop it earlier). Much longer training exploits the frozen model's errors; the coordinator avoids that
@@ -62,22 +63,6 @@ class DemoConfig:
             raise ValueError(f"demo settings must be > 0: {bad}")
 
 
-@dataclass(frozen=True)
-class Reference:
-    """What gives the demo's returns meaning on a task with a shipped model."""
-
-    real_steps: int
-    """Real steps of data the shipped world model was fitted on."""
-    zoo_ppo_return: float
-    """Model-free PPO with the RL Zoo's tuned settings after as many real steps: mean final real return."""
-    zoo_ppo_seeds: int
-    """Seeds that mean is over."""
-
-
-# Stored result: benchmarks/results/compare/HalfCheetah-v4/cpu-v5/seeds-0-7/compare.json ("ppo", 50,000
-# real steps, seeds 0-7); the shipped HalfCheetah-v4 model was fitted on a run's 50,000 real steps.
-REFERENCES = {"HalfCheetah-v4": Reference(real_steps=50_000, zoo_ppo_return=1466.6, zoo_ppo_seeds=8)}
-
 PPO_KWARGS: dict[str, Any] = {"batch_size": 128, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.99,
                               "gae_lambda": 0.9, "policy_kwargs": {"log_std_init": -0.5}}
 """Imagination PPO: one rollout = one imagined trajectory of H steps per env (n_steps defaults to H), in
@@ -101,6 +86,19 @@ class TimeLimit(BaseCallback):
         return not self.hit
 
 
+def data_policy(env_id: str) -> str:
+    """The best policy in the shipped model's data, as a reference: the final RL Zoo PPO policy whose
+    noisy episodes the data holds."""
+    record = data_record(env_id)
+    parts = record["parts"] if record else {}
+    final = next(((name, part) for name, part in parts.items() if name.startswith("final PPO policy")), None)
+    if final is None:
+        return ""
+    name, part = final
+    noise = name.removeprefix("final PPO policy + ")
+    return f"; the data's best policy (RL Zoo PPO's last, + {noise} action noise): {part['mean_return']:.1f}"
+
+
 def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
                            progress: bool) -> tuple[WorldModel, EpisodeBuffer | Path]:
     """The shipped model and start states, else a tiny model fitted now (with a clear warning)."""
@@ -111,8 +109,10 @@ def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
             "uniform-random real steps: expect little or no improvement; the demo only shows the mechanics.")
         return fit_fallback(config, progress)
     model = WorldModel.load(model_path, device="cpu", env_id=config.env_id)
-    reference = REFERENCES.get(config.env_id)
-    data = f", fitted on {reference.real_steps:,} real steps" if reference else ""
+    record = data_record(config.env_id)
+    data = (f", fitted on {record['transitions_kept']:,} real transitions kept from "
+            f"{record['real_steps_collected']:,} real steps of random actions and RL Zoo PPO's training"
+            if record else "")
     log(f"world model: the one shipped for {config.env_id}{data} "
         f"(imagined episodes of {model.horizon} steps)")
     return model, starts_path
@@ -182,11 +182,7 @@ def _run_demo(config: DemoConfig, log: Callable[[str], None], progress: bool) ->
         f"after {learner.num_timesteps:,} imagined steps "
         f"({time.perf_counter() - start:.0f} s in all)")
     random = random_return(config.env_id, episodes, eval_seed)
-    reference = REFERENCES.get(config.env_id)
-    zoo = (f"; model-free PPO (RL Zoo's tuned settings) after {reference.real_steps:,} real steps: "
-           f"{reference.zoo_ppo_return:.1f} (stored result, mean of {reference.zoo_ppo_seeds} seeds)"
-           if reference else "")
-    log(f"for scale: random actions {random:.1f} on the same episodes{zoo}")
+    log(f"for scale: random actions {random:.1f} on the same episodes{data_policy(config.env_id)}")
     env.close()
     return {"before_mean": before[0], "before_std": before[1], "after_mean": after[0],
             "after_std": after[1], "imagined_steps": float(learner.num_timesteps), "random_mean": random}

@@ -273,6 +273,9 @@ class WorldModel:
                 s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,
                 scale=self.row_guidance_scales if self.config.guidance.per_row else self.guidance_scale)
             actions, spread, row_spread = out.actions, out.spread, out.row_spread
+            if mean_readout and policy is not None:
+                n_fixed = 0 if fixed is None else fixed.shape[1]
+                actions = sampler.policy_consistent(s0, actions, policy, h, n_fixed)
             x0 = sampler.readout(s0, actions) if mean_readout else out.x0[None]
         states, rewards, terminals = self.normaliser.unnormalise_rows(x0.mean(0))
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)

@@ -148,6 +148,27 @@ class GuidedSampler:
         x0_hat[:, :, 0, :obs_dim] = s0
         return x0_hat
 
+    @torch.no_grad()
+    def policy_consistent(self, start_states: torch.Tensor, actions: torch.Tensor, policy: GaussianPolicyFn,
+                          n_rows: int, n_fixed: int = 0) -> torch.Tensor:
+        """`actions` [B, L, act] (policy units) with each a_k, k in n_fixed..n_rows-1, clamped to the
+        policy's mean +- `action_clamp_std` std (its own std, unfloored) at row k's state of the mean
+        read-out, row after row. The chain guided the actions at its own states; the read-out moves them,
+        and an action many std away from the policy at the state the learner is shown gives PPO a
+        probability ratio that overflows. With a causal denoiser one sweep in row order settles every row;
+        a non-causal one lets later actions move earlier states a little, so a second sweep follows."""
+        a = actions.clone()
+        for k in [*range(n_fixed, n_rows)] * 2:
+            if k == 0:
+                states = start_states
+            else:
+                states = self.normaliser.unnormalise_obs(self.readout(start_states, a).mean(0)[:, k,
+                                                         :start_states.shape[1]])
+            mean, std = policy(states)
+            bound = self.guidance.action_clamp_std * std
+            a[:, k] = torch.maximum(torch.minimum(a[:, k], mean + bound), mean - bound)
+        return a
+
     def _step_scale(self, scale: float | torch.Tensor | None, batch: int, device: torch.device
                     ) -> float | torch.Tensor:
         """lambda per guidance step: a strided chain takes fewer steps, so each is scaled up to keep lambda

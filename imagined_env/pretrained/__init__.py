@@ -1,7 +1,9 @@
 """Small world models shipped with the package (see each folder's COMMAND.txt for how they were made)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).parent
 
@@ -43,3 +45,11 @@ def pretrained_paths(env_id: str) -> tuple[Path, Path]:
 
 def _ships(folder: str) -> bool:
     return (_HERE / folder / "world_model.pt").is_file() and (_HERE / folder / "start_states.npy").is_file()
+
+
+def data_record(env_id: str) -> dict[str, Any] | None:
+    """What the real data behind `env_id`'s shipped model holds (its folder's data.json: real steps
+    collected, and episodes, transitions and returns of each part), or None without such a record."""
+    folder = MODEL_FOLDERS.get(env_id)
+    path = _HERE / folder / "data.json" if folder else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None

@@ -589,3 +589,48 @@ def test_a_normaliser_of_another_width_is_refused():
 def test_bad_action_bounds(low, high, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(LINEAR_SPEC, action_low=low, action_high=high)
+
+
+class _CausalSum(nn.Module):
+    """A hand-built causal denoiser: row k's normalised state is s0 plus the sum of the (normalised) actions
+    before row k on the first ACT channels; rewards and terminals 0."""
+
+    def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        out[:, :, :OBS] = x[:, :1, :OBS]
+        steps = torch.cumsum(actions, dim=1) - actions          # sum over j < k
+        out[:, :, :ACT] += steps
+        return out
+
+
+@pytest.mark.parametrize("n_fixed", [0, 2])
+def test_policy_consistent_actions_lie_within_the_clamp_at_the_readout_states(n_fixed):
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False,
+                                 condition_on_last_action=False)
+    sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
+    sampler.denoiser = _CausalSum()
+    std = 0.05
+
+    def policy(s):  # sharply state-dependent mean, small std
+        return torch.tanh(3.0 * s[:, :ACT]), torch.full((len(s), ACT), std)
+
+    rng = np.random.default_rng(0)
+    s0 = torch.as_tensor(rng.normal(size=(64, OBS)), dtype=torch.float32)
+    actions = torch.as_tensor(rng.uniform(-1, 1, size=(64, H + 1, ACT)), dtype=torch.float32)
+    out = sampler.policy_consistent(s0, actions, policy, H, n_fixed)
+    # reference by hand: the read-out state of row k from the returned actions, in environment units
+    a = out.numpy()
+    seen = (np.clip(a, -1, 1) - normaliser.action_mean) / normaliser.action_std
+    z = (s0.numpy() - normaliser.obs_mean) / normaliser.obs_std
+    for k in range(H):
+        zk = z.copy()
+        zk[:, :ACT] += seen[:, :k].sum(axis=1)
+        sk = zk * normaliser.obs_std + normaliser.obs_mean
+        gap = np.abs(a[:, k] - np.tanh(3.0 * sk[:, :ACT]))
+        if k < n_fixed:
+            np.testing.assert_array_equal(a[:, k], actions.numpy()[:, k])     # given actions stay
+        else:
+            assert gap.max() <= 3 * std + 1e-5
+    assert np.abs(a[:, n_fixed:H] - actions.numpy()[:, n_fixed:H]).max() > 0.5   # it did have to move them
+    np.testing.assert_array_equal(a[:, H], actions.numpy()[:, H])               # the hidden last row's too

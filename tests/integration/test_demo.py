@@ -8,6 +8,7 @@ import pytest
 
 from agents import demo
 from agents.demo import DemoConfig, run_demo
+from imagined_env.pretrained import data_record
 
 pytestmark = [pytest.mark.slow, pytest.mark.mujoco]
 
@@ -31,4 +32,7 @@ def test_demo_output_references_progress_total_and_no_warnings(monkeypatch):
     assert sum(line.startswith("world model:") for line in lines) == 1
     assert "/" not in out.replace("+-", "") and "COMMAND" not in out and "imagined-env" not in out
     assert f"random actions {result['random_mean']:.1f}" in out and result["random_mean"] < 0
-    assert "1466.6 (stored result, mean of 8 seeds)" in out
+    record = data_record("HalfCheetah-v4")
+    best = next(p for name, p in record["parts"].items() if name.startswith("final PPO policy"))
+    assert f"+ N(0, 0.1^2) action noise): {best['mean_return']:.1f}" in out
+    assert f"kept from {record['real_steps_collected']:,} real steps" in out
