@@ -97,20 +97,9 @@ def test_a_compact_model_imagines_as_its_original_up_to_float16_rounding(saved):
     assert model_error > 10 * obs_diff, (model_error, obs_diff)
 
 
-def test_flipped_bytes_in_a_compact_file_are_refused(saved, tmp_path):
+def test_an_edited_weight_in_a_compact_file_is_refused(saved, tmp_path):
+    """(Flipped bytes in compact files: tests/faults/test_model_files.py.)"""
     _, _, compact = saved
-    rng = np.random.default_rng(0)
-    data = np.frombuffer(compact.read_bytes(), np.uint8)
-    messages = []
-    for i in range(20):
-        damaged = data.copy()
-        damaged[rng.choice(len(data), size=8, replace=False)] ^= rng.integers(1, 256, size=8, dtype=np.uint8)
-        path = tmp_path / f"flipped-{i}.pt"
-        path.write_bytes(damaged.tobytes())
-        with pytest.raises(ValueError, match=f"{path}.*(damaged|corrupt|inconsistent)") as info:
-            WorldModel.load(path, device="cpu")
-        messages.append(str(info.value))
-    assert sum("does not match its checksum" in m for m in messages) >= 10, messages   # most hit weights
     payload = torch.load(compact, weights_only=True)
     key = next(iter(payload["ema"]))
     payload["ema"][key] = payload["ema"][key].clone()

@@ -116,7 +116,11 @@ def test_an_edit_without_a_new_checksum_is_damage(model_file, tmp_path):
     assert "is damaged: it lacks the checksum of format version 3" in refused(path)
 
 
-def test_files_with_flipped_bytes_are_refused(model_file, tmp_path):
+@pytest.mark.parametrize("compact", [False, True])
+def test_files_with_flipped_bytes_are_refused(model_file, tmp_path, compact):
+    if compact:   # 16-bit EMA weights only: the checksum covers them as stored
+        WorldModel.load(model_file, device="cpu").save(tmp_path / "compact.pt", compact=True)
+        model_file = tmp_path / "compact.pt"
     rng = np.random.default_rng(0)
     data = np.frombuffer(model_file.read_bytes(), np.uint8)
     messages = []
@@ -159,7 +163,9 @@ def test_files_of_format_1_load_without_a_checksum(model_file, tmp_path):
     assert "does not match its checksum" in refused(damaged)
 
 
-def test_the_shipped_model_of_format_1_loads():
+def test_the_shipped_models_are_compact_checked_files():
     model_path, _ = pretrained_paths("HalfCheetah-v4")
-    assert torch.load(model_path, weights_only=True)["format_version"] == 1
-    assert WorldModel.load(model_path, device="cpu", env_id="HalfCheetah-v4").spec.obs_dim == 17
+    payload = torch.load(model_path, weights_only=True)
+    assert payload["format_version"] == 3 and payload["compact"] is True and payload["checksum"]
+    for env_id in ("HalfCheetah-v4", "HalfCheetah-v5"):
+        assert WorldModel.load(model_path, device="cpu", env_id=env_id).spec.obs_dim == 17
