@@ -150,9 +150,11 @@ def test_wrong_task_and_bad_start_states(tmp_path):
     other.save(path)
     with pytest.raises(ValueError, match=r"start states must have shape \[n >= 1, 3\].*\(3, 5\)"):
         ImaginedVectorEnv(LinearFakeModel(), 2, start_states=path)
-    with pytest.raises(ValueError, match="no pretrained world model ships for 'Hopper-v4'.*imagined-env "
+    with pytest.raises(ValueError, match=r"start states must have shape \[n >= 1, 11\].*\(3, 5\)"):
+        gym.make("Imagined-Hopper-v4", start_states=path)            # the shipped model, the wrong data
+    with pytest.raises(ValueError, match="no pretrained world model ships for 'Ant-v4'.*imagined-env "
                                          "train"):
-        gym.make("Imagined-Hopper-v4", start_states=path)
+        ImaginedVectorEnv(None, 2, env_id="Ant-v4", start_states=path)
     with pytest.raises(ValueError, match="no world model given.*imagined-env train"):
         ImaginedVectorEnv(None, 2, start_states=path)
 
