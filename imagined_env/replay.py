@@ -62,7 +62,10 @@ class PlanReplay:
         return self.obs[np.arange(self.num_envs), self.cursor]
 
     def seed(self, seed: int) -> None:
+        """Seed the generation noise and forget the early-termination rate, so that what follows (how many
+        spares are drawn, hence the random starts) depends on the seed alone, not on earlier episodes."""
         self.generator.manual_seed(seed)
+        self._early_rate = 0.0
 
     def set_policy(self, policy: GaussianPolicyFn | None) -> None:
         """Guide future plans by `policy`; existing plans belonged to the old one: drop them."""

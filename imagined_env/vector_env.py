@@ -140,7 +140,9 @@ class ImaginedVectorEnv(VectorEnv):
     Plans are guided by `policy` (states -> (mean, std)); the learner that follows them (reads
     `planned_actions()`, or `info["planned_action"]` with `planned_action_info=True`) gets the one-call
     speed. Any other action is honoured exactly, by regenerating that env's trajectory from its current
-    state with the action fixed. Episodes end at H (truncation) or at a predicted termination.
+    state with the action fixed. Episodes end at a predicted termination, else are truncated after
+    `episode_steps` (None: H, one plan); a longer episode continues with a new plan from its own imagined
+    state every H steps, so the learner also meets the states its policy reaches, not only the start states.
 
     `autoreset_mode`: SAME_STEP (the default, what the SB3 adapter needs) returns a finished env's first
     new observation at once, its last one in `info["final_obs"]`; NEXT_STEP (Gymnasium's own default,
@@ -156,7 +158,8 @@ class ImaginedVectorEnv(VectorEnv):
                  env_id: str | None = None, replay: ReplayConfig | None = None,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.SAME_STEP,
                  planned_action_info: bool = False, torch_threads: int | None = DEFAULT_TORCH_THREADS,
-                 pessimism: bool = True, device: str | torch.device = "auto", render_mode: str | None = None):
+                 pessimism: bool = True, episode_steps: int | None = None,
+                 device: str | torch.device = "auto", render_mode: str | None = None):
         if render_mode is not None:  # TypeError: SB3's PPO("MlpPolicy", env_id) then retries without it
             raise TypeError(f"render_mode={render_mode!r}: an imagined env has no simulator to render; "
                             "use render_mode=None")
@@ -166,6 +169,8 @@ class ImaginedVectorEnv(VectorEnv):
             raise ValueError(f"torch_threads must be None or an int >= 1, got {torch_threads!r}")
         if not isinstance(pessimism, bool):
             raise ValueError(f"pessimism must be True or False, got {pessimism!r}")
+        if episode_steps is not None and not (isinstance(episode_steps, int) and episode_steps >= 1):
+            raise ValueError(f"episode_steps must be None or an int >= 1, got {episode_steps!r}")
         mode = autoreset_mode_of(autoreset_mode)
         if world_model is None and env_id is not None:
             world_model, shipped_starts = pretrained_paths(env_id)
@@ -178,6 +183,7 @@ class ImaginedVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.render_mode = None
         self.horizon = self.model.horizon
+        self.episode_steps = self.horizon if episode_steps is None else episode_steps
         self.single_observation_space = spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float64)
         self.single_action_space = spaces.Box(np.array(spec.action_low, np.float32),
                                               np.array(spec.action_high, np.float32), dtype=np.float32)
@@ -276,7 +282,7 @@ class ImaginedVectorEnv(VectorEnv):
             warnings.warn(OFF_PLAN_WARNING, stacklevel=3)
             self._warned = True
         self.elapsed += active
-        truncated = (self.elapsed >= self.horizon) & ~terminated & active
+        truncated = (self.elapsed >= self.episode_steps) & ~terminated & active
         info = {"off_plan": off_plan, "_off_plan": np.ones(self.num_envs, bool)}
         return next_obs.astype(np.float64), rewards.astype(np.float64), terminated, truncated, info
 

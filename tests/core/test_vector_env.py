@@ -43,6 +43,28 @@ def test_follow_plan_truncates_at_horizon_with_final_obs():
     assert env.replay.model.calls == [3]                     # one batched call for the whole episode
 
 
+def test_longer_episodes_continue_from_their_own_imagined_states_in_new_plans():
+    env = make_env(num_envs=3, horizon=4, episode_steps=10)
+    obs, _ = env.reset(seed=0)
+    starts = linear_buffer(5, 10).observations()
+    for k in range(10):
+        planned = env.planned_actions()
+        nxt, rew, term, trunc, info = env.step(np.clip(planned, -1, 1))
+        expected, _ = linear_step(obs.astype(np.float32), planned)
+        if k < 9:                        # past H = 4 and 8 too: the dynamics go on from the imagined state
+            np.testing.assert_allclose(nxt, expected, rtol=1e-5, atol=1e-6)
+            assert not trunc.any() and "final_obs" not in info
+        else:
+            assert trunc.all()
+            np.testing.assert_allclose(np.stack(info["final_obs"]), expected, rtol=1e-5, atol=1e-6)
+            assert all((np.abs(starts - o).max(1) < 1e-6).any() for o in nxt)   # new episodes: real starts
+        obs = nxt
+    assert env.replay.model.calls == [3, 3, 3]               # a batched plan per H steps
+    for bad in (0, 2.5, "10"):
+        with pytest.raises(ValueError, match=f"episode_steps must be None or an int >= 1, got {bad!r}"):
+            make_env(episode_steps=bad)
+
+
 def test_off_plan_actions_are_honoured_and_warned_once():
     env = make_env(num_envs=2)
     obs, _ = env.reset(seed=1)

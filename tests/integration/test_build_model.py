@@ -68,7 +68,8 @@ def forbid(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
 
 def test_the_shipped_and_work_folders_hold_their_files(built):
     out, work = built
-    assert sorted(p.name for p in out.iterdir()) == ["COMMAND.txt", "start_states.npy", "world_model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["COMMAND.txt", "data.json", "start_states.npy",
+                                                     "world_model.pt"]
     assert sorted(p.name for p in work.iterdir()) == ["data.json", "data.npz", "model.json", "world_model.pt"]
     text = (out / "COMMAND.txt").read_text()
     assert text.startswith(COMMAND + "\n")
