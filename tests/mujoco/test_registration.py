@@ -99,3 +99,19 @@ def test_the_one_line_swap_builds_the_batched_env_on_the_shipped_model():
     with pytest.raises(ValueError,
                        match=r"ImaginationPPO\('MlpPolicy', 'Imagined-HalfCheetah-v4', n_envs=2\)"):
         ImaginationPPO("MlpPolicy", many)
+
+
+def test_registered_episodes_outlast_one_plan_and_max_episode_steps_sets_their_length():
+    from imagined_env.registration import EPISODE_STEPS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        default = gym.make_vec("Imagined-Hopper-v4", num_envs=2)
+        short = gym.make_vec("Imagined-Hopper-v4", num_envs=2, max_episode_steps=7)
+        one_plan = gym.make_vec("Imagined-Hopper-v4", num_envs=2, episode_steps=5)
+        single = gym.make("Imagined-Hopper-v4")
+    assert EPISODE_STEPS > default.horizon and default.episode_steps == EPISODE_STEPS
+    assert short.episode_steps == 7 and one_plan.episode_steps == 5
+    assert single.unwrapped.vec.episode_steps == EPISODE_STEPS
+    for env in (default, short, one_plan, single):
+        env.close()
