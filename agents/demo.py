@@ -42,6 +42,9 @@ class DemoConfig:
     """Imagined transitions PPO learns from, rounded up to whole rollouts of n_envs x H (the time limit may
     stop it earlier). Much longer training exploits the frozen model's errors; the coordinator avoids that
     by refitting the model on real data."""
+    episode_steps: int | None = None
+    """Imagined steps per episode (None: one plan of H steps, the quickest start over the demo's short
+    budget; longer training needs longer episodes, as the registered ids have)."""
     time_limit_s: float = 180.0
     """Wall-clock cap of the PPO phase, so the demo stays short on a slow or busy machine."""
     n_envs: int = 128
@@ -114,7 +117,7 @@ def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
             f"{record['real_steps_collected']:,} real steps of random actions and RL Zoo PPO's training"
             if record else "")
     log(f"world model: the one shipped for {config.env_id}{data} "
-        f"(imagined episodes of {model.horizon} steps)")
+        f"(plans of {model.horizon} imagined steps)")
     return model, starts_path
 
 
@@ -166,7 +169,8 @@ def _run_demo(config: DemoConfig, log: Callable[[str], None], progress: bool) ->
     log(f"PPO learns {config.env_id} purely in imagination, inside a learned world model: this run takes no "
         f"real step.\nReturns below are on the real task ({episodes} episodes of the deterministic policy).")
     model, starts = world_model_and_starts(config, log, progress)
-    env = make_imagined_vec_env(config.env_id, config.n_envs, world_model=model, start_states=starts)
+    env = make_imagined_vec_env(config.env_id, config.n_envs, world_model=model, start_states=starts,
+                                episode_steps=config.episode_steps or model.horizon)
     learner = ImaginationPPO("MlpPolicy", env, seed=config.seed, device="cpu", **PPO_KWARGS)
     before = evaluate_real(learner, config.env_id, episodes, eval_seed)
     log(f"real return before: {before[0]:8.1f} +- {before[1]:.1f}")
