@@ -301,9 +301,10 @@ def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: 
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
         ax.set_title(f"{env_id}: seeds {','.join(map(str, seeds))}, band +- std", fontsize=10)
         ax.set_xlabel("imagined steps")
+        ax.set_xticks(steps, [f"{s / 1000:g}k" for s in steps])
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)   # panels hold different rows (no oracle for some tasks)
     axes[0][0].set_ylabel("real return")
-    axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
