@@ -63,6 +63,8 @@ class Unit:
     """Digest of the shipped world model and start states measured (a part of another model is stale)."""
     pessimism_option: bool
     """Whether the env has the pessimism option (without it, "shipped model" runs with none)."""
+    episode_steps: int | None = None
+    """Imagined steps per episode (None: the registered ids' own)."""
 
     @property
     def name(self) -> str:
@@ -101,7 +103,14 @@ def has_pessimism_option(env_id: str) -> bool:
 
 
 def env_kwargs(unit: Unit) -> dict[str, Any] | None:
-    """What the row changes in the shipped env (None: the README snippet exactly)."""
+    """What the row (and `--episode-steps`) changes in the shipped env (None: the README snippet exactly)."""
+    kwargs = row_kwargs(unit)
+    if unit.episode_steps is None:
+        return kwargs
+    return {**(kwargs or {}), "episode_steps": unit.episode_steps}
+
+
+def row_kwargs(unit: Unit) -> dict[str, Any] | None:
     if unit.row == "no-pessimism":
         return {"pessimism": False}
     if unit.row == "oracle":
@@ -325,6 +334,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int_list, help="imagined-step checkpoints of one continuing run "
                    f"[default 50000,100000,200000; --quick: {','.join(map(str, QUICK_STEPS))}]")
     p.add_argument("--episodes", type=int, default=5, help="real evaluation episodes [default 5]")
+    p.add_argument("--episode-steps", type=int, default=None,
+                   help="imagined steps per episode [default: the registered ids' own]; e.g. 5 for "
+                        "episodes of one plan")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each [default 2]")
     p.add_argument("--quick", action="store_true", help="smoke run (see --envs, --seeds, --steps)")
     p.add_argument("--resume", action="store_true", help="reuse the results of runs already finished")
@@ -352,6 +364,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--steps must be increasing positive checkpoints, got {','.join(map(str, args.steps))}")
     if args.episodes < 1 or args.jobs < 1:
         p.error(f"--episodes and --jobs must be >= 1, got {args.episodes} and {args.jobs}")
+    if args.episode_steps is not None and args.episode_steps < 1:
+        p.error(f"--episode-steps must be >= 1, got {args.episode_steps}")
     args.out = args.out or Path(f"benchmarks/results/shipped_envs/{'quick' if args.quick else 'full'}.json")
     return args
 
@@ -371,7 +385,7 @@ def plan(args: argparse.Namespace) -> list[Unit]:
                 print(f"{env_id}: row '{ROWS[row]}' left out: its observation does not determine the "
                       f"simulator state (oracle tasks: {', '.join(ORACLE_TASKS)})")
                 continue
-            units += [Unit(env_id, row, seed, args.steps, args.episodes, digest, option)
+            units += [Unit(env_id, row, seed, args.steps, args.episodes, digest, option, args.episode_steps)
                       for seed in args.seeds]
     return units
 
@@ -432,7 +446,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = ["python", "benchmarks/shipped_envs.py", *(sys.argv[1:] if argv is None else argv)]
     report = {"command": " ".join(command),
               "settings": {"envs": args.envs, "rows": args.rows, "seeds": args.seeds,
-                           "steps": list(args.steps), "eval_episodes": args.episodes, "jobs": args.jobs,
+                           "steps": list(args.steps), "eval_episodes": args.episodes,
+                           "episode_steps": args.episode_steps, "jobs": args.jobs,
                            "n_envs": DEFAULT_N_ENVS, "torch_threads": 1},
               "tasks": tasks, "runs": {u.name: results[u.name] for u in units if u.name in results},
               "failed": failed, "seconds": time.perf_counter() - t0}

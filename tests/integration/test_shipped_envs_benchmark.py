@@ -83,4 +83,15 @@ def test_oracle_run_writes_table_json_parts_and_resume_skips_it(bench, tmp_path,
     before = out.read_text()
     with pytest.raises(ValueError, match=r"oracle_seed0.json was measured with other settings"):
         bench.main(["--steps", "1280", *argv[:6], *argv[8:], "--resume"])
+    with pytest.raises(ValueError, match=r"oracle_seed0.json was measured with other settings.*episode_st"):
+        bench.main([*argv, "--resume", "--episode-steps", "5"])
     assert out.read_text() == before
+
+
+def test_episode_steps_reach_every_row_but_leave_the_snippet_alone(bench):
+    def unit(row, episode_steps):
+        return bench.Unit("Hopper-v4", row, 0, (1,), 1, "digest", True, episode_steps)
+
+    assert bench.env_kwargs(unit("shipped", None)) is None                   # the README snippet exactly
+    assert bench.env_kwargs(unit("shipped", 5)) == {"episode_steps": 5}
+    assert bench.env_kwargs(unit("no-pessimism", 5)) == {"pessimism": False, "episode_steps": 5}
