@@ -87,11 +87,18 @@ def fit_world_model(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                     on_loss: LossCallback | None = None) -> tuple[WorldModel, list[float]]:
     """Build a world model (default config: `WorldModelConfig()`) with statistics of `buffer` and train it
     for `n_steps`."""
+    trainer = new_trainer(buffer, spec, config, train, device=device)
+    losses = trainer.train(buffer, n_steps, progress=progress, on_loss=on_loss)
+    return trainer.model, losses
+
+
+def new_trainer(buffer: EpisodeBuffer, spec: EnvSpec, config: WorldModelConfig | None = None,
+                train: TrainConfig = TrainConfig(), *, device: str | torch.device = "auto"
+                ) -> WorldModelTrainer:
+    """The trainer of a new world model with statistics of `buffer`, its weights drawn from `train.seed`:
+    a function of its arguments alone, so every data-parallel rank builds the same one."""
     if len(buffer) == 0:
         raise ValueError("cannot fit a world model on an empty buffer: collect real data first")
     torch.manual_seed(train.seed)
     normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
-    model = WorldModel(spec, config or WorldModelConfig(), normaliser, device)
-    trainer = WorldModelTrainer(model, train)
-    losses = trainer.train(buffer, n_steps, progress=progress, on_loss=on_loss)
-    return model, losses
+    return WorldModelTrainer(WorldModel(spec, config or WorldModelConfig(), normaliser, device), train)

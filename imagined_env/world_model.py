@@ -202,19 +202,22 @@ class WorldModel:
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.denoiser.parameters())
 
-    def loss(self, windows: Windows, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, windows: Windows, generator: torch.Generator | None = None,
+             rows: slice | None = None) -> torch.Tensor:
         """x0-prediction MSE over all entries of B windows, with the start state inpainted; the reward
         channel weighted by `reward_loss_weight`, normalised so that equal weights give the plain MSE.
-        Each ensemble member draws its own steps and noise on the same windows; their losses are averaged."""
-        obs_dim, dev = self.spec.obs_dim, self.device
-        as_t = lambda v: torch.as_tensor(v, dtype=torch.float32, device=dev)
+        Each ensemble member draws its own steps and noise on the same windows; their losses are averaged.
+        `rows`: the loss of these windows only, with the draws of all B made and sliced, so that one part of
+        a data-parallel batch sees the same noise as in the whole batch."""
+        obs_dim, dev, part = self.spec.obs_dim, self.device, slice(None) if rows is None else rows
+        as_t = lambda v: torch.as_tensor(v[part], dtype=torch.float32, device=dev)
         x0 = self.normaliser.normalise_rows(as_t(windows.states), as_t(windows.rewards),
                                             as_t(windows.terminals))
         cond = self.normaliser.normalise_action(self.bounds.clip(as_t(windows.actions)))
-        batch, weight, losses = x0.shape[0], self._channel_weight, []
+        batch, weight, losses = len(windows.states), self._channel_weight, []
         for net in members(self.denoiser):
-            t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)
-            noise = torch.randn(x0.shape, device=dev, generator=generator)
+            t = torch.randint(0, self.schedule.n_steps, (batch,), device=dev, generator=generator)[part]
+            noise = torch.randn((batch, *x0.shape[1:]), device=dev, generator=generator)[part]
             xt = self.schedule.q_sample(x0, t, noise)
             xt[:, 0, :obs_dim] = x0[:, 0, :obs_dim]
             pred = net(xt, self.action_input(cond, self.schedule.signal_scale(t)), t)
