@@ -127,3 +127,12 @@ def test_bad_input_is_refused_before_any_work(data_file: Path, tmp_path: Path, c
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_ray_launcher_without_ray_says_how_to_install_it(data_file: Path, tmp_path: Path, capsys,
+                                                            monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # an import of ray now fails as if it were absent
+    with pytest.raises(SystemExit) as exit_:
+        main([str(data_file), str(tmp_path / "out"), "--ray", "2"])
+    assert exit_.value.code == 2
+    assert "pip install 'imagined-env[ray]'" in capsys.readouterr().err
