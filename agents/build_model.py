@@ -86,7 +86,8 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     buffer.check_task(env_id)
     parts = json.loads(report_file.read_text())["parts"]
     log(f"data: {buffer.n_transitions} transitions in {len(buffer)} episodes")
-    fit_settings = {"preset": config.preset, "n_members": config.n_members, "fit_steps": config.fit_steps}
+    fit_settings = {"data": asdict(config.data), "preset": config.preset, "n_members": config.n_members,
+                    "fit_steps": config.fit_steps}  # the data too: a data stage made anew must be refitted
     if model_file.is_file():
         check_same(work_dir / "model.json", "model", fit_settings)
     else:

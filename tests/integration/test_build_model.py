@@ -182,6 +182,22 @@ def test_other_stage_settings_in_the_same_work_folder_are_refused_before_anythin
     assert snapshot(work, out) == before
 
 
+def test_a_model_stage_fitted_on_other_data_is_refused_when_the_data_stage_is_made_anew(
+        built, tmp_path, monkeypatch):
+    """Deleting the data stage and collecting with other settings must not reuse a model fitted on the old
+    data."""
+    _, work = built
+    work = copy_of(work, tmp_path / "work")
+    other = replace(TINY.data, seed=4)
+    (work / "data.npz").unlink()
+    stored = json.loads((work / "data.json").read_text())
+    (work / "data.json").write_text(json.dumps({**stored, "data": asdict(other)}))
+    shutil.copy(built[1] / "data.npz", work / "data.npz")    # stands in for the data collected anew
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model")
+    with pytest.raises(ValueError, match="holds a model stage"):
+        build(tmp_path / "out", work, replace(TINY, data=other))
+
+
 @pytest.mark.parametrize("killed_at", ["model.json", "world_model.pt"])
 def test_a_build_killed_while_writing_the_model_stage_resumes(built, tmp_path, monkeypatch, killed_at):
     work = tmp_path / "work"
