@@ -74,7 +74,7 @@ def run_trial(config: dict[str, Any], spec: CompareSpec, out_dir: str, threads: 
         tune.report({**stored, "points": json.dumps(stored["points"]), "reused": True})
         return
     torch.set_num_threads(threads)
-    register_envs()  # importing imagined_env did it already; said here because the gym ids need it
+    register_envs()  # idempotent: importing this module registered the Imagined-* ids in the worker
     run_dir = imagination_run_dir(Path(out_dir), method, seed)
     if method in IMAGINATION and run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished attempt of this trial (driver killed): start it afresh
@@ -230,11 +230,11 @@ def run_grid(spec: CompareSpec, out_dir: Path, options: RayGridOptions, experime
     finally:
         if started_here:
             ray.shutdown()
-    rows = [result_row(r.metrics) for r in results if r.error is None]
-    points = ordered_points(rows, spec)
+    trials = [results[i] for i in range(len(results))]
+    points = ordered_points([result_row(r.metrics) for r in trials if r.error is None], spec)
     write_outputs(points, spec, out_dir)
     failed = [f"{r.config['method']} seed {r.config['seed']}: {str(r.error).strip().splitlines()[-1]}"
-              for r in results if r.error is not None]
+              for r in trials if r.error is not None]
     if failed:
         raise ValueError(f"{len(failed)} trial(s) failed ({'; '.join(failed)}); the others are in {out_dir}: "
                          "run the same command with --resume to retry the failed ones")
