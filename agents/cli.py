@@ -72,6 +72,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
 def int_list(text: str) -> tuple[int, ...]:
     """"0,1,2" -> (0, 1, 2); repeats are an error (they would be the same run twice)."""
     try:
@@ -279,21 +289,52 @@ def prepare_compare(args: argparse.Namespace) -> Job:
     if args.eval_every > args.steps:
         raise ValueError(f"--eval-every {args.eval_every} exceeds --steps {args.steps}: only the final "
                          "evaluation would run")
+    ray_options = grid_options(args)
     out_dir = writable_dir(args.out or compare_dir(args.env, config, preset, args.seeds))
-    earlier = [d for m in methods if m in IMAGINATION for s in args.seeds
-               if find_checkpoint(d := imagination_run_dir(out_dir, m, s)) is not None]
-    if earlier:
-        raise ValueError(f"{out_dir} holds runs of an earlier comparison ({earlier[0]}); use another --out")
     spec = CompareSpec(args.env, methods, args.seeds, args.steps, args.eval_every, args.eval_episodes, config,
                        preset, args.max_episode_steps)
+    if ray_options is None:
+        run = lambda: run_comparison(spec, out_dir, progress=args.progress)
+    else:  # its checks first: a stored grid is named as such
+        run = ray_backend().prepare_grid(spec, out_dir, ray_options)
+    earlier = [d for m in methods if m in IMAGINATION for s in args.seeds
+               if find_checkpoint(d := imagination_run_dir(out_dir, m, s)) is not None]
+    if earlier and not args.resume:
+        raise ValueError(f"{out_dir} holds runs of an earlier comparison ({earlier[0]}); use another --out")
 
     def job() -> int:
-        points = run_comparison(spec, out_dir, progress=args.progress)
+        points = run()
         print("\n".join(summary_lines(points)))
         print(f"wrote {out_dir / 'compare.csv'}, {out_dir / 'compare.json'}, {out_dir / 'compare.png'}")
         return 0
 
     return job
+
+
+RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "storage", "resume")
+RAY_MISSING = 'the Ray backend needs the ray extra: pip install "imagined-env[ray]"'
+
+
+def grid_options(args: argparse.Namespace) -> Any:
+    """`agents.tune_grid.RayGridOptions` for --backend ray (None for local, which takes no Ray option)."""
+    given = [f"--{name.replace('_', '-')}" for name in RAY_ONLY if getattr(args, name) not in (None, False)]
+    if args.backend == "local":
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to --backend ray")
+        return None
+    options = {name: getattr(args, name) for name in RAY_ONLY if getattr(args, name) is not None}
+    return ray_backend().RayGridOptions(**options, threads=args.threads)
+
+
+def ray_backend() -> Any:
+    """`agents.tune_grid`, which imports Ray: only for --backend ray, and a usage error without the extra."""
+    try:
+        from agents import tune_grid
+    except ImportError as err:
+        if (err.name or "").split(".")[0] != "ray":
+            raise
+        raise ValueError(RAY_MISSING) from None
+    return tune_grid
 
 
 # ---- demo -------------------------------------------------------------------------------------------
@@ -446,7 +487,8 @@ def add_evaluate_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
 def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser("compare", parents=[parent], formatter_class=HelpFormatter,
                        usage="imagined-env compare --steps N [--env ID] [--algos A,B] [--seeds 0,1,2] "
-                             "[--out DIR] [--preset ID] [--config FILE.json] [--FIELD VALUE ...]",
+                             "[--out DIR] [--backend {local,ray} ...] [--preset ID] [--config FILE.json] "
+                             "[--FIELD VALUE ...]",
                        epilog=presets_epilog(),
                        help="model-free (RL Zoo tuned) vs imagination, same budget",
                        description=paragraphs(
@@ -472,6 +514,23 @@ def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="time limit of evaluation episodes, both sides [default: the task's]")
     p.add_argument("--out", type=Path,
                    help="output folder [default runs/compare/<task>/<preset>/seeds-<first>-<last>]")
+    ray = p.add_argument_group("Ray backend (pip install \"imagined-env[ray]\"; docs/ray.md)")
+    ray.add_argument("--backend", choices=("local", "ray"), default="local",
+                     help="local: the runs one after another in this process; ray: one Ray Tune trial per "
+                          "method and seed, in parallel on this machine or a Ray cluster [default local]")
+    ray.add_argument("--address", metavar="ADDR",
+                     help="Ray cluster to join: auto, HOST:6379 or ray://HOST:10001 [default: start Ray "
+                          "here]")
+    ray.add_argument("--cpus-per-trial", type=positive_int, metavar="N",
+                     help="CPUs Ray reserves per trial, at least --threads [default 1]")
+    ray.add_argument("--gpus-per-trial", type=non_negative_float, metavar="X",
+                     help="GPUs per trial, fractions share one (e.g. 0.25) [default 0]")
+    ray.add_argument("--storage", metavar="PATH",
+                     help="where Tune keeps the grid's experiment, seen by every node (shared path or "
+                          "s3://...) [default OUT/tune]")
+    ray.add_argument("--resume", action="store_true",
+                     help="continue the grid stored in --storage after its driver died: finished trials are "
+                          "not run again (give the options it was started with)")
     add_config_options(p, exclude=COMPARE_OWNED)
     p.set_defaults(prepare=prepare_compare)
 

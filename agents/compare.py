@@ -162,6 +162,14 @@ def run_imagination(method: str, spec: CompareSpec, seed: int, out_dir: Path,
             for r in coordinator.history]
 
 
+def run_method(method: str, spec: CompareSpec, seed: int, out_dir: Path,
+               progress: bool = True) -> list[EvalPoint]:
+    """One method on one seed, whichever kind it is: a unit of work of every backend."""
+    if method in IMAGINATION:
+        return run_imagination(method, spec, seed, out_dir, progress)
+    return run_model_free(method, spec, seed, progress)
+
+
 def run_comparison(spec: CompareSpec, out_dir: Path, progress: bool = True,
                    log: Callable[[str], None] = print) -> list[EvalPoint]:
     """Every method x seed in turn; the tables and the plot are rewritten after each run."""
@@ -169,10 +177,7 @@ def run_comparison(spec: CompareSpec, out_dir: Path, progress: bool = True,
     runs = [(m, s) for m in spec.methods for s in spec.seeds]
     for i, (method, seed) in enumerate(runs, 1):
         start = time.perf_counter()
-        if method in IMAGINATION:
-            new = run_imagination(method, spec, seed, out_dir, progress)
-        else:
-            new = run_model_free(method, spec, seed, progress)
+        new = run_method(method, spec, seed, out_dir, progress)
         points.extend(new)
         write_outputs(points, spec, out_dir)
         final = new[-1].mean_return if new else float("nan")
