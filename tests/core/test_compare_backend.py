@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import agents
 from tests.faults.tiny_runs import REPO, cli, usage_error
 
 GRID = ["compare", "--env", "HalfCheetah-v4", "--algos", "ppo", "--seeds", "0", "--steps", "600",
@@ -37,6 +38,7 @@ def test_bad_ray_option_values_are_named(option, message, tmp_path, capsys):
 def test_without_the_ray_extra_the_ray_backend_says_how_to_install_it(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as it does without the extra
     monkeypatch.delitem(sys.modules, "agents.tune_grid", raising=False)
+    monkeypatch.delattr(agents, "tune_grid", raising=False)  # else `from agents import` finds the old one
     err = usage_error([*GRID, "--out", str(tmp_path / "out"), "--backend", "ray"], capsys)
     assert err.endswith('the Ray backend needs the ray extra: pip install "imagined-env[ray]"')
     assert not (tmp_path / "out").exists()

@@ -31,7 +31,7 @@ def flat(net: torch.nn.Module) -> np.ndarray:
     return torch.cat([p.detach().reshape(-1) for p in net.parameters()]).numpy().copy()
 
 
-def run(args: list[str], timeout: float = 180) -> None:
+def run(args: list[str], timeout: float = 600) -> None:  # generous: busy machines start slowly
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -28,10 +28,11 @@ TRIALS = 4
 
 @pytest.fixture(scope="session")
 def ray_instance():
-    """Ray started in this process with 2 CPUs; its address lets child processes join it."""
+    """A new Ray started in this process with 2 CPUs (never a cluster left running on the machine); its
+    address lets child processes join it."""
     import ray
 
-    context = ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    context = ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield context.address_info["address"]
     ray.shutdown()
 

@@ -43,7 +43,7 @@ def with_option(argv: list[str], flag: str, value: str) -> list[str]:
 def test_a_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     out = tmp_path / "grid"
     argv = [*with_option(TINY_GRID, "--seeds", "0"), "--backend", "ray", "--out", str(out)]
-    done = run_child([sys.executable, "-c", TWO_NODES, json.dumps(argv)], tmp_path / "log", timeout=240)
+    done = run_child([sys.executable, "-c", TWO_NODES, json.dumps(argv)], tmp_path / "log", timeout=900)
     assert done.returncode == 0, (tmp_path / "log").read_text()[-3000:]
     trials = json.loads((out / "tune_trials.json").read_text())["trials"]
     assert len(trials) == 2  # one CPU per node and per trial: the two ran at once, one on each node
@@ -65,7 +65,7 @@ def test_a_killed_driver_s_grid_resumes_without_running_finished_trials(ray_inst
         driver = subprocess.Popen(argv, cwd=REPO, env=child_env(), stdout=stderr, stderr=stderr,
                                   start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 600
         while not finished_trials(out) and driver.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
     finally:
@@ -75,7 +75,7 @@ def test_a_killed_driver_s_grid_resumes_without_running_finished_trials(ray_inst
     before = finished_trials(out)
     assert 1 <= len(before) < TRIALS, log.read_text()[-3000:]  # killed with trials still to run
 
-    resumed = run_child([*argv, "--resume"], log, timeout=240)
+    resumed = run_child([*argv, "--resume"], log, timeout=900)
     assert resumed.returncode == 0, log.read_text()[-3000:]
     after = finished_trials(out)
     assert len(after) == TRIALS

@@ -53,7 +53,7 @@ def test_a_fresh_worker_knows_the_imagined_ids_once_it_loads_the_trial_module(ra
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     try:  # an environment variable of its own: Ray starts a new worker process for this task
         task = ray.remote(in_fresh_worker).options(runtime_env={"env_vars": {"FRESH_WORKER": "1"}})
-        before, shape = ray.get(task.remote(), timeout=120)
+        before, shape = ray.get(task.remote(), timeout=600)  # generous: a busy machine starts workers slowly
     finally:
         cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     assert not before and shape == (17,)
