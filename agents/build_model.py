@@ -98,7 +98,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
                                         replace(preset.train, seed=config.data.seed), device="cpu",
                                         progress=progress)
         chain = preset.n_sample_steps
-        model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
+        model.set_default_chain(chain)
         with atomic_path(work_dir / "model.json") as tmp:  # first: a kill between the two files refits
             tmp.write_text(json.dumps({"model": fit_settings}, indent=2))
         model.save(model_file)

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -136,7 +136,7 @@ def run_worker(job: FitJob, checked: _Plan | None = None, device: torch.device |
 def write_outputs(job: FitJob, checked: _Plan, model: Any, losses: list[float], seconds: float) -> None:
     """The model file (samples with the preset's chain, as build-model's do) and what made it."""
     chain = checked.config.n_sample_steps
-    model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
+    model.set_default_chain(chain)
     out = Path(job.out_dir)
     model.save(out / MODEL_FILE)
     world_size = dist.get_world_size()

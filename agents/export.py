@@ -2,7 +2,6 @@
 file drawn from the run's real buffer, and the provenance (how `imagined_env/pretrained/` is made)."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +41,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, n_episodes: int, comman
         starts.add_episode(ep.observations, ep.actions, ep.rewards, ep.terminated, ep.qpos, ep.qvel)
     # the run imagined with its own chain length: make it the exported model's default
     chain = CoordinatorConfig.from_dict(read_state(checkpoint)["config"]).n_sample_steps
-    model.config = replace(model.config, sampler=replace(model.config.sampler, n_sample_steps=chain))
+    model.set_default_chain(chain)
     model.save(out_dir / "world_model.pt")
     starts.save(out_dir / "start_states.npz")
     with atomic_path(out_dir / "COMMAND.txt") as tmp:

@@ -199,6 +199,12 @@ class WorldModel:
         """lambda_k of each row [H + 1]."""
         return self.guidance_scale * self.row_scale_offsets.exp()
 
+    def set_default_chain(self, n_sample_steps: int | None) -> None:
+        """Make `n_sample_steps` the chain length `imagine` uses when given none (None: the full chain), so
+        that a saved model samples as the run or preset that made it did."""
+        sampler = replace(self.config.sampler, n_sample_steps=n_sample_steps)
+        self.config = replace(self.config, sampler=sampler)
+
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.denoiser.parameters())
 
