@@ -233,7 +233,9 @@ def describe_imagination(config: CoordinatorConfig, preset: str | None) -> str:
 
 def _options(config: CoordinatorConfig) -> str:
     """The coordinator's opt-in options that are switched on, as ', name value' each."""
-    values = {"collection noise std": config.collection_noise_std or None,
+    scale = config.collection_std_scale
+    values = {"collection std scale": None if scale == 1 else scale,
+              "collection noise std": config.collection_noise_std or None,
               "start state window": config.start_state_window,
               "final learning rate": config.final_learning_rate,
               "target update KL": config.target_update_kl}

@@ -128,6 +128,10 @@ class CoordinatorConfig:
     """World-model gradient steps per real step after the prefill."""
     policy_every: int = 250
     """Real steps between policy updates; also the collection chunk of the loop."""
+    collection_std_scale: float = 1.0
+    """Real collection draws mean + this x (the policy's sample - mean): below 1 the real data stays
+    near the policy's mean while imagination still explores with the policy's own std (on HalfCheetah a
+    policy std near 1 turns the cheetah over in almost every real episode, and it stays on its back)."""
     collection_noise_std: float = 0.0
     """Std of Gaussian noise added to the policy's actions in real collection (action units), so the
     data keeps a spread of actions after the policy's own std has shrunk."""
@@ -227,6 +231,8 @@ def _check_counts(config: CoordinatorConfig) -> None:
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if not config.collection_std_scale >= 0:
+        raise ValueError(f"collection_std_scale must be >= 0, got {config.collection_std_scale}")
     if not config.collection_noise_std >= 0:
         raise ValueError(f"collection_noise_std must be >= 0, got {config.collection_noise_std}")
     if config.final_learning_rate is not None and not config.final_learning_rate >= 0:

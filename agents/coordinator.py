@@ -204,7 +204,8 @@ class Coordinator:
         self._imagined = built.imagined
         self.state.learner, self.state.vec_normalize = built.learner, built.vec_normalize
         normalize_obs = None if built.vec_normalize is None else built.vec_normalize.normalize_obs
-        self._sampler = sb3_sampler(built.learner, normalize_obs, self.config.collection_noise_std)
+        self._sampler = sb3_sampler(built.learner, normalize_obs, self.config.collection_noise_std,
+                                    self.config.collection_std_scale)
 
     def _restore(self, saved: SavedRun) -> None:
         cfg, progress = self.config, saved.state["progress"]

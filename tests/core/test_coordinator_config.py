@@ -142,6 +142,7 @@ def test_unknown_task_is_named_with_the_supported_ones():
     ({"world_model_steps_per_real_step": -1.0}, "world_model_steps_per_real_step"),
     ({"eval_episodes": 0}, "eval_episodes"),
     ({"collection_noise_std": -0.1}, "collection_noise_std must be >= 0, got -0.1"),
+    ({"collection_std_scale": -1.0}, "collection_std_scale must be >= 0, got -1.0"),
     ({"start_state_window": 0}, "start_state_window must be None or an integer >= 1, got 0"),
     ({"target_update_kl": 0.0}, "target_update_kl must be None or > 0, got 0.0"),
     ({"target_update_kl": 0.02, "algo": "a2c"}, "needs algo 'ppo'"),

@@ -152,6 +152,28 @@ def test_sb3_sampler_extra_noise_widens_the_policy_gaussian():
     env.close()
 
 
+@pytest.mark.parametrize("use_sde", [False, True])
+def test_sb3_sampler_std_scale_narrows_the_policy_noise_from_the_same_draws(use_sde):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.utils import obs_as_tensor
+
+    env = gym.make("HalfCheetah-v4")
+    model = PPO("MlpPolicy", env, use_sde=use_sde, device="cpu", seed=0)
+    obs, _ = env.reset(seed=0)
+    with torch.no_grad():
+        mean = model.policy.get_distribution(
+            obs_as_tensor(obs[None], model.device)).distribution.mean.numpy()[0]
+    torch.manual_seed(3)
+    full = sb3_sampler(model)(obs)
+    torch.manual_seed(3)
+    narrow = sb3_sampler(model, std_scale=0.2)(obs)
+    assert np.abs(full - mean).min() > 1e-4
+    np.testing.assert_allclose(narrow - mean, 0.2 * (full - mean), rtol=1e-4, atol=1e-6)
+    torch.manual_seed(3)
+    np.testing.assert_allclose(sb3_sampler(model, std_scale=0.0)(obs), mean, atol=1e-6)
+    env.close()
+
+
 def test_sb3_sampler_applies_observation_normalisation():
     from stable_baselines3 import PPO
 
