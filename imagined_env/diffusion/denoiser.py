@@ -12,7 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("mlp", "transformer", "causal-transformer")
+KINDS = ("mlp", "transformer", "causal-transformer", "causal-mlp")
+
+N_OUTCOMES = 2
+"""Channels at the end of a row that belong to the row's action: reward and termination."""
 
 
 @dataclass(frozen=True)
@@ -21,9 +24,10 @@ class DenoiserConfig:
 
     kind: str = "mlp"
     """"mlp": residual MLP over the flattened window; "transformer": one token a step;
-    "causal-transformer": one token a transition, no row seeing a later action."""
+    "causal-transformer": one token a transition, no row seeing a later action; "causal-mlp": the same
+    tokens through a residual MLP whose weights are masked block-triangular (no attention)."""
     width: int = 1024
-    """Hidden width."""
+    """Hidden width (causal-mlp: per token, so the MLP is (H + 2) x width wide)."""
     depth: int = 6
     """Residual blocks (MLP) or layers (transformer)."""
     time_dim: int = 128
@@ -36,7 +40,7 @@ class DenoiserConfig:
             raise ValueError(f"denoiser kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.width < 1 or self.depth < 1 or self.time_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and time_dim >= 2, got {self}")
-        if self.kind != "mlp" and self.width % self.heads:
+        if self.kind.endswith("transformer") and self.width % self.heads:
             raise ValueError(f"transformer width {self.width} must be divisible by heads {self.heads}")
 
 
@@ -135,14 +139,9 @@ class CausalTransformerDenoiser(nn.Module):
     its own row's reward or action would pass a_j into s_j, within a pass or through the chain's next step.
     """
 
-    n_outcomes = 2
-    """Channels at the end of a row that belong to the row's action: reward and termination."""
-
     def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
         super().__init__()
-        if x_dim <= self.n_outcomes:
-            raise ValueError(f"rows must hold a state and {self.n_outcomes} outcome channels, "
-                             f"got x_dim={x_dim}")
+        _check_outcome_channels(x_dim)
         self.inp = nn.Linear(x_dim + act_dim, config.width)
         self.pos = nn.Parameter(torch.zeros(1, n_rows + 1, config.width))
         self.time = TimeEmbedding(config.time_dim, config.width)
@@ -151,17 +150,83 @@ class CausalTransformerDenoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """x [B, L, x_dim], actions [B, L, act_dim] (already scaled), t [B] -> x0_hat [B, L, x_dim]."""
-        split = x.shape[-1] - self.n_outcomes
-        tokens = torch.cat([_to_tokens(x[..., :split], later=False), _to_tokens(x[..., split:], later=True),
-                            _to_tokens(actions, later=True)], dim=-1)
-        h = self.blocks(self.inp(tokens) + self.pos + self.time(t)[:, None])
-        y = self.out(h)
-        return torch.cat([y[:, :-1, :split], y[:, 1:, split:]], dim=-1)
+        h = self.blocks(self.inp(transition_tokens(x, actions)) + self.pos + self.time(t)[:, None])
+        return rows_of_tokens(self.out(h))
+
+
+def _check_outcome_channels(x_dim: int) -> None:
+    if x_dim <= N_OUTCOMES:
+        raise ValueError(f"rows must hold a state and {N_OUTCOMES} outcome channels, got x_dim={x_dim}")
+
+
+def transition_tokens(x: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """[B, L, x_dim], [B, L, act_dim] -> [B, L + 1, x_dim + act_dim]: token j holds the noisy states of row j,
+    the noisy outcomes (last N_OUTCOMES channels) of row j - 1 and a_{j - 1}, zeros outside the window."""
+    split = x.shape[-1] - N_OUTCOMES
+    return torch.cat([_to_tokens(x[..., :split], later=False), _to_tokens(x[..., split:], later=True),
+                      _to_tokens(actions, later=True)], dim=-1)
+
+
+def rows_of_tokens(y: torch.Tensor) -> torch.Tensor:
+    """The inverse layout of `transition_tokens` for predictions: [B, L + 1, x_dim] -> [B, L, x_dim]."""
+    split = y.shape[-1] - N_OUTCOMES
+    return torch.cat([y[:, :-1, :split], y[:, 1:, split:]], dim=-1)
 
 
 def _to_tokens(v: torch.Tensor, later: bool) -> torch.Tensor:
     """[B, L, c] -> [B, L + 1, c]: row k goes to token k, or with `later` to token k + 1; zeros elsewhere."""
     return F.pad(v, (0, 0, 1, 0) if later else (0, 0, 0, 1))
+
+
+class BlockCausalLinear(nn.Linear):
+    """A linear map between `blocks` equal blocks of features in which output block j reads input blocks
+    <= j only: one dense matmul with a block-lower-triangular mask on the weight."""
+
+    def __init__(self, blocks: int, block_in: int, block_out: int):
+        super().__init__(blocks * block_in, blocks * block_out)
+        mask = torch.kron(torch.tril(torch.ones(blocks, blocks)), torch.ones(block_out, block_in))
+        self.mask: torch.Tensor
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.weight * self.mask, self.bias)
+
+
+class CausalResidualBlock(nn.Module):
+    """`ResidualBlock` over token blocks: the norm is per token and the linear map block-causal."""
+
+    def __init__(self, tokens: int, width: int):
+        super().__init__()
+        self.tokens, self.width = tokens, width
+        self.norm = nn.LayerNorm(width)
+        self.linear = BlockCausalLinear(tokens, width, width)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        z = torch.relu(self.norm(h.view(-1, self.tokens, self.width)))
+        return h + self.linear(z.flatten(1))
+
+
+class CausalMLPDenoiser(nn.Module):
+    """The residual MLP made causal in time: the tokens of `CausalTransformerDenoiser` (token j = transition
+    j - 1), a hidden block of `width` features per token, every weight masked so that block j reads tokens
+    and blocks <= j only. Row k's states thus depend on s0, the noisy rows <= k and a_0..a_{k-1} alone, at
+    the cost of a dense MLP (no attention), with weights of their own for every pair of positions."""
+
+    def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
+        super().__init__()
+        _check_outcome_channels(x_dim)
+        self.tokens, self.width = n_rows + 1, config.width
+        self.inp = BlockCausalLinear(self.tokens, x_dim + act_dim, config.width)
+        self.time = TimeEmbedding(config.time_dim, config.width)
+        self.blocks = nn.Sequential(*[CausalResidualBlock(self.tokens, config.width)
+                                      for _ in range(config.depth)])
+        self.out = nn.Sequential(nn.LayerNorm(config.width), nn.ReLU(), nn.Linear(config.width, x_dim))
+
+    def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [B, L, x_dim], actions [B, L, act_dim] (already scaled), t [B] -> x0_hat [B, L, x_dim]."""
+        h = self.inp(transition_tokens(x, actions).flatten(1)).view(-1, self.tokens, self.width)
+        h = self.blocks((h + self.time(t)[:, None]).flatten(1))
+        return rows_of_tokens(self.out(h.view(-1, self.tokens, self.width)))
 
 
 class DenoiserEnsemble(nn.Module):
@@ -194,7 +259,7 @@ def build_denoiser(n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig
                    ) -> nn.Module:
     """One denoiser, or with `n_members` > 1 an ensemble of them."""
     cls = {"mlp": ResidualMLPDenoiser, "transformer": TransformerDenoiser,
-           "causal-transformer": CausalTransformerDenoiser}[config.kind]
+           "causal-transformer": CausalTransformerDenoiser, "causal-mlp": CausalMLPDenoiser}[config.kind]
     if n_members == 1:
         return cls(n_rows, x_dim, act_dim, config)
     return DenoiserEnsemble([cls(n_rows, x_dim, act_dim, config) for _ in range(n_members)])

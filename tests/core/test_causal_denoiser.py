@@ -9,13 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from imagined_env.diffusion.denoiser import CausalTransformerDenoiser, DenoiserConfig, build_denoiser
+from imagined_env.diffusion.denoiser import (
+    CausalMLPDenoiser,
+    CausalTransformerDenoiser,
+    DenoiserConfig,
+    build_denoiser,
+)
 from imagined_env.training import TrainConfig, fit_world_model
 from imagined_env.world_model import WorldModel
 from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer
 
 ROWS, X_DIM = 6, OBS + 2
 SMALL = DenoiserConfig(kind="causal-transformer", width=32, depth=2, time_dim=16, heads=4)
+CAUSAL = {"causal-transformer": CausalTransformerDenoiser, "causal-mlp": CausalMLPDenoiser}
 NOISE_LEVELS = [torch.full((3,), 0), torch.full((3,), 60), torch.full((3,), 127), torch.tensor([0, 60, 127])]
 
 
@@ -45,9 +51,10 @@ def _moved_rows(net, x, a, t, x2, a2) -> tuple[list[bool], list[bool]]:
     return states, outcomes
 
 
+@pytest.mark.parametrize("kind", CAUSAL)
 @pytest.mark.parametrize("t", NOISE_LEVELS, ids=["t0", "t60", "t127", "mixed"])
-def test_no_row_moves_with_a_later_action_or_a_later_noisy_row(t):
-    net, (x, a) = _net("causal-transformer"), _inputs()
+def test_no_row_moves_with_a_later_action_or_a_later_noisy_row(t, kind):
+    net, (x, a) = _net(kind), _inputs()
     for k in range(ROWS):
         # actions a_k..: the states of rows <= k and the outcomes of rows < k stay; a_k reaches r_k, s_{k+1}
         states, outcomes = _moved_rows(net, x, a, t, x, _from(a, k))
@@ -65,17 +72,19 @@ def test_no_row_moves_with_a_later_action_or_a_later_noisy_row(t):
         assert states[:k + 1] == [False] * (k + 1) and outcomes[:k] == [False] * k, (k, states, outcomes)
 
 
+@pytest.mark.parametrize("kind", CAUSAL)
 @pytest.mark.parametrize("t", NOISE_LEVELS[1:3], ids=["t60", "t127"])
-def test_the_outcomes_of_a_row_do_not_move_with_the_next_action(t):
-    net, (x, a) = _net("causal-transformer"), _inputs()
+def test_the_outcomes_of_a_row_do_not_move_with_the_next_action(t, kind):
+    net, (x, a) = _net(kind), _inputs()
     for k in range(ROWS - 1):
         states, outcomes = _moved_rows(net, x, a, t, x, _from(a, k + 1))
         assert outcomes[:k + 1] == [False] * (k + 1) and states[:k + 2] == [False] * (k + 2), (k, outcomes)
 
 
-def test_the_same_probes_catch_the_non_causal_transformer():
+@pytest.mark.parametrize("kind", ["transformer", "mlp"])
+def test_the_same_probes_catch_the_non_causal_denoisers(kind):
     """Positive control: the probes above can fail."""
-    net, (x, a), t = _net("transformer"), _inputs(), NOISE_LEVELS[-1]
+    net, (x, a), t = _net(kind), _inputs(), NOISE_LEVELS[-1]
     for k in range(1, ROWS):
         states, _ = _moved_rows(net, x, a, t, x, _from(a, k))
         assert any(states[:k]), k
@@ -83,19 +92,20 @@ def test_the_same_probes_catch_the_non_causal_transformer():
         assert any(states[:k]), k
 
 
-def test_a_batch_is_denoised_in_one_pass_and_rows_need_outcome_channels():
-    net, (x, a) = _net("causal-transformer"), _inputs()
-    assert isinstance(net, CausalTransformerDenoiser)
+@pytest.mark.parametrize("kind", CAUSAL)
+def test_a_batch_is_denoised_in_one_pass_and_rows_need_outcome_channels(kind):
+    net, (x, a) = _net(kind), _inputs()
+    assert isinstance(net, CAUSAL[kind])
     with torch.no_grad():
         whole = net(x, a, NOISE_LEVELS[-1])
         one_by_one = torch.cat([net(x[i:i + 1], a[i:i + 1], NOISE_LEVELS[-1][i:i + 1]) for i in range(3)])
     assert whole.shape == (3, ROWS, X_DIM)
     torch.testing.assert_close(whole, one_by_one)
     with pytest.raises(ValueError, match="x_dim=2"):
-        CausalTransformerDenoiser(ROWS, 2, ACT, SMALL)
+        CAUSAL[kind](ROWS, 2, ACT, SMALL)
     with pytest.raises(ValueError, match="divisible by heads 3"):
         DenoiserConfig(kind="causal-transformer", width=32, heads=3)
-    with pytest.raises(ValueError, match="causal-transformer, got 'causal'"):
+    with pytest.raises(ValueError, match="causal-mlp, got 'causal'"):
         DenoiserConfig(kind="causal")
 
 
@@ -124,22 +134,24 @@ def _imagined_past_moves(model: WorldModel, k: int) -> bool:
                 and torch.equal(runs[0].rewards[:, :k], runs[1].rewards[:, :k]))
 
 
-def test_the_guided_chain_keeps_the_imagined_past_fixed_whatever_the_later_actions():
+@pytest.mark.parametrize("kind", CAUSAL)
+def test_the_guided_chain_keeps_the_imagined_past_fixed_whatever_the_later_actions(kind):
     """Through every step of the chain: guided actions a_j read the states of row j, which depend only on
     a_0..a_{j-1}, so the past of row k is the same whether later actions follow the policy or are given."""
-    causal, plain = _trained("causal-transformer"), _trained("transformer")
+    causal, plain = _trained(kind), _trained("transformer")
     for k in range(1, H):
         assert not _imagined_past_moves(causal, k), k
     assert all(_imagined_past_moves(plain, k) for k in range(1, H))     # positive control
 
 
-def test_a_causal_model_saved_and_loaded_records_its_kind_and_imagines_the_same(tmp_path):
-    model = _trained("causal-transformer")
+@pytest.mark.parametrize("kind", CAUSAL)
+def test_a_causal_model_saved_and_loaded_records_its_kind_and_imagines_the_same(tmp_path, kind):
+    model = _trained(kind)
     model.save(tmp_path / "m.pt")
     payload = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert payload["config"]["denoiser"]["kind"] == "causal-transformer"
+    assert payload["config"]["denoiser"]["kind"] == kind
     loaded = WorldModel.load(tmp_path / "m.pt")
-    assert loaded.config == model.config and isinstance(loaded.ema, CausalTransformerDenoiser)
+    assert loaded.config == model.config and isinstance(loaded.ema, CAUSAL[kind])
     s0 = np.random.default_rng(0).normal(size=(5, OBS)).astype(np.float32)
     runs = [m.imagine(s0, _state_policy, generator=torch.Generator().manual_seed(2)) for m in (model, loaded)]
     for field in ("observations", "actions", "rewards", "terminations"):
