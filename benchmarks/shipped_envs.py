@@ -14,8 +14,11 @@ writes JSON and a plot. Each (task, row, seed) run writes its result as it ends;
 from __future__ import annotations
 
 import argparse
+import ctypes
 import hashlib
 import json
+import os
+import signal
 import sys
 import time
 import warnings
@@ -418,12 +421,24 @@ def run_all(units: list[Unit], parts: Path, jobs: int) -> tuple[dict[str, Any], 
             except Exception as err:  # noqa: BLE001  (one failed run must not lose the others)
                 report(unit, None, err)
         return results, failed
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"),
+                             initializer=end_with_driver, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(run_unit, unit, parts): unit for unit in units}
         for future in as_completed(futures):
             error = future.exception()
             report(futures[future], None if error else future.result(), error)
     return results, failed
+
+
+def end_with_driver(driver: int) -> None:
+    """Run in each worker: on Linux the kernel sends it SIGTERM when the driver dies, so a killed driver
+    leaves no worker training on (`--resume` reruns what was cut). Elsewhere a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() != driver:      # the driver died before the call above
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

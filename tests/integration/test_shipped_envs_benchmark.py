@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,3 +97,37 @@ def test_episode_steps_reach_every_row_but_leave_the_snippet_alone(bench):
     assert bench.env_kwargs(unit("shipped", None)) is None                   # the README snippet exactly
     assert bench.env_kwargs(unit("shipped", 5)) == {"episode_steps": 5}
     assert bench.env_kwargs(unit("no-pessimism", 5)) == {"pessimism": False, "episode_steps": 5}
+
+
+def test_workers_end_when_the_driver_is_killed(tmp_path):
+    """A SIGKILLed driver must not leave its pool's workers running their units."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux-only")
+    driver = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+sys.path.insert(0, {str(BENCHMARKS)!r})
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+import shipped_envs
+pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=shipped_envs.end_with_driver,
+                           initargs=(os.getpid(),))
+print(pool.submit(os.getpid).result(), flush=True)
+pool.submit(time.sleep, 120)
+time.sleep(120)
+"""], stdout=subprocess.PIPE, text=True, cwd=BENCHMARKS.parent)
+    worker = int(driver.stdout.readline())
+    assert _alive(worker)
+    driver.kill()
+    driver.wait()
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for its reaper counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
