@@ -128,13 +128,12 @@ class CoordinatorConfig:
     """World-model gradient steps per real step after the prefill."""
     policy_every: int = 250
     """Real steps between policy updates; also the collection chunk of the loop."""
+    # Why: on HalfCheetah a policy std near 1 turns the real cheetah over in almost every episode, and
+    # the world model then learns mostly from a cheetah on its back.
     collection_std_scale: float = 1.0
-    """Real collection draws mean + this x (the policy's sample - mean): below 1 the real data stays
-    near the policy's mean while imagination still explores with the policy's own std (on HalfCheetah a
-    policy std near 1 turns the cheetah over in almost every real episode, and it stays on its back)."""
+    """Real collection narrows the policy's noise by this factor; imagination keeps the policy's std."""
     collection_noise_std: float = 0.0
-    """Std of Gaussian noise added to the policy's actions in real collection (action units), so the
-    data keeps a spread of actions after the policy's own std has shrunk."""
+    """Std of extra Gaussian noise on the actions of real collection (action units)."""
     start_state_window: int | None = None
     """Imagined episodes start from the newest this-many real observations (None: the whole buffer)."""
     learning_starts: int = 0

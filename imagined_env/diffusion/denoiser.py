@@ -23,11 +23,9 @@ class DenoiserConfig:
     """Architecture of the denoiser."""
 
     kind: str = "mlp"
-    """"mlp": residual MLP over the flattened window; "transformer": one token a step;
-    "causal-transformer": one token a transition, no row seeing a later action; "causal-mlp": the same
-    tokens through a residual MLP whose weights are masked block-triangular (no attention)."""
+    """"mlp", "transformer", or causal (no row sees a later action): "causal-transformer", "causal-mlp"."""
     width: int = 1024
-    """Hidden width (causal-mlp: per token, so the MLP is (H + 2) x width wide)."""
+    """Hidden width (causal-mlp: per transition)."""
     depth: int = 6
     """Residual blocks (MLP) or layers (transformer)."""
     time_dim: int = 128
