@@ -137,6 +137,9 @@ class CausalTransformerDenoiser(nn.Module):
     its own row's reward or action would pass a_j into s_j, within a pass or through the chain's next step.
     """
 
+    causal = True
+    """No row's output depends on a later action or noisy row (`is_causal`)."""
+
     def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
         super().__init__()
         _check_outcome_channels(x_dim)
@@ -210,6 +213,9 @@ class CausalMLPDenoiser(nn.Module):
     and blocks <= j only. Row k's states thus depend on s0, the noisy rows <= k and a_0..a_{k-1} alone, at
     the cost of a dense MLP (no attention), with weights of their own for every pair of positions."""
 
+    causal = True
+    """No row's output depends on a later action or noisy row (`is_causal`)."""
+
     def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
         super().__init__()
         _check_outcome_channels(x_dim)
@@ -245,6 +251,11 @@ class DenoiserEnsemble(nn.Module):
 def members(net: nn.Module) -> list[nn.Module]:
     """The networks trained one by one: an ensemble's members, else the network itself."""
     return list(net.members) if isinstance(net, DenoiserEnsemble) else [net]
+
+
+def is_causal(net: nn.Module) -> bool:
+    """Whether `net` (or every member of an ensemble) declares itself causal in time."""
+    return all(getattr(member, "causal", False) for member in members(net))
 
 
 def member_predictions(net: nn.Module, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
-from imagined_env.diffusion.denoiser import member_predictions
+from imagined_env.diffusion.denoiser import is_causal, member_predictions
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
@@ -158,7 +158,7 @@ class GuidedSampler:
         probability ratio that overflows. With a causal denoiser one sweep in row order settles every row;
         a non-causal one lets later actions move earlier states a little, so a second sweep follows."""
         a = actions.clone()
-        for k in [*range(n_fixed, n_rows)] * 2:
+        for k in [*range(n_fixed, n_rows)] * (1 if is_causal(self.denoiser) else 2):
             if k == 0:
                 states = start_states
             else:
