@@ -7,8 +7,9 @@ HalfCheetah data. For each horizon H, from the same start states:
   transformer), the preset's strided chain, read out from the chain and by its mean pass;
 - AR diffusion with the preset's denoiser and the same chain length per step (its cost per transition
   does not depend on H).
-Reported: wall-clock per transition (median of interleaved repeats, one torch thread), FLOPs per
-transition (torch's FlopCounterMode, multiply-adds count 2) and AR diffusion's cost over each row's, for
+Reported: wall-clock per transition (median of interleaved repeats, one torch thread), network passes per
+transition (counted by a hook, so the mean read-out's clamping passes count), FLOPs per transition
+(torch's FlopCounterMode per pass, multiply-adds count 2) and AR diffusion's cost over each row's, for
 both measures. Ratios within one run are the figures to quote; absolute times depend on the machine.
 
     python benchmarks/denoiser_cost.py --horizons 5,10
@@ -25,6 +26,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
+from torch import nn
 from world_model_error import flops, timed
 from world_model_ranking import parse_denoiser, with_readout
 
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for horizon in args.horizons:
-        generators: dict[str, tuple[Callable[[torch.Generator], object], float]] = {}
+        generators: dict[str, tuple[Callable[[torch.Generator], object], nn.Module, float]] = {}
         for text in texts:
             wm_config = replace(preset.world_model, horizon=horizon,
                                 denoiser=parse_denoiser(text, preset.world_model.denoiser))
@@ -95,27 +97,33 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             pass_flops = flops(model.ema, x, a, torch.zeros(1, dtype=torch.long))
             for readout in ("chain", "mean"):
                 m = model if model.config.readout == readout else with_readout(model, readout)
-                passes = chain + (readout == "mean")
-                generators[f"{text} read-out {readout}"] = (
-                    lambda g, m=m: m.imagine(starts, policy, generator=g, n_sample_steps=chain),
-                    pass_flops * passes / horizon)
+                generate = lambda g, m=m: m.imagine(starts, policy, generator=g, n_sample_steps=chain)  # noqa: E731
+                generators[f"{text} read-out {readout}"] = (generate, m.ema, pass_flops)
         ar, _ = fit_ar_diffusion(buffer, spec, 2, ARDiffusionConfig(
             denoiser=preset.world_model.denoiser, schedule=preset.world_model.schedule,
             sampler=SamplerConfig(n_sample_steps=chain)), preset.train, **quiet)
         ar_flops = flops(ar.ema, torch.zeros(1, 1, spec.obs_dim + 2),
                          torch.zeros(1, 1, spec.obs_dim + spec.act_dim), torch.zeros(1, dtype=torch.long))
-        generators["AR diffusion"] = (lambda g: ar.rollout(starts, policy, horizon, g), ar_flops * chain)
+        generators["AR diffusion"] = (lambda g: ar.rollout(starts, policy, horizon, g), ar.ema, ar_flops)
 
         times: dict[str, list[float]] = {name: [] for name in generators}
-        for name, (generate, _) in generators.items():    # one untimed call each: allocations, caches
-            generate(torch.Generator().manual_seed(0))
+        passes: dict[str, int] = {}
+        for name, (generate, network, _) in generators.items():   # untimed: allocations, caches, passes
+            calls: list[int] = []
+            hook = network.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+            try:
+                generate(torch.Generator().manual_seed(0))
+            finally:
+                hook.remove()
+            passes[name] = len(calls)
         for repeat in range(args.repeats):
-            for name, (generate, _) in generators.items():
+            for name, (generate, _, _) in generators.items():
                 _, seconds = timed(lambda: generate(torch.Generator().manual_seed(repeat)))
                 times[name].append(seconds / (len(starts) * horizon))
         rows = {name: {"ms_per_transition": 1e3 * float(np.median(times[name])),
-                       "mflop_per_transition": per_transition / 1e6}
-                for name, (_, per_transition) in generators.items()}
+                       "passes_per_transition": passes[name] / horizon,
+                       "mflop_per_transition": pass_flops * passes[name] / horizon / 1e6}
+                for name, (_, _, pass_flops) in generators.items()}
         ar_row = rows["AR diffusion"]
         for row in rows.values():
             row["ar_over_this_time"] = ar_row["ms_per_transition"] / row["ms_per_transition"]
@@ -136,10 +144,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
 
 def format_table(horizon: int, rows: dict[str, dict[str, float]]) -> str:
-    lines = [f"H = {horizon}", f"{'model':44s}{'ms/tr':>9s}{'MFLOP/tr':>10s}{'AR/this time':>14s}"
-             f"{'AR/this FLOP':>14s}"]
+    lines = [f"H = {horizon}", f"{'model':44s}{'ms/tr':>9s}{'passes/tr':>10s}{'MFLOP/tr':>10s}"
+             f"{'AR/this time':>14s}{'AR/this FLOP':>14s}"]
     for name, row in rows.items():
-        lines.append(f"{name:44s}{row['ms_per_transition']:9.4f}{row['mflop_per_transition']:10.2f}"
+        lines.append(f"{name:44s}{row['ms_per_transition']:9.4f}{row['passes_per_transition']:10.2f}"
+                     f"{row['mflop_per_transition']:10.2f}"
                      f"{row['ar_over_this_time']:14.2f}{row['ar_over_this_flops']:14.2f}")
     return "\n".join(lines)
 
