@@ -73,6 +73,16 @@ def test_no_row_moves_with_a_later_action_or_a_later_noisy_row(t, kind):
 
 
 @pytest.mark.parametrize("kind", CAUSAL)
+def test_a_first_action_alone_reaches_every_later_row(kind):
+    """Causal, not blind: the first action moves the states of every later row."""
+    net, (x, a) = _net(kind), _inputs()
+    a2 = a.clone()
+    a2[:, 0] += 1.0
+    states, _ = _moved_rows(net, x, a, NOISE_LEVELS[-1], x, a2)
+    assert states == [False] + [True] * (ROWS - 1)
+
+
+@pytest.mark.parametrize("kind", CAUSAL)
 @pytest.mark.parametrize("t", NOISE_LEVELS[1:3], ids=["t60", "t127"])
 def test_the_outcomes_of_a_row_do_not_move_with_the_next_action(t, kind):
     net, (x, a) = _net(kind), _inputs()
