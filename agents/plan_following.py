@@ -3,8 +3,9 @@
 `ImaginationPPO` / `ImaginationA2C` are drop-in replacements for SB3's PPO / A2C. On an imagined
 env they (1) guide the env's plans by their own policy, wired once by reference, (2) record the
 planned action (whose consequences the env generated) with its log-probability under the current
-policy, and (3) make the env re-plan after every update, so no update sees an older policy's
-trajectories. On any other env they behave exactly like SB3's classes.
+policy, (3) make the env re-plan after every update, so no update sees an older policy's
+trajectories, and (4) skip an optimizer step whose gradients are not finite (`FiniteSteps`, logged as
+`train/nonfinite_steps_skipped`). On any other env they behave exactly like SB3's classes.
 
 The swap is one line: a task id with an imagined twin ("HalfCheetah-v4" or "Imagined-HalfCheetah-v4")
 builds the batched imagined env on the shipped model (`n_envs`, `env_kwargs` to change it), and
@@ -165,6 +166,24 @@ class BatchedBootstrap(BaseCallback):
         return True
 
 
+class FiniteSteps:
+    """Replaces an optimizer's `step`: a step whose gradients hold NaN or inf is skipped (its gradients
+    dropped) and counted. One minibatch whose probability ratio overflows (an imagined action far off the
+    policy) would otherwise write NaN into every weight and end the run."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer, self.skipped, self._step = optimizer, 0, optimizer.step
+        optimizer.step = self  # type: ignore[method-assign]
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+            return self._step(*args, **kwargs)
+        self.skipped += 1
+        self.optimizer.zero_grad()
+        return None
+
+
 class _ImaginationMixin:
     """Wiring shared by the PPO and A2C variants."""
 
@@ -172,6 +191,8 @@ class _ImaginationMixin:
         "MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy}
     imagined: ImaginedVectorEnv | None = None
+    finite_steps: FiniteSteps | None = None
+    """On an imagined env: the guard on the policy's optimizer; `.skipped` counts the steps it dropped."""
 
     def __init__(self, policy: Any, env: Any, *, n_envs: int | None = None,
                  env_kwargs: dict[str, Any] | None = None, **kwargs: Any):
@@ -186,6 +207,8 @@ class _ImaginationMixin:
     def _setup_model(self) -> None:
         super()._setup_model()  # type: ignore[misc]
         self._wire(self.env)  # type: ignore[attr-defined]
+        if self.imagined is not None:
+            self.finite_steps = FiniteSteps(self.policy.optimizer)  # type: ignore[attr-defined]
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)  # type: ignore[misc]
@@ -210,7 +233,11 @@ class _ImaginationMixin:
                                             **kwargs)
 
     def train(self) -> None:
+        skipped = 0 if self.finite_steps is None else self.finite_steps.skipped
         super().train()  # type: ignore[misc]
+        if self.finite_steps is not None:
+            self.logger.record("train/nonfinite_steps_skipped",  # type: ignore[attr-defined]
+                               self.finite_steps.skipped - skipped)
         if self.imagined is not None:
             self.imagined.replan()
 

@@ -305,3 +305,35 @@ def test_rollouts_run_with_the_env_torch_threads_and_updates_with_the_callers():
     threads = Threads()
     model.learn(32, callback=threads)
     assert threads.seen == {before + 1} and torch.get_num_threads() == before
+
+
+class NaNGradients:
+    """A gradient hook on one weight that makes its gradient NaN on the backward passes numbered in `at`."""
+
+    def __init__(self, param: torch.Tensor, at: set[int]):
+        self.calls, self.at = 0, at
+        param.register_hook(self)
+
+    def __call__(self, grad: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return grad * float("nan") if self.calls in self.at else grad
+
+
+def _learn_with_nan_gradients(algo, at):
+    env, _ = imagined_sb3_env(n_envs=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # plain PPO on an imagined env warns that it leaves the plan
+        model = algo("MlpPolicy", env, n_steps=5, batch_size=20, n_epochs=1, seed=0)
+        hook = NaNGradients(model.policy.action_net.weight, at)
+        model.learn(5 * 8 * 3)  # three updates of two minibatches
+    return model, hook
+
+
+def test_a_step_with_nan_gradients_is_skipped_and_logged_and_the_weights_stay_finite():
+    model, hook = _learn_with_nan_gradients(ImaginationPPO, at={2, 3})
+    assert hook.calls == 6 and model.finite_steps.skipped == 2
+    assert all(torch.isfinite(p).all() for p in model.policy.parameters())
+    assert model.logger.name_to_value.get("train/nonfinite_steps_skipped", 0) == 0  # the last update: none
+    # positive control: SB3's PPO on the same env writes NaN into the weights, and its next rollout dies
+    with pytest.raises(ValueError, match="found invalid values"):
+        _learn_with_nan_gradients(PPO, at={2, 3})
