@@ -25,7 +25,7 @@ from stable_baselines3.common.utils import set_random_seed
 from tqdm.auto import tqdm
 
 from agents.config import ACTIVATIONS, IMAGINATION_LEARNERS, SUPPORTED_TASKS, CoordinatorConfig
-from agents.diagnostics import SpreadProbe, record_evaluation, record_progress, world_model_errors
+from agents.diagnostics import Critic, SpreadProbe, record_evaluation, record_progress, world_model_errors
 from agents.imagined_learner import build_learner, check_learner_settings, run_learning_rate
 from agents.real_evaluation import evaluate_real
 from agents.run_files import (
@@ -40,7 +40,7 @@ from agents.run_files import (
 from agents.run_log import make_logger, write_rows
 from agents.safe_writes import check_writable, writing
 from agents.saved_run import SavedRun, read_checkpoint, read_config, resumable_failures
-from agents.sb3_guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide, sb3_value
 from agents.sb3_sampling import sb3_sampler
 from imagined_env.data.collect import RealCollector, buffer_for_env
 from imagined_env.data.normaliser import Normaliser
@@ -290,10 +290,11 @@ class Coordinator:
                "guidance_scale": self.world_model.guidance_scale, "elapsed_s": self.state.elapsed()}
         errors = None
         if self.config.open_loop_states:
-            errors = world_model_errors(self._sim, self.world_model, self.buffer,
-                                        sb3_guide(self.learner.policy, self.state.vec_normalize),
+            policy, stats = self.learner.policy, self.state.vec_normalize
+            critic = Critic(sb3_value(policy, stats), self.learner.gamma, self.learner.gae_lambda)
+            errors = world_model_errors(self._sim, self.world_model, self.buffer, sb3_guide(policy, stats),
                                         self.config.open_loop_states, self.config.n_sample_steps,
-                                        seed=(self.config.seed, self.real_steps))
+                                        seed=(self.config.seed, self.real_steps), critic=critic)
         self.history.append(record_evaluation(self.logger, row, errors))
         with writing(self.run_dir / "evaluations.csv"):
             write_rows(self.run_dir / "evaluations.csv", self.history)

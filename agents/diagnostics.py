@@ -21,6 +21,7 @@ from imagined_env.evaluation import (
     ActionRanking,
     ActionSensitivity,
     OpenLoopError,
+    ValueFn,
     action_ranking,
     action_sensitivity,
     open_loop_error,
@@ -79,6 +80,18 @@ class SpreadProbe(BaseCallback):
 
 
 @dataclass(frozen=True)
+class Critic:
+    """The learner's value function in environment units, with the discount and GAE lambda it is used with."""
+
+    value: ValueFn
+    gamma: float
+    gae_lambda: float
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return {"value": self.value, "gamma": self.gamma, "gae_lambda": self.gae_lambda}
+
+
+@dataclass(frozen=True)
 class WorldModelErrors:
     """The world model measured on real start states at one evaluation (ranking None with < 2 states)."""
 
@@ -88,7 +101,8 @@ class WorldModelErrors:
 
 
 def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuffer, guide: GaussianPolicyFn,
-                       n_states: int, n_sample_steps: int | None, seed: tuple[int, ...]) -> WorldModelErrors:
+                       n_states: int, n_sample_steps: int | None, seed: tuple[int, ...],
+                       critic: Critic | None = None) -> WorldModelErrors:
     """Open-loop error of policy-guided imaginations; action sensitivity (do imagined H-step returns of
     two random action sequences differ as the real ones do?); and the on-policy `action_ranking` of the
     policy's own action sequences, from `n_states` real buffer states. A fixed draw per `seed` (run seed,
@@ -97,7 +111,8 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
 
     The ranked sequences are sampled step by step from the policy's Gaussian at the simulator's states
     under the actions drawn so far (`policy_rollout`): the sequences the policy would act out, not
-    shaped by the model being measured, and exact policy samples where guided imagination is not."""
+    shaped by the model being measured, and exact policy samples where guided imagination is not.
+    With the learner's `critic`, the ranking also covers the advantages the learner computes."""
     rng = np.random.default_rng(list(seed))
     _, qpos, qvel = buffer.start_states(rng, n_states)
     generator = torch.Generator(device=world_model.device).manual_seed(int(rng.integers(2 ** 62)))
@@ -117,7 +132,8 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
         ranking = action_ranking(sim, world_model, qpos, qvel, on_policy, rng,
                                  seed=int(rng.integers(2 ** 62)),
                                  leak_rows=None if world_model.horizon > 1 else (),
-                                 n_sample_steps=n_sample_steps)
+                                 n_sample_steps=n_sample_steps,
+                                 **({} if critic is None else critic.as_kwargs()))
     return WorldModelErrors(error, sensitivity, ranking)
 
 

@@ -1,12 +1,15 @@
 """Guidance from SB3 policies: the Gaussian an SB3 ActorCriticPolicy samples from, evaluated on the
-observations as the policy sees them (through VecNormalize's running statistics when present)."""
+observations as the policy sees them (through VecNormalize's running statistics when present); and its
+critic in environment units, for measuring the advantages a model gives the learner."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.vec_env import VecNormalize
 
 from imagined_env.diffusion.guidance import GaussianPolicyFn
+from imagined_env.evaluation import ValueFn
 
 
 def sb3_guide(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = None) -> GaussianPolicyFn:
@@ -20,14 +23,35 @@ def sb3_guide(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = No
                          "squash_output=True")
 
     def moments(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        obs = states.to(policy.device, torch.float32)
-        if vec_normalize is not None and vec_normalize.norm_obs:
-            rms = vec_normalize.obs_rms
-            mean = torch.as_tensor(rms.mean, dtype=torch.float32, device=obs.device)
-            var = torch.as_tensor(rms.var, dtype=torch.float32, device=obs.device)
-            clip = vec_normalize.clip_obs
-            obs = ((obs - mean) / torch.sqrt(var + vec_normalize.epsilon)).clamp(-clip, clip)
-        dist = policy.get_distribution(obs).distribution
+        dist = policy.get_distribution(_as_seen(states, policy, vec_normalize)).distribution
         return dist.mean.to(states.device), dist.stddev.to(states.device)
 
     return moments
+
+
+def sb3_value(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = None) -> ValueFn:
+    """The critic of `policy` in environment units: observations [N, obs] -> values [N] in reward units
+    (VecNormalize's reward scaling undone), read with the statistics of the moment of the call."""
+
+    def value(observations: np.ndarray) -> np.ndarray:
+        obs = _as_seen(torch.as_tensor(observations, dtype=torch.float32), policy, vec_normalize)
+        with torch.no_grad():
+            values = policy.predict_values(obs).flatten().cpu().numpy()
+        if vec_normalize is not None and vec_normalize.norm_reward:
+            values = values * np.sqrt(vec_normalize.ret_rms.var + vec_normalize.epsilon)
+        return values
+
+    return value
+
+
+def _as_seen(states: torch.Tensor, policy: ActorCriticPolicy, vec_normalize: VecNormalize | None
+             ) -> torch.Tensor:
+    """States [N, obs] (env units) as the policy sees them, on its device."""
+    obs = states.to(policy.device, torch.float32)
+    if vec_normalize is not None and vec_normalize.norm_obs:
+        rms = vec_normalize.obs_rms
+        mean = torch.as_tensor(rms.mean, dtype=torch.float32, device=obs.device)
+        var = torch.as_tensor(rms.var, dtype=torch.float32, device=obs.device)
+        clip = vec_normalize.clip_obs
+        obs = ((obs - mean) / torch.sqrt(var + vec_normalize.epsilon)).clamp(-clip, clip)
+    return obs

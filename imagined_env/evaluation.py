@@ -2,13 +2,14 @@
 
 Open-loop error (the PolyGRAD paper's protocol): reset MuJoCo to real states, execute the actions the
 model generated, open-loop, and compare its observations and rewards with the real ones step by step.
-Action ranking: does the model order action sequences by return as the simulator does, which is what a
-policy gradient needs from it? Pure of training: nothing here updates a model or its guidance scale.
+Action ranking: does the model order action sequences by return as the simulator does, and, given the
+learner's critic, by the advantage the learner computes from them? That is what a policy gradient needs
+from it. Pure of training: nothing here updates a model or its guidance scale.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import cast
 
 import gymnasium as gym
@@ -18,6 +19,9 @@ import torch
 from imagined_env.data.collect import action_bounds, mujoco_env, mujoco_state, set_mujoco_state
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.world_model import Imagination, WorldModel
+
+ValueFn = Callable[[np.ndarray], np.ndarray]
+"""A critic in environment units: observations [N, obs] -> values [N] in reward units."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +179,10 @@ class ActionRanking:
     leak_by_row {k: leak}: when only a_k changes (to b's a_k at the largest sigma), the mean absolute
     imagined change of the rewards of rows before k (common noise) over the mean absolute real change
     of r_k; the real rows before k cannot change, so an exact model has 0. n: start states.
+    advantage_ranking {sigma: r}, given the learner's critic V: the same correlation (independent noise)
+    for the first action's TD(lambda) return over the H rows (`lambda_returns`), whose V(s_1..s_H) read the
+    imagined states, as the learner's advantage does; empty without a critic. The critic turns state
+    errors into advantage errors that the reward-only ranking cannot see.
     """
 
     ranking_independent: dict[float, float]
@@ -182,6 +190,7 @@ class ActionRanking:
     noise_to_signal: float
     leak_by_row: dict[int, float]
     n: int
+    advantage_ranking: dict[float, float] = field(default_factory=dict)
 
     @property
     def leak(self) -> float:
@@ -190,11 +199,14 @@ class ActionRanking:
 
     def as_log_dict(self) -> dict[str, float]:
         """The figures under their logged names: world_model/ranking_{sigma} and ..._common,
-        world_model/noise_to_signal, world_model/leak (and world_model/leak_row{k} for several rows)."""
+        world_model/advantage_ranking_{sigma} (with a critic), world_model/noise_to_signal, world_model/leak
+        (and world_model/leak_row{k} for several rows)."""
         out = {}
         for sigma, r in self.ranking_independent.items():
             out[f"world_model/ranking_{sigma:g}"] = r
             out[f"world_model/ranking_{sigma:g}_common"] = self.ranking_common[sigma]
+            if sigma in self.advantage_ranking:
+                out[f"world_model/advantage_ranking_{sigma:g}"] = self.advantage_ranking[sigma]
         out["world_model/noise_to_signal"] = self.noise_to_signal
         if self.leak_by_row:
             out["world_model/leak"] = self.leak
@@ -215,6 +227,9 @@ def action_ranking(
     seed: int = 0,
     leak_rows: Sequence[int] | None = None,
     n_sample_steps: int | None = None,
+    value: ValueFn | None = None,
+    gamma: float = 0.99,
+    gae_lambda: float = 0.95,
 ) -> ActionRanking:
     """The `ActionRanking` of the policy's action sequences actions [B, H, act] (environment units,
     sampled by the caller, B >= 2) from real states qpos [B, nq], qvel [B, nv].
@@ -222,6 +237,8 @@ def action_ranking(
     `rng` draws the perturbations: one N(0, sigma^2) array of the actions' shape per sigma, in order.
     `seed` seeds the model noise: every common-noise run starts from it, the independent runs continue
     one stream from it. `leak_rows`: the rows k changed one at a time, each in 1..H-1 (None: H - 1).
+    `value`, `gamma`, `gae_lambda`: the learner's critic and its discount and GAE lambda, for the
+    advantage ranking (no further model or simulator calls: it reads the same runs' states).
     Cost: 2 + 2 len(sigmas) + len(leak_rows) batched `imagine` calls and 1 + len(sigmas) + len(leak_rows)
     open-loop runs in `env`, whose state is overwritten as in `open_loop_error`.
     """
@@ -232,34 +249,75 @@ def action_ranking(
                  for s in sigmas}
     starts = real_start_obs(env, qpos, qvel)
 
-    def imagined(sequences: np.ndarray, generator: torch.Generator) -> np.ndarray:
+    def imagined(sequences: np.ndarray, generator: torch.Generator) -> Outcome:
         out = model.imagine(starts, actions=sequences, generator=generator, n_sample_steps=n_sample_steps)
-        return _received(out.rewards.detach().cpu().numpy(), out.terminations.detach().cpu().numpy())
+        terms = out.terminations.detach().cpu().numpy()
+        return Outcome(_received(out.rewards.detach().cpu().numpy(), terms), terms,
+                       out.observations[:, 1:].detach().cpu().numpy())
 
     def common() -> torch.Generator:
         return torch.Generator(device=model.device).manual_seed(seed)
 
-    def real(sequences: np.ndarray) -> np.ndarray:
-        return _execute(env, qpos, qvel, sequences)[1]
+    def real(sequences: np.ndarray) -> Outcome:
+        next_obs, rewards, terms = _execute(env, qpos, qvel, sequences)
+        return Outcome(rewards, terms, next_obs)
+
+    def advantage(outcome: Outcome) -> np.ndarray:
+        assert value is not None
+        states = outcome.next_obs
+        values = np.asarray(value(states.reshape(-1, states.shape[-1])), np.float64).reshape(states.shape[:2])
+        return lambda_returns(outcome.rewards, values, outcome.terminations, gamma, gae_lambda)
 
     stream = common()
     imagined_a = imagined(a, stream)        # also a's common-noise run: the stream starts from the seed
-    noise = np.std(imagined(a, stream).sum(axis=1) - imagined_a.sum(axis=1))
+    noise = np.std(imagined(a, stream).total - imagined_a.total)
     real_a = real(a)
-    independent, shared, signal = {}, {}, {}
+    independent, shared, signal, advantages = {}, {}, {}, {}
     for sigma, b in perturbed.items():
-        d_real = real(b).sum(axis=1) - real_a.sum(axis=1)
+        real_b, imagined_b = real(b), imagined(b, stream)
+        d_real = real_b.total - real_a.total
         signal[sigma] = np.std(d_real)
-        independent[sigma] = _correlation(imagined(b, stream).sum(axis=1) - imagined_a.sum(axis=1), d_real)
-        shared[sigma] = _correlation(imagined(b, common()).sum(axis=1) - imagined_a.sum(axis=1), d_real)
+        independent[sigma] = _correlation(imagined_b.total - imagined_a.total, d_real)
+        shared[sigma] = _correlation(imagined(b, common()).total - imagined_a.total, d_real)
+        if value is not None:
+            advantages[sigma] = _correlation(advantage(imagined_b) - advantage(imagined_a),
+                                             advantage(real_b) - advantage(real_a))
     leak = {}
     for k in rows:
         changed = a.copy()
         changed[:, k] = perturbed[max(perturbed)][:, k]
-        earlier = np.abs(imagined(changed, common())[:, :k] - imagined_a[:, :k]).mean()
-        leak[k] = _ratio(earlier, np.abs(real(changed[:, :k + 1])[:, k] - real_a[:, k]).mean())
+        earlier = np.abs(imagined(changed, common()).rewards[:, :k] - imagined_a.rewards[:, :k]).mean()
+        real_change = np.abs(real(changed[:, :k + 1]).rewards[:, k] - real_a.rewards[:, k]).mean()
+        leak[k] = _ratio(earlier, real_change)
     return ActionRanking(ranking_independent=independent, ranking_common=shared,
-                         noise_to_signal=_ratio(noise, signal[min(signal)]), leak_by_row=leak, n=len(a))
+                         noise_to_signal=_ratio(noise, signal[min(signal)]), leak_by_row=leak, n=len(a),
+                         advantage_ranking=advantages)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run of action sequences gives a learner: rewards [B, H] (0 after a termination),
+    terminations [B, H] and the states reached, next_obs [B, H, obs]."""
+
+    rewards: np.ndarray
+    terminations: np.ndarray
+    next_obs: np.ndarray
+
+    @property
+    def total(self) -> np.ndarray:
+        """The undiscounted H-step return [B]."""
+        return self.rewards.sum(axis=1)
+
+
+def lambda_returns(rewards: np.ndarray, next_values: np.ndarray, terminations: np.ndarray, gamma: float,
+                   lam: float) -> np.ndarray:
+    """TD(lambda) return of the first row of B H-row episodes cut at H, as GAE computes it (advantage of
+    a_0 plus V(s_0)): G_k = r_k + gamma (1 - d_k) [(1 - lam) V(s_{k+1}) + lam G_{k+1}], G_H = V(s_H).
+    rewards, next_values V(s_1..s_H), terminations d: [B, H] -> [B]."""
+    g = next_values[:, -1]
+    for k in reversed(range(rewards.shape[1])):
+        g = rewards[:, k] + gamma * (1.0 - terminations[:, k]) * ((1.0 - lam) * next_values[:, k] + lam * g)
+    return g
 
 
 def _checked_ranking_input(env: gym.Env, model: WorldModel, qpos: np.ndarray, qvel: np.ndarray,

@@ -11,7 +11,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents import ImaginationA2C, ImaginationPPO, ImaginedSB3VecEnv, PlanFollowingPolicy
-from agents.sb3_guidance import sb3_guide
+from agents.sb3_guidance import sb3_guide, sb3_value
 from imagined_env.vector_env import ImaginedVectorEnv
 from tests.conftest import linear_buffer, linear_step
 from tests.fakes import LinearFakeModel
@@ -102,6 +102,20 @@ def test_guidance_sees_observations_through_vecnormalize():
     ref = model.policy.get_distribution(normed).distribution
     torch.testing.assert_close(mean, ref.mean)
     torch.testing.assert_close(std, ref.stddev)
+
+
+def test_the_critic_in_environment_units_reads_vecnormalize_and_undoes_its_reward_scaling():
+    env, _ = imagined_sb3_env(n_envs=4)
+    venv = VecNormalize(env)
+    venv.obs_rms.mean[:], venv.obs_rms.var[:], venv.ret_rms.var = 5.0, 4.0, 9.0
+    model = ImaginationPPO("MlpPolicy", venv, n_steps=4, batch_size=16, seed=0)
+    states = np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32)
+    with torch.no_grad():   # reference: SB3's own normalisation, then its value head, times the return std
+        ref = model.policy.predict_values(torch.as_tensor(venv.normalize_obs(states))).flatten().numpy()
+    np.testing.assert_allclose(sb3_value(model.policy, venv)(states), ref * np.sqrt(9.0 + venv.epsilon),
+                               rtol=1e-5)
+    venv.norm_reward = False
+    np.testing.assert_allclose(sb3_value(model.policy, venv)(states), ref, rtol=1e-5)
 
 
 def test_gsde_policy_guides_through_sb3_distribution():

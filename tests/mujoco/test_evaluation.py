@@ -12,7 +12,13 @@ from imagined_env.data.collect import set_mujoco_state
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
-from imagined_env.evaluation import action_ranking, action_sensitivity, open_loop_error, real_start_obs
+from imagined_env.evaluation import (
+    action_ranking,
+    action_sensitivity,
+    lambda_returns,
+    open_loop_error,
+    real_start_obs,
+)
 from imagined_env.training import spec_from_env
 from imagined_env.world_model import Imagination, WorldModel, WorldModelConfig
 from tests.mujoco.real_states import real_states as shared_real_states
@@ -141,15 +147,17 @@ def test_action_sensitivity_of_the_simulator_itself_is_one_and_of_an_action_blin
 class _SimulatorModel:
     """Duck-types `WorldModel.imagine` on HalfCheetah with the simulator itself: a start observation fixes
     the state up to the x position, on which nothing depends. The model replays `seen(actions)`, adds
-    N(0, reward_noise^2) from the generator to each reward and leak * sum(a_{H-1}) to rows before H-1."""
+    N(0, reward_noise^2) from the generator to each reward, N(0, obs_noise^2) to each imagined state after the
+    start, and leak * sum(a_{H-1}) to rows before H-1."""
 
     horizon = H
     spec = SimpleNamespace(act_dim=6)
     device = torch.device("cpu")
 
-    def __init__(self, seen=lambda actions: actions, reward_noise: float = 0.0, leak: float = 0.0):
+    def __init__(self, seen=lambda actions: actions, reward_noise: float = 0.0, leak: float = 0.0,
+                 obs_noise: float = 0.0):
         self.sim = gym.make("HalfCheetah-v4")
-        self.seen, self.reward_noise, self.leak = seen, reward_noise, leak
+        self.seen, self.reward_noise, self.leak, self.obs_noise = seen, reward_noise, leak, obs_noise
         self.calls = 0
 
     def imagine(self, start_obs, policy=None, *, generator=None, actions=None, n_sample_steps=None):
@@ -160,8 +168,9 @@ class _SimulatorModel:
         out = exact_imagination(self.sim, qpos, starts[:, 8:], self.seen(actions))
         rewards = out.rewards + self.reward_noise * torch.randn(out.rewards.shape, generator=generator)
         rewards[:, :H - 1] += self.leak * torch.as_tensor(actions[:, H - 1].sum(axis=1))[:, None]
-        return Imagination(out.observations, torch.as_tensor(actions), rewards, out.terminations,
-                           float("nan"))
+        observations = out.observations.clone()
+        observations[:, 1:] += self.obs_noise * torch.randn(observations[:, 1:].shape, generator=generator)
+        return Imagination(observations, torch.as_tensor(actions), rewards, out.terminations, float("nan"))
 
 
 def ranking_case(n: int = 64):
@@ -192,6 +201,59 @@ def test_the_simulator_as_a_model_ranks_perfectly_without_noise_or_leak():
     assert list(default.leak_by_row) == [H - 1]
     assert list(default.as_log_dict()) == ["world_model/ranking_0.2", "world_model/ranking_0.2_common",
                                            "world_model/noise_to_signal", "world_model/leak"]
+
+
+def forward_speed_value(obs: np.ndarray) -> np.ndarray:
+    """A critic of HalfCheetah's kind: the value of a state grows with its forward speed (obs 8)."""
+    return 30.0 * obs[:, 8] + 2.0 * obs[:, 1]
+
+
+def test_with_a_critic_the_advantage_ranking_is_exact_for_the_simulator_and_sees_state_errors():
+    env, qpos, qvel, a = ranking_case()
+    exact = action_ranking(env, _SimulatorModel(), qpos, qvel, a, np.random.default_rng(3),
+                           value=forward_speed_value, gamma=0.99, gae_lambda=0.9)
+    np.testing.assert_allclose(list(exact.advantage_ranking.values()), 1.0, atol=1e-6)
+    assert list(exact.as_log_dict())[:6] == [
+        "world_model/ranking_0.1", "world_model/ranking_0.1_common", "world_model/advantage_ranking_0.1",
+        "world_model/ranking_0.3", "world_model/ranking_0.3_common", "world_model/advantage_ranking_0.3"]
+    # exact rewards, noisy states: the reward-only ranking cannot tell, the advantage ranking through the
+    # critic can; and the figures without a critic are the same as before (same model and simulator runs)
+    def noisy(obs_noise, value=forward_speed_value):
+        model = _SimulatorModel(obs_noise=obs_noise)
+        return action_ranking(env, model, qpos, qvel, a, np.random.default_rng(3), value=value, gamma=0.99,
+                              gae_lambda=0.9)
+
+    rankings = [noisy(s) for s in (0.1, 0.3, 1.0)]
+    for ranking in rankings:
+        np.testing.assert_allclose(list(ranking.ranking_independent.values()), 1.0, atol=1e-6)
+    for sigma in (0.1, 0.3):   # the more state noise, the worse the advantage ranking
+        by_noise = [r.advantage_ranking[sigma] for r in rankings]
+        assert by_noise == sorted(by_noise, reverse=True) and by_noise[0] < 0.99 and by_noise[-1] < 0.5
+    plain = noisy(0.3, value=None)
+    assert plain.advantage_ranking == {} and plain.ranking_independent == rankings[1].ranking_independent
+
+
+def test_lambda_returns_match_sb3s_generalised_advantage_estimate_with_terminations():
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import RolloutBuffer
+
+    rng = np.random.default_rng(0)
+    batch, horizon, gamma, lam = 4, 5, 0.97, 0.8
+    rewards = rng.normal(size=(batch, horizon))
+    next_values = rng.normal(size=(batch, horizon)) * 5
+    terms = np.zeros((batch, horizon), bool)
+    terms[1, 2] = terms[2, 4] = terms[3, 0] = True
+    buffer = RolloutBuffer(horizon, spaces.Box(-1, 1, (1,)), spaces.Box(-1, 1, (1,)), gamma=gamma,
+                           gae_lambda=lam, n_envs=batch)
+    v0 = rng.normal(size=batch)                       # V(s_0): G_0 does not depend on it
+    for k in range(horizon):
+        starts = np.zeros(batch) if k == 0 else terms[:, k - 1].astype(float)
+        value = v0 if k == 0 else next_values[:, k - 1]
+        buffer.add(np.zeros((batch, 1)), np.zeros((batch, 1)), rewards[:, k], starts,
+                   torch.as_tensor(value), torch.zeros(batch))
+    buffer.compute_returns_and_advantage(torch.as_tensor(next_values[:, -1]), terms[:, -1])
+    np.testing.assert_allclose(lambda_returns(rewards, next_values, terms, gamma, lam), buffer.returns[0],
+                               rtol=1e-5)
 
 
 def test_an_action_blind_model_ranks_nothing_and_its_noise_is_measured_against_the_real_signal():

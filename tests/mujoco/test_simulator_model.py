@@ -122,5 +122,6 @@ def test_oracle_loop_end_to_end(tmp_path):
     assert coordinator.policy_updates == 3 and coordinator.trainer.steps == 0
     last = coordinator.history[-1]
     assert last["open_loop_mse"] < 1e-8 and last["ranking_0.1"] == pytest.approx(1.0, abs=1e-6)
+    assert last["advantage_ranking_0.1"] == pytest.approx(1.0, abs=1e-6)  # through the learner's own critic
     assert not (tmp_path / "checkpoint").exists() and (tmp_path / "evaluations.csv").is_file()
     coordinator.close()
