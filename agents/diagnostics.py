@@ -102,7 +102,8 @@ class WorldModelErrors:
 
 def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuffer, guide: GaussianPolicyFn,
                        n_states: int, n_sample_steps: int | None, seed: tuple[int, ...],
-                       critic: Critic | None = None) -> WorldModelErrors:
+                       critic: Critic | None = None, sigmas: tuple[float, ...] = (0.1, 0.3)
+                       ) -> WorldModelErrors:
     """Open-loop error of policy-guided imaginations; action sensitivity (do imagined H-step returns of
     two random action sequences differ as the real ones do?); and the on-policy `action_ranking` of the
     policy's own action sequences, from `n_states` real buffer states. A fixed draw per `seed` (run seed,
@@ -112,7 +113,8 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
     The ranked sequences are sampled step by step from the policy's Gaussian at the simulator's states
     under the actions drawn so far (`policy_rollout`): the sequences the policy would act out, not
     shaped by the model being measured, and exact policy samples where guided imagination is not.
-    With the learner's `critic`, the ranking also covers the advantages the learner computes."""
+    With the learner's `critic`, the ranking also covers the advantages the learner computes; `sigmas`: the
+    scales of the ranked action changes."""
     rng = np.random.default_rng(list(seed))
     _, qpos, qvel = buffer.start_states(rng, n_states)
     generator = torch.Generator(device=world_model.device).manual_seed(int(rng.integers(2 ** 62)))
@@ -129,7 +131,7 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
     if n_states >= 2:
         rollout = policy_rollout(sim, qpos, qvel, world_model.horizon, guide, generator)
         on_policy = np.clip(rollout.actions.numpy(), space.low, space.high)
-        ranking = action_ranking(sim, world_model, qpos, qvel, on_policy, rng,
+        ranking = action_ranking(sim, world_model, qpos, qvel, on_policy, rng, sigmas=sigmas,
                                  seed=int(rng.integers(2 ** 62)),
                                  leak_rows=None if world_model.horizon > 1 else (),
                                  n_sample_steps=n_sample_steps,
