@@ -34,7 +34,7 @@ def normalization_stats(vec_normalize: VecNormalize) -> dict[str, np.ndarray | n
 
 def save_stats(vec_normalize: VecNormalize, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, allow_pickle=False, **normalization_stats(vec_normalize))
+        np.savez(handle, **cast(dict[str, Any], normalization_stats(vec_normalize)))
 
 
 def read_stats(path: Path) -> dict[str, np.ndarray]:
