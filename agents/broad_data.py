@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -203,7 +203,8 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
         noisy: list[RecordedEpisode] = []
         env = record(noisy)()
         obs, _ = env.reset(seed=int(rng.integers(2**31)))
-        low, high = env.action_space.low, env.action_space.high
+        action_space = cast(gym.spaces.Box, env.action_space)
+        low, high = action_space.low, action_space.high
         for _ in range(config.final_steps_per_noise):
             mean, _ = model.predict(venv.normalize_obs(obs[None]), deterministic=True)
             action = np.clip(mean[0] + std * rng.standard_normal(mean.shape[1]), low, high)

@@ -174,11 +174,11 @@ def prepare_resume(args: argparse.Namespace, flags: dict[str, Any]) -> Job:
         raise ValueError("--resume continues a run with its own config.json: drop --preset/--config/"
                          f"--run-dir and config flags (given: {', '.join(sorted(flags)) or 'none'})")
     run_dir = Path(args.resume)
-    if not run_dir.is_dir() or find_checkpoint(run_dir) is None:
+    checkpoint = find_checkpoint(run_dir) if run_dir.is_dir() else None
+    if checkpoint is None:
         raise ValueError(f"--resume {run_dir}: no checkpoint there (expected "
                          f"{run_dir}/checkpoint/state.json)")
     if args.steps is not None:  # checked before the resume touches the folder
-        checkpoint = find_checkpoint(run_dir)
         check_budget(args.steps, read_config(checkpoint))
         taken = read_state(checkpoint).get("real_steps", 0)  # a damaged state is named by the resume
         if args.steps < taken:
@@ -204,6 +204,8 @@ def finish_train(coordinator: Coordinator) -> int:
 # ---- evaluate ---------------------------------------------------------------------------------------
 def prepare_evaluate(args: argparse.Namespace) -> Job:
     target = Path(args.target)
+    model: BaseAlgorithm
+    stats: VecEnv | None
     if target.is_dir():
         checkpoint, config, stats_path = run_dir_files(target, args.env)
         env_id = config.env_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -62,11 +62,11 @@ class SpreadProbe(BaseCallback):
     def _on_rollout_end(self) -> None:
         if not self.steps:
             return
-        policy = self.model.policy
+        policy = cast(PlanFollowingPolicy, self.model.policy)  # checked at training start
         obs = torch.cat([o for o, _ in self.steps]).to(policy.device)
         actions = torch.cat([a for _, a in self.steps]).to(policy.device)
         with torch.no_grad():
-            dist = policy.get_distribution(obs).distribution
+            dist = cast(torch.distributions.Normal, policy.get_distribution(obs).distribution)
         mean, std = dist.mean, dist.stddev.clamp(min=self.std_floor)
         self.spread = standardised_spread(actions, mean, std)
         # step k of the rollout is row k of the imagined trajectories unless one ended early
@@ -76,7 +76,7 @@ class SpreadProbe(BaseCallback):
         self.steps = []
 
     def _on_training_end(self) -> None:
-        self.model.policy.plan_observer = None
+        cast(PlanFollowingPolicy, self.model.policy).plan_observer = None
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def world_model_errors(sim: gym.Env, world_model: WorldModel, buffer: EpisodeBuf
     generator = torch.Generator(device=world_model.device).manual_seed(int(rng.integers(2 ** 62)))
     error = open_loop_error(sim, world_model, qpos, qvel, policy=guide, n_sample_steps=n_sample_steps,
                             generator=generator)
-    space = sim.action_space
+    space = cast(gym.spaces.Box, sim.action_space)
     shape = (n_states, world_model.horizon, space.shape[0])
     a = rng.uniform(space.low, space.high, shape).astype(np.float32)
     offset = rng.normal(0.0, SENSITIVITY_NOISE, shape) * (space.high - space.low)

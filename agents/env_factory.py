@@ -1,7 +1,7 @@
 """One call from a task id to an SB3-ready imagined VecEnv."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
@@ -10,6 +10,7 @@ from stable_baselines3.common.vec_env import VecMonitor
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
 from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.registration import imagined_id
+from imagined_env.vector_env import ImaginedVectorEnv
 
 DEFAULT_N_ENVS = 256
 """Imagined envs generated per batched call when not given: large enough to amortise a generation, and
@@ -23,4 +24,6 @@ def make_imagined_vec_env(env_id: str, n_envs: int = DEFAULT_N_ENVS, **kwargs: A
     if not env_id.startswith("Imagined-"):
         env_id = imagined_id(env_id)
     kwargs = {"autoreset_mode": AutoresetMode.SAME_STEP, "planned_action_info": False, **kwargs}
-    return VecMonitor(ImaginedSB3VecEnv(gym.make_vec(env_id, num_envs=n_envs, **kwargs)))
+    # the imagined ids' vector entry point builds an ImaginedVectorEnv, unwrapped
+    imagined = cast(ImaginedVectorEnv, gym.make_vec(env_id, num_envs=n_envs, **kwargs))
+    return VecMonitor(ImaginedSB3VecEnv(imagined))

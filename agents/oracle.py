@@ -25,8 +25,10 @@ class OracleCoordinator(Coordinator):
     def _start(self) -> None:
         self._collect(self.config.prefill_steps, policy=None)
         self.collector.flush()
-        self.state.world_model = SimulatorModel(self.config.env_id, self.config.world_model.horizon)
-        self.state.trainer = _NoTraining()
+        # duck-typed stand-ins: what the loop uses of a world model and a trainer, nothing more
+        simulator = SimulatorModel(self.config.env_id, self.config.world_model.horizon)
+        self.state.world_model = simulator  # type: ignore[assignment]
+        self.state.trainer = _NoTraining()  # type: ignore[assignment]
         self._build_learner(checkpoint=None)
 
     def _fit_world_model(self, refit: bool) -> None:

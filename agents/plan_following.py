@@ -16,7 +16,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import gymnasium as gym
 import numpy as np
@@ -26,6 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
     ActorCriticPolicy,
+    BasePolicy,
     MultiInputActorCriticPolicy,
 )
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
@@ -77,7 +78,7 @@ def find_imagined(env: VecEnv | None) -> tuple[ImaginedVectorEnv | None, VecNorm
                              f"For one batched call per rollout write "
                              f"ImaginationPPO('MlpPolicy', {task!r}, n_envs={n}), or pass "
                              f"env=agents.make_imagined_vec_env({task!r}, n_envs={n})")
-        return env.envs[0].unwrapped.vec, vec_normalize
+        return cast(ImaginedEnv, env.envs[0].unwrapped).vec, vec_normalize  # the one env is imagined
     return None, vec_normalize
 
 
@@ -187,7 +188,7 @@ class FiniteSteps:
 class _ImaginationMixin:
     """Wiring shared by the PPO and A2C variants."""
 
-    policy_aliases: ClassVar[dict[str, type[ActorCriticPolicy]]] = {
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {  # SB3's own declaration
         "MlpPolicy": PlanFollowingPolicy, "CnnPolicy": ActorCriticCnnPolicy,
         "MultiInputPolicy": MultiInputActorCriticPolicy}
     imagined: ImaginedVectorEnv | None = None

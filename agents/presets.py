@@ -80,7 +80,8 @@ def describe(name: str) -> str:
 
 def preset_changes(name: str) -> list[dict[str, Any]]:
     """The diffs from the root to `name`, in the order they apply."""
-    chain, current = [], _PRESETS[resolve(name)]
+    chain: list[dict[str, Any]] = []
+    current = _PRESETS[resolve(name)]
     while True:
         chain.insert(0, current.changes)
         if current.parent is None:

@@ -3,6 +3,7 @@ tqdm progress bar for `learn` (SB3's own bar needs `rich`, which is not a depend
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import gymnasium as gym
 from stable_baselines3 import A2C, PPO
@@ -42,7 +43,9 @@ def evaluate_real(model: BaseAlgorithm, env_id: str, n_episodes: int, seed: int,
     """Mean and std of the real-task return over `n_episodes` deterministic episodes."""
     env = frozen_eval_env(env_id, seed, training_env, max_episode_steps)
     try:
-        mean, std = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=True, warn=False)
+        # without return_episode_rewards, the mean and std (SB3 types both of its return forms)
+        mean, std = cast(tuple[float, float], evaluate_policy(model, env, n_eval_episodes=n_episodes,
+                                                              deterministic=True, warn=False))
     finally:
         env.close()
     return float(mean), float(std)

@@ -3,7 +3,7 @@ loads with `torch.load(weights_only=True)`."""
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -12,7 +12,9 @@ import torch
 def rng_state() -> dict[str, Any]:
     """The global python, numpy and torch RNG states (what SB3's `set_random_seed` seeds), as tensors."""
     version, internal, gauss_next = random.getstate()
-    _, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    # numpy's stub types the no-argument call as the dict form; the default (legacy=True) is the tuple
+    _, keys, pos, has_gauss, cached_gaussian = cast(tuple[str, np.ndarray, int, int, float],
+                                                    np.random.get_state())
     return {"python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
                        "gauss_next": gauss_next},
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),

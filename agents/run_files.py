@@ -203,26 +203,33 @@ class RunState:
                              "already taken")
         return int(total)
 
+    def _trained(self) -> tuple[WorldModel, WorldModelTrainer, OnPolicyAlgorithm]:
+        """The trained parts: the state is only saved or loaded once they are built (or rebuilt)."""
+        assert self.world_model is not None and self.trainer is not None and self.learner is not None
+        return self.world_model, self.trainer, self.learner
+
     def state_dict(self) -> dict[str, Any]:
         """Progress (JSON values), world-model optimiser, global RNG states and VecNormalize statistics:
         plain values, tensors and arrays only."""
+        _, trainer, _ = self._trained()
         progress = {"budget": self.budget, "real_steps": self.real_steps,
                     "policy_updates": self.policy_updates, "learning_rate": self.learning_rate.current,
                     "elapsed_s": self.elapsed(), "history": self.history}
         stats = None if self.vec_normalize is None else normalization_stats(self.vec_normalize)
-        return {"progress": progress, "trainer": self.trainer.state_dict(), "rng": rng_state(),
+        return {"progress": progress, "trainer": trainer.state_dict(), "rng": rng_state(),
                 "normalization": stats}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore over the rebuilt trained parts; the global RNGs last."""
+        _, trainer, learner = self._trained()
         progress = state["progress"]
         self.budget, self.history = progress["budget"], progress["history"]
         self.real_steps, self.policy_updates = progress["real_steps"], progress["policy_updates"]
         # each policy update learns on one rollout of n_steps x n_envs imagined steps
-        self.learner.num_timesteps = self.policy_updates * self.learner.n_steps * self.learner.n_envs
+        learner.num_timesteps = self.policy_updates * learner.n_steps * learner.n_envs
         self.learning_rate.current = progress["learning_rate"]
         self.elapsed_before = progress["elapsed_s"]
-        self.trainer.load_state_dict(state["trainer"])
+        trainer.load_state_dict(state["trainer"])
         if (state["normalization"] is None) != (self.vec_normalize is None):
             raise ValueError("the checkpoint's observation normalisation does not match the run's config")
         if self.vec_normalize is not None:
@@ -231,18 +238,19 @@ class RunState:
 
     def save(self, directory: Path, config: dict[str, Any]) -> None:
         """All files of a checkpoint into the empty `directory`; state.json last."""
+        world_model, trainer, learner = self._trained()
         with writing(directory / LEARNER_FILE):
-            self.learner.save(directory / LEARNER_FILE, exclude=["imagined"])
+            learner.save(directory / LEARNER_FILE, exclude=["imagined"])
         if self.vec_normalize is not None:
             with writing(directory / STATS_FILE):
                 save_stats(self.vec_normalize, directory / STATS_FILE)
         with writing(directory / "world_model.pt"):
-            self.world_model.save(directory / "world_model.pt")
+            world_model.save(directory / "world_model.pt")
         with writing(directory / "buffer.npz"):
             self.buffer.save(directory / "buffer.npz")
         state = self.state_dict()
         with writing(directory / RUN_STATE):
             torch.save({"trainer": state["trainer"], "rng": state["rng"]}, directory / RUN_STATE)
         write_state(directory, {"env_id": config["env_id"], "config": config, **state["progress"],
-                                "world_model_steps": self.trainer.steps,
-                                "guidance_scale": self.world_model.guidance_scale})
+                                "world_model_steps": trainer.steps,
+                                "guidance_scale": world_model.guidance_scale})

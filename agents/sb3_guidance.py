@@ -3,9 +3,12 @@ observations as the policy sees them (through VecNormalize's running statistics 
 critic in environment units, for measuring the advantages a model gives the learner."""
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import torch
 from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecNormalize
 
 from imagined_env.diffusion.guidance import GaussianPolicyFn
@@ -23,7 +26,9 @@ def sb3_guide(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = No
                          "squash_output=True")
 
     def moments(states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = policy.get_distribution(_as_seen(states, policy, vec_normalize)).distribution
+        # a Normal: unsquashed Gaussian policies (diagonal or gSDE) keep one, never a list of them
+        dist = cast(torch.distributions.Normal,
+                    policy.get_distribution(_as_seen(states, policy, vec_normalize)).distribution)
         return dist.mean.to(states.device), dist.stddev.to(states.device)
 
     return moments
@@ -49,7 +54,7 @@ def _as_seen(states: torch.Tensor, policy: ActorCriticPolicy, vec_normalize: Vec
     """States [N, obs] (env units) as the policy sees them, on its device."""
     obs = states.to(policy.device, torch.float32)
     if vec_normalize is not None and vec_normalize.norm_obs:
-        rms = vec_normalize.obs_rms
+        rms = cast(RunningMeanStd, vec_normalize.obs_rms)  # array observations: one, not SB3's dict
         mean = torch.as_tensor(rms.mean, dtype=torch.float32, device=obs.device)
         var = torch.as_tensor(rms.var, dtype=torch.float32, device=obs.device)
         clip = vec_normalize.clip_obs

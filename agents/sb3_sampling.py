@@ -11,7 +11,8 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from imagined_env.data.collect import Policy
 
 
-def sb3_sampler(model: Any, normalize_obs: Callable[[np.ndarray], np.ndarray] | None = None,
+def sb3_sampler(model: Any,
+                normalize_obs: Callable[[np.ndarray], np.ndarray | dict[str, np.ndarray]] | None = None,
                 extra_noise_std: float = 0.0, std_scale: float = 1.0) -> Policy:
     """A `Policy` that samples `model`'s action distribution exactly as SB3's on-policy rollout does.
 

@@ -11,6 +11,8 @@ velocities than the real states': it is refused.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import gymnasium as gym
 import numpy as np
 import torch
@@ -37,20 +39,22 @@ def policy_rollout(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, horizon: in
     `env`'s state is overwritten."""
     qpos, qvel = np.atleast_2d(qpos).astype(np.float64), np.atleast_2d(qvel).astype(np.float64)
     batch, sim = len(qpos), env.unwrapped
-    low, high = env.action_space.low, env.action_space.high
+    obs_space, act_space = cast(gym.spaces.Box, env.observation_space), cast(gym.spaces.Box, env.action_space)
+    low, high = act_space.low, act_space.high
     n_fixed = 0 if fixed is None else fixed.shape[1]
     if n_fixed < horizon and policy is None:
         raise ValueError(f"rows {n_fixed}..{horizon - 1} have no action: "
                          f"give a policy or all {horizon} actions")
-    obs = np.zeros((batch, horizon + 1, env.observation_space.shape[0]), np.float32)
-    actions = np.zeros((batch, horizon, env.action_space.shape[0]), np.float32)
+    obs = np.zeros((batch, horizon + 1, obs_space.shape[0]), np.float32)
+    actions = np.zeros((batch, horizon, act_space.shape[0]), np.float32)
     rewards, terms = np.zeros((batch, horizon), np.float32), np.zeros((batch, horizon), bool)
     obs[:, 0] = [set_mujoco_state(env, p, v) for p, v in zip(qpos, qvel, strict=True)]
     draws = []
     for k in range(horizon):
-        if k < n_fixed:
+        if fixed is not None and k < n_fixed:
             actions[:, k] = fixed[:, k]
         else:
+            assert policy is not None  # rows past the fixed ones have one (checked above)
             with torch.no_grad():
                 mean, std = policy(torch.as_tensor(obs[:, k]))
             device = mean.device if generator is None else generator.device
@@ -64,7 +68,8 @@ def policy_rollout(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, horizon: in
         ended = terms[:, k - 1] if k else np.zeros(batch, bool)
         obs[ended, k + 1], terms[ended, k] = obs[ended, k], True
     spread = float(torch.cat(draws).std()) if draws else float("nan")
-    return Imagination(*(torch.as_tensor(v) for v in (obs, actions, rewards, terms)), spread=spread)
+    return Imagination(torch.as_tensor(obs), torch.as_tensor(actions), torch.as_tensor(rewards),
+                       torch.as_tensor(terms), spread=spread)
 
 
 class SimulatorModel:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ray
 import torch
@@ -231,10 +231,14 @@ def run_grid(spec: CompareSpec, out_dir: Path, options: RayGridOptions, experime
         if started_here:
             ray.shutdown()
     trials = [results[i] for i in range(len(results))]
-    points = ordered_points([result_row(r.metrics) for r in trials if r.error is None], spec)
+    # Ray types a result's metrics and config as optional; read here as a trial's reported row (it had no
+    # error) and the config Tune records with each trial's metrics
+    rows = [result_row(cast(dict[str, Any], r.metrics)) for r in trials if r.error is None]
+    points = ordered_points(rows, spec)
     write_outputs(points, spec, out_dir)
-    failed = [f"{r.config['method']} seed {r.config['seed']}: {str(r.error).strip().splitlines()[-1]}"
-              for r in trials if r.error is not None]
+    configs = [(cast(dict[str, Any], r.config), r.error) for r in trials if r.error is not None]
+    failed = [f"{config['method']} seed {config['seed']}: {str(error).strip().splitlines()[-1]}"
+              for config, error in configs]
     if failed:
         raise ValueError(f"{len(failed)} trial(s) failed ({'; '.join(failed)}); the others are in {out_dir}: "
                          "run the same command with --resume to retry the failed ones")

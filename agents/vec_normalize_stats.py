@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -19,10 +19,11 @@ _SETTINGS = ("clip_obs", "clip_reward", "gamma", "epsilon")
 _FLAGS = ("norm_obs", "norm_reward")
 
 
-def normalization_stats(vec_normalize: VecNormalize) -> dict[str, np.ndarray]:
+def normalization_stats(vec_normalize: VecNormalize) -> dict[str, np.ndarray | np.generic]:
     """Running observation and return statistics (float64) and the settings that use them."""
-    stats = {"format_version": np.int64(FORMAT_VERSION)}
-    for name, rms in zip(_RUNNING, (vec_normalize.obs_rms, vec_normalize.ret_rms)):
+    stats: dict[str, np.ndarray | np.generic] = {"format_version": np.int64(FORMAT_VERSION)}
+    # SB3 types obs_rms as a dict too (Dict observation spaces); ours are arrays, so one RunningMeanStd
+    for name, rms in zip(_RUNNING, (cast(RunningMeanStd, vec_normalize.obs_rms), vec_normalize.ret_rms)):
         stats[f"{name}_mean"] = np.array(rms.mean, np.float64)
         stats[f"{name}_var"] = np.array(rms.var, np.float64)
         stats[f"{name}_count"] = np.float64(rms.count)
@@ -33,7 +34,7 @@ def normalization_stats(vec_normalize: VecNormalize) -> dict[str, np.ndarray]:
 
 def save_stats(vec_normalize: VecNormalize, path: Path) -> None:
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **normalization_stats(vec_normalize))
+        np.savez(handle, **cast(dict[str, Any], normalization_stats(vec_normalize)))
 
 
 def read_stats(path: Path) -> dict[str, np.ndarray]:
@@ -81,15 +82,16 @@ def load_normalization_stats(vec_normalize: VecNormalize, stats: dict[str, Any])
         rms.var = np.array(stats[f"{name}_var"], np.float64)
         rms.count = float(stats[f"{name}_count"])
         running.append(rms)
-    vec_normalize.obs_rms, vec_normalize.ret_rms = running
+    # SB3's own __init__ needs the same ignore: it infers obs_rms from its Dict-space branch
+    vec_normalize.obs_rms, vec_normalize.ret_rms = running  # type: ignore[assignment]
 
 
 def frozen_vec_normalize(path: Path, venv: VecEnv) -> VecNormalize:
     """`venv` seen through the saved statistics of `path`, frozen, with raw rewards (for evaluation)."""
     stats = read_stats(path)
-    settings = {key: float(stats[key]) for key in _SETTINGS}
     normalized = VecNormalize(venv, training=False, norm_obs=bool(stats["norm_obs"]), norm_reward=False,
-                              **settings)
+                              clip_obs=float(stats["clip_obs"]), clip_reward=float(stats["clip_reward"]),
+                              gamma=float(stats["gamma"]), epsilon=float(stats["epsilon"]))
     try:
         load_normalization_stats(normalized, stats)
     except ValueError as err:
