@@ -167,18 +167,30 @@ class BatchedBootstrap(BaseCallback):
         return True
 
 
+STALLED_UPDATES = 3
+"""Updates in a row whose every optimizer step had non-finite gradients before the learner gives up."""
+
+
 class FiniteSteps:
     """Replaces an optimizer's `step`: a step whose gradients hold NaN or inf is skipped (its gradients
     dropped) and counted. One minibatch whose probability ratio overflows (an imagined action far off the
     policy) would otherwise write NaN into every weight and end the run."""
 
     def __init__(self, optimizer: torch.optim.Optimizer):
-        self.optimizer, self.skipped, self._step = optimizer, 0, optimizer.step
+        self.optimizer, self.calls, self.skipped, self._step = optimizer, 0, 0, optimizer.step
         optimizer.step = self  # type: ignore[method-assign]
 
+    @classmethod
+    def on(cls, optimizer: torch.optim.Optimizer) -> FiniteSteps:
+        """The guard of `optimizer`, installed once."""
+        step = optimizer.step
+        return step if isinstance(step, cls) else cls(optimizer)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if all(bool(torch.isfinite(p.grad).all()) for p in params):
+        self.calls += 1
+        grads = [p.grad for group in self.optimizer.param_groups for p in group["params"]
+                 if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             return self._step(*args, **kwargs)
         self.skipped += 1
         self.optimizer.zero_grad()
@@ -194,6 +206,7 @@ class _ImaginationMixin:
     imagined: ImaginedVectorEnv | None = None
     finite_steps: FiniteSteps | None = None
     """On an imagined env: the guard on the policy's optimizer; `.skipped` counts the steps it dropped."""
+    _stalled_updates = 0
 
     def __init__(self, policy: Any, env: Any, *, n_envs: int | None = None,
                  env_kwargs: dict[str, Any] | None = None, **kwargs: Any):
@@ -208,8 +221,6 @@ class _ImaginationMixin:
     def _setup_model(self) -> None:
         super()._setup_model()  # type: ignore[misc]
         self._wire(self.env)  # type: ignore[attr-defined]
-        if self.imagined is not None:
-            self.finite_steps = FiniteSteps(self.policy.optimizer)  # type: ignore[attr-defined]
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
         super().set_env(env, force_reset)  # type: ignore[misc]
@@ -223,6 +234,12 @@ class _ImaginationMixin:
             policy.plan_source = imagined
         if imagined is not None:
             imagined.set_policy(sb3_guide(policy, vec_normalize))
+            self.finite_steps = FiniteSteps.on(policy.optimizer)
+
+    def _excluded_save_params(self) -> list[str]:
+        """The env wiring is rebuilt by `set_env`, not saved (the guard would pickle the optimizer)."""
+        return [*super()._excluded_save_params(), "imagined", "finite_steps",  # type: ignore[misc]
+                "_stalled_updates"]
 
     def collect_rollouts(self, env: VecEnv, callback: BaseCallback, *args: Any, **kwargs: Any) -> bool:
         """On an imagined env: the rollout's small forward passes run with the env's torch threads, as
@@ -234,13 +251,27 @@ class _ImaginationMixin:
                                             **kwargs)
 
     def train(self) -> None:
-        skipped = 0 if self.finite_steps is None else self.finite_steps.skipped
+        """SB3's update; on an imagined env the rollout must be finite (the world model imagined it), the
+        steps with non-finite gradients are skipped and logged, and STALLED_UPDATES updates in a row that
+        could take no step end the run with an error instead of freezing the policy."""
+        guard = self.finite_steps
+        if self.imagined is None or guard is None:
+            super().train()  # type: ignore[misc]
+            return
+        buffer = self.rollout_buffer  # type: ignore[attr-defined]
+        for name in ("rewards", "values", "advantages"):
+            if not np.isfinite(getattr(buffer, name)).all():
+                raise ValueError(f"the imagined rollout's {name} hold NaN or inf: the world model imagined "
+                                 f"non-finite rewards or states (check its training loss and start states)")
+        calls, skipped = guard.calls, guard.skipped
         super().train()  # type: ignore[misc]
-        if self.finite_steps is not None:
-            self.logger.record("train/nonfinite_steps_skipped",  # type: ignore[attr-defined]
-                               self.finite_steps.skipped - skipped)
-        if self.imagined is not None:
-            self.imagined.replan()
+        self.logger.record("train/nonfinite_steps_skipped", guard.skipped - skipped)  # type: ignore[attr-defined]
+        stalled = guard.calls > calls and guard.skipped - skipped == guard.calls - calls
+        self._stalled_updates = self._stalled_updates + 1 if stalled else 0
+        if self._stalled_updates == STALLED_UPDATES:
+            raise RuntimeError(f"every optimizer step of the last {STALLED_UPDATES} updates had NaN or inf "
+                               f"gradients, so the policy could not change (its weights are still finite)")
+        self.imagined.replan()
 
 
 def _signature(base: type) -> inspect.Signature:

@@ -34,17 +34,24 @@ def sb3_guide(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = No
     return moments
 
 
-def sb3_value(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = None) -> ValueFn:
-    """The critic of `policy` in environment units: observations [N, obs] -> values [N] in reward units
-    (VecNormalize's reward scaling undone), read with the statistics of the moment of the call."""
+def sb3_value(policy: ActorCriticPolicy, vec_normalize: VecNormalize | None = None,
+              reward_scale: float | None = None) -> ValueFn:
+    """The critic of `policy` in environment units: observations [N, obs] -> values [N] in reward units.
+
+    `reward_scale`: what the learner's rewards were divided by; None reads it from `vec_normalize` at each
+    call (its return std while it normalises rewards, else 1). Give it for a frozen evaluation wrapper,
+    whose rewards are raw although the critic learnt normalised ones."""
 
     def value(observations: np.ndarray) -> np.ndarray:
         obs = _as_seen(torch.as_tensor(observations, dtype=torch.float32), policy, vec_normalize)
         with torch.no_grad():
             values = policy.predict_values(obs).flatten().cpu().numpy()
-        if vec_normalize is not None and vec_normalize.norm_reward:
-            values = values * np.sqrt(vec_normalize.ret_rms.var + vec_normalize.epsilon)
-        return values
+        scale = reward_scale
+        if scale is None:
+            scale = 1.0
+            if vec_normalize is not None and vec_normalize.norm_reward:
+                scale = float(np.sqrt(vec_normalize.ret_rms.var + vec_normalize.epsilon))
+        return values * scale
 
     return value
 

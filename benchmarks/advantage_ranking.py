@@ -5,8 +5,10 @@ run dir) this loads the last checkpoint (world model, learner, VecNormalize stat
 from real start states of its buffer, ranks changes N(0, sigma^2) of the policy's own action sequences
 (`imagined_env.evaluation.action_ranking`): by the H-step return, with independent and common model noise,
 and by the advantage the learner computes from the same trajectories, its TD(lambda) return through its own
-critic at the imagined states against the real ones. The sigmas default to 0.1, 0.3 and 1.0: the last is
-the scale of a policy that still explores with a std near 1, as PPO does early in a run.
+critic at the imagined states against the real ones. A control column repeats that ranking with the critic
+set to 0 (the same discounted rewards, no values): the advantage column minus it is what the critic adds.
+The sigmas default to 0.1, 0.3 and 1.0: the last is the scale of a policy that still explores with a std
+near 1, as PPO does early in a run.
 
     python benchmarks/advantage_ranking.py runs/cmp_s0/runs/imagination-ppo_seed0 ... --out ranking.json
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
+import numpy as np
 import torch
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -27,6 +30,7 @@ from agents.run_files import find_checkpoint
 from agents.saved_run import read_checkpoint, read_config, read_learner
 from agents.sb3_guidance import sb3_guide, sb3_value
 from agents.vec_normalize_stats import STATS_FILE, frozen_vec_normalize, read_stats
+from imagined_env.evaluation import ActionRanking
 from imagined_env.utils import atomic_path
 
 
@@ -41,7 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.sigmas = tuple(float(s) for s in args.sigmas.split(","))
     except ValueError:
-        parser.error(f"--sigmas must be comma-separated numbers, got {args.sigmas!r}")
+        args.sigmas = ()
+    if not args.sigmas or not all(s > 0 for s in args.sigmas) or len(set(args.sigmas)) != len(args.sigmas):
+        parser.error(f"--sigmas must be distinct positive numbers, comma-separated, got {args.sigmas!r}")
     if args.states < 2:
         parser.error(f"--states must be >= 2 (a correlation needs two), got {args.states}")
     for run in args.runs:
@@ -55,32 +61,43 @@ def rank_run(run_dir: Path, states: int, sigmas: tuple[float, ...], seed: int) -
     assert checkpoint is not None
     config = read_config(checkpoint)
     saved, learner = read_checkpoint(checkpoint, config), read_learner(checkpoint, config)
-    stats = None
-    if config.normalize:
-        stats = frozen_vec_normalize(checkpoint / STATS_FILE, DummyVecEnv([lambda: gym.make(config.env_id)]))
-        stats.norm_reward = bool(read_stats(checkpoint / STATS_FILE)["norm_reward"])  # the critic's units
-    critic = Critic(sb3_value(learner.policy, stats), config.learner.gamma, config.learner.gae_lambda)
+    real = gym.make(config.env_id)
+    stats, reward_scale = None, 1.0
+    if config.normalize:   # the critic learnt rewards divided by the return std, when they were normalised
+        stats = frozen_vec_normalize(checkpoint / STATS_FILE, DummyVecEnv([lambda: real]))
+        if read_stats(checkpoint / STATS_FILE)["norm_reward"]:
+            reward_scale = float(np.sqrt(stats.ret_rms.var + stats.epsilon))
+    guide, value = sb3_guide(learner.policy, stats), sb3_value(learner.policy, stats, reward_scale)
     sim = gym.make(config.env_id)
     sim.reset(seed=seed)
-    guide = sb3_guide(learner.policy, stats)
-    errors = world_model_errors(sim, saved.world_model, saved.buffer, guide, states, config.n_sample_steps,
-                                seed=(seed,), critic=critic, sigmas=sigmas)
-    ranking = errors.ranking
-    assert ranking is not None
-    return {"real_steps": int(saved.state["progress"]["real_steps"]), "states": ranking.n,
-            "ranking": ranking.ranking_independent, "ranking_common": ranking.ranking_common,
-            "advantage_ranking": ranking.advantage_ranking}
+
+    def ranking(critic: Critic) -> ActionRanking:
+        errors = world_model_errors(sim, saved.world_model, saved.buffer, guide, states,
+                                    config.n_sample_steps, seed=(seed,), critic=critic, sigmas=sigmas)
+        assert errors.ranking is not None
+        return errors.ranking
+
+    gamma, lam = config.learner.gamma, config.learner.gae_lambda
+    with_critic = ranking(Critic(value, gamma, lam))
+    without = ranking(Critic(lambda obs: np.zeros(len(obs)), gamma, lam))   # same draws: same seed
+    sim.close()
+    real.close()
+    return {"real_steps": int(saved.state["progress"]["real_steps"]), "states": with_critic.n,
+            "ranking": with_critic.ranking_independent, "ranking_common": with_critic.ranking_common,
+            "advantage_ranking": with_critic.advantage_ranking,
+            "advantage_ranking_without_critic": without.advantage_ranking}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     report = {str(run): rank_run(run, args.states, args.sigmas, args.seed) for run in args.runs}
-    print(f"{'run':<58} {'steps':>6} {'sigma':>5} {'return':>7} {'common':>7} {'advantage':>9}")
+    print(f"{'run':<50} {'steps':>6} {'sigma':>5} {'return':>7} {'common':>7} {'advantage':>9} {'V = 0':>6}")
     for run, row in report.items():
         for sigma in args.sigmas:
-            print(f"{run[-58:]:<58} {row['real_steps']:>6} {sigma:>5g} {row['ranking'][sigma]:>7.2f} "
-                  f"{row['ranking_common'][sigma]:>7.2f} {row['advantage_ranking'][sigma]:>9.2f}")
+            print(f"{run[-50:]:<50} {row['real_steps']:>6} {sigma:>5g} {row['ranking'][sigma]:>7.2f} "
+                  f"{row['ranking_common'][sigma]:>7.2f} {row['advantage_ranking'][sigma]:>9.2f} "
+                  f"{row['advantage_ranking_without_critic'][sigma]:>6.2f}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         given = sys.argv[1:] if argv is None else argv

@@ -242,7 +242,7 @@ def action_ranking(
     Cost: 2 + 2 len(sigmas) + len(leak_rows) batched `imagine` calls and 1 + len(sigmas) + len(leak_rows)
     open-loop runs in `env`, whose state is overwritten as in `open_loop_error`.
     """
-    rows = _checked_ranking_input(env, model, qpos, qvel, actions, sigmas, leak_rows)
+    rows = _checked_ranking_input(env, model, qpos, qvel, actions, sigmas, leak_rows, gamma, gae_lambda)
     a = np.asarray(actions, np.float32)
     low, high = action_bounds(env)
     perturbed = {float(s): np.clip(a + rng.normal(0.0, s, a.shape), low, high).astype(np.float32)
@@ -272,6 +272,8 @@ def action_ranking(
     imagined_a = imagined(a, stream)        # also a's common-noise run: the stream starts from the seed
     noise = np.std(imagined(a, stream).total - imagined_a.total)
     real_a = real(a)
+    if value is not None:
+        advantage_a = advantage(imagined_a), advantage(real_a)
     independent, shared, signal, advantages = {}, {}, {}, {}
     for sigma, b in perturbed.items():
         real_b, imagined_b = real(b), imagined(b, stream)
@@ -280,8 +282,8 @@ def action_ranking(
         independent[sigma] = _correlation(imagined_b.total - imagined_a.total, d_real)
         shared[sigma] = _correlation(imagined(b, common()).total - imagined_a.total, d_real)
         if value is not None:
-            advantages[sigma] = _correlation(advantage(imagined_b) - advantage(imagined_a),
-                                             advantage(real_b) - advantage(real_a))
+            advantages[sigma] = _correlation(advantage(imagined_b) - advantage_a[0],
+                                             advantage(real_b) - advantage_a[1])
     leak = {}
     for k in rows:
         changed = a.copy()
@@ -312,7 +314,8 @@ class Outcome:
 def lambda_returns(rewards: np.ndarray, next_values: np.ndarray, terminations: np.ndarray, gamma: float,
                    lam: float) -> np.ndarray:
     """TD(lambda) return of the first row of B H-row episodes cut at H, as GAE computes it (advantage of
-    a_0 plus V(s_0)): G_k = r_k + gamma (1 - d_k) [(1 - lam) V(s_{k+1}) + lam G_{k+1}], G_H = V(s_H).
+    a_0 plus V(s_0)): G_k = r_k + gamma (1 - d_k) [(1 - lam) V(s_{k+1}) + lam G_{k+1}], G_H = V(s_H), where
+    d_k says row k ended the episode (s_{k+1} is terminal: no value after it).
     rewards, next_values V(s_1..s_H), terminations d: [B, H] -> [B]."""
     g = next_values[:, -1]
     for k in reversed(range(rewards.shape[1])):
@@ -321,8 +324,8 @@ def lambda_returns(rewards: np.ndarray, next_values: np.ndarray, terminations: n
 
 
 def _checked_ranking_input(env: gym.Env, model: WorldModel, qpos: np.ndarray, qvel: np.ndarray,
-                           actions: np.ndarray, sigmas: Sequence[float], leak_rows: Sequence[int] | None
-                           ) -> tuple[int, ...]:
+                           actions: np.ndarray, sigmas: Sequence[float], leak_rows: Sequence[int] | None,
+                           gamma: float, gae_lambda: float) -> tuple[int, ...]:
     """Raise ValueError on inputs `action_ranking` cannot measure; the rows to change for the leak."""
     nq, nv = (len(v) for v in mujoco_state(env))
     horizon, act_dim = model.horizon, model.spec.act_dim
@@ -343,6 +346,8 @@ def _checked_ranking_input(env: gym.Env, model: WorldModel, qpos: np.ndarray, qv
     if (len(sigmas) == 0 or len(set(sigmas)) != len(sigmas)
             or not all(np.isfinite(s) and s > 0 for s in sigmas)):
         raise ValueError(f"sigmas must be distinct, finite and > 0 (at least one), got {tuple(sigmas)}")
+    if not (0 <= gamma <= 1 and 0 <= gae_lambda <= 1):
+        raise ValueError(f"gamma and gae_lambda must lie in [0, 1], got {gamma} and {gae_lambda}")
     rows = (horizon - 1,) if leak_rows is None else tuple(leak_rows)
     if len(set(rows)) != len(rows) or not all(isinstance(k, (int, np.integer)) and 1 <= k < horizon
                                                for k in rows):

@@ -1,7 +1,9 @@
 """SB3 PPO/A2C in imagination: every action in the rollout buffer produced the next observation."""
 from __future__ import annotations
 
+import json
 import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecNormalize
 
 from agents import ImaginationA2C, ImaginationPPO, ImaginedSB3VecEnv, PlanFollowingPolicy
+from agents.plan_following import FiniteSteps
 from agents.sb3_guidance import sb3_guide, sb3_value
 from imagined_env.vector_env import ImaginedVectorEnv
 from tests.conftest import linear_buffer, linear_step
@@ -116,6 +119,7 @@ def test_the_critic_in_environment_units_reads_vecnormalize_and_undoes_its_rewar
                                rtol=1e-5)
     venv.norm_reward = False
     np.testing.assert_allclose(sb3_value(model.policy, venv)(states), ref, rtol=1e-5)
+    np.testing.assert_allclose(sb3_value(model.policy, venv, reward_scale=2.0)(states), 2 * ref, rtol=1e-5)
 
 
 def test_gsde_policy_guides_through_sb3_distribution():
@@ -333,21 +337,80 @@ class NaNGradients:
         return grad * float("nan") if self.calls in self.at else grad
 
 
-def _learn_with_nan_gradients(algo, at):
-    env, _ = imagined_sb3_env(n_envs=8)
+class SkippedPerUpdate(BaseCallback):
+    """The logged count of skipped steps of each finished update, read before the next rollout."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = []
+
+    def _on_rollout_start(self) -> None:
+        if self.model.policy_updates_done:
+            self.counts.append(self.model.logger.name_to_value["train/nonfinite_steps_skipped"])
+        self.model.policy_updates_done += 1
+
+    def _on_step(self) -> bool:
+        return True
+
+
+def _learn_with_nan_gradients(algo, at, updates=3, env=None, **kwargs):
+    env = env or imagined_sb3_env(n_envs=8)[0]
+    kwargs = {"batch_size": 20, "n_epochs": 1, **kwargs} if algo is not ImaginationA2C else kwargs
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # plain PPO on an imagined env warns that it leaves the plan
-        model = algo("MlpPolicy", env, n_steps=5, batch_size=20, n_epochs=1, seed=0)
+        model = algo("MlpPolicy", env, n_steps=5, seed=0, **kwargs)
+        model.policy_updates_done = 0
         hook = NaNGradients(model.policy.action_net.weight, at)
-        model.learn(5 * 8 * 3)  # three updates of two minibatches
-    return model, hook
+        per_update = SkippedPerUpdate()
+        model.learn(5 * 8 * updates, callback=per_update)
+    if isinstance(model, ImaginationPPO | ImaginationA2C):
+        per_update.counts.append(model.logger.name_to_value["train/nonfinite_steps_skipped"])
+    return model, hook, per_update.counts
 
 
 def test_a_step_with_nan_gradients_is_skipped_and_logged_and_the_weights_stay_finite():
-    model, hook = _learn_with_nan_gradients(ImaginationPPO, at={2, 3})
-    assert hook.calls == 6 and model.finite_steps.skipped == 2
+    model, hook, counts = _learn_with_nan_gradients(ImaginationPPO, at={2, 3})  # 2 minibatches an update
+    assert hook.calls == 6 and counts == [1, 1, 0] and model.finite_steps.skipped == 2
     assert all(torch.isfinite(p).all() for p in model.policy.parameters())
-    assert model.logger.name_to_value.get("train/nonfinite_steps_skipped", 0) == 0  # the last update: none
+    a2c, _, a2c_counts = _learn_with_nan_gradients(ImaginationA2C, at={2})      # one step an update
+    assert a2c_counts == [0, 1, 0] and all(torch.isfinite(p).all() for p in a2c.policy.parameters())
     # positive control: SB3's PPO on the same env writes NaN into the weights, and its next rollout dies
     with pytest.raises(ValueError, match="found invalid values"):
         _learn_with_nan_gradients(PPO, at={2, 3})
+
+
+def test_updates_that_can_take_no_step_end_the_run_with_an_error():
+    with pytest.raises(RuntimeError, match="every optimizer step of the last 3 updates had NaN or inf"):
+        _learn_with_nan_gradients(ImaginationA2C, at={2, 3, 4}, updates=5)
+    _learn_with_nan_gradients(ImaginationA2C, at={2, 3, 5, 6}, updates=6)  # never 3 in a row: runs on
+
+
+class NaNRewardModel(LinearFakeModel):
+    def imagine(self, *args, **kwargs):
+        out = super().imagine(*args, **kwargs)
+        out.rewards[0, 1] = float("nan")
+        return out
+
+
+def test_a_rollout_with_nan_rewards_is_refused_before_the_update():
+    env = ImaginedSB3VecEnv(ImaginedVectorEnv(NaNRewardModel(5), 8, start_states=linear_buffer(5, 10)))
+    with pytest.raises(ValueError, match="rollout's rewards hold NaN or inf: the world model"):
+        _learn_with_nan_gradients(ImaginationPPO, at=set(), env=env)
+
+
+def test_the_guard_is_not_saved_and_a_loaded_learner_gets_it_back_with_its_env(tmp_path):
+    env, _ = imagined_sb3_env(n_envs=8)
+    model = ImaginationPPO("MlpPolicy", env, n_steps=5, batch_size=20, n_epochs=1, seed=0)
+    model.learn(5 * 8)
+    model.save(tmp_path / "learner.zip")
+    with zipfile.ZipFile(tmp_path / "learner.zip") as archive:
+        saved = set(json.loads(archive.read("data")))
+    assert {"finite_steps", "imagined", "_stalled_updates"}.isdisjoint(saved) and "gamma" in saved
+    loaded = ImaginationPPO.load(tmp_path / "learner.zip")
+    assert loaded.finite_steps is None                        # no env yet: nothing to guard
+    loaded.set_env(env)
+    assert isinstance(loaded.policy.optimizer.step, FiniteSteps)
+    assert loaded.policy.optimizer.step is loaded.finite_steps
+    loaded.set_env(env)                                       # wiring twice installs one guard
+    assert loaded.policy.optimizer.step is loaded.finite_steps and loaded.finite_steps._step is not None
+    assert not isinstance(loaded.finite_steps._step, FiniteSteps)

@@ -25,9 +25,12 @@ def test_ranks_a_checkpoint_by_return_and_by_the_learners_advantage(tmp_path, on
                          str(tmp_path / "out.json")])
     row = report[str(tmp_path / "run")]
     assert row["real_steps"] == 400 and row["states"] == 8
-    for figures in (row["ranking"], row["ranking_common"], row["advantage_ranking"]):
+    for figures in (row["ranking"], row["ranking_common"], row["advantage_ranking"],
+                    row["advantage_ranking_without_critic"]):
         assert list(figures) == [0.3, 1.0] and all(np.isfinite(v) and -1 <= v <= 1 for v in figures.values())
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["sigmas"] == [0.3, 1.0] and saved["runs"][str(tmp_path / "run")]["states"] == 8
-    with pytest.raises(SystemExit):
-        bench.main([str(tmp_path)])  # no checkpoint there
+    assert row["advantage_ranking"] != row["advantage_ranking_without_critic"]  # the critic is read
+    for bad in ([str(tmp_path)], [str(tmp_path / "run"), "--sigmas", "0.3,-1"]):  # no checkpoint; sigma < 0
+        with pytest.raises(SystemExit):
+            bench.main(bad)

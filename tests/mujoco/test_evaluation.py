@@ -229,8 +229,17 @@ def test_with_a_critic_the_advantage_ranking_is_exact_for_the_simulator_and_sees
     for sigma in (0.1, 0.3):   # the more state noise, the worse the advantage ranking
         by_noise = [r.advantage_ranking[sigma] for r in rankings]
         assert by_noise == sorted(by_noise, reverse=True) and by_noise[0] < 0.99 and by_noise[-1] < 0.5
-    plain = noisy(0.3, value=None)
-    assert plain.advantage_ranking == {} and plain.ranking_independent == rankings[1].ranking_independent
+    # with a critic, the other figures and their random streams are those of a ranking without one
+    def with_reward_noise(value):
+        model = _SimulatorModel(reward_noise=0.3, obs_noise=0.3)
+        return action_ranking(env, model, qpos, qvel, a, np.random.default_rng(3), value=value,
+                              leak_rows=range(1, H))
+
+    plain, critic = with_reward_noise(None), with_reward_noise(forward_speed_value)
+    assert plain.advantage_ranking == {} and len(critic.advantage_ranking) == 2
+    assert (plain.ranking_independent, plain.ranking_common, plain.noise_to_signal, plain.leak_by_row) == (
+        critic.ranking_independent, critic.ranking_common, critic.noise_to_signal, critic.leak_by_row)
+    assert 0 < plain.noise_to_signal and all(r < 1 for r in plain.ranking_independent.values())
 
 
 def test_lambda_returns_match_sb3s_generalised_advantage_estimate_with_terminations():
@@ -298,6 +307,7 @@ def test_a_model_whose_earlier_rewards_see_the_last_action_leaks_by_the_hand_com
     ({"qvel_rows": 7}, r"qvel must have shape \(8, 9\)"),
     ({"leak_rows": (0,)}, r"leak_rows must be distinct rows in 1\.\.5 .* got \(0,\)"),
     ({"leak_rows": (2, H)}, r"leak_rows .* got \(2, 6\)"),
+    ({"gamma": 1.5}, r"gamma and gae_lambda must lie in \[0, 1\], got 1.5 and 0.95"),
 ])
 def test_bad_ranking_input_is_refused_before_any_simulation(change, message):
     env, _, qpos, qvel = real_states("HalfCheetah-v4", n=8)
@@ -306,7 +316,7 @@ def test_bad_ranking_input_is_refused_before_any_simulation(change, message):
     actions = change.get("actions", np.zeros((n, H, 6), np.float32))
     model = _SimulatorModel()
     before = env.unwrapped.data.qpos.copy()
-    kwargs = {k: v for k, v in change.items() if k in ("sigmas", "leak_rows")}
+    kwargs = {k: v for k, v in change.items() if k in ("sigmas", "leak_rows", "gamma")}
     with pytest.raises(ValueError, match=message):
         action_ranking(env, model, qpos, qvel, actions, np.random.default_rng(0), **kwargs)
     assert model.calls == 0 and np.array_equal(env.unwrapped.data.qpos, before)
