@@ -30,7 +30,6 @@ from agents.run_files import find_checkpoint
 from agents.saved_run import read_checkpoint, read_config, read_learner
 from agents.sb3_guidance import sb3_guide, sb3_value
 from agents.vec_normalize_stats import STATS_FILE, frozen_vec_normalize, read_stats
-from imagined_env.evaluation import ActionRanking
 from imagined_env.utils import atomic_path
 
 
@@ -64,28 +63,25 @@ def rank_run(run_dir: Path, states: int, sigmas: tuple[float, ...], seed: int) -
     real = gym.make(config.env_id)
     stats, reward_scale = None, 1.0
     if config.normalize:   # the critic learnt rewards divided by the return std, when they were normalised
+        saved_stats = read_stats(checkpoint / STATS_FILE)
         stats = frozen_vec_normalize(checkpoint / STATS_FILE, DummyVecEnv([lambda: real]))
-        if read_stats(checkpoint / STATS_FILE)["norm_reward"]:
-            reward_scale = float(np.sqrt(stats.ret_rms.var + stats.epsilon))
-    guide, value = sb3_guide(learner.policy, stats), sb3_value(learner.policy, stats, reward_scale)
+        if saved_stats["norm_reward"]:
+            reward_scale = float(np.sqrt(saved_stats["return_var"] + saved_stats["epsilon"]))
+    critic = Critic(sb3_value(learner.policy, stats, reward_scale), config.learner.gamma,
+                    config.learner.gae_lambda)
     sim = gym.make(config.env_id)
     sim.reset(seed=seed)
-
-    def ranking(critic: Critic) -> ActionRanking:
-        errors = world_model_errors(sim, saved.world_model, saved.buffer, guide, states,
-                                    config.n_sample_steps, seed=(seed,), critic=critic, sigmas=sigmas)
-        assert errors.ranking is not None
-        return errors.ranking
-
-    gamma, lam = config.learner.gamma, config.learner.gae_lambda
-    with_critic = ranking(Critic(value, gamma, lam))
-    without = ranking(Critic(lambda obs: np.zeros(len(obs)), gamma, lam))   # same draws: same seed
+    guide = sb3_guide(learner.policy, stats)
+    errors = world_model_errors(sim, saved.world_model, saved.buffer, guide, states, config.n_sample_steps,
+                                seed=(seed,), critic=critic, sigmas=sigmas)
     sim.close()
     real.close()
-    return {"real_steps": int(saved.state["progress"]["real_steps"]), "states": with_critic.n,
-            "ranking": with_critic.ranking_independent, "ranking_common": with_critic.ranking_common,
-            "advantage_ranking": with_critic.advantage_ranking,
-            "advantage_ranking_without_critic": without.advantage_ranking}
+    ranking = errors.ranking
+    assert ranking is not None
+    return {"real_steps": int(saved.state["progress"]["real_steps"]), "states": ranking.n,
+            "ranking": ranking.ranking_independent, "ranking_common": ranking.ranking_common,
+            "advantage_ranking": ranking.advantage_ranking,
+            "advantage_ranking_without_critic": ranking.advantage_ranking_without_critic}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:

@@ -183,6 +183,8 @@ class ActionRanking:
     for the first action's TD(lambda) return over the H rows (`lambda_returns`), whose V(s_1..s_H) read the
     imagined states, as the learner's advantage does; empty without a critic. The critic turns state
     errors into advantage errors that the reward-only ranking cannot see.
+    advantage_ranking_without_critic {sigma: r}: its control from the same runs, the TD(lambda) return with
+    V = 0 (the same discounted rewards, no values): the difference is what the critic adds.
     """
 
     ranking_independent: dict[float, float]
@@ -191,6 +193,7 @@ class ActionRanking:
     leak_by_row: dict[int, float]
     n: int
     advantage_ranking: dict[float, float] = field(default_factory=dict)
+    advantage_ranking_without_critic: dict[float, float] = field(default_factory=dict)
 
     @property
     def leak(self) -> float:
@@ -262,28 +265,32 @@ def action_ranking(
         next_obs, rewards, terms = _execute(env, qpos, qvel, sequences)
         return Outcome(rewards, terms, next_obs)
 
-    def advantage(outcome: Outcome) -> np.ndarray:
-        assert value is not None
+    def advantage(outcome: Outcome, critic: ValueFn) -> np.ndarray:
         states = outcome.next_obs
-        values = np.asarray(value(states.reshape(-1, states.shape[-1])), np.float64).reshape(states.shape[:2])
-        return lambda_returns(outcome.rewards, values, outcome.terminations, gamma, gae_lambda)
+        values = np.asarray(critic(states.reshape(-1, states.shape[-1])), np.float64)
+        return lambda_returns(outcome.rewards, values.reshape(states.shape[:2]), outcome.terminations, gamma,
+                              gae_lambda)
+
+    with_critic: dict[float, float] = {}
+    without_critic: dict[float, float] = {}
+    no_value: ValueFn = lambda obs: np.zeros(len(obs))  # noqa: E731  (the control)
+    critics = [] if value is None else [(value, with_critic), (no_value, without_critic)]
 
     stream = common()
     imagined_a = imagined(a, stream)        # also a's common-noise run: the stream starts from the seed
     noise = np.std(imagined(a, stream).total - imagined_a.total)
     real_a = real(a)
-    if value is not None:
-        advantage_a = advantage(imagined_a), advantage(real_a)
-    independent, shared, signal, advantages = {}, {}, {}, {}
+    advantage_a = [(advantage(imagined_a, v), advantage(real_a, v)) for v, _ in critics]
+    independent, shared, signal = {}, {}, {}
     for sigma, b in perturbed.items():
         real_b, imagined_b = real(b), imagined(b, stream)
         d_real = real_b.total - real_a.total
         signal[sigma] = np.std(d_real)
         independent[sigma] = _correlation(imagined_b.total - imagined_a.total, d_real)
         shared[sigma] = _correlation(imagined(b, common()).total - imagined_a.total, d_real)
-        if value is not None:
-            advantages[sigma] = _correlation(advantage(imagined_b) - advantage_a[0],
-                                             advantage(real_b) - advantage_a[1])
+        for (v, figures), (imagined_adv, real_adv) in zip(critics, advantage_a):
+            figures[sigma] = _correlation(advantage(imagined_b, v) - imagined_adv,
+                                          advantage(real_b, v) - real_adv)
     leak = {}
     for k in rows:
         changed = a.copy()
@@ -293,7 +300,7 @@ def action_ranking(
         leak[k] = _ratio(earlier, real_change)
     return ActionRanking(ranking_independent=independent, ranking_common=shared,
                          noise_to_signal=_ratio(noise, signal[min(signal)]), leak_by_row=leak, n=len(a),
-                         advantage_ranking=advantages)
+                         advantage_ranking=with_critic, advantage_ranking_without_critic=without_critic)
 
 
 @dataclass(frozen=True)

@@ -224,8 +224,9 @@ def test_with_a_critic_the_advantage_ranking_is_exact_for_the_simulator_and_sees
                               gae_lambda=0.9)
 
     rankings = [noisy(s) for s in (0.1, 0.3, 1.0)]
-    for ranking in rankings:
+    for ranking in rankings:   # the rewards are exact: the return ranking and the critic-free control see 1
         np.testing.assert_allclose(list(ranking.ranking_independent.values()), 1.0, atol=1e-6)
+        np.testing.assert_allclose(list(ranking.advantage_ranking_without_critic.values()), 1.0, atol=1e-6)
     for sigma in (0.1, 0.3):   # the more state noise, the worse the advantage ranking
         by_noise = [r.advantage_ranking[sigma] for r in rankings]
         assert by_noise == sorted(by_noise, reverse=True) and by_noise[0] < 0.99 and by_noise[-1] < 0.5
@@ -236,7 +237,8 @@ def test_with_a_critic_the_advantage_ranking_is_exact_for_the_simulator_and_sees
                               leak_rows=range(1, H))
 
     plain, critic = with_reward_noise(None), with_reward_noise(forward_speed_value)
-    assert plain.advantage_ranking == {} and len(critic.advantage_ranking) == 2
+    assert plain.advantage_ranking == plain.advantage_ranking_without_critic == {}
+    assert len(critic.advantage_ranking) == len(critic.advantage_ranking_without_critic) == 2
     assert (plain.ranking_independent, plain.ranking_common, plain.noise_to_signal, plain.leak_by_row) == (
         critic.ranking_independent, critic.ranking_common, critic.noise_to_signal, critic.leak_by_row)
     assert 0 < plain.noise_to_signal and all(r < 1 for r in plain.ranking_independent.values())
