@@ -503,8 +503,8 @@ def add_compare_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--env", default="HalfCheetah-v4", help="task id [default HalfCheetah-v4]")
     p.add_argument("--algos", default="ppo,imagination-ppo",
                    help="comma-separated methods: ppo, a2c, sac (model-free), imagination-ppo, "
-                        "imagination-a2c, oracle-ppo (MuJoCo as the model; HalfCheetah, Hopper) "
-                        "[default ppo,imagination-ppo]")
+                        "imagination-a2c, oracle-ppo (MuJoCo as the model; HalfCheetah, Hopper), "
+                        "ensemble-ppo (an MLP ensemble as the model) [default ppo,imagination-ppo]")
     p.add_argument("--steps", type=positive_int, required=True, metavar="N",
                    help="real-step budget of every run")
     p.add_argument("--seeds", type=int_list, default=(0, 1, 2), help="comma-separated seeds [default 0,1,2]")

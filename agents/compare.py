@@ -27,6 +27,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from agents.config import CoordinatorConfig
 from agents.config_flags import leaf_values
 from agents.coordinator import Coordinator
+from agents.ensemble_loop import ENSEMBLE, EnsembleCoordinator
 from agents.oracle import OracleCoordinator
 from agents.presets import build_preset, preset_ids, resolve
 from agents.real_evaluation import LEARNERS, TqdmProgress, evaluate_real, real_env
@@ -36,9 +37,12 @@ from agents.zoo import BaselineSettings, task_name, zoo_settings
 from imagined_env.utils import atomic_path
 
 MODEL_FREE: dict[str, type[BaseAlgorithm]] = {**LEARNERS, "sac": SAC}
-IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c", "oracle-ppo": "ppo"}
-"""Methods run by the coordinator, and their learner; oracle-* imagine with MuJoCo (`agents.oracle`)."""
+IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c", "oracle-ppo": "ppo", "ensemble-ppo": "ppo"}
+"""Methods run by the coordinator, and their learner; oracle-* imagine with MuJoCo (`agents.oracle`),
+ensemble-* with an MBPO-style MLP ensemble (`agents.ensemble_loop`)."""
 METHODS = (*MODEL_FREE, *IMAGINATION)
+ENSEMBLE_LINE = (f"an MBPO-style MLP ensemble ({ENSEMBLE.n_members} members of {ENSEMBLE.width} x "
+                 f"{ENSEMBLE.depth}, mean of {ENSEMBLE.n_elites} elites)")
 EVAL_SEED_OFFSET = 10_000
 """Evaluation episodes are seeded apart from training so they never replay a training reset."""
 
@@ -81,6 +85,10 @@ class CompareSpec:
 
 def is_oracle(method: str) -> bool:
     return method.startswith("oracle-")
+
+
+def is_ensemble(method: str) -> bool:
+    return method.startswith("ensemble-")
 
 
 # ---- evaluation during model-free learning ---------------------------------------------------------
@@ -150,9 +158,10 @@ def imagination_run_dir(out_dir: Path, method: str, seed: int) -> Path:
 def run_imagination(method: str, spec: CompareSpec, seed: int, out_dir: Path,
                     progress: bool = True) -> list[EvalPoint]:
     """The coordinator (real data -> world model -> learner in imagination) for `spec.budget` real steps;
-    for an oracle method, the same loop imagining with MuJoCo."""
+    for an oracle or ensemble method, the same loop imagining with MuJoCo or an MLP ensemble."""
     config = imagination_config(method, spec, seed)
-    loop = OracleCoordinator if is_oracle(method) else Coordinator
+    loop = (OracleCoordinator if is_oracle(method) else EnsembleCoordinator if is_ensemble(method)
+            else Coordinator)
     coordinator = loop(config, imagination_run_dir(out_dir, method, seed), verbose=0)
     try:
         coordinator.learn(spec.budget, progress_bar=progress)
@@ -249,7 +258,8 @@ def method_settings(spec: CompareSpec) -> dict[str, str]:
         if method in IMAGINATION:
             line = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
             out[method] = (f"MuJoCo in place of the world model, otherwise {line}" if is_oracle(method)
-                           else line)
+                           else f"{ENSEMBLE_LINE} in place of the world model, otherwise {line}"
+                           if is_ensemble(method) else line)
         else:
             out[method] = zoo_settings(method, spec.env_id).describe()
     return out

@@ -183,35 +183,73 @@ class MLPEnsemble:
         return autoregressive_rollout(step, s0, policy, horizon, generator)
 
 
+class EnsembleTrainer:
+    """Adam on a growing buffer, MBPO's way: each `train` call draws a fresh held-out split of the buffer's
+    transitions, takes its steps (each member its own batch of `train.batch_size`) and then ranks the
+    members on the held-out part. Keeps the optimiser and its random streams between calls, so an ensemble
+    can be refitted as real data arrives (the imagination loop's `agents.ensemble_loop`)."""
+
+    def __init__(self, model: MLPEnsemble, train: TrainConfig = ENSEMBLE_TRAIN, seed: int | None = None):
+        self.model, self.config = model, train
+        decay: list[nn.Parameter] = [layer.weight for layer in (*model.net.hidden, model.net.head)]
+        rest = [p for p in model.net.parameters() if all(p is not d for d in decay)]
+        groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": model.config.weight_decay},
+                                        {"params": rest}]
+        self.optimizer = torch.optim.Adam(groups, lr=train.lr)
+        self.rng = np.random.default_rng(train.seed if seed is None else seed)
+        self.steps = 0
+
+    def refit_normaliser(self, buffer: EpisodeBuffer) -> None:
+        """New input and target statistics for a grown buffer; call before the training that adapts to
+        them."""
+        self.model.codec = fitted_codec(buffer, self.model.spec, self.model.device)
+
+    def train(self, buffer: EpisodeBuffer, n_steps: int, *, progress: bool = False) -> list[float]:
+        """`n_steps` Adam steps on the buffer's transitions, then the elites; the loss of every step."""
+        if n_steps <= 0:
+            return []
+        model, config = self.model, self.model.config
+        data = transition_tensors(buffer, model.bounds, model.device)
+        inputs = model.inputs(data.obs, data.actions)
+        targets = model.codec.encode(data.obs, data.next_obs, data.rewards, data.terminals)[:, :-1]
+        order = self.rng.permutation(len(data))
+        n_holdout = min(int(config.holdout_fraction * len(data)), config.max_holdout)
+        held, fit = order[:n_holdout], order[n_holdout:]
+
+        def next_batch() -> EnsembleBatch:
+            size = (config.n_members, self.config.batch_size)
+            idx = torch.as_tensor(self.rng.choice(fit, size=size), device=model.device)
+            return inputs[idx], targets[idx], data.terminals[idx]
+
+        losses = fit_steps(model, self.optimizer, next_batch, n_steps, grad_clip=self.config.grad_clip,
+                           progress=progress, desc="mlp ensemble")
+        held = held if n_holdout > 0 else fit  # too little data to hold any out: rank on the training data
+        model.select_elites(inputs[held], targets[held])
+        self.steps += n_steps
+        return losses
+
+
 def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                      config: EnsembleConfig = EnsembleConfig(), train: TrainConfig = ENSEMBLE_TRAIN, *,
                      device: str | torch.device = "auto", progress: bool = True
                      ) -> tuple[MLPEnsemble, list[float]]:
-    """Fit on `buffer.transitions()` for `n_steps` Adam steps (each member its own batch of
-    `train.batch_size`), then rank the members on the held-out transitions."""
+    """A new ensemble (weights seeded by `train.seed`) fitted on `buffer.transitions()` for `n_steps` Adam
+    steps, then ranked on held-out transitions (`EnsembleTrainer`)."""
     device = resolve_device(device)
     torch.manual_seed(train.seed)
-    bounds = action_bounds(spec, device)
-    data = transition_tensors(buffer, bounds, device)
+    model = new_mlp_ensemble(buffer, spec, config, device)
+    return model, EnsembleTrainer(model, train).train(buffer, n_steps, progress=progress)
+
+
+def new_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, config: EnsembleConfig = EnsembleConfig(),
+                     device: str | torch.device = "auto") -> MLPEnsemble:
+    """An untrained ensemble whose input and target statistics are those of `buffer` (torch's global RNG
+    draws its weights)."""
+    device = resolve_device(device)
+    return MLPEnsemble(spec, config, fitted_codec(buffer, spec, device), device)
+
+
+def fitted_codec(buffer: EpisodeBuffer, spec: EnvSpec, device: torch.device) -> DeltaCodec:
+    """Input and target statistics of `buffer`'s transitions."""
     normaliser = Normaliser.fit(buffer, np.array(spec.action_low), np.array(spec.action_high))
-    model = MLPEnsemble(spec, config, DeltaCodec.fit(data, normaliser), device)
-    inputs = model.inputs(data.obs, data.actions)
-    targets = model.codec.encode(data.obs, data.next_obs, data.rewards, data.terminals)[:, :-1]
-    rng = np.random.default_rng(train.seed)
-    order = rng.permutation(len(data))
-    n_holdout = min(int(config.holdout_fraction * len(data)), config.max_holdout)
-    held, fit = order[:n_holdout], order[n_holdout:]
-    decay: list[nn.Parameter] = [layer.weight for layer in (*model.net.hidden, model.net.head)]
-    rest = [p for p in model.net.parameters() if all(p is not d for d in decay)]
-    groups: list[dict[str, Any]] = [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest}]
-    optimizer = torch.optim.Adam(groups, lr=train.lr)
-
-    def next_batch() -> EnsembleBatch:
-        idx = torch.as_tensor(rng.choice(fit, size=(config.n_members, train.batch_size)), device=device)
-        return inputs[idx], targets[idx], data.terminals[idx]
-
-    losses = fit_steps(model, optimizer, next_batch, n_steps, grad_clip=train.grad_clip, progress=progress,
-                       desc="mlp ensemble")
-    held = held if n_holdout > 0 else fit  # too little data to hold any out: rank on the training data
-    model.select_elites(inputs[held], targets[held])
-    return model, losses
+    return DeltaCodec.fit(transition_tensors(buffer, action_bounds(spec, device), device), normaliser)

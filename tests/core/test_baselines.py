@@ -13,6 +13,7 @@ from imagined_env.baselines import (
     fit_ar_diffusion,
     fit_mlp_ensemble,
 )
+from imagined_env.baselines.mlp_ensemble import EnsembleTrainer, new_mlp_ensemble
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.diffusion.denoiser import DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
@@ -199,3 +200,28 @@ def test_stepwise_imaginer_refuses_what_it_cannot_do(ensemble, kwargs, match):
     imaginer = StepwiseImaginer(lambda s, a, g: ensemble.step(s, a, g), SPEC, 3, torch.device("cpu"))
     with pytest.raises(ValueError, match=match):
         imaginer.imagine(torch.zeros(2, 3), **kwargs)
+
+
+def test_ensemble_trainer_refits_as_the_buffer_grows():
+    """The imagination loop's use: new statistics after data arrives, then more steps with the same
+    optimiser; the held-out error falls and the codec holds the grown buffer's delta statistics."""
+    buffer = linear_buffer(4, 50, seed=0)
+    torch.manual_seed(0)
+    model = new_mlp_ensemble(buffer, SPEC, EnsembleConfig(n_members=3, n_elites=2, width=64, depth=2), "cpu")
+    trainer = EnsembleTrainer(model, TrainConfig(lr=3e-3, batch_size=64), seed=0)
+    assert trainer.train(buffer, 0) == [] and trainer.steps == 0
+    obs, actions, true_next, _ = held_out(200)
+
+    def error() -> float:
+        return float(((model.step(obs, actions, deterministic=True)[0].numpy() - true_next) ** 2).mean())
+
+    assert len(trainer.train(buffer, 100)) == 100
+    first = error()
+    grown = linear_buffer(40, 50, seed=0)  # the first four episodes and 36 more
+    trainer.refit_normaliser(grown)
+    data = grown.transitions()
+    np.testing.assert_allclose(model.codec.delta_mean.numpy(), (data.next_obs - data.obs).mean(0), atol=1e-5)
+    trainer.train(grown, 300)
+    assert trainer.steps == 400
+    assert trainer.optimizer.state[model.net.head.weight]["step"] == 400  # one optimiser throughout
+    assert error() < 0.5 * first, (error(), first)
