@@ -299,8 +299,10 @@ def prepare_compare(args: argparse.Namespace) -> Job:
         run = lambda: run_comparison(spec, out_dir, progress=args.progress)
     else:  # its checks first: a stored grid is named as such
         run = ray_backend().prepare_grid(spec, out_dir, ray_options)
+    # oracle and ensemble runs keep no checkpoint: their evaluations mark them
     earlier = [d for m in methods if m in IMAGINATION for s in args.seeds
-               if find_checkpoint(d := imagination_run_dir(out_dir, m, s)) is not None]
+               if find_checkpoint(d := imagination_run_dir(out_dir, m, s)) is not None
+               or (d / "evaluations.csv").is_file()]
     if earlier and not args.resume:
         raise ValueError(f"{out_dir} holds runs of an earlier comparison ({earlier[0]}); use another --out")
 

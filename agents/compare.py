@@ -34,6 +34,7 @@ from agents.real_evaluation import LEARNERS, TqdmProgress, evaluate_real, real_e
 from agents.simulator_model import ORACLE_TASKS
 from agents.statistics import MIN_SEEDS_FOR_CLAIM, SeedSummary, not_a_claim_note, summarise
 from agents.zoo import BaselineSettings, task_name, zoo_settings
+from imagined_env.baselines.mlp_ensemble import ENSEMBLE_TRAIN
 from imagined_env.utils import atomic_path
 
 MODEL_FREE: dict[str, type[BaseAlgorithm]] = {**LEARNERS, "sac": SAC}
@@ -42,7 +43,9 @@ IMAGINATION = {"imagination-ppo": "ppo", "imagination-a2c": "a2c", "oracle-ppo":
 ensemble-* with an MBPO-style MLP ensemble (`agents.ensemble_loop`)."""
 METHODS = (*MODEL_FREE, *IMAGINATION)
 ENSEMBLE_LINE = (f"an MBPO-style MLP ensemble ({ENSEMBLE.n_members} members of {ENSEMBLE.width} x "
-                 f"{ENSEMBLE.depth}, mean of {ENSEMBLE.n_elites} elites)")
+                 f"{ENSEMBLE.depth}, Gaussian NLL, Adam {ENSEMBLE_TRAIN.lr:g} with batch "
+                 f"{ENSEMBLE_TRAIN.batch_size} per member and weight decay {ENSEMBLE.weight_decay:g}; "
+                 f"imagining with the mean of its {ENSEMBLE.n_elites} elites)")
 EVAL_SEED_OFFSET = 10_000
 """Evaluation episodes are seeded apart from training so they never replay a training reset."""
 
@@ -257,9 +260,12 @@ def method_settings(spec: CompareSpec) -> dict[str, str]:
     for method in spec.methods:
         if method in IMAGINATION:
             line = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
-            out[method] = (f"MuJoCo in place of the world model, otherwise {line}" if is_oracle(method)
-                           else f"{ENSEMBLE_LINE} in place of the world model, otherwise {line}"
-                           if is_ensemble(method) else line)
+            if is_oracle(method):
+                line = f"MuJoCo in place of the world model, otherwise {line}"
+            elif is_ensemble(method):
+                line = (f"{ENSEMBLE_LINE} in place of the world model at its steps per real step, "
+                        f"otherwise {line}")
+            out[method] = line
         else:
             out[method] = zoo_settings(method, spec.env_id).describe()
     return out

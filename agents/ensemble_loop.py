@@ -47,14 +47,16 @@ class EnsembleModel:
         """Nothing to tune: the actions are the policy's own draws."""
 
     def check_start_states(self, observations: np.ndarray) -> None:
+        """ValueError for start states of the wrong shape or not finite."""
         checked_start(observations, self.spec.obs_dim, self.device)
 
 
 class EnsembleCoordinator(Coordinator):
     """The coordinator's loop (same config, prefill, start states, learner, schedules, diagnostics and
-    evaluation) with `EnsembleModel` in place of the world model; the PolyGRAD fields of the config
-    (`world_model`, `train`, `n_sample_steps`) are unused, its horizon is kept. Like the oracle's, its run
-    folder keeps the logs and evaluations but no resumable checkpoint."""
+    evaluation) with `EnsembleModel` in place of the world model: of the config's world-model fields only
+    the horizon (and the spread probe's std floor) count, and its world-model steps schedule the ensemble's
+    Adam steps (`world_model/loss` then logs the ensemble's Gaussian NLL, which can be negative). Like the
+    oracle's, its run folder keeps the logs and evaluations but no resumable checkpoint."""
 
     def _start(self) -> None:
         cfg = self.config

@@ -184,10 +184,14 @@ class MLPEnsemble:
 
 
 class EnsembleTrainer:
-    """Adam on a growing buffer, MBPO's way: each `train` call draws a fresh held-out split of the buffer's
-    transitions, takes its steps (each member its own batch of `train.batch_size`) and then ranks the
-    members on the held-out part. Keeps the optimiser and its random streams between calls, so an ensemble
-    can be refitted as real data arrives (the imagination loop's `agents.ensemble_loop`)."""
+    """Adam on a growing buffer, MBPO's way: each `train` call draws a fresh split of the buffer's
+    transitions, takes its steps on one part (each member its own batch of `train.batch_size`) and ranks the
+    members on the other. Keeps the optimiser and its random streams between calls, so an ensemble can be
+    refitted as real data arrives (the imagination loop's `agents.ensemble_loop`).
+
+    After the first call the ranking part holds transitions earlier calls trained on (as in MBPO), so it
+    ranks members mostly in-sample. Each call also re-reads the whole buffer (about 15 Adam steps' worth at
+    100k transitions): cheap for calls of hundreds of steps, dominant for calls of a few."""
 
     def __init__(self, model: MLPEnsemble, train: TrainConfig = ENSEMBLE_TRAIN, seed: int | None = None):
         self.model, self.config = model, train
@@ -202,11 +206,15 @@ class EnsembleTrainer:
     def refit_normaliser(self, buffer: EpisodeBuffer) -> None:
         """New input and target statistics for a grown buffer; call before the training that adapts to
         them."""
+        buffer.check_task(self.model.spec.env_id)
         self.model.codec = fitted_codec(buffer, self.model.spec, self.model.device)
 
     def train(self, buffer: EpisodeBuffer, n_steps: int, *, progress: bool = False) -> list[float]:
         """`n_steps` Adam steps on the buffer's transitions, then the elites; the loss of every step."""
-        if n_steps <= 0:
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        buffer.check_task(self.model.spec.env_id)
+        if n_steps == 0:
             return []
         model, config = self.model, self.model.config
         data = transition_tensors(buffer, model.bounds, model.device)
@@ -234,7 +242,7 @@ def fit_mlp_ensemble(buffer: EpisodeBuffer, spec: EnvSpec, n_steps: int,
                      device: str | torch.device = "auto", progress: bool = True
                      ) -> tuple[MLPEnsemble, list[float]]:
     """A new ensemble (weights seeded by `train.seed`) fitted on `buffer.transitions()` for `n_steps` Adam
-    steps, then ranked on held-out transitions (`EnsembleTrainer`)."""
+    steps, then ranked on held-out transitions (`EnsembleTrainer`; with 0 steps, untrained and unranked)."""
     device = resolve_device(device)
     torch.manual_seed(train.seed)
     model = new_mlp_ensemble(buffer, spec, config, device)

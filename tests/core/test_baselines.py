@@ -210,6 +210,8 @@ def test_ensemble_trainer_refits_as_the_buffer_grows():
     model = new_mlp_ensemble(buffer, SPEC, EnsembleConfig(n_members=3, n_elites=2, width=64, depth=2), "cpu")
     trainer = EnsembleTrainer(model, TrainConfig(lr=3e-3, batch_size=64), seed=0)
     assert trainer.train(buffer, 0) == [] and trainer.steps == 0
+    with pytest.raises(ValueError, match="n_steps must be >= 0, got -1"):
+        trainer.train(buffer, -1)
     obs, actions, true_next, _ = held_out(200)
 
     def error() -> float:

@@ -151,6 +151,8 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
     out = ["--out", str(tmp_path)]
     (tmp_path / "runs" / "imagination-ppo_seed2" / "checkpoint").mkdir(parents=True)
     (tmp_path / "runs" / "imagination-ppo_seed2" / "checkpoint" / "state.json").write_text("{}")
+    (tmp_path / "runs" / "ensemble-ppo_seed4").mkdir(parents=True)  # an ensemble run keeps no checkpoint
+    (tmp_path / "runs" / "ensemble-ppo_seed4" / "evaluations.csv").write_text("real_steps\n")
     return [
         (["train", "--steps", "9000", "--env", "HalfCheetah-v9", *run], "unknown task 'HalfCheetah-v9'"),
         (["train", "--steps", "100", *run], "below prefill_steps 5000"),
@@ -189,6 +191,8 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["compare", "--steps", "9000", "--out", str(a_file)], "is not a directory"),
         (["compare", "--steps", "9000", "--algos", "ppo", "--n-imagined-envs", "8", *out], "has none"),
         (["compare", "--steps", "9000", "--seeds", "1,2", *out], "holds runs of an earlier comparison"),
+        (["compare", "--steps", "9000", "--seeds", "4", "--algos", "ensemble-ppo", *out],
+         "holds runs of an earlier comparison"),
         (["evaluate", str(tmp_path / "nothing")], "neither a run folder nor a learner .zip"),
         (["evaluate", str(tmp_path)], "no checkpoint/state.json"),
         (["demo", "--imagined-steps", "0"], "must be > 0"),

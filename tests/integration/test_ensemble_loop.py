@@ -63,6 +63,7 @@ def test_compare_runs_the_ensemble_loop(tmp_path):
     header = dict(zip(rows[0].split(","), rows[-1].split(","), strict=True))
     # 40 initial steps, 0.2 per real step after the 300-step prefill, 7 after the refit at 400
     assert int(header["world_model_steps"]) == 40 + 40 + 7
+    assert int(header["policy_updates"]) == 2
     assert float(header["noise_to_signal"]) == 0.0  # the elites' mean: no sampling noise
     assert not (run / "checkpoint").exists()
     assert "MLP ensemble" in method_settings(spec)["ensemble-ppo"]
