@@ -222,8 +222,9 @@ def preset_label(config: CoordinatorConfig | None, preset: str | None) -> str:
     return " + ".join([preset, *(f"{k} {v}" for k, v in changes.items())])
 
 
-def describe_imagination(config: CoordinatorConfig, preset: str | None) -> str:
-    """One line with the settings that shape an imagination run."""
+def describe_imagination(config: CoordinatorConfig, preset: str | None, polygrad: bool = True) -> str:
+    """One line with the settings that shape an imagination run (`polygrad`: with its world model's, which
+    a loop with another model does not use)."""
     wm, learner = config.world_model, config.learner
     shown = {k: v for k, v in asdict(learner).items() if k != "policy"}
     kwargs = ", ".join(f"{k} {v}" for k, v in sorted(shown.items())) + (
@@ -232,15 +233,17 @@ def describe_imagination(config: CoordinatorConfig, preset: str | None) -> str:
     steps = "full chain" if config.n_sample_steps is None else f"{config.n_sample_steps} sample steps"
     actions = ("scaled" if wm.scale_actions else "full strength") + (
         "" if wm.condition_on_last_action else ", last action hidden")
+    model = (f", {steps}, denoiser {wm.denoiser.kind} {wm.denoiser.width}x{wm.denoiser.depth} (actions "
+             f"{actions})" if polygrad else "")
+    training = (f", reward loss weight {wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}"
+                f"{' per row' if wm.guidance.per_row else ''}" if polygrad else "")
     return (f"{config.algo.upper()} in imagination ({preset_label(config, preset)}): "
             f"prefill {config.prefill_steps}, "
             f"H {wm.horizon}, {config.n_imagined_envs} imagined trajectories per update every "
-            f"{config.policy_every} real steps, {steps}, denoiser {wm.denoiser.kind} "
-            f"{wm.denoiser.width}x{wm.denoiser.depth} (actions {actions}), "
-            f"{config.world_model_steps_per_real_step:g} world-model "
-            f"steps per real step after {config.initial_world_model_steps}, reward loss weight "
-            f"{wm.reward_loss_weight:g}, guidance scale lr {wm.guidance.scale_lr:g}"
-            f"{' per row' if wm.guidance.per_row else ''}{_options(config)}; learner {kwargs}")
+            f"{config.policy_every} real steps{model}, "
+            f"{config.world_model_steps_per_real_step:g} world-model steps per real step after "
+            f"{config.initial_world_model_steps}{training}"
+            f"{_options(config)}; learner {kwargs}")
 
 
 def _options(config: CoordinatorConfig) -> str:
@@ -259,12 +262,12 @@ def method_settings(spec: CompareSpec) -> dict[str, str]:
     out = {}
     for method in spec.methods:
         if method in IMAGINATION:
-            line = describe_imagination(imagination_config(method, spec, spec.seeds[0]), spec.preset)
+            config = imagination_config(method, spec, spec.seeds[0])
+            line = describe_imagination(config, spec.preset, polygrad=not is_ensemble(method))
             if is_oracle(method):
                 line = f"MuJoCo in place of the world model, otherwise {line}"
             elif is_ensemble(method):
-                line = (f"{ENSEMBLE_LINE} in place of the world model at its steps per real step, "
-                        f"otherwise {line}")
+                line = f"{ENSEMBLE_LINE} in place of the world model, otherwise {line}"
             out[method] = line
         else:
             out[method] = zoo_settings(method, spec.env_id).describe()
