@@ -310,6 +310,15 @@ class Coordinator:
         self._losses, self._real_returns = [], []
 
 
+class UnsavedCoordinator(Coordinator):
+    """The loop with a stand-in for the world model that keeps no model file (MuJoCo, a baseline model):
+    its run folder keeps the logs and evaluations but no resumable checkpoint."""
+
+    def save_checkpoint(self) -> None:  # type: ignore[override]
+        """Nothing to resume from: only remember that this step is done."""
+        self._checkpoint_steps = self.real_steps
+
+
 def _crossed(before: int, after: int, every: int) -> bool:
     """True when a multiple of `every` lies in (before, after]."""
     return after // every > before // every

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from agents.coordinator import Coordinator
+from agents.coordinator import UnsavedCoordinator
 from imagined_env.baselines.common import StepwiseImaginer, checked_start
 from imagined_env.baselines.mlp_ensemble import EnsembleConfig, EnsembleTrainer, MLPEnsemble, new_mlp_ensemble
 from imagined_env.diffusion.guidance import GaussianPolicyFn
@@ -51,7 +51,7 @@ class EnsembleModel:
         checked_start(observations, self.spec.obs_dim, self.device)
 
 
-class EnsembleCoordinator(Coordinator):
+class EnsembleCoordinator(UnsavedCoordinator):
     """The coordinator's loop (same config, prefill, start states, learner, schedules, diagnostics and
     evaluation) with `EnsembleModel` in place of the world model: of the config's world-model fields only
     the horizon (and the spread probe's std floor) count, and its world-model steps schedule the ensemble's
@@ -70,7 +70,3 @@ class EnsembleCoordinator(Coordinator):
         self.state.trainer = trainer = EnsembleTrainer(ensemble, seed=cfg.seed)  # type: ignore[assignment]
         self._losses += trainer.train(self.buffer, cfg.initial_world_model_steps, progress=self._progress)
         self._build_learner(checkpoint=None)
-
-    def save_checkpoint(self) -> None:  # type: ignore[override]
-        """No resumable checkpoint: only remember that this step is done."""
-        self._checkpoint_steps = self.real_steps

@@ -7,7 +7,7 @@ exactly on-policy H-step trajectories through the same imagined env and SB3 lear
 """
 from __future__ import annotations
 
-from agents.coordinator import Coordinator
+from agents.coordinator import UnsavedCoordinator
 from agents.simulator_model import SimulatorModel
 
 
@@ -17,7 +17,7 @@ class _NoTraining:
     steps = 0
 
 
-class OracleCoordinator(Coordinator):
+class OracleCoordinator(UnsavedCoordinator):
     """The coordinator's loop (same config, prefill, start states, learner, schedules and evaluation)
     with `SimulatorModel` in place of the trained world model. Its run folder keeps the logs and
     evaluations but no resumable checkpoint: there is no model to save."""
@@ -33,10 +33,6 @@ class OracleCoordinator(Coordinator):
 
     def _fit_world_model(self, refit: bool) -> None:
         """Nothing to fit."""
-
-    def save_checkpoint(self) -> None:  # type: ignore[override]
-        """Nothing to resume from: only remember that this step is done."""
-        self._checkpoint_steps = self.real_steps
 
     def close(self) -> None:
         super().close()
