@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from agents.coordinator import UnsavedCoordinator
-from imagined_env.baselines.common import StepwiseImaginer, checked_start
+from imagined_env.baselines.common import StepwiseImaginer, UnguidedModel, checked_start
 from imagined_env.baselines.mlp_ensemble import EnsembleConfig, EnsembleTrainer, MLPEnsemble, new_mlp_ensemble
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.world_model import Imagination
@@ -21,7 +21,7 @@ ENSEMBLE = EnsembleConfig()
 """MBPO's MuJoCo ensemble: 7 members of 200 x 4, the 5 with the lowest held-out error imagine."""
 
 
-class EnsembleModel:
+class EnsembleModel(UnguidedModel):
     """An `MLPEnsemble` behind the world model's interface (`spec`, `horizon`, `device`, `imagine`,
     `guidance_scale`, `adapt_guidance`, `check_start_states`), imagining with its elites' mean."""
 
@@ -31,20 +31,12 @@ class EnsembleModel:
         self._imaginer = StepwiseImaginer(lambda s, a, g: ensemble.step(s, a, g, deterministic=True),
                                           ensemble.spec, horizon, ensemble.device)
 
-    @property
-    def guidance_scale(self) -> float:
-        """No guidance: the actions are the policy's own draws."""
-        return float("nan")
-
     def imagine(self, start_obs: torch.Tensor | np.ndarray, policy: GaussianPolicyFn | None = None, *,
                 generator: torch.Generator | None = None, actions: torch.Tensor | np.ndarray | None = None,
                 n_sample_steps: int | None = None) -> Imagination:
         """`WorldModel.imagine` answered by the ensemble, one step at a time (`n_sample_steps`: unused, a
         one-step model has no chain)."""
         return self._imaginer.imagine(start_obs, policy, generator=generator, actions=actions)
-
-    def adapt_guidance(self, imagination: Imagination) -> None:
-        """Nothing to tune: the actions are the policy's own draws."""
 
     def check_start_states(self, observations: np.ndarray) -> None:
         """ValueError for start states of the wrong shape or not finite."""

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from imagined_env.baselines.common import UnguidedModel
 from imagined_env.data.collect import mujoco_state, set_mujoco_state
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.training import spec_from_env
@@ -72,7 +73,7 @@ def policy_rollout(env: gym.Env, qpos: np.ndarray, qvel: np.ndarray, horizon: in
                        torch.as_tensor(terms), spread=spread)
 
 
-class SimulatorModel:
+class SimulatorModel(UnguidedModel):
     """MuJoCo behind the world model's interface (`spec`, `horizon`, `device`, `imagine`,
     `guidance_scale`, `adapt_guidance`), for tasks in `ORACLE_TASKS`. Start observations are turned back
     into simulator states with x = 0."""
@@ -89,11 +90,6 @@ class SimulatorModel:
         self.horizon = horizon
         self.device = torch.device("cpu")
         self.nq = len(mujoco_state(self.env)[0])
-
-    @property
-    def guidance_scale(self) -> float:
-        """No guidance: the actions are the policy's own draws."""
-        return float("nan")
 
     def states(self, start_obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """qpos [B, nq] (x = 0) and qvel [B, nv] of observations [B, obs]."""
@@ -116,9 +112,6 @@ class SimulatorModel:
                              f"{self.spec.act_dim}], got {fixed.shape}")
         qpos, qvel = self.states(start)
         return policy_rollout(self.env, qpos, qvel, self.horizon, policy, generator, fixed)
-
-    def adapt_guidance(self, imagination: Imagination) -> None:
-        """Nothing to tune: the actions are the policy's own draws."""
 
     def check_start_states(self, observations: np.ndarray) -> None:
         """The simulator accepts any finite state."""

@@ -143,6 +143,19 @@ def autoregressive_rollout(step: StepFn, start_obs: torch.Tensor, policy: Gaussi
     )
 
 
+class UnguidedModel:
+    """What the imagination loop reads of a world model's guidance, for a model whose actions are the
+    policy's own draws (a one-step model, the simulator): there is no scale to report or tune."""
+
+    @property
+    def guidance_scale(self) -> float:
+        """No guidance: NaN."""
+        return float("nan")
+
+    def adapt_guidance(self, imagination: Imagination) -> None:
+        """Nothing to tune."""
+
+
 @dataclass(frozen=True)
 class StepwiseImaginer:
     """A one-step model behind `WorldModel.imagine`'s interface at a fixed horizon, so that measures written
