@@ -21,7 +21,7 @@ from torch import nn
 from imagined_env.config_tree import from_tree
 from imagined_env.data.buffer import Windows
 from imagined_env.data.normaliser import Normaliser
-from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser, members
+from imagined_env.diffusion.denoiser import CAUSAL_KINDS, DenoiserConfig, build_denoiser, members
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
@@ -38,7 +38,7 @@ FORMAT_VERSION = 3
 """Version 3 files say whether they are compact (only the EMA weights, as float16); version 2 files carry a
 SHA-256 checksum of their content; version 1 files, written before it, load without one."""
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
-READOUTS = ("chain", "mean")
+READOUTS = ("chain", "mean", "rollout")
 
 
 @dataclass(frozen=True)
@@ -85,9 +85,10 @@ class WorldModelConfig:
     """The denoiser sees the last row's action a_H; False shows the mean action instead. Nothing read from
     the window depends on a_H, but in policy data it reveals s_H, so imagined returns can vary with it."""
     readout: str = "chain"
-    """Imagined states, rewards: "chain" sample, or "mean", E[x0 | s0, a] (one more pass, no noise)."""
+    """Imagined rows: "chain" sample, "mean" E[x0 | s0, a] (no noise), or "rollout" (no chain: "mean",
+    a_k drawn by the policy at row k; causal)."""
     n_members: int = 1
-    """K denoisers on the same data, imagined as their mean (needs readout "mean")."""
+    """K denoisers on the same data, imagined as their mean (needs readout "mean" or "rollout")."""
     disagreement_penalty: float = 0.0
     """lambda: imagined rewards r - lambda u, u the members' disagreement (std)."""
     disagreement_limit: float | None = None
@@ -104,19 +105,23 @@ class WorldModelConfig:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         if self.n_members < 1:
             raise ValueError(f"n_members must be >= 1, got {self.n_members}")
-        if self.n_members > 1 and self.readout != "mean":
+        if self.n_members > 1 and self.readout == "chain":
             raise ValueError(f"an ensemble (n_members={self.n_members}) is read out by its members' mean: "
-                             f"set readout='mean', got {self.readout!r}")
+                             f"set readout='mean' or 'rollout', got {self.readout!r}")
+        if self.readout == "rollout" and self.denoiser.kind not in CAUSAL_KINDS:
+            raise ValueError(f"readout='rollout' needs a causal denoiser ({', '.join(CAUSAL_KINDS)}), got "
+                             f"denoiser.kind={self.denoiser.kind!r}: with another, a later action moves "
+                             "earlier states")
         if not self.disagreement_penalty >= 0:
             raise ValueError(f"disagreement_penalty must be >= 0, got {self.disagreement_penalty}")
         if self.disagreement_limit is not None and not self.disagreement_limit > 0:
             raise ValueError(f"disagreement_limit must be > 0 or None, got {self.disagreement_limit}")
         if (self.disagreement_penalty > 0 or self.disagreement_limit is not None) and self.n_members < 2:
             raise ValueError("a disagreement penalty or limit needs an ensemble: set n_members >= 2")
-        if self.readout == "mean" and self.scale_actions:
+        if self.readout != "chain" and self.scale_actions:
             signal = float(DiffusionSchedule(self.schedule).alpha_bar_f64[-1].sqrt())
-            raise ValueError(f"readout='mean' needs scale_actions=False: the mean read-out is one pass at "
-                             f"t = T-1, where scaled actions are multiplied by {signal:.2g}, "
+            raise ValueError(f"readout={self.readout!r} needs scale_actions=False: the mean read-out is "
+                             f"one pass at t = T-1, where scaled actions are multiplied by {signal:.2g}, "
                              "so it barely sees them")
         chain, steps = self.schedule.n_steps, self.sampler.n_sample_steps
         if steps is not None and steps > chain:
@@ -254,7 +259,9 @@ class WorldModel:
         open-loop); the other actions follow the policy.
         `n_sample_steps` overrides the configured chain length (None: use the config).
         With `readout` "mean", states, rewards and terminals are read out from (s0, final actions); a
-        replay of H given actions then needs no chain when the last row's action is hidden. An ensemble
+        replay of H given actions then needs no chain when the last row's action is hidden. With "rollout"
+        the policy's actions are its own draws at the read-out's states (`GuidedSampler.policy_rollout`):
+        no chain, nothing to guide (spread NaN); without a policy it imagines as "mean" does. An ensemble
         reads out its members' mean, lowers rewards by `disagreement_penalty` times their disagreement and
         ends episodes where it exceeds `disagreement_limit`.
         The guidance scale is left as it is: tuning it is the caller's explicit `adapt_guidance` call.
@@ -272,10 +279,14 @@ class WorldModel:
             if not torch.isfinite(fixed).all():
                 raise ValueError("actions contains NaN or inf")
         sampler, h = self.sampler(n_sample_steps), self.horizon
-        mean_readout = self.config.readout == "mean"
+        mean_readout = self.config.readout != "chain"
         if (mean_readout and fixed is not None and fixed.shape[1] == h
                 and not self.config.condition_on_last_action):
             actions = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)   # a_H is never seen
+            x0, spread, row_spread = sampler.readout(s0, actions), float("nan"), None
+        elif self.config.readout == "rollout" and policy is not None:
+            actions = sampler.policy_rollout(s0, policy, self.n_rows, generator=generator,
+                                             fixed_actions=fixed)
             x0, spread, row_spread = sampler.readout(s0, actions), float("nan"), None
         else:
             out = sampler.sample(

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("mlp", "transformer", "causal-transformer", "causal-mlp")
+CAUSAL_KINDS = ("causal-transformer", "causal-mlp")
+"""Kinds whose row k reads no later action or noisy row (`is_causal` of the built network)."""
 
 N_OUTCOMES = 2
 """Channels at the end of a row that belong to the row's action: reward and termination."""

@@ -149,6 +149,35 @@ class GuidedSampler:
         return x0_hat
 
     @torch.no_grad()
+    def policy_rollout(self, start_states: torch.Tensor, policy: GaussianPolicyFn, n_rows: int, *,
+                       generator: torch.Generator | None = None, fixed_actions: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+        """Actions [B, n_rows, act] (policy units) drawn row after row: a_k ~ N(mean, std) of the policy
+        at row k's state of the mean read-out of a_0..a_{k-1}; `fixed_actions` [B, k, act] gives the first
+        k. No chain: H read-out passes. With a causal denoiser (needed) a later draw cannot move an earlier
+        state, so every action is an exact draw of the policy at the state the learner is shown. The last
+        row's action is never read by a causal denoiser and stays 0."""
+        if not is_causal(self.denoiser):
+            raise ValueError("a policy rollout of the read-out needs a causal denoiser: with another, later "
+                             "actions move earlier states and the drawn actions leave the policy")
+        batch, obs_dim = start_states.shape
+        n_fixed = 0 if fixed_actions is None else fixed_actions.shape[1]
+        noise = torch.randn(batch, n_rows - 1, self.bounds.low.numel(), device=start_states.device,
+                            generator=generator)
+        actions = torch.zeros(batch, n_rows, self.bounds.low.numel(), device=start_states.device)
+        if fixed_actions is not None:
+            actions[:, :n_fixed] = fixed_actions
+        for k in range(n_fixed, n_rows - 1):
+            if k == 0:
+                states = start_states
+            else:
+                rows = self.readout(start_states, actions).mean(0)
+                states = self.normaliser.unnormalise_obs(rows[:, k, :obs_dim])
+            mean, std = policy(states)
+            actions[:, k] = mean + std * noise[:, k]
+        return actions
+
+    @torch.no_grad()
     def policy_consistent(self, start_states: torch.Tensor, actions: torch.Tensor, policy: GaussianPolicyFn,
                           n_rows: int, n_fixed: int = 0) -> torch.Tensor:
         """`actions` [B, L, act] (policy units) with each a_k, k in n_fixed..n_rows-1, clamped to the

@@ -447,7 +447,7 @@ def test_readout_survives_save_load_and_old_files_read_the_chain(tmp_path, train
     del payload["config"]["readout"]                      # a file written before the read-out option
     write_version_1(path, payload)
     assert WorldModel.load(path).config.readout == "chain"
-    with pytest.raises(ValueError, match="readout must be one of chain, mean, got 'median'"):
+    with pytest.raises(ValueError, match="readout must be one of chain, mean, rollout, got 'median'"):
         WorldModelConfig(readout="median")
 
 
@@ -644,3 +644,76 @@ def test_policy_consistent_actions_lie_within_the_clamp_at_the_readout_states(n_
     sampler.denoiser.causal = True
     np.testing.assert_array_equal(sampler.policy_consistent(s0, actions, policy, H, n_fixed).numpy(), a)
     assert 2 * (len(readouts) - two_sweeps) == two_sweeps > 0
+
+
+def _hand_readout_states(s0: np.ndarray, actions: np.ndarray, normaliser: Normaliser) -> np.ndarray:
+    """`_CausalSum`'s read-out states [B, H, obs] of actions [B, L, act] (environment units), by numpy."""
+    seen = (np.clip(actions, -1, 1) - normaliser.action_mean) / normaliser.action_std
+    z = (s0 - normaliser.obs_mean) / normaliser.obs_std
+    states = []
+    for k in range(H):
+        zk = z.copy()
+        zk[:, :ACT] += seen[:, :k].sum(axis=1)
+        states.append(zk * normaliser.obs_std + normaliser.obs_mean)
+    return np.stack(states, axis=1)
+
+
+@pytest.mark.parametrize("n_fixed", [0, 2])
+def test_policy_rollout_draws_each_action_from_the_policy_at_its_readout_state(n_fixed):
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False,
+                                 condition_on_last_action=False)
+    sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
+    sampler.denoiser = _CausalSum()
+    std = 0.3
+
+    def policy(s):  # sharply state-dependent mean
+        return torch.tanh(3.0 * s[:, :ACT]), torch.full((len(s), ACT), std)
+
+    rng = np.random.default_rng(0)
+    s0 = torch.as_tensor(rng.normal(size=(4096, OBS)), dtype=torch.float32)
+    given = torch.as_tensor(rng.uniform(-1, 1, size=(4096, n_fixed, ACT)), dtype=torch.float32)
+    with pytest.raises(ValueError, match="needs a causal denoiser"):   # not declared causal
+        sampler.policy_rollout(s0, policy, H + 1)
+    sampler.denoiser.causal = True
+    out = sampler.policy_rollout(s0, policy, H + 1, generator=torch.Generator().manual_seed(1),
+                                 fixed_actions=given if n_fixed else None).numpy()
+    states = _hand_readout_states(s0.numpy(), out, normaliser)
+    z = (out[:, n_fixed:H] - np.tanh(3.0 * states[:, n_fixed:, :ACT])) / std   # standardised draws
+    assert abs(z.mean()) < 0.03 and abs(z.std() - 1.0) < 0.03
+    assert abs(np.corrcoef(z[:, 0].ravel(), z[:, -1].ravel())[0, 1]) < 0.05     # fresh noise per row
+    np.testing.assert_array_equal(out[:, :n_fixed], given.numpy())
+    np.testing.assert_array_equal(out[:, H], 0.0)                                 # never read
+
+
+def test_rollout_readout_imagines_the_policys_draws_at_the_states_it_shows():
+    torch.manual_seed(0)
+    causal = dataclasses.replace(TINY_CONFIG.denoiser, kind="causal-mlp", width=16)
+    config = dataclasses.replace(TINY_CONFIG, readout="rollout", scale_actions=False,
+                                 condition_on_last_action=False, denoiser=causal)
+    model = WorldModel(LINEAR_SPEC, config, Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0), "cpu")
+    std = 0.2
+
+    def policy(s):
+        return torch.tanh(s[:, :ACT]), torch.full((len(s), ACT), std)
+
+    s0 = torch.as_tensor(np.random.default_rng(0).normal(size=(2048, OBS)), dtype=torch.float32)
+    out = model.imagine(s0, policy, generator=torch.Generator().manual_seed(0))
+    assert np.isnan(out.spread)                                   # nothing guided, nothing to tune
+    z = (out.actions - torch.tanh(out.observations[:, :H, :ACT])) / std
+    assert abs(float(z.mean())) < 0.03 and abs(float(z.std()) - 1.0) < 0.03
+    replay = model.imagine(s0, actions=out.actions)               # the same actions, read out again
+    torch.testing.assert_close(replay.observations, out.observations)
+    torch.testing.assert_close(replay.rewards, out.rewards)
+    again = model.imagine(s0, policy, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(again.actions, out.actions)        # reproducible from the generator
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"readout": "rollout", "scale_actions": False}, r"readout='rollout' needs a causal denoiser .*'mlp'"),
+    ({"readout": "rollout", "denoiser": dataclasses.replace(TINY_CONFIG.denoiser, kind="causal-mlp")},
+     "readout='rollout' needs scale_actions=False"),
+])
+def test_bad_rollout_settings(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(TINY_CONFIG, **changes)
