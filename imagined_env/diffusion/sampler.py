@@ -160,7 +160,7 @@ class GuidedSampler:
         if not is_causal(self.denoiser):
             raise ValueError("a policy rollout of the read-out needs a causal denoiser: with another, later "
                              "actions move earlier states and the drawn actions leave the policy")
-        batch, obs_dim = start_states.shape
+        batch = start_states.shape[0]
         n_fixed = 0 if fixed_actions is None else fixed_actions.shape[1]
         noise = torch.randn(batch, n_rows - 1, self.bounds.low.numel(), device=start_states.device,
                             generator=generator)
@@ -168,12 +168,7 @@ class GuidedSampler:
         if fixed_actions is not None:
             actions[:, :n_fixed] = fixed_actions
         for k in range(n_fixed, n_rows - 1):
-            if k == 0:
-                states = start_states
-            else:
-                rows = self.readout(start_states, actions).mean(0)
-                states = self.normaliser.unnormalise_obs(rows[:, k, :obs_dim])
-            mean, std = policy(states)
+            mean, std = policy(self._readout_state(start_states, actions, k))
             actions[:, k] = mean + std * noise[:, k]
         return actions
 
@@ -188,15 +183,18 @@ class GuidedSampler:
         a non-causal one lets later actions move earlier states a little, so a second sweep follows."""
         a = actions.clone()
         for k in [*range(n_fixed, n_rows)] * (1 if is_causal(self.denoiser) else 2):
-            if k == 0:
-                states = start_states
-            else:
-                states = self.normaliser.unnormalise_obs(self.readout(start_states, a).mean(0)[:, k,
-                                                         :start_states.shape[1]])
-            mean, std = policy(states)
+            mean, std = policy(self._readout_state(start_states, a, k))
             bound = self.guidance.action_clamp_std * std
             a[:, k] = torch.maximum(torch.minimum(a[:, k], mean + bound), mean - bound)
         return a
+
+    def _readout_state(self, start_states: torch.Tensor, actions: torch.Tensor, k: int) -> torch.Tensor:
+        """Row k's state [B, obs] (environment units) of the members' mean read-out of `actions`; row 0 is
+        the start state itself, read out by no pass."""
+        if k == 0:
+            return start_states
+        rows = self.readout(start_states, actions).mean(0)
+        return self.normaliser.unnormalise_obs(rows[:, k, :start_states.shape[1]])
 
     def _step_scale(self, scale: float | torch.Tensor | None, batch: int, device: torch.device
                     ) -> float | torch.Tensor:
