@@ -7,6 +7,7 @@ from real start states of its buffer, ranks changes N(0, sigma^2) of the policy'
 and by the advantage the learner computes from the same trajectories, its TD(lambda) return through its own
 critic at the imagined states against the real ones. A control column repeats that ranking with the critic
 set to 0 (the same discounted rewards, no values): the advantage column minus it is what the critic adds.
+Beside them, the model's guided open-loop error from the same states (observation MSE averaged over steps).
 The sigmas default to 0.1, 0.3 and 1.0: the last is the scale of a policy that still explores with a std
 near 1, as PPO does early in a run.
 
@@ -81,18 +82,22 @@ def rank_run(run_dir: Path, states: int, sigmas: tuple[float, ...], seed: int) -
     return {"real_steps": int(saved.state["progress"]["real_steps"]), "states": ranking.n,
             "ranking": ranking.ranking_independent, "ranking_common": ranking.ranking_common,
             "advantage_ranking": ranking.advantage_ranking,
-            "advantage_ranking_without_critic": ranking.advantage_ranking_without_critic}
+            "advantage_ranking_without_critic": ranking.advantage_ranking_without_critic,
+            "obs_mse": float(np.nanmean(errors.open_loop.obs_mse)),
+            "reward_mse": float(np.nanmean(errors.open_loop.reward_mse))}
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
     args = parse_args(argv)
     torch.set_num_threads(1)
     report = {str(run): rank_run(run, args.states, args.sigmas, args.seed) for run in args.runs}
-    print(f"{'run':<50} {'steps':>6} {'sigma':>5} {'return':>7} {'common':>7} {'advantage':>9} {'V = 0':>6}")
+    print(f"{'run':<50} {'steps':>6} {'obs MSE':>8} {'sigma':>5} {'return':>7} {'common':>7} "
+          f"{'advantage':>9} {'V = 0':>6}")
     for run, row in report.items():
         for sigma in args.sigmas:
-            print(f"{run[-50:]:<50} {row['real_steps']:>6} {sigma:>5g} {row['ranking'][sigma]:>7.2f} "
-                  f"{row['ranking_common'][sigma]:>7.2f} {row['advantage_ranking'][sigma]:>9.2f} "
+            print(f"{run[-50:]:<50} {row['real_steps']:>6} {row['obs_mse']:>8.3f} {sigma:>5g} "
+                  f"{row['ranking'][sigma]:>7.2f} {row['ranking_common'][sigma]:>7.2f} "
+                  f"{row['advantage_ranking'][sigma]:>9.2f} "
                   f"{row['advantage_ranking_without_critic'][sigma]:>6.2f}")
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ def test_ranks_a_checkpoint_by_return_and_by_the_learners_advantage(tmp_path, on
                          str(tmp_path / "out.json")])
     row = report[str(tmp_path / "run")]
     assert row["real_steps"] == 400 and row["states"] == 8
+    assert row["obs_mse"] > 0 and row["reward_mse"] > 0  # the open-loop error of the same states is reported
     for figures in (row["ranking"], row["ranking_common"], row["advantage_ranking"],
                     row["advantage_ranking_without_critic"]):
         assert list(figures) == [0.3, 1.0] and all(np.isfinite(v) and -1 <= v <= 1 for v in figures.values())
