@@ -6,7 +6,8 @@ One run, one policy, one data set:
    `log_std_init=-0.5`, `ortho_init=False`) collects training episodes and held-out episodes.
 2. Models, each trained for the same number of Adam steps of batch 256 on the same data:
    - the preset's world model (`--preset`, default the newest cpu preset) with its optimiser and chain
-     length, read out from the chain (its default) and with `readout="mean"` (the same weights);
+     length, read out from the chain and with `readout="mean"` (the same weights), a causal denoiser also
+     with `readout="rollout"`;
    - the paper preset's world model at the same horizon (so every H-step return is comparable) with its
      optimiser and full chain; in quick mode at the preset's width (256 x 3 blocks), as the paper's
      size does not train in minutes on a shared CPU; also read out both ways;
@@ -65,7 +66,7 @@ from imagined_env.baselines import (
 )
 from imagined_env.baselines.mlp_ensemble import ENSEMBLE_TRAIN
 from imagined_env.data.collect import set_mujoco_state
-from imagined_env.diffusion.denoiser import DenoiserConfig
+from imagined_env.diffusion.denoiser import CAUSAL_KINDS, DenoiserConfig
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.diffusion.schedule import SamplerConfig
 from imagined_env.evaluation import action_ranking
@@ -246,8 +247,13 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     rows: list[Row] = []
 
     def diffusion_rows(label: str, wm: WorldModel, n_steps: int | None,
-                       readouts: tuple[str, ...] = ("chain", "mean")) -> None:
-        scale, spread = calibrate_guidance(wm, calibration, policy, n_steps, args.seed)
+                       readouts: tuple[str, ...] | None = None) -> None:
+        if readouts is None:
+            causal = wm.config.denoiser.kind in CAUSAL_KINDS
+            readouts = ("chain", "mean", "rollout") if causal else ("chain", "mean")
+        # a rollout draws no guided chain, so its scale is set on the same weights read out by their mean
+        guided = with_readout(wm, "mean") if wm.config.readout == "rollout" else wm
+        scale, spread = calibrate_guidance(guided, calibration, policy, n_steps, args.seed)
         print(f"{label}: guidance scale {scale:.4g} (calibration spread {spread:.3f})", flush=True)
         wm_flops = flops(wm.ema, one(1, wm.n_rows, spec.obs_dim + 2), one(1, wm.n_rows, spec.act_dim), step0)
         chain_name = f"{n_steps}-step chain" if n_steps else f"full T={wm.schedule.n_steps} chain"
