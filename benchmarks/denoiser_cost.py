@@ -7,10 +7,14 @@ HalfCheetah data. For each horizon H, from the same start states:
   transformer), the preset's strided chain, read out from the chain and by its mean pass;
 - AR diffusion with the preset's denoiser and the same chain length per step (its cost per transition
   does not depend on H).
-Reported: wall-clock per transition (median of interleaved repeats, one torch thread), network passes per
-transition (counted by a hook, so the mean read-out's clamping passes count), FLOPs per transition
-(torch's FlopCounterMode per pass, multiply-adds count 2) and AR diffusion's cost over each row's, for
-both measures. Ratios within one run are the figures to quote; absolute times depend on the machine.
+- for causal denoisers also the rollout read-out (actions drawn by the policy row after row; the causal
+  MLP reads it out token by token).
+Reported: wall-clock per transition (median of interleaved repeats, one torch thread), FLOPs per transition
+of a whole generation (torch's FlopCounterMode, multiply-adds count 2: the denoiser's passes, the mean
+read-out's clamping passes, the policy), the same in passes (over the FLOPs of one pass on one trajectory:
+a chain shares each step's time embedding across the batch, so it counts a little under its steps), and AR
+diffusion's cost over each row's, for both measures. Ratios within one run are the figures to quote;
+absolute times depend on the machine.
 
     python benchmarks/denoiser_cost.py --horizons 5,10
 """
@@ -26,13 +30,14 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from world_model_error import flops, timed
 from world_model_ranking import parse_denoiser, with_readout
 
 from agents.presets import build_preset, resolve
 from imagined_env.baselines import ARDiffusionConfig, fit_ar_diffusion
 from imagined_env.data.collect import buffer_for_env, collect_episodes
+from imagined_env.diffusion.denoiser import CAUSAL_KINDS
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.diffusion.sampler import SamplerConfig
 from imagined_env.training import fit_world_model, spec_from_env
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     results: dict[str, dict[str, dict[str, float]]] = {}
     for horizon in args.horizons:
-        generators: dict[str, tuple[Callable[[torch.Generator], object], nn.Module, float]] = {}
+        generators: dict[str, tuple[Callable[[torch.Generator], object], float]] = {}
         for text in texts:
             wm_config = replace(preset.world_model, horizon=horizon,
                                 denoiser=parse_denoiser(text, preset.world_model.denoiser))
@@ -95,35 +100,34 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             x = torch.zeros(1, model.n_rows, spec.obs_dim + 2)
             a = torch.zeros(1, model.n_rows, spec.act_dim)
             pass_flops = flops(model.ema, x, a, torch.zeros(1, dtype=torch.long))
-            for readout in ("chain", "mean"):
+            causal = model.config.denoiser.kind in CAUSAL_KINDS
+            for readout in ("chain", "mean", "rollout") if causal else ("chain", "mean"):
                 m = model if model.config.readout == readout else with_readout(model, readout)
                 generate = lambda g, m=m: m.imagine(starts, policy, generator=g, n_sample_steps=chain)  # noqa: E731
-                generators[f"{text} read-out {readout}"] = (generate, m.ema, pass_flops)
+                generators[f"{text} read-out {readout}"] = (generate, pass_flops)
         ar, _ = fit_ar_diffusion(buffer, spec, 2, ARDiffusionConfig(
             denoiser=preset.world_model.denoiser, schedule=preset.world_model.schedule,
             sampler=SamplerConfig(n_sample_steps=chain)), preset.train, **quiet)
         ar_flops = flops(ar.ema, torch.zeros(1, 1, spec.obs_dim + 2),
                          torch.zeros(1, 1, spec.obs_dim + spec.act_dim), torch.zeros(1, dtype=torch.long))
-        generators["AR diffusion"] = (lambda g: ar.rollout(starts, policy, horizon, g), ar.ema, ar_flops)
+        generators["AR diffusion"] = (lambda g: ar.rollout(starts, policy, horizon, g), ar_flops)
 
         times: dict[str, list[float]] = {name: [] for name in generators}
-        passes: dict[str, int] = {}
-        for name, (generate, network, _) in generators.items():   # untimed: allocations, caches, passes
-            calls: list[int] = []
-            hook = network.register_forward_hook(lambda *_, calls=calls: calls.append(1))
-            try:
+        generation_flops: dict[str, float] = {}
+        for name, (generate, _) in generators.items():   # untimed: allocations, caches, FLOPs
+            counter = FlopCounterMode(display=False)
+            with counter:
                 generate(torch.Generator().manual_seed(0))
-            finally:
-                hook.remove()
-            passes[name] = len(calls)
+            generation_flops[name] = float(counter.get_total_flops())
         for repeat in range(args.repeats):
-            for name, (generate, _, _) in generators.items():
+            for name, (generate, _) in generators.items():
                 _, seconds = timed(lambda: generate(torch.Generator().manual_seed(repeat)))
                 times[name].append(seconds / (len(starts) * horizon))
+        transitions = len(starts) * horizon
         rows = {name: {"ms_per_transition": 1e3 * float(np.median(times[name])),
-                       "passes_per_transition": passes[name] / horizon,
-                       "mflop_per_transition": pass_flops * passes[name] / horizon / 1e6}
-                for name, (_, _, pass_flops) in generators.items()}
+                       "passes_per_transition": generation_flops[name] / (pass_flops * transitions),
+                       "mflop_per_transition": generation_flops[name] / transitions / 1e6}
+                for name, (_, pass_flops) in generators.items()}
         ar_row = rows["AR diffusion"]
         for row in rows.values():
             row["ar_over_this_time"] = ar_row["ms_per_transition"] / row["ms_per_transition"]

@@ -285,9 +285,9 @@ class WorldModel:
             actions = torch.cat([fixed, torch.zeros_like(fixed[:, :1])], dim=1)   # a_H is never seen
             x0, spread, row_spread = sampler.readout(s0, actions), float("nan"), None
         elif self.config.readout == "rollout" and policy is not None:
-            actions = sampler.policy_rollout(s0, policy, self.n_rows, generator=generator,
-                                             fixed_actions=fixed)
-            x0, spread, row_spread = sampler.readout(s0, actions), float("nan"), None
+            actions, x0 = sampler.policy_rollout(s0, policy, self.n_rows, generator=generator,
+                                                 fixed_actions=fixed)
+            spread, row_spread = float("nan"), None
         else:
             out = sampler.sample(
                 s0, self.n_rows, policy=policy, generator=generator, fixed_actions=fixed,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -187,12 +188,19 @@ class BlockCausalLinear(nn.Linear):
 
     def __init__(self, blocks: int, block_in: int, block_out: int):
         super().__init__(blocks * block_in, blocks * block_out)
+        self.block_in, self.block_out = block_in, block_out
         mask = torch.kron(torch.tril(torch.ones(blocks, blocks)), torch.ones(block_out, block_in))
         self.mask: torch.Tensor
         self.register_buffer("mask", mask, persistent=False)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return F.linear(h, self.weight * self.mask, self.bias)
+
+    def block_row(self, h: torch.Tensor, j: int) -> torch.Tensor:
+        """Output block j [B, block_out] from input blocks 0..j [B, (j + 1) * block_in]: what `forward`
+        computes there, from the unmasked part of the weight alone."""
+        rows = slice(j * self.block_out, (j + 1) * self.block_out)
+        return F.linear(h, self.weight[rows, :(j + 1) * self.block_in], self.bias[rows])
 
 
 class CausalResidualBlock(nn.Module):
@@ -233,6 +241,35 @@ class CausalMLPDenoiser(nn.Module):
         h = self.inp(transition_tokens(x, actions).flatten(1)).view(-1, self.tokens, self.width)
         h = self.blocks((h + self.time(t)[:, None]).flatten(1))
         return rows_of_tokens(self.out(h.view(-1, self.tokens, self.width)))
+
+    def stepper(self, t: torch.Tensor) -> TokenStepper:
+        """Token-by-token evaluation at noise levels t [B] (`TokenStepper`)."""
+        return TokenStepper(self, t)
+
+
+class TokenStepper:
+    """A `CausalMLPDenoiser` fed one token at a time: `push` of token j returns the network's output for it,
+    which depends on tokens <= j only; each layer's features of the earlier tokens are kept. A sequential
+    read-out (a policy rollout) thus costs one pass of the useful half of every masked matmul, instead of
+    one full pass per row."""
+
+    def __init__(self, net: CausalMLPDenoiser, t: torch.Tensor):
+        self.net, self.time = net, net.time(t)
+        self.blocks = cast("list[CausalResidualBlock]", list(net.blocks))
+        self.tokens: list[torch.Tensor] = []
+        self.features: list[list[torch.Tensor]] = [[] for _ in net.blocks]
+
+    def push(self, token: torch.Tensor) -> torch.Tensor:
+        """token [B, x_dim + act_dim] (a column of `transition_tokens`) -> its output [B, x_dim]."""
+        j, net = len(self.tokens), self.net
+        if j == net.tokens:
+            raise ValueError(f"the window holds {net.tokens} tokens, all pushed already")
+        self.tokens.append(token)
+        h = net.inp.block_row(torch.cat(self.tokens, dim=-1), j) + self.time
+        for block, kept in zip(self.blocks, self.features):
+            kept.append(torch.relu(block.norm(h)))
+            h = h + block.linear.block_row(torch.cat(kept, dim=-1), j)
+        return net.out(h)
 
 
 class DenoiserEnsemble(nn.Module):

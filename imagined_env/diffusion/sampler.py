@@ -8,12 +8,20 @@ simulator's bounds clip what the denoiser sees.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
-from imagined_env.diffusion.denoiser import is_causal, member_predictions
+from imagined_env.diffusion.denoiser import (
+    CausalMLPDenoiser,
+    is_causal,
+    member_predictions,
+    members,
+    rows_of_tokens,
+    transition_tokens,
+)
 from imagined_env.diffusion.guidance import (
     GaussianPolicyFn,
     GuidanceConfig,
@@ -134,29 +142,37 @@ class GuidedSampler:
         noisy rows at their prior mean (zero), the start state inpainted and the actions [B, L, act] (policy
         units) as conditioning. Normalised rows of every ensemble member [K, B, L, obs+2] (K = 1 for one
         network), a deterministic function of (s0, a)."""
-        norm = self.normaliser
         batch, obs_dim = start_states.shape
         if actions.dim() != 3 or actions.shape[0] != batch:
             raise ValueError(f"actions must have shape [{batch}, L, act], got {tuple(actions.shape)}")
-        s0 = norm.normalise_obs(start_states)
-        x = torch.zeros(batch, actions.shape[1], obs_dim + 2, device=start_states.device)
-        x[:, 0, :obs_dim] = s0
-        tt = torch.full((batch,), self.schedule.n_steps - 1, device=start_states.device, dtype=torch.long)
-        seen = self.action_input(norm.normalise_action(self.bounds.clip(actions)),
+        x, tt, s0 = self._readout_input(start_states, actions.shape[1])
+        seen = self.action_input(self.normaliser.normalise_action(self.bounds.clip(actions)),
                                  self.schedule.signal_scale(tt))
         x0_hat = member_predictions(self.denoiser, x, seen, tt)
         x0_hat[:, :, 0, :obs_dim] = s0
         return x0_hat
 
+    def _readout_input(self, start_states: torch.Tensor, n_rows: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The read-out's noisy rows [B, n_rows, obs+2] (zero, the start state inpainted), its step t = T-1
+        [B] and the normalised start states [B, obs]."""
+        batch, obs_dim = start_states.shape
+        s0 = self.normaliser.normalise_obs(start_states)
+        x = torch.zeros(batch, n_rows, obs_dim + 2, device=start_states.device)
+        x[:, 0, :obs_dim] = s0
+        tt = torch.full((batch,), self.schedule.n_steps - 1, device=start_states.device, dtype=torch.long)
+        return x, tt, s0
+
     @torch.no_grad()
     def policy_rollout(self, start_states: torch.Tensor, policy: GaussianPolicyFn, n_rows: int, *,
                        generator: torch.Generator | None = None, fixed_actions: torch.Tensor | None = None
-                       ) -> torch.Tensor:
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Actions [B, n_rows, act] (policy units) drawn row after row: a_k ~ N(mean, std) of the policy
         at row k's state of the mean read-out of a_0..a_{k-1}; `fixed_actions` [B, k, act] gives the first
-        k. No chain: H read-out passes. With a causal denoiser (needed) a later draw cannot move an earlier
-        state, so every action is an exact draw of the policy at the state the learner is shown. The last
-        row's action is never read by a causal denoiser and stays 0."""
+        k. With a causal denoiser (needed) a later draw cannot move an earlier state, so every action is an
+        exact draw of the policy at the state the learner is shown. The last row's action is never read by
+        a causal denoiser and stays 0. Returns the actions and their read-out (as `readout`): causal MLPs
+        build it token by token (`TokenStepper`, one pass in all), other denoisers by one pass per row."""
         if not is_causal(self.denoiser):
             raise ValueError("a policy rollout of the read-out needs a causal denoiser: with another, later "
                              "actions move earlier states and the drawn actions leave the policy")
@@ -167,10 +183,31 @@ class GuidedSampler:
         actions = torch.zeros(batch, n_rows, self.bounds.low.numel(), device=start_states.device)
         if fixed_actions is not None:
             actions[:, :n_fixed] = fixed_actions
-        for k in range(n_fixed, n_rows - 1):
-            mean, std = policy(self._readout_state(start_states, actions, k))
-            actions[:, k] = mean + std * noise[:, k]
-        return actions
+        nets = members(self.denoiser)
+        if not all(isinstance(net, CausalMLPDenoiser) for net in nets):
+            for k in range(n_fixed, n_rows - 1):
+                mean, std = policy(self._readout_state(start_states, actions, k))
+                actions[:, k] = mean + std * noise[:, k]
+            return actions, self.readout(start_states, actions)
+        x, tt, s0 = self._readout_input(start_states, n_rows)
+        signal, obs_dim = self.schedule.signal_scale(tt), start_states.shape[1]
+
+        def token(j: int) -> torch.Tensor:   # token j of the actions drawn so far (it carries a_{j-1})
+            seen = self.action_input(self.normaliser.normalise_action(self.bounds.clip(actions)), signal)
+            return transition_tokens(x, seen)[:, j]
+
+        steppers = [cast(CausalMLPDenoiser, net).stepper(tt) for net in nets]
+        outputs = [[stepper.push(token(0))] for stepper in steppers]
+        for k in range(n_rows):
+            if n_fixed <= k < n_rows - 1:
+                state = torch.stack([out[k][:, :obs_dim] for out in outputs]).mean(0)
+                mean, std = policy(start_states if k == 0 else self.normaliser.unnormalise_obs(state))
+                actions[:, k] = mean + std * noise[:, k]
+            for stepper, out in zip(steppers, outputs):
+                out.append(stepper.push(token(k + 1)))
+        x0_hat = torch.stack([rows_of_tokens(torch.stack(out, dim=1)) for out in outputs])
+        x0_hat[:, :, 0, :obs_dim] = s0
+        return actions, x0_hat
 
     @torch.no_grad()
     def policy_consistent(self, start_states: torch.Tensor, actions: torch.Tensor, policy: GaussianPolicyFn,

@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import (
     CausalMLPDenoiser,
     CausalTransformerDenoiser,
     DenoiserConfig,
     build_denoiser,
+    rows_of_tokens,
+    transition_tokens,
 )
 from imagined_env.training import TrainConfig, fit_world_model
 from imagined_env.world_model import WorldModel
@@ -166,3 +169,44 @@ def test_a_causal_model_saved_and_loaded_records_its_kind_and_imagines_the_same(
     runs = [m.imagine(s0, _state_policy, generator=torch.Generator().manual_seed(2)) for m in (model, loaded)]
     for field in ("observations", "actions", "rewards", "terminations"):
         assert torch.equal(getattr(runs[0], field), getattr(runs[1], field)), field
+
+
+def test_the_causal_mlp_fed_token_by_token_gives_its_full_pass():
+    net = _net("causal-mlp")
+    x, actions = _inputs()
+    t = torch.tensor([0, 60, 127])
+    stepper, tokens = net.stepper(t), transition_tokens(x, actions)
+    with torch.no_grad():
+        outputs = [stepper.push(tokens[:, j]) for j in range(ROWS + 1)]
+        torch.testing.assert_close(rows_of_tokens(torch.stack(outputs, dim=1)), net(x, actions, t))
+        with pytest.raises(ValueError, match="all pushed already"):
+            stepper.push(tokens[:, 0])
+
+
+@pytest.mark.parametrize("n_members", [1, 2])
+def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members):
+    """The causal MLP's token-by-token rollout against a reference built from full passes: its read-out is
+    `readout` of its actions, and each drawn action standardised at the members' mean state of that
+    read-out is the generator's noise."""
+    torch.manual_seed(0)
+    config = dataclasses.replace(
+        TINY_CONFIG, readout="rollout", scale_actions=False, condition_on_last_action=False,
+        n_members=n_members, denoiser=dataclasses.replace(TINY_CONFIG.denoiser, kind="causal-mlp", width=16))
+    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
+    sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
+    std = 0.3
+
+    def policy(s):
+        return torch.tanh(3.0 * s[:, :ACT]), torch.full((len(s), ACT), std)
+
+    s0 = torch.as_tensor(np.random.default_rng(0).normal(size=(64, OBS)), dtype=torch.float32)
+    actions, x0 = sampler.policy_rollout(s0, policy, H + 1, generator=torch.Generator().manual_seed(1))
+    reference = sampler.readout(s0, actions)
+    assert x0.shape == reference.shape == (n_members, 64, H + 1, OBS + 2)
+    torch.testing.assert_close(x0, reference)
+    states = normaliser.unnormalise_obs(reference.mean(0)[:, :, :OBS])
+    states[:, 0] = s0
+    noise = torch.randn(64, H, ACT, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close((actions[:, :H] - torch.tanh(3.0 * states[:, :H, :ACT])) / std, noise,
+                               atol=1e-4, rtol=0)
+    assert (actions[:, H] == 0).all()
