@@ -7,7 +7,7 @@ from real start states of its buffer, ranks changes N(0, sigma^2) of the policy'
 and by the advantage the learner computes from the same trajectories, its TD(lambda) return through its own
 critic at the imagined states against the real ones. A control column repeats that ranking with the critic
 set to 0 (the same discounted rewards, no values): the advantage column minus it is what the critic adds.
-Beside them, the model's guided open-loop error from the same states (observation MSE averaged over steps).
+Beside them, the model's open-loop error from the same states (observation MSE averaged over steps).
 The sigmas default to 0.1, 0.3 and 1.0: the last is the scale of a policy that still explores with a std
 near 1, as PPO does early in a run.
 

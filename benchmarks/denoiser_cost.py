@@ -11,9 +11,9 @@ HalfCheetah data. For each horizon H, from the same start states:
   MLP reads it out token by token).
 Reported: wall-clock per transition (median of interleaved repeats, one torch thread), FLOPs per transition
 of a whole generation (torch's FlopCounterMode, multiply-adds count 2: the denoiser's passes, the mean
-read-out's clamping passes, the policy), the same in passes (over the FLOPs of one pass on one trajectory:
-a chain shares each step's time embedding across the batch, so it counts a little under its steps), and AR
-diffusion's cost over each row's, for both measures. Ratios within one run are the figures to quote;
+read-out's clamping passes, the policy), the same in passes (over one pass's FLOPs per trajectory, measured
+on the same batch, so that the time embedding it shares counts alike), and AR diffusion's cost over each
+row's, for both measures. Ratios within one run are the figures to quote;
 absolute times depend on the machine.
 
     python benchmarks/denoiser_cost.py --horizons 5,10
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     buffer = buffer_for_env(env)
     collect_episodes(env, buffer, 3000, seed=0)
     starts = torch.as_tensor(np.concatenate([e.observations[:-1] for e in buffer.episodes])[:args.batch])
-    policy = fixed_policy(spec.obs_dim, spec.act_dim)
+    policy, batch = fixed_policy(spec.obs_dim, spec.act_dim), len(starts)
     preset = build_preset(args.preset, args.env)
     chain = preset.n_sample_steps
     quiet = {"device": "cpu", "progress": False}
@@ -97,9 +97,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             wm_config = replace(preset.world_model, horizon=horizon,
                                 denoiser=parse_denoiser(text, preset.world_model.denoiser))
             model, _ = fit_world_model(buffer, spec, 2, wm_config, preset.train, **quiet)
-            x = torch.zeros(1, model.n_rows, spec.obs_dim + 2)
-            a = torch.zeros(1, model.n_rows, spec.act_dim)
-            pass_flops = flops(model.ema, x, a, torch.zeros(1, dtype=torch.long))
+            x = torch.zeros(batch, model.n_rows, spec.obs_dim + 2)
+            a = torch.zeros(batch, model.n_rows, spec.act_dim)
+            pass_flops = flops(model.ema, x, a, torch.zeros(batch, dtype=torch.long)) / batch
             causal = model.config.denoiser.kind in CAUSAL_KINDS
             for readout in ("chain", "mean", "rollout") if causal else ("chain", "mean"):
                 m = model if model.config.readout == readout else with_readout(model, readout)
@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         ar, _ = fit_ar_diffusion(buffer, spec, 2, ARDiffusionConfig(
             denoiser=preset.world_model.denoiser, schedule=preset.world_model.schedule,
             sampler=SamplerConfig(n_sample_steps=chain)), preset.train, **quiet)
-        ar_flops = flops(ar.ema, torch.zeros(1, 1, spec.obs_dim + 2),
-                         torch.zeros(1, 1, spec.obs_dim + spec.act_dim), torch.zeros(1, dtype=torch.long))
+        ar_flops = flops(ar.ema, torch.zeros(batch, 1, spec.obs_dim + 2),
+                         torch.zeros(batch, 1, spec.obs_dim + spec.act_dim),
+                         torch.zeros(batch, dtype=torch.long)) / batch
         generators["AR diffusion"] = (lambda g: ar.rollout(starts, policy, horizon, g), ar_flops)
 
         times: dict[str, list[float]] = {name: [] for name in generators}

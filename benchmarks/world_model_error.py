@@ -95,11 +95,10 @@ FULL = Budget(real_steps=100_000, eval_steps=10_000, n_starts=500, grad_steps=20
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of the table: how to generate, and the network whose passes are counted."""
+    """One row of the table: how to generate, and the FLOPs of one network pass (its unit of cost)."""
 
     name: str
     generate: Generate
-    network: nn.Module
     flops_per_pass: float
     """For one trajectory (batch of 1)."""
     guidance_scale: float | None = None
@@ -214,18 +213,17 @@ def build_variants(models: dict[str, object], spec: EnvSpec, policy: GaussianPol
     for name, n_steps in ((f"PolyGRAD full T={T}", None), (f"PolyGRAD strided {strided}", strided)):
         scale, spread = calibrate_guidance(wm, calibration, policy, n_steps, seed)
         print(f"{name}: guidance scale {scale:.4g} (calibration spread {spread:.3f})", flush=True)
-        variants.append(Variant(name, polygrad_generate(wm, policy, n_steps, math.log(scale)), wm.ema,
-                                wm_flops, scale))
+        variants.append(Variant(name, polygrad_generate(wm, policy, n_steps, math.log(scale)), wm_flops,
+                                scale))
     variants.append(Variant(f"PolyGRAD full, initial lambda {math.exp(initial):g}",
-                            polygrad_generate(wm, policy, None, initial), wm.ema, wm_flops,
-                            math.exp(initial)))
+                            polygrad_generate(wm, policy, None, initial), wm_flops, math.exp(initial)))
     variants.append(Variant(f"AR diffusion T={T}/step", lambda s, g: ar.rollout(s, policy, horizon, g),
-                            ar.ema, ar_flops))
+                            ar_flops))
     variants.append(Variant("MLP ensemble (MBPO)", lambda s, g: ens.rollout(s, policy, horizon, g),
-                            ens.net, ens_flops))
+                            ens_flops))
     variants.append(Variant("MLP ensemble, elite mean (no sampling)",
                             lambda s, g: ens.rollout(s, policy, horizon, g, deterministic=True),
-                            ens.net, ens_flops))
+                            ens_flops))
     return variants
 
 
@@ -243,24 +241,25 @@ def trajectory_errors(imagined: Imagination, error: OpenLoopError) -> dict[str, 
 
 def evaluate(variant: Variant, env: gym.Env, starts: tuple[np.ndarray, np.ndarray, np.ndarray],
              horizon: int, seed: int, device: torch.device) -> dict[str, object]:
-    """Generate from every start state (timed, network calls counted), replay open-loop, score."""
+    """Generate from every start state (timed; its FLOPs counted on an untimed repeat), replay open-loop,
+    score. Network calls are in passes of one trajectory (the generation's FLOPs over `flops_per_pass`), so
+    a read-out fed token by token counts the part of a pass it computes."""
     obs0 = torch.as_tensor(starts[0], dtype=torch.float32, device=device)
     variant.generate(obs0[:8], torch.Generator(device).manual_seed(seed))  # warm-up: allocations, caches
-    calls: list[int] = []
-    hook = variant.network.register_forward_hook(lambda *_: calls.append(1))
-    try:
-        imagined, seconds = timed(lambda: variant.generate(obs0, torch.Generator(device).manual_seed(seed)))
-    finally:
-        hook.remove()
-    transitions = len(obs0) * horizon
+    imagined, seconds = timed(lambda: variant.generate(obs0, torch.Generator(device).manual_seed(seed)))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        variant.generate(obs0, torch.Generator(device).manual_seed(seed))
+    transitions, generation_flops = len(obs0) * horizon, float(counter.get_total_flops())
+    calls = generation_flops / variant.flops_per_pass / len(obs0)
     result = trajectory_errors(imagined, open_loop_error(env, imagined, starts[1], starts[2]))
     result.update({
         "guidance_scale": variant.guidance_scale,
         "generation_seconds": seconds,
         "seconds_per_transition": seconds / transitions,
-        "network_calls": len(calls),
-        "network_calls_per_transition": len(calls) / horizon,
-        "flops_per_transition": variant.flops_per_pass * len(calls) / horizon,
+        "network_calls": calls,
+        "network_calls_per_transition": calls / horizon,
+        "flops_per_transition": generation_flops / transitions,
         "start_obs_max_abs_diff": float(np.abs(real_start_obs(env, starts[1], starts[2]) - starts[0]).max()),
     })
     return result

@@ -260,8 +260,8 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
         for readout in readouts:
             model = wm if wm.config.readout == readout else with_readout(wm, readout)
             rows.append(Row(Variant(f"{label} ({chain_name}, read-out {readout})",
-                                    polygrad_generate(model, policy, n_steps, math.log(scale)), model.ema,
-                                    wm_flops, scale), model, n_steps))
+                                    polygrad_generate(model, policy, n_steps, math.log(scale)), wm_flops,
+                                    scale), model, n_steps))
 
     diffusion_rows(resolve(args.preset), models["preset"], chain)
     if "paper" in models:
@@ -276,13 +276,13 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
     ar = models["ar_diffusion"]
     ar_flops = flops(ar.ema, one(1, 1, spec.obs_dim + 2), one(1, 1, spec.obs_dim + spec.act_dim), step0)
     rows.append(Row(Variant(f"AR diffusion ({chain}-step chain a step)",
-                            lambda s, g: ar.rollout(s, policy, horizon, g), ar.ema, ar_flops),
+                            lambda s, g: ar.rollout(s, policy, horizon, g), ar_flops),
                     StepwiseImaginer(lambda s, a, g: ar.step(s, a, g), spec, horizon, dev)))
     ens = models["mlp_ensemble"]
     ens_flops = flops(ens.net, one(ens.config.n_members, 1, spec.obs_dim + spec.act_dim))
     for deterministic, label in ((False, "MLP ensemble (MBPO, sampled)"), (True, "MLP ensemble, elite mean")):
         rows.append(Row(Variant(label, lambda s, g, d=deterministic: ens.rollout(s, policy, horizon, g, d),
-                                ens.net, ens_flops),
+                                ens_flops),
                         StepwiseImaginer(lambda s, a, g, d=deterministic: ens.step(s, a, g, d), spec, horizon,
                                          dev)))
     return rows, training, horizon

@@ -242,10 +242,6 @@ class CausalMLPDenoiser(nn.Module):
         h = self.blocks((h + self.time(t)[:, None]).flatten(1))
         return rows_of_tokens(self.out(h.view(-1, self.tokens, self.width)))
 
-    def stepper(self, t: torch.Tensor) -> TokenStepper:
-        """Token-by-token evaluation at noise levels t [B] (`TokenStepper`)."""
-        return TokenStepper(self, t)
-
 
 class TokenStepper:
     """A `CausalMLPDenoiser` fed one token at a time: `push` of token j returns the network's output for it,
@@ -255,9 +251,9 @@ class TokenStepper:
 
     def __init__(self, net: CausalMLPDenoiser, t: torch.Tensor):
         self.net, self.time = net, net.time(t)
-        self.blocks = cast("list[CausalResidualBlock]", list(net.blocks))
+        self.blocks = cast(list[CausalResidualBlock], list(net.blocks))
         self.tokens: list[torch.Tensor] = []
-        self.features: list[list[torch.Tensor]] = [[] for _ in net.blocks]
+        self.features: list[list[torch.Tensor]] = [[] for _ in self.blocks]
 
     def push(self, token: torch.Tensor) -> torch.Tensor:
         """token [B, x_dim + act_dim] (a column of `transition_tokens`) -> its output [B, x_dim]."""

@@ -16,6 +16,7 @@ from torch import nn
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import (
     CausalMLPDenoiser,
+    TokenStepper,
     is_causal,
     member_predictions,
     members,
@@ -167,12 +168,13 @@ class GuidedSampler:
     def policy_rollout(self, start_states: torch.Tensor, policy: GaussianPolicyFn, n_rows: int, *,
                        generator: torch.Generator | None = None, fixed_actions: torch.Tensor | None = None
                        ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Actions [B, n_rows, act] (policy units) drawn row after row: a_k ~ N(mean, std) of the policy
-        at row k's state of the mean read-out of a_0..a_{k-1}; `fixed_actions` [B, k, act] gives the first
-        k. With a causal denoiser (needed) a later draw cannot move an earlier state, so every action is an
-        exact draw of the policy at the state the learner is shown. The last row's action is never read by
-        a causal denoiser and stays 0. Returns the actions and their read-out (as `readout`): causal MLPs
-        build it token by token (`TokenStepper`, one pass in all), other denoisers by one pass per row."""
+        """Actions [B, n_rows, act] (policy units) drawn row after row: a_k ~ N(mean, std) of the
+        policy at row k's state of the mean read-out of a_0..a_{k-1}; `fixed_actions` [B, k, act] gives
+        the first k. With a causal denoiser (needed) a later draw cannot move an earlier state, so
+        every action is an exact draw of the policy at the state the learner is shown. The last row's
+        action stays 0: it only reaches that row's outcomes, which no imagined transition uses. Returns
+        the actions and their read-out (as `readout`): causal MLPs build it token by token
+        (`TokenStepper`, about half a pass in all), other denoisers by one pass per row."""
         if not is_causal(self.denoiser):
             raise ValueError("a policy rollout of the read-out needs a causal denoiser: with another, later "
                              "actions move earlier states and the drawn actions leave the policy")
@@ -196,15 +198,17 @@ class GuidedSampler:
             seen = self.action_input(self.normaliser.normalise_action(self.bounds.clip(actions)), signal)
             return transition_tokens(x, seen)[:, j]
 
-        steppers = [cast(CausalMLPDenoiser, net).stepper(tt) for net in nets]
-        outputs = [[stepper.push(token(0))] for stepper in steppers]
+        steppers = [TokenStepper(cast(CausalMLPDenoiser, net), tt) for net in nets]
+        first = token(0)
+        outputs = [[stepper.push(first)] for stepper in steppers]
         for k in range(n_rows):
             if n_fixed <= k < n_rows - 1:
-                state = torch.stack([out[k][:, :obs_dim] for out in outputs]).mean(0)
-                mean, std = policy(start_states if k == 0 else self.normaliser.unnormalise_obs(state))
+                rows = torch.stack([out[k] for out in outputs]).mean(0)
+                mean, std = policy(self._row_state(start_states, rows, k))
                 actions[:, k] = mean + std * noise[:, k]
+            following = token(k + 1)
             for stepper, out in zip(steppers, outputs):
-                out.append(stepper.push(token(k + 1)))
+                out.append(stepper.push(following))
         x0_hat = torch.stack([rows_of_tokens(torch.stack(out, dim=1)) for out in outputs])
         x0_hat[:, :, 0, :obs_dim] = s0
         return actions, x0_hat
@@ -230,8 +234,12 @@ class GuidedSampler:
         the start state itself, read out by no pass."""
         if k == 0:
             return start_states
-        rows = self.readout(start_states, actions).mean(0)
-        return self.normaliser.unnormalise_obs(rows[:, k, :start_states.shape[1]])
+        return self._row_state(start_states, self.readout(start_states, actions).mean(0)[:, k], k)
+
+    def _row_state(self, start_states: torch.Tensor, row: torch.Tensor, k: int) -> torch.Tensor:
+        """Row k's state [B, obs] (environment units) from its read-out row [B, obs+2] (normalised); row 0
+        is the start state itself."""
+        return start_states if k == 0 else self.normaliser.unnormalise_obs(row[:, :start_states.shape[1]])
 
     def _step_scale(self, scale: float | torch.Tensor | None, batch: int, device: torch.device
                     ) -> float | torch.Tensor:

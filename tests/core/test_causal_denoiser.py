@@ -14,6 +14,7 @@ from imagined_env.diffusion.denoiser import (
     CausalMLPDenoiser,
     CausalTransformerDenoiser,
     DenoiserConfig,
+    TokenStepper,
     build_denoiser,
     rows_of_tokens,
     transition_tokens,
@@ -175,7 +176,7 @@ def test_the_causal_mlp_fed_token_by_token_gives_its_full_pass():
     net = _net("causal-mlp")
     x, actions = _inputs()
     t = torch.tensor([0, 60, 127])
-    stepper, tokens = net.stepper(t), transition_tokens(x, actions)
+    stepper, tokens = TokenStepper(net, t), transition_tokens(x, actions)
     with torch.no_grad():
         outputs = [stepper.push(tokens[:, j]) for j in range(ROWS + 1)]
         torch.testing.assert_close(rows_of_tokens(torch.stack(outputs, dim=1)), net(x, actions, t))
@@ -183,14 +184,15 @@ def test_the_causal_mlp_fed_token_by_token_gives_its_full_pass():
             stepper.push(tokens[:, 0])
 
 
-@pytest.mark.parametrize("n_members", [1, 2])
-def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members):
+@pytest.mark.parametrize("n_members,n_fixed,last_action", [(1, 0, False), (2, 0, False), (2, 2, True)])
+def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members, n_fixed, last_action,
+                                                                        monkeypatch):
     """The causal MLP's token-by-token rollout against a reference built from full passes: its read-out is
     `readout` of its actions, and each drawn action standardised at the members' mean state of that
-    read-out is the generator's noise."""
+    read-out is the generator's noise; given first actions are kept."""
     torch.manual_seed(0)
     config = dataclasses.replace(
-        TINY_CONFIG, readout="rollout", scale_actions=False, condition_on_last_action=False,
+        TINY_CONFIG, readout="rollout", scale_actions=False, condition_on_last_action=last_action,
         n_members=n_members, denoiser=dataclasses.replace(TINY_CONFIG.denoiser, kind="causal-mlp", width=16))
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
     sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
@@ -200,13 +202,18 @@ def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members
         return torch.tanh(3.0 * s[:, :ACT]), torch.full((len(s), ACT), std)
 
     s0 = torch.as_tensor(np.random.default_rng(0).normal(size=(64, OBS)), dtype=torch.float32)
-    actions, x0 = sampler.policy_rollout(s0, policy, H + 1, generator=torch.Generator().manual_seed(1))
+    given = torch.as_tensor(np.random.default_rng(1).uniform(-1, 1, (64, n_fixed, ACT)), dtype=torch.float32)
+    with monkeypatch.context() as patch:   # the stepped path makes no full pass
+        patch.setattr(CausalMLPDenoiser, "forward", lambda *_: pytest.fail("a full pass was made"))
+        actions, x0 = sampler.policy_rollout(s0, policy, H + 1, generator=torch.Generator().manual_seed(1),
+                                             fixed_actions=given if n_fixed else None)
     reference = sampler.readout(s0, actions)
     assert x0.shape == reference.shape == (n_members, 64, H + 1, OBS + 2)
     torch.testing.assert_close(x0, reference)
     states = normaliser.unnormalise_obs(reference.mean(0)[:, :, :OBS])
     states[:, 0] = s0
     noise = torch.randn(64, H, ACT, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close((actions[:, :H] - torch.tanh(3.0 * states[:, :H, :ACT])) / std, noise,
-                               atol=1e-4, rtol=0)
+    drawn = (actions[:, :H] - torch.tanh(3.0 * states[:, :H, :ACT])) / std
+    torch.testing.assert_close(drawn[:, n_fixed:], noise[:, n_fixed:], atol=1e-4, rtol=0)
+    torch.testing.assert_close(actions[:, :n_fixed], given)
     assert (actions[:, H] == 0).all()
