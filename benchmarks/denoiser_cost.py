@@ -13,8 +13,8 @@ Reported: wall-clock per transition (median of interleaved repeats, one torch th
 of a whole generation (torch's FlopCounterMode, multiply-adds count 2: the denoiser's passes, the mean
 read-out's clamping passes, the policy), the same in passes (over one pass's FLOPs per trajectory, measured
 on the same batch, so that the time embedding it shares counts alike), and AR diffusion's cost over each
-row's, for both measures. Ratios within one run are the figures to quote;
-absolute times depend on the machine.
+row's, for both measures. Ratios within one run are the figures to quote; absolute times depend on the
+machine.
 
     python benchmarks/denoiser_cost.py --horizons 5,10
 """
@@ -30,7 +30,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 from world_model_error import flops, timed
 from world_model_ranking import parse_denoiser, with_readout
 
@@ -114,12 +113,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         generators["AR diffusion"] = (lambda g: ar.rollout(starts, policy, horizon, g), ar_flops)
 
         times: dict[str, list[float]] = {name: [] for name in generators}
-        generation_flops: dict[str, float] = {}
-        for name, (generate, _) in generators.items():   # untimed: allocations, caches, FLOPs
-            counter = FlopCounterMode(display=False)
-            with counter:
-                generate(torch.Generator().manual_seed(0))
-            generation_flops[name] = float(counter.get_total_flops())
+        # untimed first calls: allocations, caches, and the FLOPs of each generation
+        generation_flops = {name: flops(generate, torch.Generator().manual_seed(0))
+                            for name, (generate, _) in generators.items()}
         for repeat in range(args.repeats):
             for name, (generate, _) in generators.items():
                 _, seconds = timed(lambda: generate(torch.Generator().manual_seed(repeat)))

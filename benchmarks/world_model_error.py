@@ -45,7 +45,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3 import PPO
-from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from agents.sb3_guidance import sb3_guide
@@ -190,11 +189,12 @@ def polygrad_generate(model: WorldModel, policy: GaussianPolicyFn, n_sample_step
     return generate
 
 
-def flops(network: nn.Module, *inputs: torch.Tensor) -> float:
-    """FLOPs of one forward pass (multiply-adds count 2) as counted by torch's FlopCounterMode."""
+def flops(call: Callable[..., object], *inputs: object) -> float:
+    """FLOPs of `call(*inputs)`, e.g. one network pass or a whole generation (multiply-adds count 2), as
+    counted by torch's FlopCounterMode."""
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        network(*inputs)
+        call(*inputs)
     return float(counter.get_total_flops())
 
 
@@ -247,10 +247,8 @@ def evaluate(variant: Variant, env: gym.Env, starts: tuple[np.ndarray, np.ndarra
     obs0 = torch.as_tensor(starts[0], dtype=torch.float32, device=device)
     variant.generate(obs0[:8], torch.Generator(device).manual_seed(seed))  # warm-up: allocations, caches
     imagined, seconds = timed(lambda: variant.generate(obs0, torch.Generator(device).manual_seed(seed)))
-    counter = FlopCounterMode(display=False)
-    with counter:
-        variant.generate(obs0, torch.Generator(device).manual_seed(seed))
-    transitions, generation_flops = len(obs0) * horizon, float(counter.get_total_flops())
+    generation_flops = flops(variant.generate, obs0, torch.Generator(device).manual_seed(seed))
+    transitions = len(obs0) * horizon
     calls = generation_flops / variant.flops_per_pass / len(obs0)
     result = trajectory_errors(imagined, open_loop_error(env, imagined, starts[1], starts[2]))
     result.update({

@@ -33,6 +33,7 @@ from world_model_ranking import PolicyRollouts, parse_denoiser, policy_rollouts
 from agents.presets import build_preset, resolve
 from agents.sb3_guidance import sb3_guide
 from agents.sb3_sampling import sb3_sampler
+from imagined_env.baselines.common import StepwiseImaginer
 from imagined_env.baselines.mlp_ensemble import EnsembleConfig, EnsembleTrainer, new_mlp_ensemble
 from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.training import new_trainer, spec_from_env
@@ -93,28 +94,19 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         config = replace(preset.world_model, denoiser=denoiser, readout="mean")
         trainer = new_trainer(buffer, spec, config, replace(preset.train, seed=args.seed), device="cpu")
         label = f"{resolve(args.preset)} {denoiser.kind}:{denoiser.width}x{denoiser.depth}, read-out mean"
-        models[label] = (trainer, lambda obs, actions, m=trainer.model: m.imagine(
-            obs, actions=actions).observations[:, 1:].cpu().numpy())
+        models[label] = (trainer, trainer.model)
     torch.manual_seed(args.seed)
     ensemble = new_mlp_ensemble(buffer, spec, EnsembleConfig(), "cpu")
-    stepper = EnsembleTrainer(ensemble, seed=args.seed)
-
-    @torch.no_grad()
-    def ensemble_replay(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        s, out = torch.as_tensor(obs, dtype=torch.float32), []
-        for k in range(horizon):
-            s, _, _ = ensemble.step(s, torch.as_tensor(actions[:, k]), None, deterministic=True)
-            out.append(s.numpy())
-        return np.stack(out, axis=1)
-
-    models["MLP ensemble, elite mean"] = (stepper, ensemble_replay)
+    models["MLP ensemble, elite mean"] = (EnsembleTrainer(ensemble, seed=args.seed), StepwiseImaginer(
+        lambda s, a, g: ensemble.step(s, a, g, deterministic=True), spec, horizon, ensemble.device))
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in models}
     for done in range(args.every, args.steps + 1, args.every):
-        for name, (trainer, replay) in models.items():
+        for name, (trainer, imaginer) in models.items():
             losses = trainer.train(buffer, args.every)
             row = {"steps": done, "loss": float(np.mean(losses[-100:]))}
             for set_name, (obs, rollouts) in sets.items():
-                row[f"{set_name}_obs_mse"] = replay_mse(replay(obs, rollouts.actions), rollouts)
+                imagined = imaginer.imagine(obs, actions=rollouts.actions).observations[:, 1:]
+                row[f"{set_name}_obs_mse"] = replay_mse(imagined.cpu().numpy(), rollouts)
             rows[name].append(row)
         print(f"{done} Adam steps ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(format_table(rows))

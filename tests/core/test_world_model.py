@@ -13,6 +13,7 @@ from torch import nn
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import DenoiserEnsemble
 from imagined_env.diffusion.guidance import GuidanceConfig
+from imagined_env.diffusion.sampler import GuidedSampler
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig
 from imagined_env.training import TrainConfig, fit_world_model
 from imagined_env.world_model import FORMAT_VERSION, WorldModel, WorldModelConfig, content_checksum
@@ -604,13 +605,19 @@ class _CausalSum(nn.Module):
         return out
 
 
-@pytest.mark.parametrize("n_fixed", [0, 2])
-def test_policy_consistent_actions_lie_within_the_clamp_at_the_readout_states(n_fixed):
+def _causal_sum_sampler() -> tuple[Normaliser, GuidedSampler]:
+    """A mean read-out sampler over `_CausalSum` (not declared causal), with its normaliser."""
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
     config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False,
                                  condition_on_last_action=False)
     sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
     sampler.denoiser = _CausalSum()
+    return normaliser, sampler
+
+
+@pytest.mark.parametrize("n_fixed", [0, 2])
+def test_policy_consistent_actions_lie_within_the_clamp_at_the_readout_states(n_fixed):
+    normaliser, sampler = _causal_sum_sampler()
     std = 0.05
 
     def policy(s):  # sharply state-dependent mean, small std
@@ -656,11 +663,7 @@ def _hand_readout_states(s0: np.ndarray, actions: np.ndarray, normaliser: Normal
 
 @pytest.mark.parametrize("n_fixed", [0, 2])
 def test_policy_rollout_draws_each_action_from_the_policy_at_its_readout_state(n_fixed):
-    normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
-    config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False,
-                                 condition_on_last_action=False)
-    sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
-    sampler.denoiser = _CausalSum()
+    normaliser, sampler = _causal_sum_sampler()
     std = 0.3
 
     def policy(s):  # sharply state-dependent mean
