@@ -104,9 +104,10 @@ class LearnerConfig:
 
 
 def _cpu_world_model() -> WorldModelConfig:
-    return WorldModelConfig(horizon=5, denoiser=DenoiserConfig(width=256, depth=3, time_dim=64),
+    denoiser = DenoiserConfig(kind="causal-mlp", width=64, depth=3, time_dim=64)
+    return WorldModelConfig(horizon=5, denoiser=denoiser,
                             guidance=GuidanceConfig(scale_lr=0.2), scale_actions=False,
-                            condition_on_last_action=False)
+                            condition_on_last_action=False, readout="rollout")
 
 
 @dataclass(frozen=True)

@@ -49,11 +49,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--denoiser", action="append", default=[], metavar="KIND:WIDTHxDEPTH",
                         help="the preset's world model with this denoiser instead of its own (repeatable)")
+    parser.add_argument("--members", type=int, default=None,
+                        help="PolyGRAD ensemble members (default: the preset's n_members)")
     parser.add_argument("--steps", type=int, default=12_000, help="Adam steps of every model")
     parser.add_argument("--every", type=int, default=2_000, help="Adam steps between measurements")
     parser.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/"
                         "world_model_generalisation/ENV/seed-SEED.json)")
     args = parser.parse_args(argv)
+    if args.members is not None and args.members < 1:
+        parser.error(f"--members must be >= 1, got {args.members}")
     if args.every < 1 or args.steps < args.every:
         parser.error(f"need 1 <= --every <= --steps, got {args.every} and {args.steps}")
     return args
@@ -91,9 +95,12 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         preset.world_model.denoiser]
     models = {}
     for denoiser in denoisers:
-        config = replace(preset.world_model, denoiser=denoiser, readout="mean")
+        config = replace(preset.world_model, denoiser=denoiser, readout="mean",
+                         n_members=args.members or preset.world_model.n_members)
         trainer = new_trainer(buffer, spec, config, replace(preset.train, seed=args.seed), device="cpu")
-        label = f"{resolve(args.preset)} {denoiser.kind}:{denoiser.width}x{denoiser.depth}, read-out mean"
+        size = f"{denoiser.width}x{denoiser.depth}" + (f" x {config.n_members} members"
+                                                         if config.n_members > 1 else "")
+        label = f"{resolve(args.preset)} {denoiser.kind}:{size}, read-out mean"
         models[label] = (trainer, trainer.model)
     torch.manual_seed(args.seed)
     ensemble = new_mlp_ensemble(buffer, spec, EnsembleConfig(), "cpu")

@@ -21,7 +21,7 @@ from agents.compare import (
 from agents.config import CoordinatorConfig
 
 SPEC = CompareSpec(env_id="HalfCheetah-v4", methods=("ppo", "imagination-ppo"), seeds=(0,), budget=10_000,
-                   eval_every=5000, eval_episodes=2, imagination=CoordinatorConfig(), preset="cpu-v5")
+                   eval_every=5000, eval_episodes=2, imagination=CoordinatorConfig(), preset="cpu-v6")
 
 
 def part(tmp_path, name, seeds, spec=SPEC):
@@ -40,7 +40,7 @@ def test_merge_combines_seeds_and_writes_everything(tmp_path):
     assert len(rows) == len(pa) + len(pb) == 18
     assert {int(r["seed"]) for r in rows} == {0, 1, 2}
     assert (tmp_path / "m" / "compare.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "m" / "compare.json").read_text())["preset"] == "cpu-v5"
+    assert json.loads((tmp_path / "m" / "compare.json").read_text())["preset"] == "cpu-v6"
 
 
 def test_merge_without_out_writes_to_a_folder_keyed_by_task_preset_and_seeds(tmp_path, monkeypatch):
@@ -48,18 +48,18 @@ def test_merge_without_out_writes_to_a_folder_keyed_by_task_preset_and_seeds(tmp
     b, _ = part(tmp_path, "b", [1, 2])
     monkeypatch.chdir(tmp_path)
     assert main(["merge", str(a), str(b)]) == 0
-    assert (tmp_path / "runs/compare/HalfCheetah-v4/cpu-v5/seeds-0-2/compare.csv").is_file()
+    assert (tmp_path / "runs/compare/HalfCheetah-v4/cpu-v6/seeds-0-2/compare.csv").is_file()
 
 
 def test_compare_folders_name_the_preset_and_whether_it_was_changed():
     cpu = CoordinatorConfig()
     assert (compare_dir("HalfCheetah-v4", cpu, "cpu", (2, 0, 1))
-            == Path("runs/compare/HalfCheetah-v4/cpu-v5/seeds-0-2"))
+            == Path("runs/compare/HalfCheetah-v4/cpu-v6/seeds-0-2"))
     evaluation = replace(cpu, eval_every=500, seed=3, algo="a2c")  # set per run by compare: still the preset
-    assert compare_dir("HalfCheetah-v4", evaluation, "cpu-v5", (4,)).parts[-2:] == ("cpu-v5", "seeds-4")
+    assert compare_dir("HalfCheetah-v4", evaluation, "cpu-v6", (4,)).parts[-2:] == ("cpu-v6", "seeds-4")
     changed = replace(cpu, n_imagined_envs=8)
-    assert (compare_dir("HalfCheetah-v4", changed, "cpu-v5", (0, 2, 5)).parts[-2:]
-            == ("cpu-v5-custom", "seeds-0+2+5"))
+    assert (compare_dir("HalfCheetah-v4", changed, "cpu-v6", (0, 2, 5)).parts[-2:]
+            == ("cpu-v6-custom", "seeds-0+2+5"))
     assert compare_dir("Hopper-v4", None, None, (0,)).parts[-3:] == ("Hopper-v4", "model-free", "seeds-0")
     assert compare_dir("Hopper-v4", cpu, None, (0,)).parts[-2] == "unknown-preset"
 
@@ -101,18 +101,19 @@ def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
 
 
 def test_settings_line_names_the_options_switched_on():
-    plain = describe_imagination(CoordinatorConfig(), "cpu-v5")
-    assert ("(cpu-v5)" in plain
-            and "(cpu-v4 + learner.ent_coef 0.03)" in describe_imagination(CoordinatorConfig(), "cpu-v4"))
+    plain = describe_imagination(CoordinatorConfig(), "cpu-v6")
+    assert ("(cpu-v6)" in plain
+            and "(cpu-v5 + world_model.denoiser.kind causal-mlp + world_model.denoiser.width 64 + "
+                "world_model.readout rollout)" in describe_imagination(CoordinatorConfig(), "cpu-v5"))
     assert "window" not in plain and "collection noise" not in plain and "KL" not in plain
     options = describe_imagination(CoordinatorConfig(start_state_window=10_000, collection_noise_std=0.3,
-                                                      target_update_kl=0.02), "cpu-v5")
+                                                      target_update_kl=0.02), "cpu-v6")
     assert "collection noise std 0.3, start state window 10000, target update KL 0.02;" in options
     assert "(actions full strength, last action hidden)" in plain and "per row" not in plain
     wm = CoordinatorConfig().world_model
     paper_like = describe_imagination(CoordinatorConfig(world_model=replace(
-        wm, scale_actions=True, condition_on_last_action=True,
-        guidance=replace(wm.guidance, per_row=True))), "cpu-v5")
+        wm, scale_actions=True, condition_on_last_action=True, readout="chain",
+        guidance=replace(wm.guidance, per_row=True))), "cpu-v6")
     assert "(actions scaled)" in paper_like and "guidance scale lr 0.2 per row;" in paper_like
 
 
