@@ -11,6 +11,9 @@ other denoisers) beside the MBPO-style MLP ensemble.
    MSE of the replay, averaged over k = 1..H (environment units), and of the same replay from 200 states of
    the training buffer. PolyGRAD models are read out by their mean (`readout="mean"`, deterministic), the
    ensemble by its elites' mean.
+4. Alongside, each model replays the recorded actions of 400 whole windows of the training buffer and of
+   the held-out data: a model that fits its own windows ever better while the held-out ones stay flat
+   has memorised them.
 A model whose training loss keeps falling while its held-out error stays flat has stopped generalising.
 
     python benchmarks/world_model_generalisation.py --denoiser causal-mlp:64x3
@@ -35,6 +38,7 @@ from agents.sb3_guidance import sb3_guide
 from agents.sb3_sampling import sb3_sampler
 from imagined_env.baselines.common import StepwiseImaginer
 from imagined_env.baselines.mlp_ensemble import EnsembleConfig, EnsembleTrainer, new_mlp_ensemble
+from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.training import new_trainer, spec_from_env
 from imagined_env.utils import atomic_path
@@ -68,6 +72,15 @@ def replay_mse(imagined: np.ndarray, rollouts: PolicyRollouts) -> float:
     return float(((imagined - rollouts.next_obs) ** 2)[rollouts.valid].mean())
 
 
+def recorded_windows(buffer: EpisodeBuffer, horizon: int, rng: np.random.Generator, n: int = 400
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start observations [N, obs], recorded actions [N, H, act] and next observations [N, H, obs] of up
+    to `n` windows drawn from `buffer`, those that end before any termination."""
+    drawn = buffer.sample_windows(n, horizon, rng)
+    whole = drawn.valid.all(axis=1)
+    return drawn.states[whole, 0], drawn.actions[whole, :horizon], drawn.states[whole, 1:]
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     args = parse_args(argv)
     torch.set_num_threads(1)
@@ -89,6 +102,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     for name, source, seed in (("held_out", held_out, args.seed), ("training", buffer, args.seed + 5)):
         obs, qpos, qvel = source.start_states(np.random.default_rng(seed), N_STARTS)
         sets[name] = (obs, policy_rollouts(env, policy, qpos, qvel, horizon, np.random.default_rng(seed)))
+    windows = {name: recorded_windows(source, horizon, np.random.default_rng(args.seed + 1))
+               for name, source in (("held_out", held_out), ("training", buffer))}
     print(f"data ready ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     denoisers = [parse_denoiser(text, preset.world_model.denoiser) for text in args.denoiser] or [
@@ -114,6 +129,9 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
             for set_name, (obs, rollouts) in sets.items():
                 imagined = imaginer.imagine(obs, actions=rollouts.actions).observations[:, 1:]
                 row[f"{set_name}_obs_mse"] = replay_mse(imagined.cpu().numpy(), rollouts)
+            for set_name, (start, actions, target) in windows.items():
+                imagined = imaginer.imagine(start, actions=actions).observations[:, 1:].cpu().numpy()
+                row[f"{set_name}_windows_obs_mse"] = float(((imagined - target) ** 2).mean())
             rows[name].append(row)
         print(f"{done} Adam steps ({time.perf_counter() - t0:.0f} s)", flush=True)
     print(format_table(rows))
@@ -131,11 +149,15 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 def format_table(rows: dict[str, list[dict[str, float]]]) -> str:
     width = max(len(name) for name in rows) + 2
     steps = [row["steps"] for row in next(iter(rows.values()))]
-    lines = ["Held-out open-loop observation MSE (training-buffer states in brackets) after N Adam steps",
-             f"{'model':<{width}}" + "".join(f"{n:>16}" for n in steps)]
-    for name, series in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(
-            f"{r['held_out_obs_mse']:>8.3f} [{r['training_obs_mse']:.3f}]" for r in series))
+    lines = []
+    for title, prefix in (("policy rollouts from held-out states (from training-buffer states)", ""),
+                          ("recorded windows, held-out (training buffer)", "_windows")):
+        lines += [f"Open-loop observation MSE after N Adam steps, {title}",
+                  f"{'model':<{width}}" + "".join(f"{n:>16}" for n in steps)]
+        for name, series in rows.items():
+            lines.append(f"{name:<{width}}" + "".join(
+                f"{r[f'held_out{prefix}_obs_mse']:>8.3f} [{r[f'training{prefix}_obs_mse']:.3f}]"
+                for r in series))
     return "\n".join(lines)
 
 
