@@ -35,12 +35,16 @@ class DenoiserConfig:
     """Size of the Fourier time embedding."""
     heads: int = 4
     """Attention heads (both transformers)."""
+    dropout: float = 0.0
+    """Dropout on the residual branches in training, not in generation: against memorising small buffers."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"denoiser kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if self.width < 1 or self.depth < 1 or self.time_dim < 2:
             raise ValueError(f"width, depth must be >= 1 and time_dim >= 2, got {self}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"denoiser dropout must lie in [0, 1), got {self.dropout}")
         if self.kind.endswith("transformer") and self.width % self.heads:
             raise ValueError(f"transformer width {self.width} must be divisible by heads {self.heads}")
 
@@ -65,13 +69,14 @@ class TimeEmbedding(nn.Module):
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, dropout: float = 0.0):
         super().__init__()
         self.norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
         self.linear = nn.Linear(width, width)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.linear(torch.relu(self.norm(h)))
+        return h + self.linear(self.drop(torch.relu(self.norm(h))))
 
 
 class ResidualMLPDenoiser(nn.Module):
@@ -82,7 +87,8 @@ class ResidualMLPDenoiser(nn.Module):
         self.n_rows, self.x_dim = n_rows, x_dim
         self.inp = nn.Linear(n_rows * (x_dim + act_dim), config.width)
         self.time = TimeEmbedding(config.time_dim, config.width)
-        self.blocks = nn.Sequential(*[ResidualBlock(config.width) for _ in range(config.depth)])
+        self.blocks = nn.Sequential(*[ResidualBlock(config.width, config.dropout)
+                                      for _ in range(config.depth)])
         self.out = nn.Sequential(nn.LayerNorm(config.width), nn.ReLU(),
                                  nn.Linear(config.width, n_rows * x_dim))
 
@@ -102,7 +108,8 @@ class TransformerDenoiser(nn.Module):
         self.pos = nn.Parameter(torch.zeros(1, n_rows, config.width))
         self.time = TimeEmbedding(config.time_dim, config.width)
         layer = nn.TransformerEncoderLayer(
-            config.width, config.heads, 4 * config.width, dropout=0.0, batch_first=True, norm_first=True
+            config.width, config.heads, 4 * config.width, dropout=config.dropout, batch_first=True,
+            norm_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.out = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, x_dim))
@@ -115,19 +122,20 @@ class TransformerDenoiser(nn.Module):
 class CausalBlock(nn.Module):
     """Pre-norm transformer layer whose attention lets each token see itself and earlier tokens only."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, dropout: float = 0.0):
         super().__init__()
         self.heads = heads
         self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.ReLU(), nn.Linear(4 * width, width))
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         batch, tokens, width = h.shape
         q, k, v = self.qkv(self.norm1(h)).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        h = h + self.proj(att.transpose(1, 2).reshape(batch, tokens, width))
-        return h + self.mlp(self.norm2(h))
+        h = h + self.drop(self.proj(att.transpose(1, 2).reshape(batch, tokens, width)))
+        return h + self.drop(self.mlp(self.norm2(h)))
 
 
 class CausalTransformerDenoiser(nn.Module):
@@ -149,7 +157,8 @@ class CausalTransformerDenoiser(nn.Module):
         self.inp = nn.Linear(x_dim + act_dim, config.width)
         self.pos = nn.Parameter(torch.zeros(1, n_rows + 1, config.width))
         self.time = TimeEmbedding(config.time_dim, config.width)
-        self.blocks = nn.Sequential(*[CausalBlock(config.width, config.heads) for _ in range(config.depth)])
+        self.blocks = nn.Sequential(*[CausalBlock(config.width, config.heads, config.dropout)
+                                      for _ in range(config.depth)])
         self.out = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, x_dim))
 
     def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -206,14 +215,15 @@ class BlockCausalLinear(nn.Linear):
 class CausalResidualBlock(nn.Module):
     """`ResidualBlock` over token blocks: the norm is per token and the linear map block-causal."""
 
-    def __init__(self, tokens: int, width: int):
+    def __init__(self, tokens: int, width: int, dropout: float = 0.0):
         super().__init__()
         self.tokens, self.width = tokens, width
         self.norm = nn.LayerNorm(width)
+        self.drop = nn.Dropout(dropout)
         self.linear = BlockCausalLinear(tokens, width, width)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        z = torch.relu(self.norm(h.view(-1, self.tokens, self.width)))
+        z = self.drop(torch.relu(self.norm(h.view(-1, self.tokens, self.width))))
         return h + self.linear(z.flatten(1))
 
 
@@ -232,7 +242,7 @@ class CausalMLPDenoiser(nn.Module):
         self.tokens, self.width = n_rows + 1, config.width
         self.inp = BlockCausalLinear(self.tokens, x_dim + act_dim, config.width)
         self.time = TimeEmbedding(config.time_dim, config.width)
-        self.blocks = nn.Sequential(*[CausalResidualBlock(self.tokens, config.width)
+        self.blocks = nn.Sequential(*[CausalResidualBlock(self.tokens, config.width, config.dropout)
                                       for _ in range(config.depth)])
         self.out = nn.Sequential(nn.LayerNorm(config.width), nn.ReLU(), nn.Linear(config.width, x_dim))
 
@@ -247,11 +257,13 @@ class TokenStepper:
     """A `CausalMLPDenoiser` fed one token at a time: `push` of token j returns the network's output for it,
     which depends on tokens <= j only; each layer's features of the earlier tokens are kept. A sequential
     read-out (a policy rollout) thus costs one pass of the useful half of every masked matmul, instead of
-    one full pass per row."""
+    one full pass per row. It computes the network in eval mode (no dropout), as generation uses it."""
 
     def __init__(self, net: CausalMLPDenoiser, t: torch.Tensor):
-        self.net, self.time = net, net.time(t)
         self.blocks = cast(list[CausalResidualBlock], list(net.blocks))
+        if net.training and any(block.drop.p > 0 for block in self.blocks):
+            raise ValueError("a TokenStepper reads the network without dropout: call net.eval() first")
+        self.net, self.time = net, net.time(t)
         self.tokens: list[torch.Tensor] = []
         self.features: list[list[torch.Tensor]] = [[] for _ in self.blocks]
 

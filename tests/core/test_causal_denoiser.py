@@ -184,6 +184,32 @@ def test_the_causal_mlp_fed_token_by_token_gives_its_full_pass():
             stepper.push(tokens[:, 0])
 
 
+def test_the_token_stepper_reads_a_dropout_network_as_generation_does():
+    torch.manual_seed(0)
+    net = build_denoiser(ROWS, X_DIM, ACT, dataclasses.replace(SMALL, kind="causal-mlp", dropout=0.5))
+    x, actions = _inputs()
+    t = torch.tensor([0, 60, 127])
+    with pytest.raises(ValueError, match="without dropout"):
+        TokenStepper(net, t)                                         # in training mode
+    stepper, tokens = TokenStepper(net.eval(), t), transition_tokens(x, actions)
+    with torch.no_grad():
+        outputs = [stepper.push(tokens[:, j]) for j in range(ROWS + 1)]
+        torch.testing.assert_close(rows_of_tokens(torch.stack(outputs, dim=1)), net(x, actions, t))
+
+
+def test_a_model_trained_with_dropout_imagines_deterministically():
+    """Training keeps the denoiser in training mode; the EMA copy that generates never drops units."""
+    torch.manual_seed(0)
+    denoiser = dataclasses.replace(TINY_CONFIG.denoiser, kind="causal-mlp", dropout=0.3)
+    config = dataclasses.replace(TINY_CONFIG, denoiser=denoiser)
+    model, _ = fit_world_model(linear_buffer(), LINEAR_SPEC, 20, config, TrainConfig(lr=2e-3, batch_size=64),
+                               device="cpu", progress=False)
+    assert model.denoiser.training and not model.ema.training
+    s0 = np.random.default_rng(0).normal(size=(5, OBS)).astype(np.float32)
+    runs = [model.imagine(s0, _state_policy, generator=torch.Generator().manual_seed(2)) for _ in range(2)]
+    assert torch.equal(runs[0].observations, runs[1].observations)
+
+
 @pytest.mark.parametrize("n_members,n_fixed,last_action", [(1, 0, False), (2, 0, False), (2, 2, True)])
 def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members, n_fixed, last_action,
                                                                         monkeypatch):

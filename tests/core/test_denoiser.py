@@ -61,3 +61,23 @@ def test_an_ensemble_predicts_its_members_mean_and_each_member_on_its_own(kind):
     single = build_denoiser(3, 4, 2, config)
     assert members(single) == [single]
     torch.testing.assert_close(member_predictions(single, x, a, t), single(x, a, t)[None])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_dropout_acts_while_training_and_the_eval_pass_is_the_network_without_it(kind):
+    torch.manual_seed(0)
+    config = DenoiserConfig(kind=kind, width=16, depth=2, time_dim=8, dropout=0.5)
+    net = build_denoiser(3, 4, 2, config)
+    plain = build_denoiser(3, 4, 2, DenoiserConfig(kind=kind, width=16, depth=2, time_dim=8))
+    plain.load_state_dict(net.state_dict())                          # the same weights, no dropout
+    x, a, t = torch.randn(5, 3, 4), torch.randn(5, 3, 2), torch.tensor([0, 3, 3, 7, 1])
+    net.train()
+    assert not torch.equal(net(x, a, t), net(x, a, t))
+    net.eval()
+    torch.testing.assert_close(net(x, a, t), plain.eval()(x, a, t))
+
+
+@pytest.mark.parametrize("dropout", [-0.1, 1.0])
+def test_a_dropout_outside_zero_to_one_is_refused(dropout):
+    with pytest.raises(ValueError, match=f"dropout must lie in \\[0, 1\\), got {dropout}"):
+        DenoiserConfig(dropout=dropout)
