@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="the preset's world model with this denoiser instead of its own (repeatable)")
     parser.add_argument("--members", type=int, default=None,
                         help="PolyGRAD ensemble members (default: the preset's n_members)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="denoiser dropout of the PolyGRAD models (default: the preset's)")
     parser.add_argument("--steps", type=int, default=12_000, help="Adam steps of every model")
     parser.add_argument("--every", type=int, default=2_000, help="Adam steps between measurements")
     parser.add_argument("--out", default=None, help="JSON report (default: benchmarks/results/"
@@ -62,6 +64,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.members is not None and args.members < 1:
         parser.error(f"--members must be >= 1, got {args.members}")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        parser.error(f"--dropout must lie in [0, 1), got {args.dropout}")
     if args.every < 1 or args.steps < args.every:
         parser.error(f"need 1 <= --every <= --steps, got {args.every} and {args.steps}")
     return args
@@ -108,13 +112,16 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     denoisers = [parse_denoiser(text, preset.world_model.denoiser) for text in args.denoiser] or [
         preset.world_model.denoiser]
+    if args.dropout is not None:
+        denoisers = [replace(denoiser, dropout=args.dropout) for denoiser in denoisers]
     models = {}
     for denoiser in denoisers:
         config = replace(preset.world_model, denoiser=denoiser, readout="mean",
                          n_members=args.members or preset.world_model.n_members)
         trainer = new_trainer(buffer, spec, config, replace(preset.train, seed=args.seed), device="cpu")
-        size = f"{denoiser.width}x{denoiser.depth}" + (f" x {config.n_members} members"
-                                                         if config.n_members > 1 else "")
+        members = f" x {config.n_members} members" if config.n_members > 1 else ""
+        dropout = f", dropout {denoiser.dropout:g}" if denoiser.dropout else ""
+        size = f"{denoiser.width}x{denoiser.depth}{members}{dropout}"
         label = f"{resolve(args.preset)} {denoiser.kind}:{size}, read-out mean"
         models[label] = (trainer, trainer.model)
     torch.manual_seed(args.seed)

@@ -25,10 +25,11 @@ def bench():
 
 
 def test_every_model_is_measured_on_rollouts_and_recorded_windows(bench, tmp_path, one_torch_thread):
-    report = bench.main(["--denoiser", "causal-mlp:8x1", "--members", "2", "--steps", "4", "--every", "2",
-                         "--out", str(tmp_path / "out.json")])
+    report = bench.main(["--denoiser", "causal-mlp:8x1", "--members", "2", "--dropout", "0.2", "--steps", "4",
+                         "--every", "2", "--out", str(tmp_path / "out.json")])
     rows = report["results"]
-    assert list(rows) == ["cpu-v6 causal-mlp:8x1 x 2 members, read-out mean", "MLP ensemble, elite mean"]
+    assert list(rows) == ["cpu-v6 causal-mlp:8x1 x 2 members, dropout 0.2, read-out mean",
+                          "MLP ensemble, elite mean"]
     keys = [f"{where}{kind}_obs_mse" for where in ("held_out", "training") for kind in ("", "_windows")]
     for series in rows.values():
         assert [r["steps"] for r in series] == [2, 4]
@@ -36,7 +37,8 @@ def test_every_model_is_measured_on_rollouts_and_recorded_windows(bench, tmp_pat
     assert json.loads((tmp_path / "out.json").read_text())["results"] == rows
 
 
-@pytest.mark.parametrize("bad", [["--members", "0"], ["--every", "0"], ["--steps", "1", "--every", "2"]])
+@pytest.mark.parametrize("bad", [["--members", "0"], ["--dropout", "1"], ["--every", "0"],
+                                 ["--steps", "1", "--every", "2"]])
 def test_bad_arguments_are_refused(bench, bad, tmp_path):
     with pytest.raises(SystemExit):
         bench.main([*bad, "--out", str(tmp_path / "out.json")])
