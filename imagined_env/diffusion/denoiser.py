@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-KINDS = ("mlp", "transformer", "causal-transformer", "causal-mlp")
-CAUSAL_KINDS = ("causal-transformer", "causal-mlp")
+KINDS = ("mlp", "transformer", "causal-transformer", "causal-mlp", "causal-recurrent")
+CAUSAL_KINDS = ("causal-transformer", "causal-mlp", "causal-recurrent")
 """Kinds whose row k reads no later action or noisy row (`is_causal` of the built network)."""
 
 N_OUTCOMES = 2
@@ -26,7 +26,8 @@ class DenoiserConfig:
     """Architecture of the denoiser."""
 
     kind: str = "mlp"
-    """"mlp", "transformer", or causal (no row sees a later action): "causal-transformer", "causal-mlp"."""
+    """"mlp", "transformer", or causal (no row sees a later action): "causal-transformer", "causal-mlp",
+    "causal-recurrent"."""
     width: int = 1024
     """Hidden width (causal-mlp: per transition)."""
     depth: int = 6
@@ -253,6 +254,41 @@ class CausalMLPDenoiser(nn.Module):
         return rows_of_tokens(self.out(h.view(-1, self.tokens, self.width)))
 
 
+class CausalRecurrentDenoiser(nn.Module):
+    """Causal in time by recurrence: the tokens of `CausalTransformerDenoiser` enter one at a time, and one
+    step function, shared by every position, updates a hidden state h_j = h_{j-1} + f(norm(h_{j-1}), token
+    j); token j's output is read from h_j. Row k's states thus depend on s0, the noisy rows <= k and
+    a_0..a_{k-1} alone. Sharing the step across positions is the structure of a one-step model, which
+    keeps improving on held-out states of a small buffer where weights of their own for every pair of
+    positions (`CausalMLPDenoiser`) stop. The loop runs over the L + 1 tokens, each step batched."""
+
+    causal = True
+    """No row's output depends on a later action or noisy row (`is_causal`)."""
+
+    def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
+        super().__init__()
+        _check_outcome_channels(x_dim)
+        width = config.width
+        self.inp = nn.Linear(x_dim + act_dim, width)
+        self.time = TimeEmbedding(config.time_dim, width)
+        self.start = nn.Parameter(torch.zeros(width))
+        self.norm = nn.LayerNorm(width)
+        layers: list[nn.Module] = [nn.Linear(2 * width, width), nn.ReLU(), nn.Dropout(config.dropout)]
+        for _ in range(config.depth - 1):
+            layers += [nn.Linear(width, width), nn.ReLU(), nn.Dropout(config.dropout)]
+        self.step = nn.Sequential(*layers, nn.Linear(width, width))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.ReLU(), nn.Linear(width, x_dim))
+
+    def forward(self, x: torch.Tensor, actions: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x [B, L, x_dim], actions [B, L, act_dim] (already scaled), t [B] -> x0_hat [B, L, x_dim]."""
+        tokens = self.inp(transition_tokens(x, actions)) + self.time(t)[:, None]
+        h, states = self.start.expand(len(tokens), -1), []
+        for j in range(tokens.shape[1]):
+            h = h + self.step(torch.cat([self.norm(h), tokens[:, j]], dim=-1))
+            states.append(h)
+        return rows_of_tokens(self.out(torch.stack(states, dim=1)))
+
+
 class TokenStepper:
     """A `CausalMLPDenoiser` fed one token at a time: `push` of token j returns the network's output for it,
     which depends on tokens <= j only; each layer's features of the earlier tokens are kept. A sequential
@@ -315,7 +351,8 @@ def build_denoiser(n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig
                    ) -> nn.Module:
     """One denoiser, or with `n_members` > 1 an ensemble of them."""
     cls = {"mlp": ResidualMLPDenoiser, "transformer": TransformerDenoiser,
-           "causal-transformer": CausalTransformerDenoiser, "causal-mlp": CausalMLPDenoiser}[config.kind]
+           "causal-transformer": CausalTransformerDenoiser, "causal-mlp": CausalMLPDenoiser,
+           "causal-recurrent": CausalRecurrentDenoiser}[config.kind]
     if n_members == 1:
         return cls(n_rows, x_dim, act_dim, config)
     return DenoiserEnsemble([cls(n_rows, x_dim, act_dim, config) for _ in range(n_members)])

@@ -1,5 +1,6 @@
-"""The causal denoiser: no output of a row moves with a later action or a later noisy row, bitwise, in one
-pass and through the guided chain; the non-causal transformer, under the same probes, does move."""
+"""The causal denoisers (transformer, MLP, recurrent): no output of a row moves with a later action or a
+later noisy row, bitwise, in one pass and through the guided chain; the non-causal transformer, under the
+same probes, does move."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,6 +13,7 @@ import torch
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import (
     CausalMLPDenoiser,
+    CausalRecurrentDenoiser,
     CausalTransformerDenoiser,
     DenoiserConfig,
     TokenStepper,
@@ -25,7 +27,8 @@ from tests.conftest import ACT, LINEAR_SPEC, OBS, TINY_CONFIG, H, linear_buffer
 
 ROWS, X_DIM = 6, OBS + 2
 SMALL = DenoiserConfig(kind="causal-transformer", width=32, depth=2, time_dim=16, heads=4)
-CAUSAL = {"causal-transformer": CausalTransformerDenoiser, "causal-mlp": CausalMLPDenoiser}
+CAUSAL = {"causal-transformer": CausalTransformerDenoiser, "causal-mlp": CausalMLPDenoiser,
+          "causal-recurrent": CausalRecurrentDenoiser}
 NOISE_LEVELS = [torch.full((3,), 0), torch.full((3,), 60), torch.full((3,), 127), torch.tensor([0, 60, 127])]
 
 
@@ -119,7 +122,7 @@ def test_a_batch_is_denoised_in_one_pass_and_rows_need_outcome_channels(kind):
         CAUSAL[kind](ROWS, 2, ACT, SMALL)
     with pytest.raises(ValueError, match="divisible by heads 3"):
         DenoiserConfig(kind="causal-transformer", width=32, heads=3)
-    with pytest.raises(ValueError, match="causal-mlp, got 'causal'"):
+    with pytest.raises(ValueError, match="causal-recurrent, got 'causal'"):
         DenoiserConfig(kind="causal")
 
 
