@@ -268,7 +268,7 @@ class CausalRecurrentDenoiser(nn.Module):
     def __init__(self, n_rows: int, x_dim: int, act_dim: int, config: DenoiserConfig):
         super().__init__()
         _check_outcome_channels(x_dim)
-        width = config.width
+        width, self.tokens = config.width, n_rows + 1
         self.inp = nn.Linear(x_dim + act_dim, width)
         self.time = TimeEmbedding(config.time_dim, width)
         self.start = nn.Parameter(torch.zeros(width))
@@ -284,9 +284,13 @@ class CausalRecurrentDenoiser(nn.Module):
         tokens = self.inp(transition_tokens(x, actions)) + self.time(t)[:, None]
         h, states = self.start.expand(len(tokens), -1), []
         for j in range(tokens.shape[1]):
-            h = h + self.step(torch.cat([self.norm(h), tokens[:, j]], dim=-1))
+            h = self.update(h, tokens[:, j])
             states.append(h)
         return rows_of_tokens(self.out(torch.stack(states, dim=1)))
+
+    def update(self, h: torch.Tensor, embedded: torch.Tensor) -> torch.Tensor:
+        """The hidden state [B, width] after one more embedded token [B, width]."""
+        return h + self.step(torch.cat([self.norm(h), embedded], dim=-1))
 
 
 class TokenStepper:
@@ -314,6 +318,34 @@ class TokenStepper:
             kept.append(torch.relu(block.norm(h)))
             h = h + block.linear.block_row(torch.cat(kept, dim=-1), j)
         return net.out(h)
+
+
+class RecurrentStepper:
+    """A `CausalRecurrentDenoiser` fed one token at a time, as `TokenStepper` feeds a causal MLP: `push`
+    of token j updates the kept hidden state once and returns token j's output (eval mode, no dropout)."""
+
+    def __init__(self, net: CausalRecurrentDenoiser, t: torch.Tensor):
+        if net.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in net.step):
+            raise ValueError("a RecurrentStepper reads the network without dropout: call net.eval() first")
+        self.net, self.time, self.pushed = net, net.time(t), 0
+        self.h = net.start.expand(len(self.time), -1)
+
+    def push(self, token: torch.Tensor) -> torch.Tensor:
+        """token [B, x_dim + act_dim] (a column of `transition_tokens`) -> its output [B, x_dim]."""
+        if self.pushed == self.net.tokens:
+            raise ValueError(f"the window holds {self.net.tokens} tokens, all pushed already")
+        self.h, self.pushed = self.net.update(self.h, self.net.inp(token) + self.time), self.pushed + 1
+        return self.net.out(self.h)
+
+
+def token_stepper(net: nn.Module, t: torch.Tensor) -> TokenStepper | RecurrentStepper | None:
+    """A stepper that feeds `net` one token at a time at steps t [B], or None for a network that cannot be
+    fed so (its sequential read-out takes a full pass per row)."""
+    if isinstance(net, CausalMLPDenoiser):
+        return TokenStepper(net, t)
+    if isinstance(net, CausalRecurrentDenoiser):
+        return RecurrentStepper(net, t)
+    return None
 
 
 class DenoiserEnsemble(nn.Module):

@@ -8,19 +8,17 @@ simulator's bounds clip what the denoiser sees.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import cast
 
 import torch
 from torch import nn
 
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.diffusion.denoiser import (
-    CausalMLPDenoiser,
-    TokenStepper,
     is_causal,
     member_predictions,
     members,
     rows_of_tokens,
+    token_stepper,
     transition_tokens,
 )
 from imagined_env.diffusion.guidance import (
@@ -173,8 +171,9 @@ class GuidedSampler:
         the first k. With a causal denoiser (needed) a later draw cannot move an earlier state, so
         every action is an exact draw of the policy at the state the learner is shown. The last row's
         action stays 0: it only reaches that row's outcomes, which no imagined transition uses. Returns
-        the actions and their read-out (as `readout`): causal MLPs build it token by token
-        (`TokenStepper`, about half a pass in all), other denoisers by one pass per row."""
+        the actions and their read-out (as `readout`): causal MLP and recurrent denoisers build it token by
+        token (`token_stepper`; a causal MLP's costs about half a pass in all, a recurrent one's one pass),
+        other denoisers by one pass per row."""
         if not is_causal(self.denoiser):
             raise ValueError("a policy rollout of the read-out needs a causal denoiser: with another, later "
                              "actions move earlier states and the drawn actions leave the policy")
@@ -185,20 +184,20 @@ class GuidedSampler:
         actions = torch.zeros(batch, n_rows, self.bounds.low.numel(), device=start_states.device)
         if fixed_actions is not None:
             actions[:, :n_fixed] = fixed_actions
-        nets = members(self.denoiser)
-        if not all(isinstance(net, CausalMLPDenoiser) for net in nets):
+        x, tt, s0 = self._readout_input(start_states, n_rows)
+        found = [token_stepper(net, tt) for net in members(self.denoiser)]
+        steppers = [stepper for stepper in found if stepper is not None]
+        if len(steppers) < len(found):
             for k in range(n_fixed, n_rows - 1):
                 mean, std = policy(self._readout_state(start_states, actions, k))
                 actions[:, k] = mean + std * noise[:, k]
             return actions, self.readout(start_states, actions)
-        x, tt, s0 = self._readout_input(start_states, n_rows)
         signal, obs_dim = self.schedule.signal_scale(tt), start_states.shape[1]
 
         def token(j: int) -> torch.Tensor:   # token j of the actions drawn so far (it carries a_{j-1})
             seen = self.action_input(self.normaliser.normalise_action(self.bounds.clip(actions)), signal)
             return transition_tokens(x, seen)[:, j]
 
-        steppers = [TokenStepper(cast(CausalMLPDenoiser, net), tt) for net in nets]
         first = token(0)
         outputs = [[stepper.push(first)] for stepper in steppers]
         for k in range(n_rows):

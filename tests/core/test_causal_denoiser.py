@@ -16,9 +16,9 @@ from imagined_env.diffusion.denoiser import (
     CausalRecurrentDenoiser,
     CausalTransformerDenoiser,
     DenoiserConfig,
-    TokenStepper,
     build_denoiser,
     rows_of_tokens,
+    token_stepper,
     transition_tokens,
 )
 from imagined_env.training import TrainConfig, fit_world_model
@@ -175,11 +175,13 @@ def test_a_causal_model_saved_and_loaded_records_its_kind_and_imagines_the_same(
         assert torch.equal(getattr(runs[0], field), getattr(runs[1], field)), field
 
 
-def test_the_causal_mlp_fed_token_by_token_gives_its_full_pass():
-    net = _net("causal-mlp")
+@pytest.mark.parametrize("kind", ["causal-mlp", "causal-recurrent"])
+def test_a_network_fed_token_by_token_gives_its_full_pass(kind):
+    net = _net(kind)
     x, actions = _inputs()
     t = torch.tensor([0, 60, 127])
-    stepper, tokens = TokenStepper(net, t), transition_tokens(x, actions)
+    stepper, tokens = token_stepper(net, t), transition_tokens(x, actions)
+    assert stepper is not None and token_stepper(_net("causal-transformer"), t) is None
     with torch.no_grad():
         outputs = [stepper.push(tokens[:, j]) for j in range(ROWS + 1)]
         torch.testing.assert_close(rows_of_tokens(torch.stack(outputs, dim=1)), net(x, actions, t))
@@ -187,14 +189,16 @@ def test_the_causal_mlp_fed_token_by_token_gives_its_full_pass():
             stepper.push(tokens[:, 0])
 
 
-def test_the_token_stepper_reads_a_dropout_network_as_generation_does():
+@pytest.mark.parametrize("kind", ["causal-mlp", "causal-recurrent"])
+def test_a_stepper_reads_a_dropout_network_as_generation_does(kind):
     torch.manual_seed(0)
-    net = build_denoiser(ROWS, X_DIM, ACT, dataclasses.replace(SMALL, kind="causal-mlp", dropout=0.5))
+    net = build_denoiser(ROWS, X_DIM, ACT, dataclasses.replace(SMALL, kind=kind, dropout=0.5))
     x, actions = _inputs()
     t = torch.tensor([0, 60, 127])
     with pytest.raises(ValueError, match="without dropout"):
-        TokenStepper(net, t)                                         # in training mode
-    stepper, tokens = TokenStepper(net.eval(), t), transition_tokens(x, actions)
+        token_stepper(net, t)                                        # in training mode
+    stepper, tokens = token_stepper(net.eval(), t), transition_tokens(x, actions)
+    assert stepper is not None
     with torch.no_grad():
         outputs = [stepper.push(tokens[:, j]) for j in range(ROWS + 1)]
         torch.testing.assert_close(rows_of_tokens(torch.stack(outputs, dim=1)), net(x, actions, t))
@@ -213,16 +217,17 @@ def test_a_model_trained_with_dropout_imagines_deterministically():
     assert torch.equal(runs[0].observations, runs[1].observations)
 
 
+@pytest.mark.parametrize("kind", ["causal-mlp", "causal-recurrent"])
 @pytest.mark.parametrize("n_members,n_fixed,last_action", [(1, 0, False), (2, 0, False), (2, 2, True)])
-def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members, n_fixed, last_action,
+def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(kind, n_members, n_fixed, last_action,
                                                                         monkeypatch):
-    """The causal MLP's token-by-token rollout against a reference built from full passes: its read-out is
-    `readout` of its actions, and each drawn action standardised at the members' mean state of that
-    read-out is the generator's noise; given first actions are kept."""
+    """The token-by-token rollout against a reference built from full passes: its read-out is `readout` of
+    its actions, and each drawn action standardised at the members' mean state of that read-out is the
+    generator's noise; given first actions are kept."""
     torch.manual_seed(0)
     config = dataclasses.replace(
         TINY_CONFIG, readout="rollout", scale_actions=False, condition_on_last_action=last_action,
-        n_members=n_members, denoiser=dataclasses.replace(TINY_CONFIG.denoiser, kind="causal-mlp", width=16))
+        n_members=n_members, denoiser=dataclasses.replace(TINY_CONFIG.denoiser, kind=kind, width=16))
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
     sampler = WorldModel(LINEAR_SPEC, config, normaliser, "cpu").sampler()
     std = 0.3
@@ -233,7 +238,7 @@ def test_a_stepped_rollout_draws_at_the_states_of_full_read_out_passes(n_members
     s0 = torch.as_tensor(np.random.default_rng(0).normal(size=(64, OBS)), dtype=torch.float32)
     given = torch.as_tensor(np.random.default_rng(1).uniform(-1, 1, (64, n_fixed, ACT)), dtype=torch.float32)
     with monkeypatch.context() as patch:   # the stepped path makes no full pass
-        patch.setattr(CausalMLPDenoiser, "forward", lambda *_: pytest.fail("a full pass was made"))
+        patch.setattr(CAUSAL[kind], "forward", lambda *_: pytest.fail("a full pass was made"))
         actions, x0 = sampler.policy_rollout(s0, policy, H + 1, generator=torch.Generator().manual_seed(1),
                                              fixed_actions=given if n_fixed else None)
     reference = sampler.readout(s0, actions)
