@@ -5,8 +5,9 @@ fitted for a handful of Adam steps only (to have a normaliser and an EMA copy) o
 HalfCheetah data. For each horizon H, from the same start states:
 - PolyGRAD with each denoiser (`KIND:WIDTHxDEPTH`, default: the preset's MLP, the causal MLP and the causal
   transformer), the preset's strided chain, read out from the chain and by its mean pass;
-- AR diffusion with the preset's denoiser and the same chain length per step (its cost per transition
-  does not depend on H).
+- AR diffusion with the preset's denoiser (a residual MLP of 256 x 3 when the preset's is causal,
+  `world_model_ranking.ar_denoiser`) and the same chain length per step (its cost per transition does
+  not depend on H).
 - for causal denoisers also the rollout read-out (actions drawn by the policy row after row; the causal
   MLP reads it out token by token).
 Reported: wall-clock per transition (median of interleaved repeats, one torch thread), FLOPs per transition
@@ -31,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from world_model_error import flops, timed
-from world_model_ranking import parse_denoiser, with_readout
+from world_model_ranking import ar_denoiser, parse_denoiser, with_readout
 
 from agents.presets import build_preset, resolve
 from imagined_env.baselines import ARDiffusionConfig, fit_ar_diffusion
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
                 generate = lambda g, m=m: m.imagine(starts, policy, generator=g, n_sample_steps=chain)  # noqa: E731
                 generators[f"{text} read-out {readout}"] = (generate, pass_flops)
         ar, _ = fit_ar_diffusion(buffer, spec, 2, ARDiffusionConfig(
-            denoiser=preset.world_model.denoiser, schedule=preset.world_model.schedule,
+            denoiser=ar_denoiser(preset.world_model.denoiser), schedule=preset.world_model.schedule,
             sampler=SamplerConfig(n_sample_steps=chain)), preset.train, **quiet)
         ar_flops = flops(ar.ema, torch.zeros(batch, 1, spec.obs_dim + 2),
                          torch.zeros(batch, 1, spec.obs_dim + spec.act_dim),

@@ -12,7 +12,8 @@ One run, one policy, one data set:
      optimiser and full chain; in quick mode at the preset's width (256 x 3 blocks), as the paper's
      size does not train in minutes on a shared CPU; also read out both ways;
    - the preset's world model as an ensemble of `--members` denoisers, read out as their mean;
-   - autoregressive (AR) diffusion with the preset's denoiser, optimiser and chain length per step;
+   - autoregressive (AR) diffusion with the preset's optimiser and chain length per step, and its
+     denoiser if that is not causal, else a residual MLP of 256 x 3 blocks (`ar_denoiser`);
    - the MBPO-style MLP ensemble (MBPO's optimiser), sampled (a random elite per step) and as the
      elites' mean.
 3. Guided open-loop error (`imagined_env.evaluation.open_loop_error`): from held-out real states
@@ -134,6 +135,14 @@ def parse_denoiser(text: str, base: DenoiserConfig) -> DenoiserConfig:
     return replace(base, kind=kind, width=width, depth=depth)
 
 
+def ar_denoiser(preset: DenoiserConfig) -> DenoiserConfig:
+    """The denoiser of the AR diffusion row beside a preset's: the same when it is not causal, else the
+    residual MLP of 256 x 3 blocks with its time embedding (a causal one cannot model one transition)."""
+    if preset.kind not in CAUSAL_KINDS:
+        return preset
+    return replace(preset, kind="mlp", width=256, depth=3, dropout=0.0)
+
+
 def with_readout(model: WorldModel, readout: str) -> WorldModel:
     """The same trained weights, normaliser and guidance scale, read out another way."""
     other = WorldModel(model.spec, replace(model.config, readout=readout), model.normaliser, model.device)
@@ -219,7 +228,8 @@ def train_and_build_rows(args: argparse.Namespace, budget: Budget, train_buffer,
                                           replace(preset.train, seed=args.seed), **quiet),
         "ar_diffusion": lambda: fit_ar_diffusion(
             train_buffer, spec, budget.grad_steps,
-            ARDiffusionConfig(denoiser=preset.world_model.denoiser, schedule=preset.world_model.schedule,
+            ARDiffusionConfig(denoiser=ar_denoiser(preset.world_model.denoiser),
+                              schedule=preset.world_model.schedule,
                               sampler=SamplerConfig(n_sample_steps=chain)),
             replace(preset.train, seed=args.seed), **quiet),
         "mlp_ensemble": lambda: fit_mlp_ensemble(train_buffer, spec, budget.grad_steps, EnsembleConfig(),

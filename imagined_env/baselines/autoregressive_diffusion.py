@@ -26,7 +26,7 @@ from imagined_env.baselines.common import (
 )
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.normaliser import Normaliser
-from imagined_env.diffusion.denoiser import DenoiserConfig, build_denoiser
+from imagined_env.diffusion.denoiser import CAUSAL_KINDS, DenoiserConfig, build_denoiser
 from imagined_env.diffusion.guidance import GaussianPolicyFn
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
 from imagined_env.fitting import ema_copy, ema_update, fit_steps
@@ -51,6 +51,10 @@ class ARDiffusionConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.denoiser.kind in CAUSAL_KINDS:
+            raise ValueError(f"AR diffusion needs a non-causal denoiser (mlp or transformer), got "
+                             f"{self.denoiser.kind!r}: its condition (s_t, a_t) enters through the action "
+                             "channels, which a causal denoiser hides from the row's states")
 
 
 POLYGRAD_TRAIN = TrainConfig()

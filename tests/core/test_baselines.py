@@ -15,7 +15,7 @@ from imagined_env.baselines import (
 )
 from imagined_env.baselines.mlp_ensemble import EnsembleTrainer, new_mlp_ensemble
 from imagined_env.data.buffer import EpisodeBuffer
-from imagined_env.diffusion.denoiser import DenoiserConfig
+from imagined_env.diffusion.denoiser import CAUSAL_KINDS, DenoiserConfig
 from imagined_env.diffusion.schedule import ScheduleConfig
 from imagined_env.training import TrainConfig
 from imagined_env.world_model import EnvSpec
@@ -89,6 +89,13 @@ def ar_diffusion(train_buffer):
     model, _ = fit_ar_diffusion(train_buffer, SPEC, 800, config, TrainConfig(lr=1e-3, batch_size=128),
                                 device="cpu", progress=False)
     return model
+
+
+@pytest.mark.parametrize("kind", CAUSAL_KINDS)
+def test_ar_diffusion_refuses_a_causal_denoiser(kind):
+    """Its condition rides in the action channels, which a causal denoiser hides from the row's states."""
+    with pytest.raises(ValueError, match=f"non-causal denoiser .*got '{kind}'"):
+        ARDiffusionConfig(denoiser=DenoiserConfig(kind=kind, width=16))
 
 
 @pytest.mark.parametrize("name,bound", [("ensemble", 0.01), ("ar_diffusion", 0.1)])
