@@ -301,8 +301,6 @@ class TokenStepper:
 
     def __init__(self, net: CausalMLPDenoiser, t: torch.Tensor):
         self.blocks = cast(list[CausalResidualBlock], list(net.blocks))
-        if net.training and any(block.drop.p > 0 for block in self.blocks):
-            raise ValueError("a TokenStepper reads the network without dropout: call net.eval() first")
         self.net, self.time = net, net.time(t)
         self.tokens: list[torch.Tensor] = []
         self.features: list[list[torch.Tensor]] = [[] for _ in self.blocks]
@@ -325,8 +323,6 @@ class RecurrentStepper:
     of token j updates the kept hidden state once and returns token j's output (eval mode, no dropout)."""
 
     def __init__(self, net: CausalRecurrentDenoiser, t: torch.Tensor):
-        if net.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in net.step):
-            raise ValueError("a RecurrentStepper reads the network without dropout: call net.eval() first")
         self.net, self.time, self.pushed = net, net.time(t), 0
         self.h = net.start.expand(len(self.time), -1)
 
@@ -340,7 +336,10 @@ class RecurrentStepper:
 
 def token_stepper(net: nn.Module, t: torch.Tensor) -> TokenStepper | RecurrentStepper | None:
     """A stepper that feeds `net` one token at a time at steps t [B], or None for a network that cannot be
-    fed so (its sequential read-out takes a full pass per row)."""
+    fed so (its sequential read-out takes a full pass per row). Steppers compute the network as in eval
+    mode, so one in training mode with dropout is refused."""
+    if net.training and any(isinstance(m, nn.Dropout) and m.p > 0 for m in net.modules()):
+        raise ValueError("a stepper reads the network without dropout: call net.eval() first")
     if isinstance(net, CausalMLPDenoiser):
         return TokenStepper(net, t)
     if isinstance(net, CausalRecurrentDenoiser):
