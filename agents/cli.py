@@ -355,7 +355,7 @@ def prepare_demo(args: argparse.Namespace) -> Job:
 
 # ---- merge ------------------------------------------------------------------------------------------
 def prepare_merge(args: argparse.Namespace) -> Job:
-    points, spec = combine_comparisons([Path(d) for d in args.in_dirs])
+    points, spec = combine_comparisons([Path(d) for d in args.in_dirs], args.budget)
     out_dir = writable_dir(args.out or compare_dir(spec.env_id, spec.imagination, spec.preset, spec.seeds))
 
     def job() -> int:
@@ -561,6 +561,9 @@ def add_merge_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                    help="output folders of `imagined-env compare`")
     p.add_argument("--out", type=Path, help="folder to write the merged outputs to [default "
                    "runs/compare/<task>/<preset>/seeds-<first>-<last>]")
+    p.add_argument("--budget", type=int, metavar="STEPS",
+                   help="cut every part to its evaluations up to STEPS real steps first, so longer runs "
+                   "join shorter ones (refused for runs whose learning rate decays to the budget)")
     p.set_defaults(prepare=prepare_merge)
 
 

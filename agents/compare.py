@@ -454,11 +454,18 @@ def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
     return points, spec
 
 
-def combine_comparisons(in_dirs: list[Path]) -> tuple[list[EvalPoint], CompareSpec]:
+def combine_comparisons(in_dirs: list[Path], budget: int | None = None
+                        ) -> tuple[list[EvalPoint], CompareSpec]:
     """The evaluations and common setup of comparisons run apart (e.g. seeds in parallel processes); they
     must share task, budget and evaluation, and the parts that ran imagination its settings (a
-    model-free-only part has none, so it merges with any). The preset is the first one recorded."""
+    model-free-only part has none, so it merges with any). The preset is the first one recorded.
+
+    `budget` cuts every part to its evaluations up to that many real steps first, so longer runs join
+    shorter ones: a run's first `budget` steps are a `budget`-step run's when nothing in it depends on
+    its budget, which a learning rate decayed to `final_learning_rate` at the budget does (refused)."""
     parts = [read_comparison(d) for d in in_dirs]
+    if budget is not None:
+        parts = [cut_comparison(pts, spec, budget, d) for (pts, spec), d in zip(parts, in_dirs)]
     first = parts[0][1]
     common = lambda spec: replace(spec, methods=(), seeds=(), imagination=None, preset=None)
     imagination = next((spec.imagination for _, spec in parts if spec.imagination is not None), None)
@@ -476,9 +483,27 @@ def combine_comparisons(in_dirs: list[Path]) -> tuple[list[EvalPoint], CompareSp
     return points, replace(first, methods=methods, seeds=seeds, imagination=imagination, preset=preset)
 
 
-def merge_comparisons(in_dirs: list[Path], out_dir: Path) -> list[EvalPoint]:
+def cut_comparison(points: list[EvalPoint], spec: CompareSpec, budget: int, where: Path
+                   ) -> tuple[list[EvalPoint], CompareSpec]:
+    """One comparison's evaluations up to `budget` real steps, as if it had run that budget; ValueError
+    naming the folder when it ran fewer steps, did not evaluate at `budget`, or depends on its budget."""
+    if not (isinstance(budget, int) and budget >= 1):
+        raise ValueError(f"budget must be an int >= 1, got {budget!r}")
+    if budget > spec.budget:
+        raise ValueError(f"{where} ran {spec.budget} real steps, fewer than the budget {budget} to cut to")
+    if not any(p.real_steps == budget for p in points):
+        raise ValueError(f"{where} has no evaluation at {budget} real steps (it evaluated every "
+                         f"{spec.eval_every}): choose a budget it evaluated at")
+    decayed = spec.imagination is not None and spec.imagination.final_learning_rate is not None
+    if decayed and budget < spec.budget:
+        raise ValueError(f"{where} decayed its learning rate to final_learning_rate at {spec.budget} real "
+                         f"steps, so its first {budget} are not a {budget}-step run: refusing to cut it")
+    return [p for p in points if p.real_steps <= budget], replace(spec, budget=budget)
+
+
+def merge_comparisons(in_dirs: list[Path], out_dir: Path, budget: int | None = None) -> list[EvalPoint]:
     """`combine_comparisons` written to out_dir as one table, JSON and plot."""
-    points, spec = combine_comparisons(in_dirs)
+    points, spec = combine_comparisons(in_dirs, budget)
     write_outputs(points, spec, out_dir)
     return points
 

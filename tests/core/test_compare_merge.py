@@ -87,6 +87,30 @@ def test_merge_refuses_other_settings_and_overlaps(tmp_path):
         merge_comparisons([a, tmp_path / "missing"], tmp_path / "m")
 
 
+def test_a_budget_cuts_longer_runs_to_join_shorter_ones(tmp_path):
+    short, _ = part(tmp_path, "short", [0])
+    long, _ = part(tmp_path, "long", [1], replace(SPEC, budget=20_000))
+    points = [EvalPoint(m, 1, step, float(step), 1.0)
+              for m in SPEC.methods for step in range(0, 20_001, 5000)]
+    write_outputs(points, replace(SPEC, seeds=(1,), budget=20_000), long)
+    assert main(["merge", str(short), str(long), "--budget", "10000", "--out", str(tmp_path / "m")]) == 0
+    merged = json.loads((tmp_path / "m" / "compare.json").read_text())
+    assert merged["budget"] == 10_000 and merged["seeds"] == [0, 1]
+    assert [r["real_steps"] for r in merged["results"]["ppo"]["1"]] == [0, 5000, 10_000]
+    assert merged["results"]["ppo"]["1"][-1]["mean_return"] == 10_000.0
+    with pytest.raises(ValueError, match="fewer than the budget 20000"):
+        merge_comparisons([short, long], tmp_path / "m2", budget=20_000)
+    with pytest.raises(ValueError, match="no evaluation at 7500"):
+        merge_comparisons([short, long], tmp_path / "m2", budget=7500)
+    with pytest.raises(ValueError, match="budget must be an int >= 1, got 0"):
+        merge_comparisons([short, long], tmp_path / "m2", budget=0)
+    decayed, _ = part(tmp_path, "decayed", [2], replace(SPEC, budget=20_000, imagination=CoordinatorConfig(
+        final_learning_rate=0.0)))
+    with pytest.raises(ValueError, match="decayed its learning rate"):
+        merge_comparisons([short, decayed], tmp_path / "m2", budget=10_000)
+    assert not (tmp_path / "m2").exists()
+
+
 def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
     free, _ = part(tmp_path, "free", [0, 1], replace(SPEC, methods=("ppo",), imagination=None))
     imagined, _ = part(tmp_path, "imagined", [0, 1], replace(SPEC, methods=("imagination-ppo",)))
