@@ -130,6 +130,18 @@ def test_tiny_halfcheetah_run_writes_logs_and_checkpoint(tmp_path):
         Coordinator.resume(tmp_path)
 
 
+def test_a_longer_budget_runs_the_same_first_steps(tmp_path):
+    """What `merge --budget` relies on: a run's evaluations up to B real steps are a B-step run's."""
+    recurrent = DenoiserConfig(kind="causal-recurrent", width=16, depth=1, time_dim=8)
+    config = replace(TINY, world_model=replace(TINY.world_model, denoiser=recurrent, readout="rollout",
+                                                scale_actions=False))
+    short = Coordinator(config, tmp_path / "short", verbose=0).learn(600, progress_bar=False)
+    long = Coordinator(config, tmp_path / "long", verbose=0).learn(800, progress_bar=False)
+    drop_time = lambda rows: [{k: v for k, v in row.items() if k != "elapsed_s"} for row in rows]
+    assert [row["real_steps"] for row in short.history] == [400, 600]
+    assert drop_time(short.history) == drop_time(long.history[:2]) and long.history[2]["real_steps"] == 800
+
+
 def test_run_state_restores_the_global_random_generators():
     saved = rng_state()
     first = (random.random(), np.random.normal(size=3), torch.rand(3))
