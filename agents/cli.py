@@ -355,7 +355,8 @@ def prepare_demo(args: argparse.Namespace) -> Job:
 
 # ---- merge ------------------------------------------------------------------------------------------
 def prepare_merge(args: argparse.Namespace) -> Job:
-    points, spec = combine_comparisons([Path(d) for d in args.in_dirs], args.budget)
+    points, spec = combine_comparisons([Path(d) for d in args.in_dirs], args.budget,
+                                       parse_methods(args.methods) if args.methods else None)
     out_dir = writable_dir(args.out or compare_dir(spec.env_id, spec.imagination, spec.preset, spec.seeds))
 
     def job() -> int:
@@ -564,6 +565,9 @@ def add_merge_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=int, metavar="STEPS",
                    help="cut every part to its evaluations up to STEPS real steps first, so longer runs "
                    "join shorter ones (refused for runs whose learning rate decays to the budget)")
+    p.add_argument("--methods", metavar="M1,M2",
+                   help="keep only these methods of every part (e.g. the model-free runs of a stored "
+                   "comparison beside imagination runs of other settings)")
     p.set_defaults(prepare=prepare_merge)
 
 

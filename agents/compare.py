@@ -454,7 +454,7 @@ def read_comparison(out_dir: Path) -> tuple[list[EvalPoint], CompareSpec]:
     return points, spec
 
 
-def combine_comparisons(in_dirs: list[Path], budget: int | None = None
+def combine_comparisons(in_dirs: list[Path], budget: int | None = None, methods: tuple[str, ...] | None = None
                         ) -> tuple[list[EvalPoint], CompareSpec]:
     """The evaluations and common setup of comparisons run apart (e.g. seeds in parallel processes); they
     must share task, budget and evaluation, and the parts that ran imagination its settings (a
@@ -462,8 +462,14 @@ def combine_comparisons(in_dirs: list[Path], budget: int | None = None
 
     `budget` cuts every part to its evaluations up to that many real steps first, so longer runs join
     shorter ones: a run's first `budget` steps are a `budget`-step run's when nothing in it depends on
-    its budget, which a learning rate decayed to `final_learning_rate` at the budget does (refused)."""
+    its budget, which a learning rate decayed to `final_learning_rate` at the budget does (refused).
+    `methods` keeps only those methods of every part, so that, say, the model-free runs of a stored
+    comparison join imagination runs of other settings."""
     parts = [read_comparison(d) for d in in_dirs]
+    if methods is not None:
+        parts = [keep_methods(pts, spec, methods) for pts, spec in parts]
+        if not any(spec.methods for _, spec in parts):
+            raise ValueError(f"no part holds any of the methods {', '.join(methods)}")
     if budget is not None:
         parts = [cut_comparison(pts, spec, budget, d) for (pts, spec), d in zip(parts, in_dirs)]
     first = parts[0][1]
@@ -481,6 +487,17 @@ def combine_comparisons(in_dirs: list[Path], budget: int | None = None
     methods = tuple(dict.fromkeys(m for _, spec in parts for m in spec.methods))
     seeds = tuple(sorted({s for _, spec in parts for s in spec.seeds}))
     return points, replace(first, methods=methods, seeds=seeds, imagination=imagination, preset=preset)
+
+
+def keep_methods(points: list[EvalPoint], spec: CompareSpec, methods: tuple[str, ...]
+                 ) -> tuple[list[EvalPoint], CompareSpec]:
+    """One comparison's evaluations of `methods` only; without an imagination method left, its
+    imagination config and preset no longer describe anything in it and are dropped."""
+    kept = tuple(m for m in spec.methods if m in methods)
+    imagined = any(m in IMAGINATION for m in kept)
+    return ([p for p in points if p.method in kept],
+            replace(spec, methods=kept, imagination=spec.imagination if imagined else None,
+                    preset=spec.preset if imagined else None))
 
 
 def cut_comparison(points: list[EvalPoint], spec: CompareSpec, budget: int, where: Path
@@ -501,9 +518,10 @@ def cut_comparison(points: list[EvalPoint], spec: CompareSpec, budget: int, wher
     return [p for p in points if p.real_steps <= budget], replace(spec, budget=budget)
 
 
-def merge_comparisons(in_dirs: list[Path], out_dir: Path, budget: int | None = None) -> list[EvalPoint]:
+def merge_comparisons(in_dirs: list[Path], out_dir: Path, budget: int | None = None,
+                      methods: tuple[str, ...] | None = None) -> list[EvalPoint]:
     """`combine_comparisons` written to out_dir as one table, JSON and plot."""
-    points, spec = combine_comparisons(in_dirs, budget)
+    points, spec = combine_comparisons(in_dirs, budget, methods)
     write_outputs(points, spec, out_dir)
     return points
 
