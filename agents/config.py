@@ -104,7 +104,7 @@ class LearnerConfig:
 
 
 def _cpu_world_model() -> WorldModelConfig:
-    denoiser = DenoiserConfig(kind="causal-mlp", width=64, depth=3, time_dim=64)
+    denoiser = DenoiserConfig(kind="causal-recurrent", width=128, depth=2, time_dim=64)
     return WorldModelConfig(horizon=5, denoiser=denoiser,
                             guidance=GuidanceConfig(scale_lr=0.2), scale_actions=False,
                             condition_on_last_action=False, readout="rollout")

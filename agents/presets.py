@@ -32,7 +32,8 @@ _PRESETS: dict[str, Preset] = {p.id: p for p in (
         "refit_world_model_steps": 0, "world_model.scale_actions": True,
         "world_model_steps_per_real_step": 0.5, "world_model.guidance.scale_lr": 0.03,
         "world_model.condition_on_last_action": True, "learner.ent_coef": 0.0,
-        "world_model.denoiser.kind": "mlp", "world_model.denoiser.width": 256, "world_model.readout": "chain",
+        "world_model.denoiser.kind": "mlp", "world_model.denoiser.width": 256,
+        "world_model.denoiser.depth": 3, "world_model.readout": "chain",
     }, "PPO on a small world model (H 5, width 256, depth 3) that learns on 2 CPU cores"),
     Preset("cpu-v2", "cpu-v1", {
         "initial_world_model_steps": 4000, "n_sample_steps": 16, "open_loop_states": 128,
@@ -48,6 +49,10 @@ _PRESETS: dict[str, Preset] = {p.id: p for p in (
         "world_model.denoiser.kind": "causal-mlp", "world_model.denoiser.width": 64,
         "world_model.readout": "rollout",
     }, "a causal MLP denoiser (64 per transition) read out by its policy rollout"),
+    Preset("cpu-v7", "cpu-v6", {
+        "world_model.denoiser.kind": "causal-recurrent", "world_model.denoiser.width": 128,
+        "world_model.denoiser.depth": 2,
+    }, "a causal recurrent denoiser (a 128-wide state, 2 layers per step)"),
     Preset("paper-v1", None, {
         "prefill_steps": 5000, "initial_world_model_steps": 1000, "world_model_steps_per_real_step": 1.0,
         "policy_every": 4, "learning_starts": 0, "n_imagined_envs": 1024, "n_sample_steps": None,
@@ -58,7 +63,7 @@ _PRESETS: dict[str, Preset] = {p.id: p for p in (
     }, "the paper's ratios and model sizes with a one-step actor-critic (A2C with Adam): a GPU recipe"),
 )}
 
-ALIASES = {"cpu": "cpu-v6", "paper": "paper-v1"}
+ALIASES = {"cpu": "cpu-v7", "paper": "paper-v1"}
 """Short names: `cpu` is the newest cpu preset."""
 
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"Hopper": {"world_model.schedule.tau": 0.1}}

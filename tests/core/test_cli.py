@@ -41,9 +41,9 @@ def test_train_help_lists_every_config_field_with_both_presets(capsys):
     text = help_text("train", capsys)
     missing = [flag for flag in CONFIG_FLAGS if flag not in text]
     assert not missing
-    assert "--world-model.denoiser.width" in text and "[64; paper 1024]" in " ".join(text.split())
+    assert "--world-model.denoiser.width" in text and "[128; paper 1024]" in " ".join(text.split())
     assert "--resume" in text and "--config" in text and "--steps" in text
-    assert all(preset in text for preset in ("cpu-v1", "cpu-v6", "paper-v1"))
+    assert all(preset in text for preset in ("cpu-v1", "cpu-v7", "paper-v1"))
     assert len(text.splitlines()) < 240  # one or two lines a field or preset
 
 
@@ -112,7 +112,7 @@ def test_flag_types_and_paper_preset():
 def test_every_preset_id_and_alias_is_accepted():
     assert parsed_config(["--preset", "cpu-v1"]) == CoordinatorConfig.preset("cpu-v1")
     assert parsed_config(["--preset", "paper-v1"]) == parsed_config(["--preset", "paper"])
-    assert parsed_config([]) == parsed_config(["--preset", "cpu-v6"]) == CoordinatorConfig()
+    assert parsed_config([]) == parsed_config(["--preset", "cpu-v7"]) == CoordinatorConfig()
 
 
 def test_a_compare_json_is_a_config_and_names_its_preset(tmp_path):
@@ -125,7 +125,7 @@ def test_a_compare_json_is_a_config_and_names_its_preset(tmp_path):
     del data["preset"], data["imagination_config"]["refit_world_model_steps"]  # an older file
     (tmp_path / "compare.json").write_text(json.dumps(data))
     config, preset = build_config(None, str(tmp_path / "compare.json"), {})
-    assert preset == "cpu-v6" and config == replace(imagination, refit_world_model_steps=500)
+    assert preset == "cpu-v7" and config == replace(imagination, refit_world_model_steps=500)
 
 
 def test_a_run_config_json_round_trips(tmp_path):
@@ -270,7 +270,7 @@ def synthetic(methods=("ppo", "imagination-ppo"), seeds=(0, 1), steps=(0, 500, 1
 
 def spec(methods=("ppo", "imagination-ppo")) -> CompareSpec:
     return CompareSpec("HalfCheetah-v4", methods, (0, 1), 1000, 500, 2, CoordinatorConfig.preset("cpu"),
-                       "cpu-v6")
+                       "cpu-v7")
 
 
 def test_csv_has_one_row_per_evaluation(tmp_path):
@@ -292,7 +292,7 @@ def test_json_groups_by_method_and_seed_and_states_settings(tmp_path):
     assert data["results"]["imagination-ppo"]["1"] == [
         {"real_steps": t, "mean_return": 110.0 + t / 100, "std_return": 2.0} for t in (0, 500, 1000)]
     assert "RL Zoo tuned HalfCheetah" in data["settings"]["ppo"] and "n_steps 512" in data["settings"]["ppo"]
-    assert "(cpu-v6)" in data["settings"]["imagination-ppo"] and data["preset"] == "cpu-v6"
+    assert "(cpu-v7)" in data["settings"]["imagination-ppo"] and data["preset"] == "cpu-v7"
     assert data["imagination_config"] == CoordinatorConfig.preset("cpu").to_dict()
 
 

@@ -21,7 +21,7 @@ from agents.compare import (
 from agents.config import CoordinatorConfig
 
 SPEC = CompareSpec(env_id="HalfCheetah-v4", methods=("ppo", "imagination-ppo"), seeds=(0,), budget=10_000,
-                   eval_every=5000, eval_episodes=2, imagination=CoordinatorConfig(), preset="cpu-v6")
+                   eval_every=5000, eval_episodes=2, imagination=CoordinatorConfig(), preset="cpu-v7")
 
 
 def part(tmp_path, name, seeds, spec=SPEC):
@@ -40,7 +40,7 @@ def test_merge_combines_seeds_and_writes_everything(tmp_path):
     assert len(rows) == len(pa) + len(pb) == 18
     assert {int(r["seed"]) for r in rows} == {0, 1, 2}
     assert (tmp_path / "m" / "compare.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "m" / "compare.json").read_text())["preset"] == "cpu-v6"
+    assert json.loads((tmp_path / "m" / "compare.json").read_text())["preset"] == "cpu-v7"
 
 
 def test_merge_without_out_writes_to_a_folder_keyed_by_task_preset_and_seeds(tmp_path, monkeypatch):
@@ -48,18 +48,18 @@ def test_merge_without_out_writes_to_a_folder_keyed_by_task_preset_and_seeds(tmp
     b, _ = part(tmp_path, "b", [1, 2])
     monkeypatch.chdir(tmp_path)
     assert main(["merge", str(a), str(b)]) == 0
-    assert (tmp_path / "runs/compare/HalfCheetah-v4/cpu-v6/seeds-0-2/compare.csv").is_file()
+    assert (tmp_path / "runs/compare/HalfCheetah-v4/cpu-v7/seeds-0-2/compare.csv").is_file()
 
 
 def test_compare_folders_name_the_preset_and_whether_it_was_changed():
     cpu = CoordinatorConfig()
     assert (compare_dir("HalfCheetah-v4", cpu, "cpu", (2, 0, 1))
-            == Path("runs/compare/HalfCheetah-v4/cpu-v6/seeds-0-2"))
+            == Path("runs/compare/HalfCheetah-v4/cpu-v7/seeds-0-2"))
     evaluation = replace(cpu, eval_every=500, seed=3, algo="a2c")  # set per run by compare: still the preset
-    assert compare_dir("HalfCheetah-v4", evaluation, "cpu-v6", (4,)).parts[-2:] == ("cpu-v6", "seeds-4")
+    assert compare_dir("HalfCheetah-v4", evaluation, "cpu-v7", (4,)).parts[-2:] == ("cpu-v7", "seeds-4")
     changed = replace(cpu, n_imagined_envs=8)
-    assert (compare_dir("HalfCheetah-v4", changed, "cpu-v6", (0, 2, 5)).parts[-2:]
-            == ("cpu-v6-custom", "seeds-0+2+5"))
+    assert (compare_dir("HalfCheetah-v4", changed, "cpu-v7", (0, 2, 5)).parts[-2:]
+            == ("cpu-v7-custom", "seeds-0+2+5"))
     assert compare_dir("Hopper-v4", None, None, (0,)).parts[-3:] == ("Hopper-v4", "model-free", "seeds-0")
     assert compare_dir("Hopper-v4", cpu, None, (0,)).parts[-2] == "unknown-preset"
 
@@ -111,6 +111,28 @@ def test_a_budget_cuts_longer_runs_to_join_shorter_ones(tmp_path):
     assert not (tmp_path / "m2").exists()
 
 
+def test_methods_keep_the_model_free_part_of_a_comparison_with_other_settings(tmp_path):
+    stored, _ = part(tmp_path, "stored", [0, 1])           # ppo + imagination-ppo, the default settings
+    other = replace(SPEC, methods=("imagination-ppo",), imagination=CoordinatorConfig(n_imagined_envs=8))
+    new, _ = part(tmp_path, "new", [0, 1], other)
+    with pytest.raises(ValueError, match="other settings"):
+        merge_comparisons([stored, new], tmp_path / "m")
+    with pytest.raises(ValueError, match="other settings"):  # both imagination parts kept
+        merge_comparisons([stored, new], tmp_path / "m", methods=("ppo", "imagination-ppo"))
+    assert main(["merge", str(stored), "--methods", "ppo", "--out", str(tmp_path / "free")]) == 0
+    free = json.loads((tmp_path / "free" / "compare.json").read_text())
+    assert list(free["results"]) == ["ppo"] and free["imagination_config"] is None and free["preset"] is None
+    merge_comparisons([tmp_path / "free", new], tmp_path / "m")
+    merged = json.loads((tmp_path / "m" / "compare.json").read_text())
+    assert set(merged["results"]) == {"ppo", "imagination-ppo"} and merged["seeds"] == [0, 1]
+    assert merged["imagination_config"]["n_imagined_envs"] == 8 and merged["preset"] == "cpu-v7"
+    with pytest.raises(ValueError, match="no part holds any of the methods sac"):
+        merge_comparisons([stored], tmp_path / "m3", methods=("sac",))
+    with pytest.raises(SystemExit, match="2"):
+        main(["merge", str(stored), "--methods", "dqn", "--out", str(tmp_path / "m4")])
+    assert not (tmp_path / "m3").exists() and not (tmp_path / "m4").exists()
+
+
 def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
     free, _ = part(tmp_path, "free", [0, 1], replace(SPEC, methods=("ppo",), imagination=None))
     imagined, _ = part(tmp_path, "imagined", [0, 1], replace(SPEC, methods=("imagination-ppo",)))
@@ -125,19 +147,19 @@ def test_a_model_free_part_merges_with_an_imagination_part(tmp_path):
 
 
 def test_settings_line_names_the_options_switched_on():
-    plain = describe_imagination(CoordinatorConfig(), "cpu-v6")
-    assert ("(cpu-v6)" in plain
-            and "(cpu-v5 + world_model.denoiser.kind causal-mlp + world_model.denoiser.width 64 + "
-                "world_model.readout rollout)" in describe_imagination(CoordinatorConfig(), "cpu-v5"))
+    plain = describe_imagination(CoordinatorConfig(), "cpu-v7")
+    assert ("(cpu-v7)" in plain
+            and "(cpu-v6 + world_model.denoiser.kind causal-recurrent + world_model.denoiser.width 128 + "
+                "world_model.denoiser.depth 2)" in describe_imagination(CoordinatorConfig(), "cpu-v6"))
     assert "window" not in plain and "collection noise" not in plain and "KL" not in plain
     options = describe_imagination(CoordinatorConfig(start_state_window=10_000, collection_noise_std=0.3,
-                                                      target_update_kl=0.02), "cpu-v6")
+                                                      target_update_kl=0.02), "cpu-v7")
     assert "collection noise std 0.3, start state window 10000, target update KL 0.02;" in options
     assert "(actions full strength, last action hidden)" in plain and "per row" not in plain
     wm = CoordinatorConfig().world_model
     paper_like = describe_imagination(CoordinatorConfig(world_model=replace(
         wm, scale_actions=True, condition_on_last_action=True, readout="chain",
-        guidance=replace(wm.guidance, per_row=True))), "cpu-v6")
+        guidance=replace(wm.guidance, per_row=True))), "cpu-v7")
     assert "(actions scaled)" in paper_like and "guidance scale lr 0.2 per row;" in paper_like
 
 

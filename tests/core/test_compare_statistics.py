@@ -60,7 +60,7 @@ def test_summary_lines_say_when_the_seeds_are_too_few():
 
 def test_summary_table_and_json(tmp_path):
     spec = CompareSpec("HalfCheetah-v4", ("ppo", "imagination-ppo"), (0, 1), 1000, 500, 2,
-                       CoordinatorConfig(), "cpu-v6")
+                       CoordinatorConfig(), "cpu-v7")
     write_outputs(synthetic(), spec, tmp_path)
     with open(tmp_path / "compare_summary.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))

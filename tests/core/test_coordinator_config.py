@@ -35,8 +35,9 @@ def test_json_round_trip(name, env_id):
 def test_cpu_preset_is_a_cpu_recipe():
     cpu = CoordinatorConfig.preset("cpu")
     assert cpu == CoordinatorConfig()                      # the defaults are the cpu preset
-    denoiser = cpu.world_model.denoiser                    # causal MLP: width per transition
-    assert denoiser.kind == "causal-mlp" and 32 <= denoiser.width <= 128 and 3 <= denoiser.depth <= 4
+    denoiser = cpu.world_model.denoiser                    # a recurrent state, small step network
+    assert denoiser.kind == "causal-recurrent" and 64 <= denoiser.width <= 256 and denoiser.depth <= 3
+    assert cpu.world_model.readout == "rollout"
     assert 16 <= cpu.n_sample_steps <= 32
     assert cpu.world_model_steps_per_real_step <= 1.0
     assert 250 <= cpu.policy_every <= 1000
@@ -73,15 +74,15 @@ def test_every_preset_builds_for_every_task(name):
 
 
 def test_preset_versions_are_diffs_from_their_parents():
-    assert ALIASES == {"cpu": "cpu-v6", "paper": "paper-v1"}
-    assert build_preset("cpu-v6") == CoordinatorConfig()            # the defaults are the newest cpu preset
-    v1, v2, v3, v4, v5 = (build_preset(f"cpu-v{i}") for i in (1, 2, 3, 4, 5))
+    assert ALIASES == {"cpu": "cpu-v7", "paper": "paper-v1"}
+    assert build_preset("cpu-v7") == CoordinatorConfig()            # the defaults are the newest cpu preset
+    v1, v2, v3, v4, v5, v6 = (build_preset(f"cpu-v{i}") for i in (1, 2, 3, 4, 5, 6))
     wm = CoordinatorConfig().world_model
     assert v1 == replace(CoordinatorConfig(), initial_world_model_steps=2000, n_sample_steps=32,
                          open_loop_states=16, refit_world_model_steps=0, world_model_steps_per_real_step=0.5,
                          world_model=replace(wm, scale_actions=True, condition_on_last_action=True,
                                              guidance=replace(wm.guidance, scale_lr=0.03), readout="chain",
-                                             denoiser=replace(wm.denoiser, kind="mlp", width=256)),
+                                             denoiser=replace(wm.denoiser, kind="mlp", width=256, depth=3)),
                          learner=replace(CoordinatorConfig().learner, ent_coef=0.0))
     assert v2 == replace(v1, initial_world_model_steps=4000, n_sample_steps=16, open_loop_states=128,
                          refit_world_model_steps=500, world_model_steps_per_real_step=1.0,
@@ -90,8 +91,9 @@ def test_preset_versions_are_diffs_from_their_parents():
     assert v4 == replace(v3, world_model=replace(v3.world_model, condition_on_last_action=False))
     assert v5 == replace(v4, learner=replace(v4.learner, ent_coef=0.03))
     causal = replace(v5.world_model.denoiser, kind="causal-mlp", width=64)
-    assert CoordinatorConfig() == replace(v5, world_model=replace(v5.world_model, readout="rollout",
-                                                                  denoiser=causal))
+    assert v6 == replace(v5, world_model=replace(v5.world_model, readout="rollout", denoiser=causal))
+    recurrent = replace(causal, kind="causal-recurrent", width=128, depth=2)
+    assert CoordinatorConfig() == replace(v6, world_model=replace(v6.world_model, denoiser=recurrent))
     assert all(p.parent is None or p.parent in _PRESETS for p in _PRESETS.values())
 
 

@@ -28,7 +28,7 @@ def test_every_model_is_measured_on_rollouts_and_recorded_windows(bench, tmp_pat
     report = bench.main(["--denoiser", "causal-mlp:8x1", "--members", "2", "--dropout", "0.2", "--steps", "4",
                          "--every", "2", "--out", str(tmp_path / "out.json")])
     rows = report["results"]
-    assert list(rows) == ["cpu-v6 causal-mlp:8x1 x 2 members, dropout 0.2, read-out mean",
+    assert list(rows) == ["cpu-v7 causal-mlp:8x1 x 2 members, dropout 0.2, read-out mean",
                           "MLP ensemble, elite mean"]
     keys = [f"{where}{kind}_obs_mse" for where in ("held_out", "training") for kind in ("", "_windows")]
     for series in rows.values():
