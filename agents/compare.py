@@ -467,9 +467,11 @@ def combine_comparisons(in_dirs: list[Path], budget: int | None = None, methods:
     comparison join imagination runs of other settings."""
     parts = [read_comparison(d) for d in in_dirs]
     if methods is not None:
-        parts = [keep_methods(pts, spec, methods) for pts, spec in parts]
-        if not any(spec.methods for _, spec in parts):
+        kept = [(keep_methods(pts, spec, methods), d) for (pts, spec), d in zip(parts, in_dirs)]
+        kept = [(part, d) for part, d in kept if part[1].methods]   # a part left with none drops out
+        if not kept:
             raise ValueError(f"no part holds any of the methods {', '.join(methods)}")
+        parts, in_dirs = [part for part, _ in kept], [d for _, d in kept]
     if budget is not None:
         parts = [cut_comparison(pts, spec, budget, d) for (pts, spec), d in zip(parts, in_dirs)]
     first = parts[0][1]

@@ -126,6 +126,9 @@ def test_methods_keep_the_model_free_part_of_a_comparison_with_other_settings(tm
     merged = json.loads((tmp_path / "m" / "compare.json").read_text())
     assert set(merged["results"]) == {"ppo", "imagination-ppo"} and merged["seeds"] == [0, 1]
     assert merged["imagination_config"]["n_imagined_envs"] == 8 and merged["preset"] == "cpu-v7"
+    merge_comparisons([tmp_path / "free", new], tmp_path / "m5", budget=10_000, methods=("imagination-ppo",))
+    only_new = json.loads((tmp_path / "m5" / "compare.json").read_text())   # the ppo-only part drops out
+    assert list(only_new["results"]) == ["imagination-ppo"] and only_new["imagination_config"] is not None
     with pytest.raises(ValueError, match="no part holds any of the methods sac"):
         merge_comparisons([stored], tmp_path / "m3", methods=("sac",))
     with pytest.raises(SystemExit, match="2"):
