@@ -465,6 +465,8 @@ def combine_comparisons(in_dirs: list[Path], budget: int | None = None, methods:
     its budget, which a learning rate decayed to `final_learning_rate` at the budget does (refused).
     `methods` keeps only those methods of every part, so that, say, the model-free runs of a stored
     comparison join imagination runs of other settings."""
+    if budget is not None and not (isinstance(budget, int) and budget >= 1):
+        raise ValueError(f"budget must be an int >= 1, got {budget!r}")
     parts = [read_comparison(d) for d in in_dirs]
     if methods is not None:
         kept = [(keep_methods(pts, spec, methods), d) for (pts, spec), d in zip(parts, in_dirs)]
@@ -504,10 +506,9 @@ def keep_methods(points: list[EvalPoint], spec: CompareSpec, methods: tuple[str,
 
 def cut_comparison(points: list[EvalPoint], spec: CompareSpec, budget: int, where: Path
                    ) -> tuple[list[EvalPoint], CompareSpec]:
-    """One comparison's evaluations up to `budget` real steps, as if it had run that budget; ValueError
-    naming the folder when it ran fewer steps, did not evaluate at `budget`, or depends on its budget."""
-    if not (isinstance(budget, int) and budget >= 1):
-        raise ValueError(f"budget must be an int >= 1, got {budget!r}")
+    """One comparison's evaluations up to `budget` (>= 1) real steps, as if it had run that budget;
+    ValueError naming the folder when it ran fewer steps, did not evaluate at `budget`, or depends on
+    its budget."""
     if budget > spec.budget:
         raise ValueError(f"{where} ran {spec.budget} real steps, fewer than the budget {budget} to cut to")
     if not any(p.real_steps == budget for p in points):
