@@ -10,6 +10,7 @@ writes JSON and a plot. Each (task, row, seed) run writes its result as it ends;
     python benchmarks/shipped_envs.py                     # every shipped task, seeds 0,1,2, 50k/100k/200k
     python benchmarks/shipped_envs.py --quick             # smoke run: one task, one seed, 2 short checkpoints
     python benchmarks/shipped_envs.py --resume --jobs 2   # continue a stopped run
+    python benchmarks/shipped_envs.py --envs HalfCheetah-v4 --model out/  # what `imagined-env export` wrote
 """
 from __future__ import annotations
 
@@ -68,6 +69,8 @@ class Unit:
     """Whether the env has the pessimism option (without it, "shipped model" runs with none)."""
     episode_steps: int | None = None
     """Imagined steps per episode (None: the registered ids' own)."""
+    model_dir: str | None = None
+    """A folder `imagined-env export` wrote, measured in place of the shipped model (None: shipped)."""
 
     @property
     def name(self) -> str:
@@ -86,10 +89,17 @@ def shipped_tasks() -> list[str]:
     return found
 
 
-def model_digest(env_id: str) -> str:
-    """First 16 hex digits of the sha256 of the shipped world model and start states of `env_id`."""
+def model_paths(env_id: str, model_dir: str | None) -> tuple[Path, Path]:
+    """(world model, start states) measured for `env_id`: the exported folder's, or the shipped ones."""
+    if model_dir is None:
+        return pretrained_paths(env_id)
+    return Path(model_dir) / "world_model.pt", Path(model_dir) / "start_states.npz"
+
+
+def model_digest(env_id: str, model_dir: str | None = None) -> str:
+    """First 16 hex digits of the sha256 of the world model and start states measured for `env_id`."""
     digest = hashlib.sha256()
-    for path in pretrained_paths(env_id):
+    for path in model_paths(env_id, model_dir):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -114,17 +124,21 @@ def env_kwargs(unit: Unit) -> dict[str, Any] | None:
 
 
 def row_kwargs(unit: Unit) -> dict[str, Any] | None:
+    given = None
+    if unit.model_dir is not None:
+        wm_path, starts = model_paths(unit.env_id, unit.model_dir)
+        given = {"world_model": str(wm_path), "start_states": str(starts)}
     if unit.row == "no-pessimism":
-        return {"pessimism": False}
+        return {**(given or {}), "pessimism": False}
     if unit.row == "oracle":
-        wm_path, starts = pretrained_paths(unit.env_id)
+        wm_path, starts = model_paths(unit.env_id, unit.model_dir)
         horizon = WorldModel.load(wm_path, device="cpu").horizon
         # No pessimism against an exact model: the oracle is the ceiling of the learner settings.
         off = {"pessimism": False} if unit.pessimism_option else {}
         with quiet_stderr():
             oracle = SimulatorModel(unit.env_id, horizon)
         return {"world_model": oracle, "start_states": starts, **off}
-    return None
+    return given
 
 
 def quiet() -> None:
@@ -228,18 +242,21 @@ def summarise(results: dict[str, dict[str, Any]], units: list[Unit]) -> dict[str
                 ceiling = oracle["steps"][step]["mean"]
                 cell["oracle_fraction"] = cell["mean"] / ceiling if ceiling > 0 else None
         tasks[env_id] = {"pessimism_option": task_units[0].pessimism_option, "model": task_units[0].model,
-                         "rows": rows, "bars": bars(env_id, rows.get("shipped"))}
+                         "model_dir": task_units[0].model_dir,
+                         "rows": rows,
+                         "bars": bars(env_id, rows.get("shipped"), task_units[0].model_dir is None)}
     return tasks
 
 
-def bars(env_id: str, shipped: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """The issue's bars on the shipped row's mean over seeds: passed True/False, or None when the steps
-    or seeds measured do not decide it."""
+def bars(env_id: str, shipped: dict[str, Any] | None, targets: bool = True) -> list[dict[str, Any]]:
+    """The bars on the shipped row's mean over seeds: passed True/False, or None when the steps or seeds
+    measured do not decide it. `targets` False keeps only the hold bar (the return targets are the shipped
+    models')."""
     task = env_id.rsplit("-v", 1)[0]
     complete = shipped is not None and shipped["complete"]
     means = {int(s): c["mean"] for s, c in shipped["steps"].items()} if complete else {}
     out = []
-    if task in TARGETS:
+    if targets and task in TARGETS:
         when, by, target = TARGETS[task]
         if when == "at":
             value = means.get(by)
@@ -268,7 +285,9 @@ def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_epi
              f"over {n_episodes} deterministic real episode{'s' * (n_episodes != 1)}; "
              f"mean +- std over seeds {','.join(map(str, seeds))}"]
     for env_id, task in tasks.items():
-        lines += ["", f"{env_id}  (model {task['model']})"
+        source = ("shipped" if task.get("model_dir") is None
+                  else f"from {task['model_dir']}, in the 'shipped' rows")
+        lines += ["", f"{env_id}  (model {task['model']}, {source})"
                   + ("" if task["pessimism_option"] else "  [the env has no pessimism option: the shipped "
                      "row runs without it]"),
                   f"{'':<30}" + "".join(f"{s:>{width},}" for s in steps)]
@@ -340,6 +359,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--episode-steps", type=int, default=None,
                    help="imagined steps per episode [default: the registered ids' own]; e.g. 5 for "
                         "episodes of one plan")
+    p.add_argument("--model", metavar="DIR", help="measure the model of an `imagined-env export` folder "
+                   "(world_model.pt, start_states.npz) in place of the shipped one; one task in --envs")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each [default 2]")
     p.add_argument("--quick", action="store_true", help="smoke run (see --envs, --seeds, --steps)")
     p.add_argument("--resume", action="store_true", help="reuse the results of runs already finished")
@@ -351,6 +372,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         p.error(f"--rows: unknown {unknown}; expected some of {', '.join(ROWS)}")
     args.rows = rows
+    if args.model is not None:
+        missing = [str(f) for f in model_paths("", args.model) if not f.is_file()]
+        if missing:
+            p.error(f"--model {args.model}: missing {', '.join(missing)}; expected a folder "
+                    "`imagined-env export` wrote")
+        if args.envs is None or "," in args.envs:
+            p.error(f"--model needs exactly one task in --envs, got {args.envs}")
     shipped = shipped_tasks()
     if args.envs is None:
         if not shipped:
@@ -358,7 +386,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.envs = shipped[:1] if args.quick else shipped
     else:
         args.envs = args.envs.split(",")
-        missing = [e for e in args.envs if e not in shipped]
+        missing = [e for e in args.envs if e not in shipped and args.model is None]
         if missing:
             p.error(f"--envs: no shipped model for {missing}; shipped: {shipped or 'none'}")
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
@@ -378,7 +406,7 @@ def plan(args: argparse.Namespace) -> list[Unit]:
     units = []
     for env_id in args.envs:
         option = has_pessimism_option(env_id)
-        digest = model_digest(env_id)
+        digest = model_digest(env_id, args.model)
         for row in args.rows:
             if row == "no-pessimism" and not option:
                 print(f"{env_id}: row '{ROWS[row]}' left out: the imagined env refuses pessimism= "
@@ -388,8 +416,8 @@ def plan(args: argparse.Namespace) -> list[Unit]:
                 print(f"{env_id}: row '{ROWS[row]}' left out: its observation does not determine the "
                       f"simulator state (oracle tasks: {', '.join(ORACLE_TASKS)})")
                 continue
-            units += [Unit(env_id, row, seed, args.steps, args.episodes, digest, option, args.episode_steps)
-                      for seed in args.seeds]
+            units += [Unit(env_id, row, seed, args.steps, args.episodes, digest, option, args.episode_steps,
+                           args.model) for seed in args.seeds]
     return units
 
 
@@ -462,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"command": " ".join(command),
               "settings": {"envs": args.envs, "rows": args.rows, "seeds": args.seeds,
                            "steps": list(args.steps), "eval_episodes": args.episodes,
-                           "episode_steps": args.episode_steps, "jobs": args.jobs,
+                           "episode_steps": args.episode_steps, "model": args.model, "jobs": args.jobs,
                            "n_envs": DEFAULT_N_ENVS, "torch_threads": 1},
               "tasks": tasks, "runs": {u.name: results[u.name] for u in units if u.name in results},
               "failed": failed, "seconds": time.perf_counter() - t0}

@@ -99,6 +99,41 @@ def test_episode_steps_reach_every_row_but_leave_the_snippet_alone(bench):
     assert bench.env_kwargs(unit("no-pessimism", 5)) == {"pessimism": False, "episode_steps": 5}
 
 
+def test_an_exported_model_replaces_the_shipped_one_in_every_row(bench, tmp_path):
+    exported = str(tmp_path)
+
+    def unit(row):
+        return bench.Unit("HalfCheetah-v4", row, 0, (1,), 1, "digest", True, None, exported)
+
+    given = {"world_model": str(tmp_path / "world_model.pt"),
+             "start_states": str(tmp_path / "start_states.npz")}
+    assert bench.env_kwargs(unit("shipped")) == given
+    assert bench.env_kwargs(unit("no-pessimism")) == {**given, "pessimism": False}
+    assert bench.model_paths("HalfCheetah-v4", exported) == (tmp_path / "world_model.pt",
+                                                              tmp_path / "start_states.npz")
+    # the shipped models' return targets do not apply to another model; the hold bar does
+    means = shipped({50_000: 100, 200_000: 50})
+    assert verdicts(bench.bars("HalfCheetah-v4", means, targets=False)) == [False]
+    assert [b["bar"] for b in bench.bars("HalfCheetah-v4", means, targets=False)] == [
+        "return at 200,000 not lower than at 50,000 by more than 10%"]
+
+
+def test_an_exported_folder_is_checked_and_digested(bench, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--envs", "HalfCheetah-v4", "--model", str(tmp_path)])
+    assert f"--model {tmp_path}: missing {tmp_path / 'world_model.pt'}" in capsys.readouterr().err
+    (tmp_path / "world_model.pt").write_bytes(b"weights")
+    (tmp_path / "start_states.npz").write_bytes(b"starts")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--envs", "HalfCheetah-v4,Hopper-v4", "--model", str(tmp_path)])
+    assert "--model needs exactly one task in --envs" in capsys.readouterr().err
+    args = bench.parse_args(["--envs", "HalfCheetah-v4", "--model", str(tmp_path)])
+    digest = bench.model_digest("HalfCheetah-v4", args.model)
+    assert digest != bench.model_digest("HalfCheetah-v4")
+    (tmp_path / "start_states.npz").write_bytes(b"other starts")   # the start states are part of the model
+    assert bench.model_digest("HalfCheetah-v4", args.model) != digest
+
+
 def test_workers_end_when_the_driver_is_killed(tmp_path):
     """A SIGKILLed driver must not leave its pool's workers running their units."""
     if not sys.platform.startswith("linux"):
