@@ -69,7 +69,10 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     gym.spec(env_id)  # unknown ids fail here, before any work
     out_dir, work_dir = Path(out_dir), Path(work_dir)
     preset = build_preset(config.preset, env_id)
-    wm_config = replace(preset.world_model, n_members=config.n_members, readout="mean")
+    # an ensemble is imagined by its members' mean: the preset's rollout read-out does that already; a
+    # preset that samples its chain ("chain") reads the ensemble out by the mean pass instead
+    readout = "mean" if preset.world_model.readout == "chain" else preset.world_model.readout
+    wm_config = replace(preset.world_model, n_members=config.n_members, readout=readout)
     work_dir.mkdir(parents=True, exist_ok=True)
     data_file, report_file = work_dir / "data.npz", work_dir / "data.json"
     model_file = work_dir / "world_model.pt"

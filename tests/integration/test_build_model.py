@@ -104,6 +104,25 @@ def test_the_shipped_model_is_a_compact_three_member_ensemble_with_the_configure
     assert 0.08 <= above <= 0.12, above
 
 
+def test_a_preset_reading_out_by_rollout_ships_a_pessimistic_ensemble_of_its_denoiser(built, tmp_path):
+    """cpu-v7's causal recurrent denoiser keeps its rollout read-out (exactly on-policy) as an ensemble."""
+    _, work = built
+    config = replace(TINY, preset="cpu-v7")
+    work = copy_of(work, tmp_path / "work")
+    for stage in ("model.json", "world_model.pt"):   # keep the data stage, fit anew
+        (work / stage).unlink()
+    out = build(tmp_path / "out", work, config)
+    shipped = WorldModel.load(out / "world_model.pt", device="cpu", env_id=TASK)
+    assert shipped.config.readout == "rollout" and shipped.config.n_members == 3
+    assert shipped.config.denoiser.kind == "causal-recurrent" and shipped.config.disagreement_limit > 0
+    env = gym.make_vec("Imagined-Hopper-v4", num_envs=4, world_model=str(out / "world_model.pt"),
+                       start_states=str(out / "start_states.npy"), device="cpu")
+    _, info = env.reset(seed=0)
+    obs, reward, *_ = env.step(info["planned_action"])
+    assert np.isfinite(obs).all() and np.isfinite(reward).all()
+    env.close()
+
+
 def test_start_states_are_real_observations_spread_over_the_data_and_never_terminal(built):
     out, work = built
     starts = np.load(out / "start_states.npy")
