@@ -89,6 +89,13 @@ def shipped_tasks() -> list[str]:
     return found
 
 
+def row_label(row: str, model_dir: str | None) -> str:
+    """The row's name in tables and plots: the shipped rows name the exported model when one is given."""
+    if model_dir is not None and row in ("shipped", "no-pessimism"):
+        return ROWS[row].replace("shipped model", f"model of {Path(model_dir).name}")
+    return ROWS[row]
+
+
 def model_paths(env_id: str, model_dir: str | None) -> tuple[Path, Path]:
     """(world model, start states) measured for `env_id`: the exported folder's, or the shipped ones."""
     if model_dir is None:
@@ -285,14 +292,13 @@ def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_epi
              f"over {n_episodes} deterministic real episode{'s' * (n_episodes != 1)}; "
              f"mean +- std over seeds {','.join(map(str, seeds))}"]
     for env_id, task in tasks.items():
-        source = ("shipped" if task.get("model_dir") is None
-                  else f"from {task['model_dir']}, in the 'shipped' rows")
-        lines += ["", f"{env_id}  (model {task['model']}, {source})"
+        lines += ["", f"{env_id}  (model {task['model']})"
                   + ("" if task["pessimism_option"] else "  [the env has no pessimism option: the shipped "
                      "row runs without it]"),
                   f"{'':<30}" + "".join(f"{s:>{width},}" for s in steps)]
         for row, summary in task["rows"].items():
-            label = ROWS[row] + ("" if summary["complete"] else " (some seeds missing)")
+            label = row_label(row, task.get("model_dir")) + ("" if summary["complete"]
+                                                             else " (some seeds missing)")
             cells = [summary] if row == "random" else [summary["steps"][str(s)] for s in steps]
             lines.append(f"{label:<30}" + "".join(
                 f"{c['mean']:.1f} +- {c['std']:.1f}".rjust(width) for c in cells))
@@ -328,7 +334,7 @@ def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: 
             mean = np.array([summary["steps"][str(s)]["mean"] for s in steps])
             std = np.array([summary["steps"][str(s)]["std"] for s in steps])
             color = f"C{list(ROWS).index(row)}"  # a row's colour is the same in every panel
-            ax.plot(steps, mean, marker="o", color=color, label=ROWS[row])
+            ax.plot(steps, mean, marker="o", color=color, label=row_label(row, task.get("model_dir")))
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
         ax.set_title(f"{env_id}: seeds {','.join(map(str, seeds))}, band +- std", fontsize=10)
         ax.set_xlabel("imagined steps")

@@ -111,6 +111,10 @@ def test_an_exported_model_replaces_the_shipped_one_in_every_row(bench, tmp_path
     assert bench.env_kwargs(unit("no-pessimism")) == {**given, "pessimism": False}
     assert bench.model_paths("HalfCheetah-v4", exported) == (tmp_path / "world_model.pt",
                                                               tmp_path / "start_states.npz")
+    assert bench.row_label("shipped", exported) == f"model of {tmp_path.name}"
+    assert bench.row_label("no-pessimism", exported) == f"model of {tmp_path.name}, pessimism off"
+    assert bench.row_label("oracle", exported) == bench.row_label("oracle", None) == "MuJoCo oracle"
+    assert bench.row_label("shipped", None) == "shipped model"
     # the shipped models' return targets do not apply to another model; the hold bar does
     means = shipped({50_000: 100, 200_000: 50})
     assert verdicts(bench.bars("HalfCheetah-v4", means, targets=False)) == [False]
