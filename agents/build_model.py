@@ -111,7 +111,8 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     on_data = data_disagreement(model, buffer, np.random.default_rng(config.data.seed))
     limit = None if config.disagreement_quantile is None else float(np.quantile(on_data,
                                                                                 config.disagreement_quantile))
-    model.config = replace(model.config, disagreement_penalty=config.disagreement_penalty,
+    # the read-out is set here too: a model stage fitted before it was part of the recipe ships it
+    model.config = replace(model.config, readout=readout, disagreement_penalty=config.disagreement_penalty,
                            disagreement_limit=limit)
     starts = evenly_drawn_starts(buffer, config.n_start_states)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ from agents.demo import random_return
 from agents.env_factory import DEFAULT_N_ENVS
 from agents.real_evaluation import evaluate_real
 from agents.simulator_model import ORACLE_TASKS, SimulatorModel
-from imagined_env.pretrained import pretrained_paths
+from imagined_env.pretrained import pretrained_paths, serves
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
 
@@ -64,7 +64,7 @@ class Unit:
     steps: tuple[int, ...]
     n_episodes: int
     model: str
-    """Digest of the shipped world model and start states measured (a part of another model is stale)."""
+    """Digest of the world model and start states measured (a part of another model is stale)."""
     pessimism_option: bool
     """Whether the env has the pessimism option (without it, "shipped model" runs with none)."""
     episode_steps: int | None = None
@@ -92,7 +92,7 @@ def shipped_tasks() -> list[str]:
 def row_label(row: str, model_dir: str | None) -> str:
     """The row's name in tables and plots: the shipped rows name the exported model when one is given."""
     if model_dir is not None and row in ("shipped", "no-pessimism"):
-        return ROWS[row].replace("shipped model", f"model of {Path(model_dir).name}")
+        return ROWS[row].replace("shipped model", f"model of {Path(model_dir).resolve().name}")
     return ROWS[row]
 
 
@@ -198,7 +198,8 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
 def read_part(path: Path, unit: Unit) -> dict[str, Any]:
     """A finished unit's result; ValueError when it was measured with other settings or another model."""
     part = json.loads(path.read_text())
-    stored = {**part["unit"], "steps": tuple(part["unit"]["steps"])}
+    defaults = {f.name: f.default for f in fields(Unit) if f.default is not MISSING}   # fields added later
+    stored = {**defaults, **part["unit"], "steps": tuple(part["unit"]["steps"])}
     if stored != asdict(unit):
         changed = {k: (stored.get(k), v) for k, v in asdict(unit).items() if stored.get(k) != v}
         raise ValueError(f"{path} was measured with other settings (stored, asked: {changed}); "
@@ -292,23 +293,25 @@ def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_epi
              f"over {n_episodes} deterministic real episode{'s' * (n_episodes != 1)}; "
              f"mean +- std over seeds {','.join(map(str, seeds))}"]
     for env_id, task in tasks.items():
+        labels = {row: row_label(row, task.get("model_dir")) + ("" if summary["complete"]
+                                                                else " (some seeds missing)")
+                  for row, summary in task["rows"].items()}
+        first = max([30, *(len(label) + 2 for label in labels.values())])   # the label column
         lines += ["", f"{env_id}  (model {task['model']})"
                   + ("" if task["pessimism_option"] else "  [the env has no pessimism option: the shipped "
                      "row runs without it]"),
-                  f"{'':<30}" + "".join(f"{s:>{width},}" for s in steps)]
+                  f"{'':<{first}}" + "".join(f"{s:>{width},}" for s in steps)]
         for row, summary in task["rows"].items():
-            label = row_label(row, task.get("model_dir")) + ("" if summary["complete"]
-                                                             else " (some seeds missing)")
             cells = [summary] if row == "random" else [summary["steps"][str(s)] for s in steps]
-            lines.append(f"{label:<30}" + "".join(
+            lines.append(f"{labels[row]:<{first}}" + "".join(
                 f"{c['mean']:.1f} +- {c['std']:.1f}".rjust(width) for c in cells))
-            lines.append(f"{'  per seed':<30}" + "".join(
+            lines.append(f"{'  per seed':<{first}}" + "".join(
                 f"{' '.join(f'{v:.1f}' for v in c['per_seed'].values()):>{width}}" for c in cells))
             if any(c.get("oracle_fraction") is not None for c in cells):
                 fractions = ["-" if c.get("oracle_fraction") is None else f"{c['oracle_fraction']:.2f}"
                              for c in cells]
-                lines.append(f"{'  fraction of the oracle':<30}" + "".join(f"{x:>{width}}"
-                                                                         for x in fractions))
+                lines.append(f"{'  fraction of the oracle':<{first}}" + "".join(f"{x:>{width}}"
+                                                                             for x in fractions))
         for bar in task["bars"]:
             verdict = {True: "yes", False: "NO", None: "n/a (not measured)"}[bar["passed"]]
             value = "" if bar["value"] is None else f" ({bar['value']:.1f})"
@@ -379,12 +382,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--rows: unknown {unknown}; expected some of {', '.join(ROWS)}")
     args.rows = rows
     if args.model is not None:
-        missing = [str(f) for f in model_paths("", args.model) if not f.is_file()]
+        args.model = os.path.normpath(args.model)   # "out/" and "out" are one model (and one --resume)
+        wm_path, starts = model_paths("", args.model)
+        missing = [str(f) for f in (wm_path, starts) if not f.is_file()]
         if missing:
             p.error(f"--model {args.model}: missing {', '.join(missing)}; expected a folder "
                     "`imagined-env export` wrote")
-        if args.envs is None or "," in args.envs:
-            p.error(f"--model needs exactly one task in --envs, got {args.envs}")
+        task = WorldModel.load(wm_path, device="cpu").spec.env_id
+        args.envs = args.envs or task
+        if "," in args.envs or args.envs not in TASKS or not serves(task, args.envs):
+            p.error(f"--envs {args.envs}: the model of --model {args.model} was fitted on {task}; "
+                    f"expected one task it serves among {', '.join(TASKS)}")
     shipped = shipped_tasks()
     if args.envs is None:
         if not shipped:

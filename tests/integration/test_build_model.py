@@ -115,6 +115,17 @@ def test_a_preset_reading_out_by_rollout_ships_a_pessimistic_ensemble_of_its_den
     shipped = WorldModel.load(out / "world_model.pt", device="cpu", env_id=TASK)
     assert shipped.config.readout == "rollout" and shipped.config.n_members == 3
     assert shipped.config.denoiser.kind == "causal-recurrent" and shipped.config.disagreement_limit > 0
+    starts = torch.as_tensor(np.load(out / "start_states.npy")[:64])
+
+    def policy(s):
+        return torch.tanh(s[:, :3]), torch.full((len(s), 3), 0.3)
+
+    with torch.no_grad():
+        out_ = shipped.imagine(starts, policy, generator=torch.Generator().manual_seed(0))
+        replay = shipped.imagine(starts, actions=out_.actions[:, :shipped.horizon])
+    assert np.isnan(out_.spread)                       # the policy's own rollout: no chain was guided
+    assert out_.disagreement is not None and torch.isfinite(out_.disagreement).all()
+    torch.testing.assert_close(replay.observations, out_.observations)   # read out from (s0, actions)
     env = gym.make_vec("Imagined-Hopper-v4", num_envs=4, world_model=str(out / "world_model.pt"),
                        start_states=str(out / "start_states.npy"), device="cpu")
     _, info = env.reset(seed=0)

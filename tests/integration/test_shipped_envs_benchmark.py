@@ -2,14 +2,19 @@
 it writes, and `--resume` skipping finished runs; the bars' reading of the shipped row."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from imagined_env.pretrained import pretrained_paths
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
@@ -122,20 +127,44 @@ def test_an_exported_model_replaces_the_shipped_one_in_every_row(bench, tmp_path
         "return at 200,000 not lower than at 50,000 by more than 10%"]
 
 
-def test_an_exported_folder_is_checked_and_digested(bench, tmp_path, capsys):
+def test_the_oracle_row_of_an_exported_model_starts_from_its_start_states(bench, tmp_path, monkeypatch):
+    loaded = []
+    monkeypatch.setattr(bench.WorldModel, "load", lambda path, device: loaded.append(path) or SimpleNamespace(
+        horizon=7))
+    monkeypatch.setattr(bench, "SimulatorModel", lambda env_id, horizon: ("simulator", env_id, horizon))
+    unit = bench.Unit("HalfCheetah-v4", "oracle", 0, (1,), 1, "digest", True, None, str(tmp_path))
+    assert bench.env_kwargs(unit) == {"world_model": ("simulator", "HalfCheetah-v4", 7),
+                                      "start_states": tmp_path / "start_states.npz", "pessimism": False}
+    assert loaded == [tmp_path / "world_model.pt"]          # the exported model's horizon
+
+
+def test_an_exported_folder_is_checked_against_its_task_and_digested(bench, tmp_path, capsys):
     with pytest.raises(SystemExit):
         bench.parse_args(["--envs", "HalfCheetah-v4", "--model", str(tmp_path)])
     assert f"--model {tmp_path}: missing {tmp_path / 'world_model.pt'}" in capsys.readouterr().err
-    (tmp_path / "world_model.pt").write_bytes(b"weights")
+    shutil.copy(pretrained_paths("HalfCheetah-v4")[0], tmp_path / "world_model.pt")   # a HalfCheetah model
     (tmp_path / "start_states.npz").write_bytes(b"starts")
-    with pytest.raises(SystemExit):
-        bench.parse_args(["--envs", "HalfCheetah-v4,Hopper-v4", "--model", str(tmp_path)])
-    assert "--model needs exactly one task in --envs" in capsys.readouterr().err
-    args = bench.parse_args(["--envs", "HalfCheetah-v4", "--model", str(tmp_path)])
+    for envs in ("Hopper-v4", "HalfCheetah-v4,Hopper-v4", "Imagined-HalfCheetah-v4"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--envs", envs, "--model", str(tmp_path)])
+        assert (f"--envs {envs}: the model of --model {tmp_path} was fitted on HalfCheetah-v4"
+                in capsys.readouterr().err)
+    assert bench.parse_args(["--model", f"{tmp_path}/"]).envs == ["HalfCheetah-v4"]   # its task by default
+    args = bench.parse_args(["--envs", "HalfCheetah-v5", "--model", f"{tmp_path}/"])   # v5 steps as v4
+    assert args.model == str(tmp_path) and args.envs == ["HalfCheetah-v5"]
     digest = bench.model_digest("HalfCheetah-v4", args.model)
     assert digest != bench.model_digest("HalfCheetah-v4")
     (tmp_path / "start_states.npz").write_bytes(b"other starts")   # the start states are part of the model
     assert bench.model_digest("HalfCheetah-v4", args.model) != digest
+
+
+def test_parts_written_before_a_field_existed_resume_as_its_default(bench, tmp_path):
+    unit = bench.Unit("Hopper-v4", "shipped", 0, (1, 2), 1, "digest", True)
+    old = {k: v for k, v in dataclasses.asdict(unit).items() if k != "model_dir"}
+    (tmp_path / "part.json").write_text(json.dumps({"unit": old, "checkpoints": []}))
+    assert bench.read_part(tmp_path / "part.json", unit)["unit"] == json.loads(json.dumps(old))
+    with pytest.raises(ValueError, match=r"model_dir.*None, 'export'"):
+        bench.read_part(tmp_path / "part.json", dataclasses.replace(unit, model_dir="export"))
 
 
 def test_workers_end_when_the_driver_is_killed(tmp_path):
