@@ -131,14 +131,11 @@ def env_kwargs(unit: Unit) -> dict[str, Any] | None:
 
 
 def row_kwargs(unit: Unit) -> dict[str, Any] | None:
-    given = None
-    if unit.model_dir is not None:
-        wm_path, starts = model_paths(unit.env_id, unit.model_dir)
-        given = {"world_model": str(wm_path), "start_states": str(starts)}
+    wm_path, starts = model_paths(unit.env_id, unit.model_dir)
+    given = None if unit.model_dir is None else {"world_model": str(wm_path), "start_states": str(starts)}
     if unit.row == "no-pessimism":
         return {**(given or {}), "pessimism": False}
     if unit.row == "oracle":
-        wm_path, starts = model_paths(unit.env_id, unit.model_dir)
         horizon = WorldModel.load(wm_path, device="cpu").horizon
         # No pessimism against an exact model: the oracle is the ceiling of the learner settings.
         off = {"pessimism": False} if unit.pessimism_option else {}
