@@ -23,7 +23,7 @@ from agents.presets import build_preset, resolve
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
-from imagined_env.world_model import WorldModel
+from imagined_env.world_model import TERMINATIONS, WorldModel
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,10 @@ class BuildConfig:
     """Ensemble members: their mean is imagined, their disagreement is the pessimism signal."""
     fit_steps: int = 20_000
     """Adam steps per member on the broad data."""
+    terminations: str = "task"
+    """Where imagined episodes terminate: "task" also where the task's own rule says of the imagined
+    observation (Hopper, Walker2d), not only where the model's learned flag does, which misses most falls;
+    "learned" by the flag alone."""
     disagreement_penalty: float = 1.0
     """Imagined reward minus this times the members' disagreement (off with 0)."""
     disagreement_quantile: float | None = 0.99
@@ -60,6 +64,9 @@ class BuildConfig:
                              f"got {self.disagreement_quantile}")
         if not (isinstance(self.n_start_states, int) and self.n_start_states >= 1):
             raise ValueError(f"n_start_states must be an int >= 1, got {self.n_start_states!r}")
+        if self.terminations not in TERMINATIONS:
+            raise ValueError(f"terminations must be one of {', '.join(TERMINATIONS)}, "
+                             f"got {self.terminations!r}")
 
 
 def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: BuildConfig, command: str,
@@ -112,8 +119,8 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     limit = None if config.disagreement_quantile is None else float(np.quantile(on_data,
                                                                                 config.disagreement_quantile))
     # the read-out is set here too: a model stage fitted before it was part of the recipe ships it
-    model.config = replace(model.config, readout=readout, disagreement_penalty=config.disagreement_penalty,
-                           disagreement_limit=limit)
+    model.config = replace(model.config, readout=readout, terminations=config.terminations,
+                           disagreement_penalty=config.disagreement_penalty, disagreement_limit=limit)
     starts = evenly_drawn_starts(buffer, config.n_start_states)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "world_model.pt", compact=True)
@@ -129,7 +136,8 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
              f"{model.n_parameters() // config.n_members} parameters, {config.fit_steps} Adam steps each; "
              f"members' disagreement on the data's transitions: median {np.median(on_data):.4f}, 99% "
              f"{np.quantile(on_data, 0.99):.4f}; imagined reward minus {config.disagreement_penalty:g} x "
-             f"disagreement; episodes end above {'never' if limit is None else f'{limit:.4f}'}",
+             f"disagreement; episodes end above {'never' if limit is None else f'{limit:.4f}'}; "
+             f"terminations: {config.terminations}",
              f"start states: {len(starts)} real observations drawn evenly from the data",
              f"build settings: {json.dumps(asdict(config))}"]
     collected = (parts["uniform random"]["transitions"] + config.data.ppo_steps

@@ -32,6 +32,7 @@ from imagined_env.diffusion.sampler import ActionBounds, ActionInput, GuidedSamp
 from imagined_env.diffusion.schedule import DiffusionSchedule, SamplerConfig, ScheduleConfig
 from imagined_env.fitting import ema_copy, ema_update
 from imagined_env.pretrained import serves
+from imagined_env.task_terminations import termination_rule
 from imagined_env.utils import atomic_path, resolve_device
 
 FORMAT_VERSION = 3
@@ -39,6 +40,7 @@ FORMAT_VERSION = 3
 SHA-256 checksum of their content; version 1 files, written before it, load without one."""
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 READOUTS = ("chain", "mean", "rollout")
+TERMINATIONS = ("learned", "task")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,10 @@ class WorldModelConfig:
     """K denoisers on the same data, imagined as their mean (needs readout "mean" or "rollout")."""
     disagreement_penalty: float = 0.0
     """lambda: imagined rewards r - lambda u, u the members' disagreement (std)."""
+    terminations: str = "learned"
+    """Where imagined episodes terminate: "learned" where the model's terminal flag says, or "task" also
+    where the task's own rule says of the imagined next observation (`task_terminations`: Hopper,
+    Walker2d; a rule is known for no other task)."""
     disagreement_limit: float | None = None
     """End imagined episodes where u exceeds this (None: never)."""
 
@@ -101,6 +107,9 @@ class WorldModelConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.reward_loss_weight > 0:
             raise ValueError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
+        if self.terminations not in TERMINATIONS:
+            raise ValueError(f"terminations must be one of {', '.join(TERMINATIONS)}, "
+                             f"got {self.terminations!r}")
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         if self.n_members < 1:
@@ -300,6 +309,10 @@ class WorldModel:
         states, rewards, terminals = self.normaliser.unnormalise_rows(x0.mean(0))
         states = torch.cat([s0[:, None], states[:, 1:]], dim=1)
         rewards, ended = rewards[:, :h], terminals[:, :h] > self.config.terminal_threshold
+        rule = (termination_rule(self.spec.env_id, self.spec.obs_dim) if self.config.terminations == "task"
+                else None)
+        if rule is not None:
+            ended = ended | rule(states[:, 1:h + 1])
         u = transition_disagreement(x0, self.spec.obs_dim) if self.config.n_members > 1 else None
         if u is not None:
             rewards = rewards - self.config.disagreement_penalty * u

@@ -85,6 +85,7 @@ def test_the_shipped_model_is_a_compact_three_member_ensemble_with_the_configure
     assert (out / "world_model.pt").stat().st_size < 0.5 * (work / "world_model.pt").stat().st_size
     assert shipped.config.n_members == 3 and shipped.config.readout == "mean"
     assert shipped.config.disagreement_penalty == 0.7
+    assert shipped.config.terminations == "task"                  # set at ship time, like the read-out
 
     # the limit is the 0.9 quantile of the members' disagreement about the data's own transitions:
     # windows drawn with the data seed, replayed with their own actions, padding past an end left out
