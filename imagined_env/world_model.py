@@ -94,9 +94,7 @@ class WorldModelConfig:
     disagreement_penalty: float = 0.0
     """lambda: imagined rewards r - lambda u, u the members' disagreement (std)."""
     terminations: str = "learned"
-    """Where imagined episodes terminate: "learned" where the model's terminal flag says, or "task" also
-    where the task's own rule says of the imagined next observation (`task_terminations`: Hopper,
-    Walker2d; a rule is known for no other task)."""
+    """End episodes by the learned flag, or also by the task's rule ("task": Hopper, Walker2d)."""
     disagreement_limit: float | None = None
     """End imagined episodes where u exceeds this (None: never)."""
 

@@ -117,7 +117,7 @@ def test_bad_data_settings_name_their_field(field, value):
     ("preset", "cpu-v9"), ("n_members", 1), ("n_members", 2.0), ("fit_steps", 0), ("fit_steps", None),
     ("disagreement_penalty", -0.5), ("disagreement_penalty", math.nan), ("disagreement_penalty", math.inf),
     ("disagreement_quantile", 0.0), ("disagreement_quantile", 1.5), ("disagreement_quantile", math.nan),
-    ("n_start_states", 0), ("n_start_states", 10.0),
+    ("n_start_states", 0), ("n_start_states", 10.0), ("terminations", "rule"), ("terminations", None),
 ])
 def test_bad_build_settings_name_their_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -132,3 +132,4 @@ def test_the_defaults_and_edge_values_are_accepted():
     BuildConfig(preset="cpu", n_members=2, fit_steps=1, disagreement_penalty=0.0, disagreement_quantile=1.0,
                 n_start_states=1)
     BuildConfig(disagreement_quantile=None)
+    BuildConfig(terminations="learned")
