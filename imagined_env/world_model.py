@@ -43,6 +43,12 @@ READOUTS = ("chain", "mean", "rollout")
 TERMINATIONS = ("learned", "task")
 
 
+def check_terminations(value: object) -> None:
+    """ValueError unless `value` is one of TERMINATIONS."""
+    if value not in TERMINATIONS:
+        raise ValueError(f"terminations must be one of {', '.join(TERMINATIONS)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class EnvSpec:
     """What the model was trained on: the task id and the spaces it must be used with."""
@@ -105,9 +111,7 @@ class WorldModelConfig:
             raise ValueError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not self.reward_loss_weight > 0:
             raise ValueError(f"reward_loss_weight must be > 0, got {self.reward_loss_weight}")
-        if self.terminations not in TERMINATIONS:
-            raise ValueError(f"terminations must be one of {', '.join(TERMINATIONS)}, "
-                             f"got {self.terminations!r}")
+        check_terminations(self.terminations)
         if self.readout not in READOUTS:
             raise ValueError(f"readout must be one of {', '.join(READOUTS)}, got {self.readout!r}")
         if self.n_members < 1:
@@ -270,7 +274,8 @@ class WorldModel:
         the policy's actions are its own draws at the read-out's states (`GuidedSampler.policy_rollout`):
         no chain, nothing to guide (spread NaN); without a policy it imagines as "mean" does. An ensemble
         reads out its members' mean, lowers rewards by `disagreement_penalty` times their disagreement and
-        ends episodes where it exceeds `disagreement_limit`.
+        ends episodes where it exceeds `disagreement_limit`. With `terminations` "task", episodes also end
+        where the task's healthy check fails on the imagined next observation.
         The guidance scale is left as it is: tuning it is the caller's explicit `adapt_guidance` call.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")

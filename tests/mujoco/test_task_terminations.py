@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from imagined_env.data.normaliser import Normaliser
+from imagined_env.pretrained import pretrained_paths
 from imagined_env.task_terminations import termination_rule
 from imagined_env.world_model import EnvSpec, WorldModel, WorldModelConfig
 from tests.conftest import TINY_CONFIG
@@ -84,3 +85,11 @@ def test_terminations_are_saved_and_files_without_them_read_the_learned_flag(tmp
     assert WorldModelConfig.from_dict(stored).terminations == "learned"
     with pytest.raises(ValueError, match="terminations must be one of learned, task, got 'rule'"):
         WorldModelConfig(terminations="rule")
+
+
+@pytest.mark.parametrize("env_id,expected", [("HalfCheetah-v4", "learned"), ("Hopper-v4", "task"),
+                                             ("Hopper-v5", "task"), ("Walker2d-v4", "task"),
+                                             ("Walker2d-v5", "task")])
+def test_the_shipped_hopper_and_walker2d_models_also_end_by_the_task_rule(env_id, expected):
+    model_file, _ = pretrained_paths(env_id)
+    assert WorldModel.load(model_file, device="cpu", env_id=env_id).config.terminations == expected
