@@ -1,10 +1,11 @@
-"""Make a world model to ship: broad real data (`agents.broad_data`), an ensemble fitted on it, and the
-files an imagined env loads (`imagined_env/pretrained/<name>/`).
+"""Make a world model to ship: real data of many skill levels (a training run in imagination,
+`agents.run_data`, or RL Zoo PPO and random actions, `agents.broad_data`), an ensemble fitted on it, and
+the files an imagined env loads (`imagined_env/pretrained/<name>/`).
 
 Each stage writes its result into a work folder before the next starts, so a killed build resumes from
-the last finished stage: `data.npz` (the real episodes), `world_model.pt` (the fitted ensemble), then the
-shipped folder: the model without its training-only weights, start states, and `COMMAND.txt` (how it was
-made and what the data holds).
+the last finished stage (the data run from its last checkpoint): `data.npz` (the real episodes),
+`world_model.pt` (the fitted ensemble), then the shipped folder: the model without its training-only
+weights, start states, and `COMMAND.txt` (how it was made and what the data holds).
 """
 from __future__ import annotations
 
@@ -20,23 +21,32 @@ import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data
 from agents.presets import build_preset, resolve
+from agents.run_data import RunDataConfig, collect_run_data
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel, check_terminations
+
+SOURCES = ("run", "broad")
 
 
 @dataclass(frozen=True)
 class BuildConfig:
     """Data, model and pessimism of a shipped world model."""
 
+    source: str = "run"
+    """Where the real data comes from: "run", a training run in imagination (the states a learner from
+    scratch passes through); "broad", RL Zoo PPO through its training and random actions."""
+    run_data: RunDataConfig = field(default_factory=RunDataConfig)
+    """The data run (source "run")."""
     data: BroadDataConfig = field(default_factory=BroadDataConfig)
+    """The RL Zoo PPO and random data (source "broad")."""
     preset: str = "cpu-v5"
     """The world model's architecture, chain and training settings come from this preset."""
     n_members: int = 3
     """Ensemble members: their mean is imagined, their disagreement is the pessimism signal."""
     fit_steps: int = 20_000
-    """Adam steps per member on the broad data."""
+    """Adam steps per member on the data."""
     terminations: str = "task"
     """Where imagined episodes terminate: "task" where the model's learned flag or the task's healthy check
     on the imagined observation says (Hopper, Walker2d; on Hopper the flag alone missed most falls);
@@ -50,6 +60,8 @@ class BuildConfig:
     """Real observations shipped to start imagined episodes from, drawn evenly from all the data."""
 
     def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         resolve(self.preset)
         if not (isinstance(self.n_members, int) and self.n_members >= 2):
             raise ValueError(f"n_members must be an int >= 2 (pessimism needs an ensemble), "
@@ -81,20 +93,25 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     work_dir.mkdir(parents=True, exist_ok=True)
     data_file, report_file = work_dir / "data.npz", work_dir / "data.json"
     model_file = work_dir / "world_model.pt"
+    data_settings = data_stage_settings(config)
     if data_file.is_file():
-        check_same(report_file, "data", asdict(config.data))
+        check_same(report_file, "data", data_settings)
     else:
         t0 = time.perf_counter()
-        buffer, report = collect_broad_data(env_id, config.data, log)
+        if config.source == "run":
+            buffer, parts = collect_run_data(env_id, config.run_data, work_dir / "run", log, progress)
+        else:
+            buffer, report = collect_broad_data(env_id, config.data, log)
+            parts = report.parts
         with atomic_path(report_file) as tmp:
-            tmp.write_text(json.dumps({"data": asdict(config.data), "parts": report.parts,
+            tmp.write_text(json.dumps({"data": data_settings, "parts": parts,
                                        "seconds": time.perf_counter() - t0}, indent=2))
         buffer.save(data_file)
     buffer = EpisodeBuffer.load(data_file)
     buffer.check_task(env_id)
     parts = json.loads(report_file.read_text())["parts"]
     log(f"data: {buffer.n_transitions} transitions in {len(buffer)} episodes")
-    fit_settings = {"data": asdict(config.data), "preset": config.preset, "n_members": config.n_members,
+    fit_settings = {"data": data_settings, "preset": config.preset, "n_members": config.n_members,
                     "fit_steps": config.fit_steps}  # the data too: a data stage made anew must be refitted
     if model_file.is_file():
         check_same(work_dir / "model.json", "model", fit_settings)
@@ -126,7 +143,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
         with open(tmp, "wb") as f:
             np.save(f, starts)
     lines = [command, "",
-             f"{env_id}: RL Zoo PPO and random data, {buffer.n_transitions} real transitions in "
+             f"{env_id}: {data_origin(config)}, {buffer.n_transitions} real transitions in "
              f"{len(buffer)} episodes:",
              *(f"- {name}: {p['episodes']:.0f} episodes, {p['transitions']:.0f} transitions, return mean "
                f"{p['mean_return']:.1f}, max {p['max_return']:.1f}" for name, p in parts.items()),
@@ -138,14 +155,29 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
              f"terminations: {config.terminations}",
              f"start states: {len(starts)} real observations drawn evenly from the data",
              f"build settings: {json.dumps(asdict(config))}"]
-    collected = (parts["uniform random"]["transitions"] + config.data.ppo_steps
-                 + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
+    collected = config.run_data.steps if config.source == "run" else (
+        parts["uniform random"]["transitions"] + config.data.ppo_steps
+        + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
     with atomic_path(out_dir / "data.json") as tmp:
         tmp.write_text(json.dumps({"env_id": env_id, "real_steps_collected": int(collected),
                                    "transitions_kept": buffer.n_transitions, "parts": parts}, indent=2))
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir
+
+
+def data_stage_settings(config: BuildConfig) -> dict[str, object]:
+    """What the data stage depends on (a broad stage records its config alone, as builds always have)."""
+    if config.source == "broad":
+        return asdict(config.data)
+    return {"source": "run", **asdict(config.run_data)}
+
+
+def data_origin(config: BuildConfig) -> str:
+    if config.source == "broad":
+        return "RL Zoo PPO and random data"
+    return (f"a training run in imagination (preset {resolve(config.run_data.preset)}, "
+            f"{config.run_data.steps} real steps, seed {config.run_data.seed})")
 
 
 def data_disagreement(model: WorldModel, buffer: EpisodeBuffer, rng: np.random.Generator,

@@ -21,6 +21,10 @@ from agents.cli import main
     (["--data.ppo-kept-steps", "1.5"], "data.ppo_kept_steps must be an integer"),
     (["--data.final-noise-stds=0.1,-0.3"], "final_noise_stds must be a tuple of finite numbers >= 0"),
     (["--data.seed", "-1"], "seed must be an int >= 0"),
+    (["--source", "rerun"], "source must be one of run, broad, got 'rerun'"),
+    (["--run-data.steps", "0"], "run_data.steps must be an int >= 1"),
+    (["--run-data.preset", "cpu-v99"], "unknown preset 'cpu-v99'"),
+    (["--run-data.terminations", "rule"], "terminations must be one of learned, task, got 'rule'"),
 ])
 def test_bad_input_exits_2_with_one_line_before_making_folders(tmp_path, capsys, flags, message):
     out, work = tmp_path / "out", tmp_path / "work"

@@ -29,10 +29,11 @@ pytestmark = [
 ]
 
 TASK = "Hopper-v4"
-TINY = BuildConfig(data=BroadDataConfig(random_episodes=1, ppo_steps=1024, ppo_kept_steps=500,
+TINY = BuildConfig(source="broad", data=BroadDataConfig(random_episodes=1, ppo_steps=1024, ppo_kept_steps=500,
                                         final_steps_per_noise=200, seed=3),
                    fit_steps=20, n_start_states=50, disagreement_penalty=0.7, disagreement_quantile=0.9)
-TINY_FLAGS = ["--data.random-episodes", "1", "--data.ppo-steps", "1024", "--data.ppo-kept-steps", "500",
+TINY_FLAGS = ["--source", "broad", "--data.random-episodes", "1", "--data.ppo-steps", "1024",
+              "--data.ppo-kept-steps", "500",
               "--data.final-steps-per-noise", "200", "--data.seed", "3", "--fit-steps", "20",
               "--n-start-states", "50", "--disagreement-penalty", "0.7", "--disagreement-quantile", "0.9"]
 COMMAND = "imagined-env build-model out --env Hopper-v4"
