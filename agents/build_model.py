@@ -21,7 +21,7 @@ import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data
 from agents.presets import build_preset, resolve
-from agents.run_data import RunDataConfig, collect_run_data
+from agents.run_data import RunDataConfig, collect_run_data, final_return
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
@@ -159,8 +159,10 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
         parts["uniform random"]["transitions"] + config.data.ppo_steps
         + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
     with atomic_path(out_dir / "data.json") as tmp:
-        tmp.write_text(json.dumps({"env_id": env_id, "real_steps_collected": int(collected),
-                                   "transitions_kept": buffer.n_transitions, "parts": parts}, indent=2))
+        tmp.write_text(json.dumps({"env_id": env_id, "origin": data_origin(config),
+                                   "real_steps_collected": int(collected),
+                                   "transitions_kept": buffer.n_transitions, "parts": parts,
+                                   "reference": data_reference(config, parts, work_dir)}, indent=2))
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir
@@ -178,6 +180,20 @@ def data_origin(config: BuildConfig) -> str:
         return "RL Zoo PPO and random data"
     return (f"a training run in imagination (preset {resolve(config.run_data.preset)}, "
             f"{config.run_data.steps} real steps, seed {config.run_data.seed})")
+
+
+def data_reference(config: BuildConfig, parts: dict[str, dict[str, float]],
+                   work_dir: Path) -> dict[str, object] | None:
+    """The best policy behind the data and its real return, to give a learner's return a scale."""
+    if config.source == "run":
+        return {"policy": "the data run's final policy, deterministic",
+                "mean_return": final_return(work_dir / "run")}
+    finals = [(name, part) for name, part in parts.items() if name.startswith("final PPO policy")]
+    if not finals:
+        return None
+    name, part = max(finals, key=lambda item: item[1]["mean_return"])
+    return {"policy": f"RL Zoo PPO's final policy{name.removeprefix('final PPO policy')} action noise",
+            "mean_return": part["mean_return"]}
 
 
 def data_disagreement(model: WorldModel, buffer: EpisodeBuffer, rng: np.random.Generator,

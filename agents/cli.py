@@ -589,13 +589,16 @@ def add_build_model_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
     from agents.build_model import BuildConfig
 
     p = sub.add_parser("build-model", parents=[parent], formatter_class=HelpFormatter,
-                       help="a world model to ship, from broad real data it collects",
+                       help="a world model to ship, from real data it collects",
                        description=paragraphs(
-                           "Collects real episodes of every skill level (uniform random, RL Zoo PPO "
-                           "through its training, the final policy with noise), fits an ensemble world "
+                           "Collects real episodes of every skill level: by default a training run in "
+                           "imagination (uniform random actions, then the improving policy with its "
+                           "exploration noise), or with --source broad RL Zoo PPO through its training, "
+                           "its final policy with noise and random actions. Then fits an ensemble world "
                            "model with a disagreement penalty, and writes OUT_DIR/world_model.pt, "
                            "start_states.npy and COMMAND.txt (this is how imagined_env/pretrained/ is "
-                           "made). Stages are kept in the work folder: a killed build resumes there."))
+                           "made). Stages are kept in the work folder (the data run in WORK/run): a killed "
+                           "build resumes there."))
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write")
     p.add_argument("--env", required=True, help="real task, e.g. Hopper-v4")
     p.add_argument("--work", default=None, help="work folder [default runs/build-model/ENV]")

@@ -90,16 +90,12 @@ class TimeLimit(BaseCallback):
 
 
 def data_policy(env_id: str) -> str:
-    """The best policy in the shipped model's data, as a reference: the final RL Zoo PPO policy whose
-    noisy episodes the data holds."""
+    """The best policy behind the shipped model's data, as a reference for the learner's return."""
     record = data_record(env_id)
-    parts = record["parts"] if record else {}
-    final = next(((name, part) for name, part in parts.items() if name.startswith("final PPO policy")), None)
-    if final is None:
+    reference = record.get("reference") if record else None
+    if not reference:
         return ""
-    name, part = final
-    noise = name.removeprefix("final PPO policy + ")
-    return f"; the data's best policy (RL Zoo PPO's last, + {noise} action noise): {part['mean_return']:.1f}"
+    return f"; the data's best policy ({reference['policy']}): {reference['mean_return']:.1f}"
 
 
 def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
@@ -114,8 +110,7 @@ def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
     model = WorldModel.load(model_path, device="cpu", env_id=config.env_id)
     record = data_record(config.env_id)
     data = (f", fitted on {record['transitions_kept']:,} real transitions kept from "
-            f"{record['real_steps_collected']:,} real steps of random actions and RL Zoo PPO's training"
-            if record else "")
+            f"{record['real_steps_collected']:,} real steps of {record['origin']}" if record else "")
     log(f"world model: the one shipped for {config.env_id}{data} "
         f"(plans of {model.horizon} imagined steps)")
     return model, starts_path

@@ -17,7 +17,7 @@ import numpy as np
 
 from agents.config_flags import leaf_values
 from agents.presets import build_preset, resolve
-from agents.run_files import find_checkpoint
+from agents.run_files import find_checkpoint, read_state
 from agents.saved_run import read_config
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.world_model import check_terminations
@@ -73,12 +73,18 @@ def collect_run_data(env_id: str, config: RunDataConfig, run_dir: Path, log: Cal
     try:
         coordinator.learn(config.steps, progress_bar=progress)
         buffer, prefill = coordinator.buffer, coordinator.config.prefill_steps
-        if coordinator.history:
-            log(f"data run: real return {coordinator.history[-1]['mean_return']:.1f} after "
-                f"{coordinator.real_steps} real steps")
     finally:
         coordinator.close()
+    log(f"data run: real return {final_return(run_dir):.1f} after {config.steps} real steps")
     return buffer, skill_report(buffer, prefill, config.skill_parts)
+
+
+def final_return(run_dir: Path) -> float:
+    """The mean return of the last real evaluation of the run in `run_dir` (deterministic policy)."""
+    checkpoint = find_checkpoint(run_dir)
+    if checkpoint is None:
+        raise ValueError(f"{run_dir} holds no checkpoint (expected {run_dir}/checkpoint/state.json)")
+    return float(read_state(checkpoint)["history"][-1]["mean_return"])
 
 
 def skill_report(buffer: EpisodeBuffer, prefill_steps: int,

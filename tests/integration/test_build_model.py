@@ -77,6 +77,14 @@ def test_the_shipped_and_work_folders_hold_their_files(built):
     settings = json.loads(text.split("build settings: ", 1)[1])
     assert settings == json.loads(json.dumps(asdict(TINY)))
     assert json.loads((work / "data.json").read_text())["data"] == settings["data"]
+    shipped = json.loads((out / "data.json").read_text())
+    assert shipped["origin"] == "RL Zoo PPO and random data"
+    finals = {name: p["mean_return"] for name, p in shipped["parts"].items() if name.startswith("final PPO")}
+    assert len(finals) == 2                                  # noise 0.1 and 0.3
+    best = max(finals, key=finals.get)
+    noise = best.split(" ", 3)[3]                            # "+ N(0, s^2)"
+    assert shipped["reference"] == {"policy": f"RL Zoo PPO's final policy {noise} action noise",
+                                    "mean_return": finals[best]}
 
 
 def test_the_shipped_model_is_a_compact_three_member_ensemble_with_the_configured_pessimism(built):

@@ -71,6 +71,11 @@ def test_the_runs_buffer_is_the_data_and_the_record_says_where_it_came_from(buil
     shipped = json.loads((out / "data.json").read_text())
     assert shipped["real_steps_collected"] == STEPS
     assert sum(p["transitions"] for p in shipped["parts"].values()) == STEPS
+    assert shipped["origin"].startswith("a training run in imagination")
+    last = json.loads((run / "checkpoint" / "state.json").read_text())["history"][-1]
+    assert last["real_steps"] == STEPS
+    assert shipped["reference"] == {"policy": "the data run's final policy, deterministic",
+                                    "mean_return": last["mean_return"]}
     model = WorldModel.load(out / "world_model.pt", device="cpu")
     assert model.config.n_members == 3 and model.config.disagreement_limit is not None
 

@@ -33,6 +33,6 @@ def test_demo_output_references_progress_total_and_no_warnings(monkeypatch):
     assert "/" not in out.replace("+-", "") and "COMMAND" not in out and "imagined-env" not in out
     assert f"random actions {result['random_mean']:.1f}" in out and result["random_mean"] < 0
     record = data_record("HalfCheetah-v4")
-    best = next(p for name, p in record["parts"].items() if name.startswith("final PPO policy"))
-    assert f"+ N(0, 0.1^2) action noise): {best['mean_return']:.1f}" in out
-    assert f"kept from {record['real_steps_collected']:,} real steps" in out
+    reference = record["reference"]
+    assert f"the data's best policy ({reference['policy']}): {reference['mean_return']:.1f}" in out
+    assert f"kept from {record['real_steps_collected']:,} real steps of {record['origin']}" in out
