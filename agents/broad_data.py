@@ -41,7 +41,8 @@ class BroadDataConfig:
     final_steps_per_noise: int = 10_000
     """Real steps of the final policy at each noise width."""
     seed: int = 0
-    """Seeds the random actions, PPO and the noise of the final policy."""
+    """Seeds the random actions, PPO and the noise of the final policy; with either source, also the
+    ensemble's fit and the windows its disagreement limit is calibrated on."""
 
     def __post_init__(self) -> None:
         counts = {"random_episodes": self.random_episodes, "ppo_steps": self.ppo_steps,

@@ -95,7 +95,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     model_file = work_dir / "world_model.pt"
     data_settings = data_stage_settings(config)
     if data_file.is_file():
-        check_same(report_file, "data", data_settings)
+        check_same(report_file, "data", data_settings, data_file)
     else:
         t0 = time.perf_counter()
         if config.source == "run":
@@ -111,10 +111,11 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     buffer.check_task(env_id)
     parts = json.loads(report_file.read_text())["parts"]
     log(f"data: {buffer.n_transitions} transitions in {len(buffer)} episodes")
+    # the data too: a data stage made anew must be refitted
     fit_settings = {"data": data_settings, "preset": config.preset, "n_members": config.n_members,
-                    "fit_steps": config.fit_steps}  # the data too: a data stage made anew must be refitted
+                    "fit_steps": config.fit_steps, "seed": config.data.seed}
     if model_file.is_file():
-        check_same(work_dir / "model.json", "model", fit_settings)
+        check_same(work_dir / "model.json", "model", fit_settings, model_file)
     else:
         env = gym.make(env_id)
         spec = spec_from_env(env, env_id)
@@ -137,11 +138,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     model.config = replace(model.config, readout=readout, terminations=config.terminations,
                            disagreement_penalty=config.disagreement_penalty, disagreement_limit=limit)
     starts = evenly_drawn_starts(buffer, config.n_start_states)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save(out_dir / "world_model.pt", compact=True)
-    with atomic_path(out_dir / "start_states.npy") as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, starts)
+    # every record is made before the first file is written, so a failure leaves the folder as it was
     lines = [command, "",
              f"{env_id}: {data_origin(config)}, {buffer.n_transitions} real transitions in "
              f"{len(buffer)} episodes:",
@@ -158,11 +155,16 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     collected = config.run_data.steps if config.source == "run" else (
         parts["uniform random"]["transitions"] + config.data.ppo_steps
         + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
+    record = {"env_id": env_id, "origin": data_origin(config), "real_steps_collected": int(collected),
+              "transitions_kept": buffer.n_transitions, "parts": parts,
+              "reference": data_reference(config, parts, work_dir)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save(out_dir / "world_model.pt", compact=True)
+    with atomic_path(out_dir / "start_states.npy") as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, starts)
     with atomic_path(out_dir / "data.json") as tmp:
-        tmp.write_text(json.dumps({"env_id": env_id, "origin": data_origin(config),
-                                   "real_steps_collected": int(collected),
-                                   "transitions_kept": buffer.n_transitions, "parts": parts,
-                                   "reference": data_reference(config, parts, work_dir)}, indent=2))
+        tmp.write_text(json.dumps(record, indent=2))
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir
@@ -172,10 +174,13 @@ def data_stage_settings(config: BuildConfig) -> dict[str, object]:
     """What the data stage depends on (a broad stage records its config alone, as builds always have)."""
     if config.source == "broad":
         return asdict(config.data)
-    return {"source": "run", **asdict(config.run_data)}
+    run = asdict(config.run_data)
+    del run["skill_parts"]                       # only the report depends on it
+    return {"source": "run", **run, "preset": resolve(config.run_data.preset)}
 
 
 def data_origin(config: BuildConfig) -> str:
+    """Where the data came from, in words, for the shipped records and the demo."""
     if config.source == "broad":
         return "RL Zoo PPO and random data"
     return (f"a training run in imagination (preset {resolve(config.run_data.preset)}, "
@@ -209,12 +214,12 @@ def data_disagreement(model: WorldModel, buffer: EpisodeBuffer, rng: np.random.G
     return out.disagreement.cpu().numpy()[windows.valid[:, :h]]
 
 
-def check_same(record: Path, key: str, settings: dict[str, object]) -> None:
+def check_same(record: Path, key: str, settings: dict[str, object], result: Path) -> None:
     """A stage's stored result must come from the settings asked for now, or resuming would mix builds."""
     stored = json.loads(record.read_text()).get(key) if record.is_file() else None
     if stored != json.loads(json.dumps(settings)):
         raise ValueError(f"{record.parent} holds a {key} stage built with {stored}, not the {settings} asked "
-                         "for: use another work folder or delete it")
+                         f"for: use another work folder or delete {result} to make the stage anew")
 
 
 def evenly_drawn_starts(buffer: EpisodeBuffer, n: int) -> np.ndarray:

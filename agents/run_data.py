@@ -60,12 +60,16 @@ def collect_run_data(env_id: str, config: RunDataConfig, run_dir: Path, log: Cal
     run_config = build_preset(config.preset, env_id, {"seed": config.seed,
                                                       "world_model.terminations": config.terminations})
     checkpoint = find_checkpoint(run_dir)
-    if checkpoint is not None:
-        stored = read_config(checkpoint)
-        if stored != run_config:
-            changed = sorted(k for k, v in leaf_values(run_config).items() if leaf_values(stored).get(k) != v)
+    if checkpoint is not None:                  # checked before the resume touches the folder
+        stored, asked = leaf_values(read_config(checkpoint)), leaf_values(run_config)
+        changed = sorted(k for k in stored.keys() | asked.keys() if stored.get(k) != asked.get(k))
+        if changed:
             raise ValueError(f"{run_dir} holds a run whose config differs from the one asked for in "
                              f"{', '.join(changed)}: use another work folder or delete it")
+        taken = read_state(checkpoint)["real_steps"]
+        if taken > config.steps:
+            raise ValueError(f"{run_dir} holds a run of {taken} real steps, more than the run_data.steps "
+                             f"{config.steps} asked for: use another work folder or ask for {taken} or more")
         log(f"resuming the data run in {run_dir}")
         coordinator = Coordinator.resume(run_dir, env_id=env_id, verbose=0)
     else:
@@ -90,12 +94,13 @@ def final_return(run_dir: Path) -> float:
 def skill_report(buffer: EpisodeBuffer, prefill_steps: int,
                  n_parts: int) -> dict[str, dict[str, float]]:
     """Episodes, transitions, mean and max return of the episodes that start within the prefill, then of
-    the later ones in `n_parts` parts of nearly equal episode counts (in collection order)."""
+    the later ones in `n_parts` parts of nearly equal episode counts (in collection order). The buffer's
+    episodes are as the run stored them: one cut by a checkpoint counts as two."""
     starts = np.cumsum([0] + [e.length for e in buffer.episodes])[:-1]
     episodes = list(buffer.episodes)
-    random = [e for e, s in zip(episodes, starts) if s < prefill_steps]
-    policy = episodes[len(random):]
-    parts = {"uniform random prefill": random}
+    prefill = [e for e, s in zip(episodes, starts) if s < prefill_steps]
+    policy = episodes[len(prefill):]
+    parts = {"uniform random prefill": prefill}
     for i, chunk in enumerate(np.array_split(np.arange(len(policy)), n_parts)):
         if len(chunk):
             parts[f"policy in training, part {i + 1} of {n_parts}"] = [policy[j] for j in chunk]

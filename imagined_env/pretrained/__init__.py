@@ -48,8 +48,9 @@ def _ships(folder: str) -> bool:
 
 
 def data_record(env_id: str) -> dict[str, Any] | None:
-    """What the real data behind `env_id`'s shipped model holds (its folder's data.json: real steps
-    collected, and episodes, transitions and returns of each part), or None without such a record."""
+    """What the real data behind `env_id`'s shipped model holds (its folder's data.json: where it came
+    from, real steps collected (a data run's evaluation episodes not counted), episodes, transitions and
+    returns of each part, and the best policy behind it with its real return), or None without one."""
     folder = MODEL_FOLDERS.get(env_id)
     path = _HERE / folder / "data.json" if folder else None
     return json.loads(path.read_text()) if path is not None and path.is_file() else None

@@ -4,6 +4,7 @@ other settings."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -33,11 +34,13 @@ CONFIG = BuildConfig(run_data=RunDataConfig(steps=STEPS, seed=2, skill_parts=2),
                      n_start_states=40)
 
 
+def tiny_preset(name, env_id, overrides=None):
+    """The data run's preset made tiny (its seed and terminations still come from `RunDataConfig`)."""
+    return apply(replace(TINY_RUN, env_id=env_id), overrides or {})
+
+
 @pytest.fixture(autouse=True)
 def tiny_runs(monkeypatch):
-    """The data run's preset made tiny (its seed and terminations still come from `RunDataConfig`)."""
-    def tiny_preset(name, env_id, overrides=None):
-        return apply(replace(TINY_RUN, env_id=env_id), overrides or {})
     monkeypatch.setattr(run_data_module, "build_preset", tiny_preset)
 
 
@@ -50,8 +53,7 @@ def build(out: Path, work: Path, config: BuildConfig = CONFIG) -> Path:
 def built(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("build")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(run_data_module, "build_preset",
-                      lambda name, env_id, overrides=None: apply(replace(TINY_RUN, env_id=env_id), overrides))
+        patch.setattr(run_data_module, "build_preset", tiny_preset)
         return build(root / "out", root / "work"), root / "work"
 
 
@@ -86,7 +88,9 @@ def test_a_build_resumes_its_unfinished_data_run(built, tmp_path):
     shutil.copytree(work / "run", work2 / "run")
     longer = replace(CONFIG, run_data=replace(CONFIG.run_data, steps=STEPS + 100))
     build(tmp_path / "out", work2, longer)
-    assert EpisodeBuffer.load(work2 / "data.npz").n_transitions == STEPS + 100
+    data, before = EpisodeBuffer.load(work2 / "data.npz"), EpisodeBuffer.load(work / "data.npz")
+    assert data.n_transitions == STEPS + 100
+    np.testing.assert_array_equal(data.transitions().actions[:STEPS], before.transitions().actions)  # kept
     state = json.loads((work2 / "run" / "checkpoint" / "state.json").read_text())
     assert state["real_steps"] == STEPS + 100
 
@@ -111,3 +115,26 @@ def test_a_finished_data_stage_is_reused_without_running_again(built, tmp_path, 
     monkeypatch.setattr(build_module, "fit_world_model", lambda *a, **k: pytest.fail("fitted again"))
     out = build(tmp_path / "out", work2)
     assert (out / "COMMAND.txt").read_text() == (built[0] / "COMMAND.txt").read_text()
+
+
+def test_a_data_run_longer_than_asked_is_refused_before_anything_changes(built, tmp_path):
+    _, work = built
+    work2 = tmp_path / "work"
+    shutil.copytree(work / "run", work2 / "run")
+    before = {p: p.read_bytes() for p in sorted(work2.rglob("*")) if p.is_file()}
+    shorter = replace(CONFIG, run_data=replace(CONFIG.run_data, steps=STEPS - 50))
+    message = f"a run of {STEPS} real steps, more than the run_data.steps {STEPS - 50}"
+    with pytest.raises(ValueError, match=message):
+        build(tmp_path / "out", work2, shorter)
+    assert {p: p.read_bytes() for p in sorted(work2.rglob("*")) if p.is_file()} == before
+
+
+def test_other_run_settings_with_a_finished_data_stage_are_refused_naming_the_file_to_delete(built, tmp_path):
+    _, work = built
+    work2 = tmp_path / "work"
+    shutil.copytree(work, work2)
+    other = replace(CONFIG, run_data=replace(CONFIG.run_data, seed=7))
+    message = f"holds a data stage .* delete {re.escape(str(work2 / 'data.npz'))}"
+    with pytest.raises(ValueError, match=message):
+        build(tmp_path / "out", work2, other)
+    assert not (tmp_path / "out").exists()

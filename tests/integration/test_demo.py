@@ -35,4 +35,4 @@ def test_demo_output_references_progress_total_and_no_warnings(monkeypatch):
     record = data_record("HalfCheetah-v4")
     reference = record["reference"]
     assert f"the data's best policy ({reference['policy']}): {reference['mean_return']:.1f}" in out
-    assert f"kept from {record['real_steps_collected']:,} real steps of {record['origin']}" in out
+    assert f"fitted on {record['transitions_kept']:,} real transitions ({record['origin']})" in out
