@@ -21,15 +21,10 @@ from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.world_model import WorldModel
 from tests.faults.tiny_runs import TINY as TINY_RUN
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.mujoco,
-    pytest.mark.filterwarnings("ignore:.*is out of date"),
-    pytest.mark.filterwarnings("ignore:.*settotalmass"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.mujoco, pytest.mark.filterwarnings("ignore:.*is out of date"),
+              pytest.mark.filterwarnings("ignore:.*settotalmass")]
 
-TASK = "Hopper-v4"
-STEPS = 300
+TASK, STEPS = "Hopper-v4", 300
 CONFIG = BuildConfig(run_data=RunDataConfig(steps=STEPS, seed=2, skill_parts=2), fit_steps=20,
                      n_start_states=40)
 
