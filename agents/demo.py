@@ -1,7 +1,8 @@
 """`imagined-env demo`: the package's main job on embedded defaults, kept short by a time limit.
 
 Loads the pretrained HalfCheetah-v4 world model (or, when none ships, fits a tiny one on a few
-thousand random real steps), trains SB3 PPO purely in imagination, and reports the real-task return
+thousand random real steps), trains SB3 PPO purely in imagination exactly as the README snippet does
+(`ImaginationPPO`'s defaults on 256 imagined envs, 50k imagined steps), and reports the real-task return
 of the deterministic policy before and after, beside random actions' return and the best policy in the
 model's data.
 """
@@ -14,7 +15,6 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -22,7 +22,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
 from agents.env_factory import make_imagined_vec_env
 from agents.plan_following import ImaginationPPO
-from agents.real_evaluation import TqdmProgress, evaluate_real
+from agents.real_evaluation import TqdmProgress, evaluate_real, quiet_stderr
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, collect_episodes
 from imagined_env.diffusion.denoiser import DenoiserConfig
@@ -38,17 +38,16 @@ class DemoConfig:
 
     env_id: str = "HalfCheetah-v4"
     """Real task; HalfCheetah, Hopper and Walker2d (v4, v5) have a world model shipped in the package."""
-    imagined_steps: int = 25_000
+    imagined_steps: int = 50_000
     """Imagined transitions PPO learns from, rounded up to whole rollouts of n_envs x H (the time limit may
-    stop it earlier). Much longer training exploits the frozen model's errors; the coordinator avoids that
-    by refitting the model on real data."""
+    stop it earlier): the README snippet's `learn(50_000)`. Much longer training in a frozen model exploits
+    its errors; the coordinator avoids that by refitting the model on real data."""
     episode_steps: int | None = None
-    """Imagined steps per episode (None: one plan of H steps, the quickest start over the demo's short
-    budget; longer training needs longer episodes, as the registered ids have)."""
-    time_limit_s: float = 180.0
+    """Imagined steps per episode (None: the registered ids' length, a new plan every H steps)."""
+    time_limit_s: float = 300.0
     """Wall-clock cap of the PPO phase, so the demo stays short on a slow or busy machine."""
-    n_envs: int = 128
-    """Imagined trajectories per rollout, generated in one batched call."""
+    n_envs: int = 256
+    """Imagined trajectories per rollout, generated in one batched call (the README snippet's default)."""
     eval_episodes: int = 3
     """Deterministic real episodes before and after training."""
     seed: int = 0
@@ -64,12 +63,6 @@ class DemoConfig:
         bad = {k: v for k, v in positive.items() if v <= 0}
         if bad:
             raise ValueError(f"demo settings must be > 0: {bad}")
-
-
-PPO_KWARGS: dict[str, Any] = {"batch_size": 128, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.99,
-                              "gae_lambda": 0.9, "policy_kwargs": {"log_std_init": -0.5}}
-"""Imagination PPO: one rollout = one imagined trajectory of H steps per env (n_steps defaults to H), in
-mini-batches that divide it (128 envs x H = 5); gamma and GAE lambda as PolyGRAD."""
 
 
 class TimeLimit(BaseCallback):
@@ -164,10 +157,12 @@ def _run_demo(config: DemoConfig, log: Callable[[str], None], progress: bool) ->
     log(f"PPO learns {config.env_id} purely in imagination, inside a learned world model: this run takes no "
         f"real step.\nReturns below are on the real task ({episodes} episodes of the deterministic policy).")
     model, starts = world_model_and_starts(config, log, progress)
+    length = {} if config.episode_steps is None else {"episode_steps": config.episode_steps}
     env = make_imagined_vec_env(config.env_id, config.n_envs, world_model=model, start_states=starts,
-                                episode_steps=config.episode_steps or model.horizon)
-    learner = ImaginationPPO("MlpPolicy", env, seed=config.seed, device="cpu", **PPO_KWARGS)
-    before = evaluate_real(learner, config.env_id, episodes, eval_seed)
+                                **length)
+    learner = ImaginationPPO("MlpPolicy", env, seed=config.seed, device="cpu")  # the README snippet's PPO
+    with quiet_stderr():
+        before = evaluate_real(learner, config.env_id, episodes, eval_seed)
     log(f"real return before: {before[0]:8.1f} +- {before[1]:.1f}")
     rollout = learner.n_steps * learner.n_envs
     total = math.ceil(config.imagined_steps / rollout) * rollout  # learn() runs whole rollouts
@@ -176,11 +171,13 @@ def _run_demo(config: DemoConfig, log: Callable[[str], None], progress: bool) ->
     learner.learn(config.imagined_steps, callback=CallbackList([bar, limit]))
     if limit.hit:
         log(f"(stopped at the {config.time_limit_s:.0f} s time limit)")
-    after = evaluate_real(learner, config.env_id, episodes, eval_seed)
+    with quiet_stderr():
+        after = evaluate_real(learner, config.env_id, episodes, eval_seed)
     log(f"real return after:  {after[0]:8.1f} +- {after[1]:.1f} "
         f"after {learner.num_timesteps:,} imagined steps "
         f"({time.perf_counter() - start:.0f} s in all)")
-    random = random_return(config.env_id, episodes, eval_seed)
+    with quiet_stderr():
+        random = random_return(config.env_id, episodes, eval_seed)
     log(f"for scale: random actions {random:.1f} on the same episodes{data_policy(config.env_id)}")
     env.close()
     return {"before_mean": before[0], "before_std": before[1], "after_mean": after[0],

@@ -2,6 +2,9 @@
 tqdm progress bar for `learn` (SB3's own bar needs `rich`, which is not a dependency)."""
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -17,6 +20,20 @@ from tqdm.auto import tqdm
 from agents.vec_normalize_stats import frozen_vec_normalize
 
 LEARNERS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence C-level stderr: MuJoCo prints a compiler notice for every HalfCheetah model it loads,
+    which says nothing about the run."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def real_env(env_id: str, seed: int, max_episode_steps: int | None = None) -> DummyVecEnv:

@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +26,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
 from agents import ImaginationPPO
+from agents.real_evaluation import quiet_stderr
 from agents.sb3_guidance import sb3_guide
 from imagined_env.pretrained import pretrained_paths
 from imagined_env.utils import atomic_path
@@ -94,19 +92,6 @@ def time_raw(imagined: ImaginedVectorEnv, policy: PPO, n_repeats: int, seed: int
             model.imagine(starts, guide, generator=gen, n_sample_steps=imagined.replay.config.n_sample_steps)
             times.append(time.perf_counter() - t0)
     return times[1:]
-
-
-@contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence C-level stderr (MuJoCo prints a compiler notice for every HalfCheetah model it loads)."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 def thread_settings(text: str) -> list[int | None]:

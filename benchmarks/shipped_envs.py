@@ -32,12 +32,11 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from imagined_throughput import quiet_stderr
 
 from agents import ImaginationPPO, make_imagined_vec_env
 from agents.demo import random_return
 from agents.env_factory import DEFAULT_N_ENVS
-from agents.real_evaluation import evaluate_real
+from agents.real_evaluation import evaluate_real, quiet_stderr
 from agents.simulator_model import ORACLE_TASKS, SimulatorModel
 from imagined_env.pretrained import pretrained_paths, serves
 from imagined_env.utils import atomic_path
