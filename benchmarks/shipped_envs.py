@@ -96,10 +96,13 @@ def row_label(row: str, model_dir: str | None) -> str:
 
 
 def model_paths(env_id: str, model_dir: str | None) -> tuple[Path, Path]:
-    """(world model, start states) measured for `env_id`: the exported folder's, or the shipped ones."""
+    """(world model, start states) measured for `env_id`: the given folder's (an `imagined-env export`
+    folder holds start_states.npz, a `build-model` folder start_states.npy), or the shipped ones."""
     if model_dir is None:
         return pretrained_paths(env_id)
-    return Path(model_dir) / "world_model.pt", Path(model_dir) / "start_states.npz"
+    folder = Path(model_dir)
+    exported = folder / "start_states.npz"
+    return folder / "world_model.pt", exported if exported.is_file() else folder / "start_states.npy"
 
 
 def model_digest(env_id: str, model_dir: str | None = None) -> str:
@@ -364,8 +367,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--episode-steps", type=int, default=None,
                    help="imagined steps per episode [default: the registered ids' own]; e.g. 5 for "
                         "episodes of one plan")
-    p.add_argument("--model", metavar="DIR", help="measure the model of an `imagined-env export` folder "
-                   "(world_model.pt, start_states.npz) in place of the shipped one; one task in --envs")
+    p.add_argument("--model", metavar="DIR",
+                   help="measure the model of an `imagined-env export` or `build-model` folder "
+                        "(world_model.pt, start_states.npz or .npy) in place of the shipped one; one task "
+                        "in --envs")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one process each [default 2]")
     p.add_argument("--quick", action="store_true", help="smoke run (see --envs, --seeds, --steps)")
     p.add_argument("--resume", action="store_true", help="reuse the results of runs already finished")
@@ -383,7 +388,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         missing = [str(f) for f in (wm_path, starts) if not f.is_file()]
         if missing:
             p.error(f"--model {args.model}: missing {', '.join(missing)}; expected a folder "
-                    "`imagined-env export` wrote")
+                    "`imagined-env export` or `build-model` wrote")
         task = WorldModel.load(wm_path, device="cpu").spec.env_id
         args.envs = args.envs or task
         if "," in args.envs or args.envs not in TASKS or not serves(task, args.envs):

@@ -106,6 +106,7 @@ def test_episode_steps_reach_every_row_but_leave_the_snippet_alone(bench):
 
 def test_an_exported_model_replaces_the_shipped_one_in_every_row(bench, tmp_path):
     exported = str(tmp_path)
+    (tmp_path / "start_states.npz").write_bytes(b"starts")
 
     def unit(row):
         return bench.Unit("HalfCheetah-v4", row, 0, (1,), 1, "digest", True, None, exported)
@@ -116,6 +117,10 @@ def test_an_exported_model_replaces_the_shipped_one_in_every_row(bench, tmp_path
     assert bench.env_kwargs(unit("no-pessimism")) == {**given, "pessimism": False}
     assert bench.model_paths("HalfCheetah-v4", exported) == (tmp_path / "world_model.pt",
                                                               tmp_path / "start_states.npz")
+    built = tmp_path / "built"                  # a build-model folder ships start_states.npy
+    built.mkdir()
+    assert bench.model_paths("HalfCheetah-v4", str(built)) == (built / "world_model.pt",
+                                                               built / "start_states.npy")
     assert bench.row_label("shipped", exported) == f"model of {tmp_path.name}"
     assert bench.row_label("no-pessimism", exported) == f"model of {tmp_path.name}, pessimism off"
     assert bench.row_label("oracle", exported) == bench.row_label("oracle", None) == "MuJoCo oracle"
@@ -132,6 +137,7 @@ def test_the_oracle_row_of_an_exported_model_starts_from_its_start_states(bench,
     monkeypatch.setattr(bench.WorldModel, "load", lambda path, device: loaded.append(path) or SimpleNamespace(
         horizon=7))
     monkeypatch.setattr(bench, "SimulatorModel", lambda env_id, horizon: ("simulator", env_id, horizon))
+    (tmp_path / "start_states.npz").write_bytes(b"starts")
     unit = bench.Unit("HalfCheetah-v4", "oracle", 0, (1,), 1, "digest", True, None, str(tmp_path))
     assert bench.env_kwargs(unit) == {"world_model": ("simulator", "HalfCheetah-v4", 7),
                                       "start_states": tmp_path / "start_states.npz", "pessimism": False}
