@@ -1,12 +1,14 @@
-"""Real-task evaluation of SB3 learners as they see the task (frozen VecNormalize statistics), and a
-tqdm progress bar for `learn` (SB3's own bar needs `rich`, which is not a dependency)."""
+"""Real-task evaluation of SB3 learners as they see the task (frozen VecNormalize statistics), real envs
+made without MuJoCo's model-loading notice, and a tqdm progress bar for `learn` (SB3's own bar needs
+`rich`, which is not a dependency)."""
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import gymnasium as gym
 from stable_baselines3 import A2C, PPO
@@ -24,21 +26,33 @@ LEARNERS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
 
 @contextmanager
 def quiet_stderr() -> Iterator[None]:
-    """Silence C-level stderr: MuJoCo prints a compiler notice for every HalfCheetah model it loads,
+    """Silence C-level stderr (fd 2) inside the block; a no-op when fd 2 is closed."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def make_quietly(env_id: str, **kwargs: Any) -> gym.Env:
+    """`gym.make` without the compiler notice MuJoCo prints on loading some task models (HalfCheetah's),
     which says nothing about the run."""
-    saved = os.dup(2)
-    with open(os.devnull, "w") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    with quiet_stderr():
+        return gym.make(env_id, **kwargs)
 
 
 def real_env(env_id: str, seed: int, max_episode_steps: int | None = None) -> DummyVecEnv:
     """One real env with episode statistics, seeded, as SB3 expects (time limit: the task's by default)."""
-    venv = DummyVecEnv([lambda: Monitor(gym.make(env_id, max_episode_steps=max_episode_steps))])
+    venv = DummyVecEnv([lambda: Monitor(make_quietly(env_id, max_episode_steps=max_episode_steps))])
     venv.seed(seed)
     return venv
 

@@ -54,6 +54,27 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, *, confidence: float = CO
     return float(low), float(high)
 
 
+def difference_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, *, statistic: str = "iqm",
+                  confidence: float = CONFIDENCE, n_resamples: int = N_RESAMPLES,
+                  seed: int = 0) -> tuple[float, float, float]:
+    """statistic(a) - statistic(b) ("iqm" or "mean") and its percentile-bootstrap interval: the seeds of
+    `a` and of `b` are resampled independently, `a`'s draws first, from one generator seeded by `seed`."""
+    x, y = _checked(a), _checked(b)
+    if statistic not in ("iqm", "mean"):
+        raise ValueError(f"statistic must be 'iqm' or 'mean', got {statistic!r}")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    stat = iqm_rows if statistic == "iqm" else (lambda rows: rows.mean(axis=-1))
+    rng = np.random.default_rng(seed)
+    x_rows = x[rng.integers(len(x), size=(n_resamples, len(x)))]
+    y_rows = y[rng.integers(len(y), size=(n_resamples, len(y)))]
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(stat(x_rows) - stat(y_rows), [tail, 1 - tail])
+    return float(stat(x[None])[0] - stat(y[None])[0]), float(low), float(high)
+
+
 @dataclass(frozen=True)
 class SeedSummary:
     """One method at one evaluation step over its seeds: mean and std (numpy's, ddof 0), IQM and the

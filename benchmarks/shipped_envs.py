@@ -10,7 +10,7 @@ writes JSON and a plot. Each (task, row, seed) run writes its result as it ends;
     python benchmarks/shipped_envs.py                     # every shipped task, seeds 0,1,2, 50k/100k/200k
     python benchmarks/shipped_envs.py --quick             # smoke run: one task, one seed, 2 short checkpoints
     python benchmarks/shipped_envs.py --resume --jobs 2   # continue a stopped run
-    python benchmarks/shipped_envs.py --envs HalfCheetah-v4 --model out/  # what `imagined-env export` wrote
+    python benchmarks/shipped_envs.py --envs HalfCheetah-v4 --model out/  # an export or build-model folder
 """
 from __future__ import annotations
 
@@ -69,7 +69,8 @@ class Unit:
     episode_steps: int | None = None
     """Imagined steps per episode (None: the registered ids' own)."""
     model_dir: str | None = None
-    """A folder `imagined-env export` wrote, measured in place of the shipped model (None: shipped)."""
+    """A folder `imagined-env export` or `build-model` wrote, measured in place of the shipped model (None:
+    shipped)."""
 
     @property
     def name(self) -> str:
@@ -162,8 +163,7 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     result: dict[str, Any] = {"unit": asdict(unit)}
     if unit.row == "random":
-        with quiet_stderr():
-            result["real_return"] = random_return(unit.env_id, unit.n_episodes, unit.seed)
+        result["real_return"] = random_return(unit.env_id, unit.n_episodes, unit.seed)
     else:
         try:
             model = ImaginationPPO("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit),
@@ -181,8 +181,7 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
             elif target > model.num_timesteps:
                 model.learn(target - model.num_timesteps, reset_num_timesteps=False)
             t2 = time.perf_counter()
-            with quiet_stderr():  # MuJoCo's compiler notice for every model it loads
-                mean, std = evaluate_real(model, unit.env_id, unit.n_episodes, unit.seed)
+            mean, std = evaluate_real(model, unit.env_id, unit.n_episodes, unit.seed)
             checkpoints.append({"steps": target, "imagined_steps": int(model.num_timesteps),
                                 "real_return": mean, "real_return_std": std, "learn_seconds": t2 - t1,
                                 "eval_seconds": time.perf_counter() - t2})
@@ -386,6 +385,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.model = os.path.normpath(args.model)   # "out/" and "out" are one model (and one --resume)
         wm_path, starts = model_paths("", args.model)
         missing = [str(f) for f in (wm_path, starts) if not f.is_file()]
+        if not starts.is_file():    # neither start states file: name both kinds of folder's
+            missing[-1] = str(starts.with_suffix(".npz or .npy"))
         if missing:
             p.error(f"--model {args.model}: missing {', '.join(missing)}; expected a folder "
                     "`imagined-env export` or `build-model` wrote")

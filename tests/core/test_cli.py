@@ -196,6 +196,7 @@ def bad_inputs(tmp_path: Path) -> list[tuple[list[str], str]]:
         (["evaluate", str(tmp_path / "nothing")], "neither a run folder nor a learner .zip"),
         (["evaluate", str(tmp_path)], "no checkpoint/state.json"),
         (["demo", "--imagined-steps", "0"], "must be > 0"),
+        (["demo", "--episode-steps", "0"], "episode_steps"),
     ]
 
 

@@ -11,6 +11,7 @@ from agents.statistics import (
     MIN_SEEDS_FOR_CLAIM,
     SeedSummary,
     bootstrap_ci,
+    difference_ci,
     iqm,
     not_a_claim_note,
     summarise,
@@ -76,3 +77,24 @@ def test_summary_and_the_claim_line():
     assert not_a_claim_note([MIN_SEEDS_FOR_CLAIM, MIN_SEEDS_FOR_CLAIM + 2]) is None
     note = not_a_claim_note([MIN_SEEDS_FOR_CLAIM, 3])
     assert note is not None and "not a claim" in note and "\n" not in note
+
+
+def test_difference_interval_against_the_exact_bootstrap_distribution():
+    """Two seeds each: every resample of a and of b is equally likely, so the difference of means takes
+    each value of mean(resampled a) - mean(resampled b) with known probability; a fine bootstrap's
+    quantiles approach the exact ones."""
+    a, b = np.array([10.0, 30.0]), np.array([1.0, 5.0])
+    exact = np.array([np.mean(ra) - np.mean(rb) for ra in itertools.product(a, repeat=2)
+                      for rb in itertools.product(b, repeat=2)])      # 16 equally likely outcomes
+    diff, low, high = difference_ci(a, b, statistic="mean", n_resamples=200_000)
+    assert diff == pytest.approx(17.0)
+    assert (low, high) == pytest.approx(tuple(np.quantile(exact, [0.025, 0.975], method="inverted_cdf")))
+    same, lo, hi = difference_ci([3.0, 3.0, 3.0], [1.0, 1.0], statistic="iqm")
+    assert (same, lo, hi) == (2.0, 2.0, 2.0)                          # no spread, no interval
+
+
+def test_difference_interval_checks_its_input():
+    with pytest.raises(ValueError, match="statistic"):
+        difference_ci([1.0], [2.0], statistic="median")
+    with pytest.raises(ValueError, match="n_resamples"):
+        difference_ci([1.0], [2.0], n_resamples=0)

@@ -1,0 +1,58 @@
+"""Pooling shipped_envs results over seeds: one model per group, each seed once, differences from the
+baseline by hand."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "shipped_envs_seeds.py"
+
+
+@pytest.fixture
+def seeds_script():
+    spec = importlib.util.spec_from_file_location("shipped_envs_seeds", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def results(path: Path, model: str, returns: dict[int, list[float]], task: str = "Walker2d-v4") -> Path:
+    runs = {f"{task}_shipped_seed{s}": {"unit": {"env_id": task, "row": "shipped", "seed": s, "model": model},
+                                       "checkpoints": [{"steps": n, "real_return": r}
+                                                       for n, r in zip((1, 2), values)]}
+            for s, values in returns.items()}
+    runs["Walker2d-v4_random_seed0"] = {"unit": {"env_id": task, "row": "random", "seed": 0, "model": model},
+                                        "real_return": -5.0}
+    path.write_text(json.dumps({"runs": runs}))
+    return path
+
+
+def test_groups_pool_their_files_and_differ_from_the_first(seeds_script, tmp_path):
+    old = [results(tmp_path / "a.json", "old", {0: [10.0, 1.0], 1: [20.0, 2.0]}),
+           results(tmp_path / "b.json", "old", {2: [30.0, 3.0], 3: [40.0, 4.0]})]
+    new = [results(tmp_path / "c.json", "new", {0: [11.0, 10.0], 1: [21.0, 20.0], 2: [31.0, 30.0],
+                                                 3: [41.0, 40.0]})]
+    out = seeds_script.compare("Walker2d-v4", {"old": old, "new": new}, (1, 2))
+    assert out["groups"]["old"]["seeds"] == [0, 1, 2, 3] and out["groups"]["old"]["model"] == "old"
+    assert out["groups"]["old"]["per_seed"] == [[10, 1], [20, 2], [30, 3], [40, 4]]
+    # IQM of four seeds: the middle two; new - old at step 2: mean(20, 30) - mean(2, 3) = 22.5
+    at_2 = out["groups"]["new"]["minus_baseline"][1]
+    assert at_2["iqm"]["value"] == pytest.approx(22.5) and at_2["mean"]["value"] == pytest.approx(22.5)
+    assert at_2["mean"]["low"] < 22.5 < at_2["mean"]["high"]
+    assert "minus_baseline" not in out["groups"]["old"]
+    assert np.isclose(out["groups"]["new"]["summary"][0]["iqm"], 26.0)
+
+
+def test_a_group_of_two_models_or_a_repeated_seed_is_refused(seeds_script, tmp_path):
+    a = results(tmp_path / "a.json", "one", {0: [1.0, 2.0]})
+    b = results(tmp_path / "b.json", "two", {1: [1.0, 2.0]})
+    with pytest.raises(ValueError, match="different models"):
+        seeds_script.read_group("Walker2d-v4", [a, b])
+    with pytest.raises(ValueError, match="seed 0 of Walker2d-v4 is already in this group"):
+        seeds_script.read_group("Walker2d-v4", [a, a])
+    with pytest.raises(ValueError, match="no 'shipped' runs of Hopper-v4"):
+        seeds_script.read_group("Hopper-v4", [a])
