@@ -39,9 +39,9 @@ class DemoConfig:
     """Real task; HalfCheetah, Hopper and Walker2d (v4, v5) have a world model shipped in the package."""
     imagined_steps: int = 50_000
     """Imagined transitions PPO learns from, rounded up to whole rollouts of n_envs x H (the time limit may
-    stop it earlier): the README snippet's `learn(50_000)`. On the shipped HalfCheetah model PPO keeps
-    improving to 200k; on Hopper and Walker2d longer training gains little in a frozen model, whose errors
-    it exploits, while the coordinator refits its model on real data as it goes."""
+    stop it earlier): the README snippet's `learn(50_000)`. How far longer training in a frozen model
+    goes depends on the model (benchmarks/shipped_envs.py measures it); the coordinator refits its model
+    on real data as it goes."""
     episode_steps: int | None = None
     """Imagined steps per episode (None: the registered ids' length, a new plan every H steps)."""
     time_limit_s: float = 300.0

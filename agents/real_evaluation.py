@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,11 +44,21 @@ def quiet_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+_REISSUED: set[tuple[str, type[Warning]]] = set()
+"""Warnings `make_quietly` has issued again: each once per process, as Python's "default" action does."""
+
+
 def make_quietly(env_id: str, **kwargs: Any) -> gym.Env:
     """`gym.make` without the compiler notice MuJoCo prints on loading some task models (HalfCheetah's),
-    which says nothing about the run."""
-    with quiet_stderr():
-        return gym.make(env_id, **kwargs)
+    which says nothing about the run. Python warnings raised meanwhile are issued again once stderr is
+    back, under the caller's filters."""
+    with warnings.catch_warnings(record=True) as caught, quiet_stderr():
+        env = gym.make(env_id, **kwargs)
+    for w in caught:
+        if (str(w.message), w.category) not in _REISSUED:
+            _REISSUED.add((str(w.message), w.category))
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return env
 
 
 def real_env(env_id: str, seed: int, max_episode_steps: int | None = None) -> DummyVecEnv:

@@ -1,9 +1,11 @@
 """Pool the per-seed results of `shipped_envs.py` runs into groups, one model each, and compare the groups
 over seeds: mean +- std, IQM with its 95% bootstrap interval, and each group's difference from the first
-(the baseline) at every imagined-step checkpoint, with intervals that resample both groups' seeds.
+(the baseline) at every imagined-step checkpoint, with intervals that resample both groups' seeds; and
+each group's change from its first checkpoint to its last, seed by seed (does PPO hold its return?).
 
 Runs of one model on different seeds (e.g. seeds 0-2 in one file, 3-7 in another) make one group; a group
-whose files measured different models (their digests differ) or repeat a seed is refused.
+whose runs differ in anything but the seed (model digest, checkpoints, episodes, envs) or repeat a seed
+is refused, as are groups measured at different checkpoints.
 
     python benchmarks/shipped_envs_seeds.py --task Walker2d-v4 \\
         --group "50k-step run data=benchmarks/results/shipped_envs/run-data.json,OTHER.json" \\
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,47 +25,69 @@ import numpy as np
 from agents.statistics import difference_ci, not_a_claim_note, summarise
 from imagined_env.utils import atomic_path
 
+SAME_IN_A_GROUP = ("env_id", "row", "steps", "n_episodes", "model", "pessimism_option", "episode_steps")
+"""Unit fields every run of a group shares: one model, measured the same way (the seed differs)."""
 
-def read_group(task: str, files: list[Path], row: str = "shipped") -> tuple[str, dict[int, list[float]]]:
-    """(model digest, {seed: real returns at each checkpoint}) of `row` on `task` in `files`."""
-    digests, returns, steps = set(), {}, set()
+
+def read_group(task: str, files: list[Path],
+               row: str = "shipped") -> tuple[dict[str, Any], dict[int, list[float]]]:
+    """(what the group's runs share, {seed: real returns at each checkpoint}) of `row` on `task` in `files`;
+    ValueError naming the file when they differ in anything but the seed, or a seed repeats."""
+    shared: dict[str, Any] | None = None
+    returns: dict[int, list[float]] = {}
     for path in files:
-        for name, run in json.loads(path.read_text())["runs"].items():
-            unit = run["unit"]
-            if unit["env_id"] != task or unit["row"] != row:
-                continue
-            if unit["seed"] in returns:
-                raise ValueError(f"{path}: seed {unit['seed']} of {task} is already in this group ({name})")
-            digests.add(unit["model"])
-            steps.add(tuple(c["steps"] for c in run["checkpoints"]))
-            returns[unit["seed"]] = [c["real_return"] for c in run["checkpoints"]]
-    if not returns:
+        try:
+            stored = json.loads(path.read_text())
+            runs, n_envs = stored["runs"], stored["settings"]["n_envs"]
+            failed = [name for name in stored.get("failed", {}) if name.startswith(f"{task}_{row}_")]
+            if failed:
+                warnings.warn(f"{path}: left out, failed: {', '.join(failed)}", stacklevel=2)
+            for name, run in runs.items():
+                unit = run["unit"]
+                if unit["env_id"] != task or unit["row"] != row:
+                    continue
+                these = {**{k: unit.get(k) for k in SAME_IN_A_GROUP}, "steps": list(unit["steps"]),
+                         "n_envs": n_envs}
+                if shared is not None and these != shared:
+                    differ = sorted(k for k in these if these[k] != shared[k])
+                    raise ValueError(f"{path}: {name} differs from the group's other runs in {differ}; "
+                                     f"a group is one model measured one way")
+                if unit["seed"] in returns:
+                    raise ValueError(f"{path}: seed {unit['seed']} of {task} is already in this group "
+                                     f"({name})")
+                shared = these
+                returns[unit["seed"]] = [c["real_return"] for c in run["checkpoints"]]
+        except KeyError as err:
+            raise ValueError(f"{path}: not a shipped_envs.py result (no {err} field)") from None
+    if shared is None:
         raise ValueError(f"no {row!r} runs of {task} in {', '.join(map(str, files))}")
-    if len(digests) > 1 or len(steps) > 1:
-        raise ValueError(f"{', '.join(map(str, files))}: the runs of {task} measured different models "
-                         f"{sorted(digests)} or checkpoints {sorted(steps)}; a group is one model")
-    return digests.pop(), returns
+    return shared, returns
 
 
-def compare(task: str, groups: dict[str, list[Path]], steps: tuple[int, ...]) -> dict[str, Any]:
-    """Every group's summary at each checkpoint, and its difference from the first group."""
-    out: dict[str, Any] = {"task": task, "steps": list(steps), "groups": {}}
+def compare(task: str, groups: dict[str, list[Path]]) -> dict[str, Any]:
+    """Every group's summary at each checkpoint and its change from the first checkpoint to the last, and
+    each later group's difference from the first group; the groups must share their checkpoints."""
+    out: dict[str, Any] = {"task": task, "steps": None, "groups": {}}
     arrays = {}
     for label, files in groups.items():
-        digest, returns = read_group(task, files)
+        shared, returns = read_group(task, files)
+        if out["steps"] is not None and shared["steps"] != out["steps"]:
+            raise ValueError(f"group {label!r} was measured at {shared['steps']} imagined steps, the first "
+                             f"group at {out['steps']}")
+        out["steps"] = shared["steps"]
         per_seed = np.array([returns[s] for s in sorted(returns)])
-        if per_seed.shape[1] != len(steps):
-            raise ValueError(f"group {label!r}: {per_seed.shape[1]} checkpoints, expected {len(steps)}")
         arrays[label] = per_seed
-        out["groups"][label] = {"files": [str(f) for f in files], "model": digest, "seeds": sorted(returns),
-                                "per_seed": per_seed.tolist(),
-                                "summary": [vars(summarise(per_seed[:, i])) for i in range(len(steps))]}
+        change = per_seed[:, -1] - per_seed[:, 0]
+        out["groups"][label] = {"files": [os.path.relpath(f) for f in files], "measured": shared,
+                                "seeds": sorted(returns), "per_seed": per_seed.tolist(),
+                                "summary": [vars(summarise(column)) for column in per_seed.T],
+                                "last_minus_first": vars(summarise(change))}
     baseline = next(iter(arrays))
     for label, per_seed in list(arrays.items())[1:]:
         out["groups"][label]["minus_baseline"] = [
             {stat: dict(zip(("value", "low", "high"), difference_ci(per_seed[:, i], arrays[baseline][:, i],
                                                                     statistic=stat)))
-             for stat in ("mean", "iqm")} for i in range(len(steps))]
+             for stat in ("mean", "iqm")} for i in range(per_seed.shape[1])]
     return out
 
 
@@ -78,6 +104,10 @@ def table(result: dict[str, Any]) -> str:
                 diffs = [d[name] for d in group["minus_baseline"]]
                 lines.append(f"{'  minus baseline, ' + name:44} {'':>5}  " + "  ".join(
                     f"{d['value']:+8.1f} [{d['low']:+7.1f}, {d['high']:+7.1f}]".rjust(30) for d in diffs))
+    for label, group in groups.items():
+        c = group["last_minus_first"]
+        lines.append(f"{label}: last minus first checkpoint, per seed: mean {c['mean']:+.1f}, IQM "
+                     f"{c['iqm']:+.1f} [95% CI {c['iqm_low']:+.1f}, {c['iqm_high']:+.1f}]")
     note = not_a_claim_note([len(g["seeds"]) for g in groups.values()])
     return "\n".join(lines + ([note] if note else []))
 
@@ -128,15 +158,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--group", type=parse_group, action="append", required=True,
                    help="LABEL=FILE[,FILE...]: shipped_envs.py results of one model; the first is the "
                         "baseline")
-    p.add_argument("--steps", default="50000,100000,200000",
-                   help="checkpoints of the runs [default %(default)s]")
     p.add_argument("--out", type=Path, required=True, help="JSON to write (the plot beside it, .png)")
     args = p.parse_args(argv)
     labels = [label for label, _ in args.group]
     if len(set(labels)) != len(labels):
         p.error(f"--group labels must differ, got {labels}")
+    if args.out.suffix != ".json":
+        p.error(f"--out {args.out}: expected a .json path (the plot goes beside it as .png)")
+    inputs = {f.resolve() for _, files in args.group for f in files}
+    if {args.out.resolve(), args.out.with_suffix(".png").resolve()} & (
+            inputs | {f.with_suffix(".png") for f in inputs}):
+        p.error(f"--out {args.out}: would overwrite an input file or its plot")
     try:
-        result = compare(args.task, dict(args.group), tuple(int(s) for s in args.steps.split(",")))
+        result = compare(args.task, dict(args.group))
     except ValueError as err:
         p.error(str(err))
     print(table(result))

@@ -3,11 +3,13 @@ MuJoCo's model-loading notice without losing stderr."""
 from __future__ import annotations
 
 import os
+import sys
+import warnings
 
 import pytest
 
-from agents import demo
-from agents.real_evaluation import quiet_stderr
+from agents import demo, real_evaluation
+from agents.real_evaluation import make_quietly, quiet_stderr
 from imagined_env.pretrained import data_record
 
 
@@ -31,6 +33,7 @@ def test_the_shipped_halfcheetah_data_is_the_one_the_stored_results_describe():
     assert origin in record["origin"] and record["real_steps_collected"] == steps
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts descriptors in /proc/self/fd")
 def test_quiet_stderr_silences_fd_2_only_inside_and_restores_it_after_an_error(capfd):
     fds = len(os.listdir("/proc/self/fd"))
     with quiet_stderr():
@@ -47,3 +50,15 @@ def test_bad_demo_settings_are_refused_by_name():
         demo.DemoConfig(episode_steps=0)
     with pytest.raises(ValueError, match="n_envs"):
         demo.DemoConfig(n_envs=0)
+
+
+def test_make_quietly_drops_the_c_notice_but_keeps_python_warnings(monkeypatch, capfd):
+    def noisy_make(env_id, **kwargs):
+        os.write(2, b"C-level notice\n")
+        warnings.warn(f"python warning of {env_id}", UserWarning)
+        return "env"
+
+    monkeypatch.setattr(real_evaluation.gym, "make", noisy_make)
+    with pytest.warns(UserWarning, match="python warning of Task-v0"):
+        assert make_quietly("Task-v0") == "env"
+    assert "C-level notice" not in capfd.readouterr().err

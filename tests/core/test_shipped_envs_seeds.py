@@ -20,14 +20,18 @@ def seeds_script():
     return module
 
 
-def results(path: Path, model: str, returns: dict[int, list[float]], task: str = "Walker2d-v4") -> Path:
-    runs = {f"{task}_shipped_seed{s}": {"unit": {"env_id": task, "row": "shipped", "seed": s, "model": model},
+def results(path: Path, model: str, returns: dict[int, list[float]], task: str = "Walker2d-v4",
+            steps: tuple[int, ...] = (1, 2), episode_steps: int | None = None) -> Path:
+    def unit(row, seed):
+        return {"env_id": task, "row": row, "seed": seed, "steps": list(steps), "n_episodes": 5,
+                "model": model, "pessimism_option": True, "episode_steps": episode_steps, "model_dir": None}
+
+    runs = {f"{task}_shipped_seed{s}": {"unit": unit("shipped", s),
                                        "checkpoints": [{"steps": n, "real_return": r}
-                                                       for n, r in zip((1, 2), values)]}
+                                                       for n, r in zip(steps, values)]}
             for s, values in returns.items()}
-    runs["Walker2d-v4_random_seed0"] = {"unit": {"env_id": task, "row": "random", "seed": 0, "model": model},
-                                        "real_return": -5.0}
-    path.write_text(json.dumps({"runs": runs}))
+    runs[f"{task}_random_seed0"] = {"unit": unit("random", 0), "real_return": -5.0}
+    path.write_text(json.dumps({"settings": {"n_envs": 256}, "runs": runs, "failed": {}}))
     return path
 
 
@@ -36,8 +40,9 @@ def test_groups_pool_their_files_and_differ_from_the_first(seeds_script, tmp_pat
            results(tmp_path / "b.json", "old", {2: [30.0, 3.0], 3: [40.0, 4.0]})]
     new = [results(tmp_path / "c.json", "new", {0: [11.0, 10.0], 1: [21.0, 20.0], 2: [31.0, 30.0],
                                                  3: [41.0, 40.0]})]
-    out = seeds_script.compare("Walker2d-v4", {"old": old, "new": new}, (1, 2))
-    assert out["groups"]["old"]["seeds"] == [0, 1, 2, 3] and out["groups"]["old"]["model"] == "old"
+    out = seeds_script.compare("Walker2d-v4", {"old": old, "new": new})
+    assert out["groups"]["old"]["seeds"] == [0, 1, 2, 3]
+    assert out["groups"]["old"]["measured"]["model"] == "old"
     assert out["groups"]["old"]["per_seed"] == [[10, 1], [20, 2], [30, 3], [40, 4]]
     # IQM of four seeds: the middle two; new - old at step 2: mean(20, 30) - mean(2, 3) = 22.5
     at_2 = out["groups"]["new"]["minus_baseline"][1]
@@ -45,14 +50,41 @@ def test_groups_pool_their_files_and_differ_from_the_first(seeds_script, tmp_pat
     assert at_2["mean"]["low"] < 22.5 < at_2["mean"]["high"]
     assert "minus_baseline" not in out["groups"]["old"]
     assert np.isclose(out["groups"]["new"]["summary"][0]["iqm"], 26.0)
+    # the old model loses 9, 18, 27, 36 from the first checkpoint to the last: IQM -22.5
+    assert out["groups"]["old"]["last_minus_first"]["iqm"] == pytest.approx(-22.5)
 
 
 def test_a_group_of_two_models_or_a_repeated_seed_is_refused(seeds_script, tmp_path):
     a = results(tmp_path / "a.json", "one", {0: [1.0, 2.0]})
     b = results(tmp_path / "b.json", "two", {1: [1.0, 2.0]})
-    with pytest.raises(ValueError, match="different models"):
+    with pytest.raises(ValueError, match=r"differs from the group's other runs in \['model'\]"):
         seeds_script.read_group("Walker2d-v4", [a, b])
+    c = results(tmp_path / "c.json", "one", {1: [1.0, 2.0]}, episode_steps=5)
+    with pytest.raises(ValueError, match=r"in \['episode_steps'\]"):
+        seeds_script.read_group("Walker2d-v4", [a, c])
     with pytest.raises(ValueError, match="seed 0 of Walker2d-v4 is already in this group"):
         seeds_script.read_group("Walker2d-v4", [a, a])
     with pytest.raises(ValueError, match="no 'shipped' runs of Hopper-v4"):
         seeds_script.read_group("Hopper-v4", [a])
+
+
+def test_groups_at_other_checkpoints_and_files_of_another_kind_are_refused(seeds_script, tmp_path):
+    a = results(tmp_path / "a.json", "one", {0: [1.0, 2.0]})
+    b = results(tmp_path / "b.json", "two", {0: [1.0, 2.0]}, steps=(1, 3))
+    with pytest.raises(ValueError, match=r"measured at \[1, 3\] imagined steps, the first group at \[1, 2\]"):
+        seeds_script.compare("Walker2d-v4", {"a": [a], "b": [b]})
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"task": "Walker2d-v4", "groups": {}}))
+    with pytest.raises(ValueError, match="not a shipped_envs.py result"):
+        seeds_script.read_group("Walker2d-v4", [other])
+
+
+def test_the_output_may_not_replace_an_input_and_is_json(seeds_script, tmp_path, capsys):
+    a = results(tmp_path / "a.json", "one", {0: [1.0, 2.0]})
+    for out, message in ((a, "would overwrite an input"), (tmp_path / "a.png", "expected a .json path")):
+        with pytest.raises(SystemExit):
+            seeds_script.main(["--task", "Walker2d-v4", "--group", f"x={a}", "--out", str(out)])
+        assert message in capsys.readouterr().err
+    before = a.read_text()
+    seeds_script.main(["--task", "Walker2d-v4", "--group", f"x={a}", "--out", str(tmp_path / "out.json")])
+    assert a.read_text() == before and json.loads((tmp_path / "out.json").read_text())["steps"] == [1, 2]
