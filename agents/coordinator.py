@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.utils import set_random_seed
@@ -27,7 +26,7 @@ from tqdm.auto import tqdm
 from agents.config import ACTIVATIONS, IMAGINATION_LEARNERS, SUPPORTED_TASKS, CoordinatorConfig
 from agents.diagnostics import Critic, SpreadProbe, record_evaluation, record_progress, world_model_errors
 from agents.imagined_learner import build_learner, check_learner_settings, run_learning_rate
-from agents.real_evaluation import evaluate_real
+from agents.real_evaluation import evaluate_real, make_quietly
 from agents.run_files import (
     RUN_STATE,
     RunState,
@@ -172,8 +171,8 @@ class Coordinator:
         """What a fresh and a resumed run share: envs, then (the folder's litter swept) config file, logger
         and per-iteration records."""
         self.config, self.run_dir, self.verbose = config, run_dir, verbose
-        self._real_env = gym.make(config.env_id)
-        self._sim = gym.make(config.env_id)  # open-loop replays overwrite its state
+        self._real_env = make_quietly(config.env_id)
+        self._sim = make_quietly(config.env_id)  # open-loop replays overwrite its state
         self.spec = spec_from_env(self._real_env, config.env_id)
         sweep_litter(run_dir)
         with writing(run_dir / "config.json"), atomic_path(run_dir / "config.json") as tmp:
@@ -326,7 +325,7 @@ def _crossed(before: int, after: int, every: int) -> bool:
 
 def _check_settings(config: CoordinatorConfig) -> None:
     """The device and the learner settings, checked against the task's spaces before anything is written."""
-    env = gym.make(config.env_id)
+    env = make_quietly(config.env_id)
     try:
         check_learner_settings(config, spec_from_env(env, config.env_id))
     finally:

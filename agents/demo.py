@@ -123,10 +123,9 @@ def world_model_and_starts(config: DemoConfig, log: Callable[[str], None],
         return fit_fallback(config, progress)
     model = WorldModel.load(model_path, device="cpu", env_id=config.env_id)
     record = data_record(config.env_id)
-    data = (f", fitted on {record['transitions_kept']:,} real transitions ({record['origin']})"
+    data = (f", fitted on {record['transitions_kept']:,} real transitions from {record['origin']}"
             if record else "")
-    log(f"world model: the one shipped for {config.env_id}{data} "
-        f"(plans of {model.horizon} imagined steps)")
+    log(f"world model: the one shipped for {config.env_id}, plans of {model.horizon} imagined steps{data}")
     return model, starts_path
 
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import torch
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 
 from agents.config import CoordinatorConfig
 from agents.imagined_learner import saved_learner
+from agents.real_evaluation import make_quietly
 from agents.run_files import (
     CHECKPOINT_VERSION,
     LEARNER_FILE,
@@ -101,7 +101,7 @@ def read_learner(checkpoint: Path, config: CoordinatorConfig) -> OnPolicyAlgorit
     only the parameters of its learner.zip (nothing unpickled); ValueError naming a damaged file."""
     path = checkpoint / LEARNER_FILE
     check_learner_file(path)
-    env = gym.make(config.env_id)
+    env = make_quietly(config.env_id)
     try:
         spec = spec_from_env(env, config.env_id)
     finally:

@@ -36,5 +36,5 @@ def test_demo_output_references_progress_total_and_no_warnings(monkeypatch, capf
     record = data_record("HalfCheetah-v4")
     reference = record["reference"]
     assert f"the data's best policy ({reference['policy']}): {reference['mean_return']:.1f}" in out
-    assert f"fitted on {record['transitions_kept']:,} real transitions ({record['origin']})" in out
+    assert f"fitted on {record['transitions_kept']:,} real transitions from {record['origin']}" in out
     assert record["real_steps_collected"] == 50_000 and "with the 50,000 real steps behind" in out
