@@ -37,16 +37,20 @@ def iqm(values: Sequence[float] | np.ndarray) -> float:
     return float(iqm_rows(_checked(values)[None])[0])
 
 
+def _check_bootstrap(confidence: float, n_resamples: int) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if n_resamples < 1:
+        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+
+
 def bootstrap_ci(values: Sequence[float] | np.ndarray, *, confidence: float = CONFIDENCE,
                  n_resamples: int = N_RESAMPLES, seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of the IQM: the seeds are resampled with replacement `n_resamples`
     times (numpy generator seeded by `seed`), and the interval is the central `confidence` share of the
     resampled IQMs. With one seed the interval is that value: one run says nothing of the spread."""
     arr = _checked(values)
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    _check_bootstrap(confidence, n_resamples)
     rng = np.random.default_rng(seed)
     resampled = iqm_rows(arr[rng.integers(len(arr), size=(n_resamples, len(arr)))])
     tail = (1 - confidence) / 2
@@ -62,10 +66,7 @@ def difference_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarr
     x, y = _checked(a), _checked(b)
     if statistic not in ("iqm", "mean"):
         raise ValueError(f"statistic must be 'iqm' or 'mean', got {statistic!r}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
-    if n_resamples < 1:
-        raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
+    _check_bootstrap(confidence, n_resamples)
     stat = iqm_rows if statistic == "iqm" else (lambda rows: rows.mean(axis=-1))
     rng = np.random.default_rng(seed)
     x_rows = x[rng.integers(len(x), size=(n_resamples, len(x)))]
