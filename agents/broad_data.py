@@ -21,6 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
+from agents.real_evaluation import make_quietly
 from agents.zoo import zoo_settings
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, mujoco_state
@@ -169,7 +170,7 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
     rng = np.random.default_rng(config.seed)
 
     def record(into: list[RecordedEpisode]) -> Callable[[], gym.Env]:
-        return lambda: Monitor(EpisodeRecorder(gym.make(env_id), into.append))
+        return lambda: Monitor(EpisodeRecorder(make_quietly(env_id), into.append))
 
     random_episodes: list[RecordedEpisode] = []
     env = record(random_episodes)()

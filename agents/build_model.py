@@ -21,6 +21,7 @@ import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data
 from agents.presets import build_preset, resolve
+from agents.real_evaluation import make_quietly
 from agents.run_data import RunDataConfig, collect_run_data, final_return
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import fit_world_model, spec_from_env
@@ -117,7 +118,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     if model_file.is_file():
         check_same(work_dir / "model.json", "model", fit_settings, model_file)
     else:
-        env = gym.make(env_id)
+        env = make_quietly(env_id)
         spec = spec_from_env(env, env_id)
         env.close()
         model, losses = fit_world_model(buffer, spec, config.fit_steps, wm_config,

@@ -122,7 +122,7 @@ class CoordinatorConfig:
     seed: int = 0
     """Seeds the learner, the real env, the world-model trainer and the global RNGs."""
     prefill_steps: int = 5000
-    """Uniform-random real steps before anything is learned."""
+    """Uniform-random steps before any learning."""
     initial_world_model_steps: int = 4000
     """World-model gradient steps right after the prefill."""
     world_model_steps_per_real_step: float = 1.0
@@ -138,7 +138,7 @@ class CoordinatorConfig:
     start_state_window: int | None = None
     """Imagined episodes start from the newest this-many real observations (None: the whole buffer)."""
     learning_starts: int = 0
-    """Real steps after the prefill, collected with the initial policy, before the first policy update."""
+    """Real steps after the prefill with the initial policy, before its first update."""
     n_imagined_envs: int = 1024
     """Imagined trajectories per policy update, in one batched world-model call."""
     n_sample_steps: int | None = 16

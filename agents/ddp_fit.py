@@ -20,13 +20,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import gymnasium as gym
 import torch
 import torch.distributed as dist
 
 from agents.config import CoordinatorConfig
 from agents.config_flags import add_config_flags, given_flags, leaf_paths, leaf_values
 from agents.presets import build_preset, preset_ids, resolve
+from agents.real_evaluation import make_quietly
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.distributed_fit import backend_for, rank_rows, train_data_parallel
 from imagined_env.training import WorldModelTrainer, new_trainer, spec_from_env
@@ -86,7 +86,7 @@ def plan(job: FitJob, world_size: int) -> _Plan:
     if job.threads is not None and job.threads < 1:
         raise ValueError(f"threads must be >= 1 or None, got {job.threads}")
     rank_rows(config.train.batch_size, 0, world_size)
-    env = gym.make(buffer.env_id)
+    env = make_quietly(buffer.env_id)
     spec = spec_from_env(env, buffer.env_id)
     env.close()
     return _Plan(buffer, spec, config, steps)

@@ -17,6 +17,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from agents.real_evaluation import make_quietly
 from imagined_env.baselines.common import UnguidedModel
 from imagined_env.data.collect import mujoco_state, set_mujoco_state
 from imagined_env.diffusion.guidance import GaussianPolicyFn
@@ -85,7 +86,7 @@ class SimulatorModel(UnguidedModel):
                              f"simulator state; oracle tasks: {', '.join(ORACLE_TASKS)}")
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
-        self.env = gym.make(env_id)
+        self.env = make_quietly(env_id)
         self.spec = spec_from_env(self.env, env_id)
         self.horizon = horizon
         self.device = torch.device("cpu")

@@ -73,7 +73,7 @@ def open_loop_error(
     else:
         imagination = source.imagine(starts, policy, generator=generator, n_sample_steps=n_sample_steps)
     obs, actions, rewards, terms = (t.detach().cpu().numpy() for t in (
-        imagination.observations, imagination.actions, imagination.rewards, imagination.terminations))
+        imagination.observations, imagination.actions, imagination.rewards, imagination.ended))
     if obs.shape[0] != len(starts) or not np.allclose(obs[:, 0], starts, atol=1e-4):
         raise ValueError("the imagination does not start from the observations at the given qpos/qvel")
     real_obs, real_rewards, real_terms = _execute(env, qpos, qvel, actions)
@@ -156,7 +156,7 @@ def action_sensitivity(
         _, real_rewards, real_terms = _execute(env, qpos, qvel, np.asarray(actions, np.float32))
         imagined.append(out.rewards.sum(dim=1).cpu().numpy())
         real.append(real_rewards.sum(axis=1))
-        ended |= real_terms.any(axis=1) | out.terminations.any(dim=1).cpu().numpy()
+        ended |= real_terms.any(axis=1) | out.ended.any(dim=1).cpu().numpy()
     keep = ~ended
     d_imagined, d_real = (imagined[0] - imagined[1])[keep], (real[0] - real[1])[keep]
     correlation = float(np.corrcoef(d_imagined, d_real)[0, 1]) if keep.sum() > 1 else float("nan")
@@ -254,7 +254,7 @@ def action_ranking(
 
     def imagined(sequences: np.ndarray, generator: torch.Generator) -> Outcome:
         out = model.imagine(starts, actions=sequences, generator=generator, n_sample_steps=n_sample_steps)
-        terms = out.terminations.detach().cpu().numpy()
+        terms = out.ended.detach().cpu().numpy()
         return Outcome(_received(out.rewards.detach().cpu().numpy(), terms), terms,
                        out.observations[:, 1:].detach().cpu().numpy())
 

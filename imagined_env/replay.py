@@ -47,6 +47,7 @@ class PlanReplay:
         self.actions = np.zeros((num_envs, h, act_dim), np.float32)
         self.rewards = np.zeros((num_envs, h), np.float32)
         self.terms = np.zeros((num_envs, h), bool)
+        self.truncs = np.zeros((num_envs, h), bool)
         self.cursor = np.zeros(num_envs, np.int64)
         self.valid = np.zeros(num_envs, bool)
         self.low = np.asarray(model.spec.action_low, np.float32)
@@ -107,17 +108,18 @@ class PlanReplay:
         if n_spares:
             starts = np.concatenate([starts, self.sample_starts(n_spares)])
         plans = self._generate(starts, None)
-        self._early_rate = float(plans[3].any(axis=1).mean())
+        self._early_rate = float((plans[3] | plans[4]).any(axis=1).mean())
         self._assign(idx, *(p[: len(idx)] for p in plans))
         self._pool.extend(tuple(p[j: j + 1] for p in plans) for j in range(len(idx), len(starts)))
 
     def advance(self, actions: np.ndarray, active: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Take `actions` [N, act]; returns (next_obs [N, obs], rewards [N], terminated [N], off_plan [N]).
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Take `actions` [N, act]; returns (next_obs [N, obs], rewards [N], terminated [N], cut [N],
+        off_plan [N]); cut: the plan ends there without the task ending (the model is unsure beyond).
 
         Envs whose action differs from the plan (after clipping) are re-planned from their current
         observation with that action fixed as the first one, so the next state belongs to it. Envs
-        outside `active` (default: all) do not move: their current observation, reward 0, not terminated.
+        outside `active` (default: all) do not move: their current observation, reward 0, not ended.
         """
         active = np.ones(self.num_envs, bool) if active is None else np.asarray(active, bool)
         self.ensure_plans()
@@ -133,9 +135,10 @@ class PlanReplay:
         step = active.astype(np.int64)
         next_obs, rew, term = (self.obs[rows, c + step], self.rewards[rows, c] * active,
                                self.terms[rows, c] & active)
+        cut = self.truncs[rows, c] & active
         self.cursor = c + step
         self.valid &= self.cursor < self.model.horizon
-        return next_obs.copy(), rew.copy(), term.copy(), off
+        return next_obs.copy(), rew.copy(), term.copy(), cut.copy(), off
 
     def _rebase(self, mask: np.ndarray) -> None:
         """Move the current observation of masked envs to row 0, cursor 0 (plans kept only if valid)."""
@@ -145,19 +148,22 @@ class PlanReplay:
         self.valid[idx] = False
 
     def _generate(self, starts: np.ndarray, first_action: np.ndarray | None) -> tuple[np.ndarray, ...]:
-        """Plans (obs, actions, rewards, terminations) from `starts`. Only batched, policy-guided plans
-        tune the guidance scale: an off-plan regeneration of a few envs, its first action not the
-        policy's, is no measure of the on-policy spread."""
+        """Plans (obs, actions, rewards, terminations, truncations) from `starts`. Only batched,
+        policy-guided plans tune the guidance scale: an off-plan regeneration of a few envs, its first action
+        not the policy's, is no measure of the on-policy spread."""
         fixed = None if first_action is None else first_action[:, None]
         out = self.model.imagine(starts, self.policy, generator=self.generator, actions=fixed,
                                  n_sample_steps=self.config.n_sample_steps)
         if self.policy is not None and fixed is None:
             self.model.adapt_guidance(out)
-        return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(),
-                out.terminations.cpu().numpy())
+        terms = out.terminations.cpu().numpy()
+        truncs = np.zeros_like(terms) if out.truncations is None else out.truncations.cpu().numpy()
+        return (out.observations.cpu().numpy(), out.actions.cpu().numpy(), out.rewards.cpu().numpy(), terms,
+                truncs)
 
-    def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray
-                ) -> None:
-        self.obs[idx], self.actions[idx], self.rewards[idx], self.terms[idx] = obs, act, rew, term
+    def _assign(self, idx: np.ndarray, obs: np.ndarray, act: np.ndarray, rew: np.ndarray, term: np.ndarray,
+                trunc: np.ndarray) -> None:
+        self.obs[idx], self.actions[idx], self.rewards[idx] = obs, act, rew
+        self.terms[idx], self.truncs[idx] = term, trunc
         self.cursor[idx] = 0
         self.valid[idx] = True

@@ -141,8 +141,10 @@ class ImaginedVectorEnv(VectorEnv):
     `planned_actions()`, or `info["planned_action"]` with `planned_action_info=True`) gets the one-call
     speed. Any other action is honoured exactly, by regenerating that env's trajectory from its current
     state with the action fixed. Episodes end at a predicted termination, else are truncated after
-    `episode_steps` (None: H, one plan); a longer episode continues with a new plan from its own imagined
-    state every H steps, so the learner also meets the states its policy reaches, not only the start states.
+    `episode_steps` (None: H, one plan); with pessimism they also end where the model is too unsure to go
+    on, terminated or truncated as `WorldModelConfig.unsure_ends` says. A longer episode continues with a
+    new plan from its own imagined state every H steps, so the learner also meets the states its policy
+    reaches, not only the start states.
 
     `autoreset_mode`: SAME_STEP (the default, what the SB3 adapter needs) returns a finished env's first
     new observation at once, its last one in `info["final_obs"]`; NEXT_STEP (Gymnasium's own default,
@@ -277,12 +279,12 @@ class ImaginedVectorEnv(VectorEnv):
         actions = self._checked_actions(actions)
         active = np.ones(self.num_envs, bool) if active is None else active
         with torch_threads(self.torch_threads):
-            next_obs, rewards, terminated, off_plan = self.replay.advance(actions, active)
+            next_obs, rewards, terminated, cut, off_plan = self.replay.advance(actions, active)
         if off_plan.any() and not self._warned:
             warnings.warn(OFF_PLAN_WARNING, stacklevel=3)
             self._warned = True
         self.elapsed += active
-        truncated = (self.elapsed >= self.episode_steps) & ~terminated & active
+        truncated = ((self.elapsed >= self.episode_steps) | cut) & ~terminated & active
         info = {"off_plan": off_plan, "_off_plan": np.ones(self.num_envs, bool)}
         return next_obs.astype(np.float64), rewards.astype(np.float64), terminated, truncated, info
 

@@ -41,6 +41,7 @@ SHA-256 checksum of their content; version 1 files, written before it, load with
 FLOAT16_MAX = float(torch.finfo(torch.float16).max)
 READOUTS = ("chain", "mean", "rollout")
 TERMINATIONS = ("learned", "task")
+UNSURE_ENDS = ("terminate", "truncate")
 
 
 def check_terminations(value: object) -> None:
@@ -103,6 +104,11 @@ class WorldModelConfig:
     """End episodes by the learned flag, or also by the task's rule ("task": Hopper, Walker2d)."""
     disagreement_limit: float | None = None
     """End imagined episodes where u exceeds this (None: never)."""
+    unsure_ends: str = "terminate"
+    """Episodes at the disagreement limit "terminate" or "truncate". A terminated end has no value after it;
+    a truncated one is bootstrapped from the learner's critic, as at a time limit, so the critic's guess
+    about states the model cannot imagine stands in for them: in frozen shipped models PPO then ended lower
+    (benchmarks/RESULTS.md)."""
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
@@ -127,6 +133,8 @@ class WorldModelConfig:
             raise ValueError(f"disagreement_penalty must be >= 0, got {self.disagreement_penalty}")
         if self.disagreement_limit is not None and not self.disagreement_limit > 0:
             raise ValueError(f"disagreement_limit must be > 0 or None, got {self.disagreement_limit}")
+        if self.unsure_ends not in UNSURE_ENDS:
+            raise ValueError(f"unsure_ends must be one of {', '.join(UNSURE_ENDS)}, got {self.unsure_ends!r}")
         if (self.disagreement_penalty > 0 or self.disagreement_limit is not None) and self.n_members < 2:
             raise ValueError("a disagreement penalty or limit needs an ensemble: set n_members >= 2")
         if self.readout != "chain" and self.scale_actions:
@@ -158,7 +166,9 @@ class Imagination:
     """A batch of imagined trajectories in environment units (torch, on the model's device).
 
     observations [B, H+1, obs]; actions [B, H, act] (policy units, unclipped); rewards [B, H];
-    terminations [B, H] bool (rows after the first termination are padding); spread: std of
+    terminations [B, H] bool (rows after the first end are padding); truncations [B, H] bool: where the
+    episode is cut without the task ending (the members' disagreement past the limit; None when nothing
+    is cut so); `ended`: either end; spread: std of
     standardised actions (nan when unguided); row_spread: the same per row [H + 1], when known;
     disagreement [B, H]: of an ensemble's members about each transition (`transition_disagreement`).
     """
@@ -170,6 +180,12 @@ class Imagination:
     spread: float
     row_spread: torch.Tensor | None = None
     disagreement: torch.Tensor | None = None
+    truncations: torch.Tensor | None = None
+
+    @property
+    def ended(self) -> torch.Tensor:
+        """[B, H] bool: the episode ends at this transition, terminated or cut."""
+        return self.terminations if self.truncations is None else self.terminations | self.truncations
 
 
 class WorldModel:
@@ -274,8 +290,8 @@ class WorldModel:
         the policy's actions are its own draws at the read-out's states (`GuidedSampler.policy_rollout`):
         no chain, nothing to guide (spread NaN); without a policy it imagines as "mean" does. An ensemble
         reads out its members' mean, lowers rewards by `disagreement_penalty` times their disagreement and
-        ends episodes where it exceeds `disagreement_limit`. With `terminations` "task", episodes also end
-        where the task's healthy check fails on the imagined next observation.
+        ends episodes where it exceeds `disagreement_limit`, as `unsure_ends` says. With `terminations`
+        "task", episodes also end where the task's healthy check fails on the imagined next observation.
         The guidance scale is left as it is: tuning it is the caller's explicit `adapt_guidance` call.
         """
         s0 = self._checked(start_obs, self.spec.obs_dim, "start_obs")
@@ -317,12 +333,17 @@ class WorldModel:
         if rule is not None:
             ended = ended | rule(states[:, 1:h + 1])
         u = transition_disagreement(x0, self.spec.obs_dim) if self.config.n_members > 1 else None
+        cut = None
         if u is not None:
             rewards = rewards - self.config.disagreement_penalty * u
             if self.config.disagreement_limit is not None:
-                ended = ended | (u > self.config.disagreement_limit)
+                unsure = u > self.config.disagreement_limit
+                if self.config.unsure_ends == "terminate":
+                    ended = ended | unsure
+                else:
+                    cut = unsure & ~ended
         return Imagination(observations=states, actions=actions[:, :h], rewards=rewards, terminations=ended,
-                           spread=spread, row_spread=row_spread, disagreement=u)
+                           spread=spread, row_spread=row_spread, disagreement=u, truncations=cut)
 
     def check_start_states(self, observations: np.ndarray) -> None:
         """ValueError naming the first start observation [n, obs] (row and dimension) that is not finite or

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
+from agents.sb3_vec_env import ImaginedSB3VecEnv
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.normaliser import Normaliser
 from imagined_env.vector_env import ImaginedVectorEnv
@@ -32,17 +33,19 @@ def pessimistic_model(spec: EnvSpec = LINEAR_SPEC, normaliser: Normaliser | None
     return WorldModel(spec, config, normaliser or Normaliser.fit(linear_buffer(5, 10), -1.0, 1.0), "cpu")
 
 
-def first_episode(env: ImaginedVectorEnv) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray]:
+def first_episode(env: ImaginedVectorEnv
+                  ) -> tuple[np.ndarray, torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
     """Reset with seed 0 and follow the plans for H steps: (first observations, the generator's state before
-    the one generation, rewards [H, N], terminations [H, N])."""
+    the one generation, rewards [H, N], terminations [H, N], truncations [H, N])."""
     obs, _ = env.reset(seed=0)
     state = env.replay.generator.get_state()
-    rewards, terminations = [], []
+    rewards, terminations, truncations = [], [], []
     for _ in range(H):
-        _, reward, terminated, _, _ = env.step(env.planned_actions())
+        _, reward, terminated, truncated, _ = env.step(env.planned_actions())
         rewards.append(reward)
         terminations.append(terminated)
-    return obs, state, np.array(rewards), np.array(terminations)
+        truncations.append(truncated)
+    return obs, state, np.array(rewards), np.array(terminations), np.array(truncations)
 
 
 def imagination(model: WorldModel, obs: np.ndarray, state: torch.Tensor):
@@ -58,8 +61,8 @@ def test_rewards_drop_by_the_penalty_times_the_disagreement_only_with_pessimism(
     on = ImaginedVectorEnv(model, N_ENVS, start_states=starts)
     off = ImaginedVectorEnv(model, N_ENVS, start_states=starts, pessimism=False)
     assert on.model is model and off.model is not model
-    obs_on, state_on, rewards_on, _ = first_episode(on)
-    obs_off, state_off, rewards_off, _ = first_episode(off)
+    obs_on, state_on, rewards_on, _, _ = first_episode(on)
+    obs_off, state_off, rewards_off, _, _ = first_episode(off)
     np.testing.assert_array_equal(obs_on, obs_off)
     assert torch.equal(state_on, state_off)
     # hand check: the no-penalty imagination of the same starts and generator, from a model of its own
@@ -74,21 +77,37 @@ def test_rewards_drop_by_the_penalty_times_the_disagreement_only_with_pessimism(
     assert model.config == config                                             # the caller's model untouched
 
 
-def test_the_limit_ends_episodes_only_with_pessimism():
+@pytest.mark.parametrize("unsure_ends", ["truncate", "terminate"])
+def test_the_limit_ends_episodes_only_with_pessimism_as_unsure_ends_says(unsure_ends):
     model = pessimistic_model()
     starts = linear_buffer(5, 10)
     probe = ImaginedVectorEnv(model, N_ENVS, start_states=starts)
-    obs, state, _, _ = first_episode(probe)
+    obs, state, _, _, _ = first_episode(probe)
     u0 = imagination(model, obs, state).disagreement[:, 0].numpy()
     limit = float(np.median(u0))
-    model.config = dataclasses.replace(model.config, disagreement_limit=limit)
+    model.config = dataclasses.replace(model.config, disagreement_limit=limit, unsure_ends=unsure_ends)
     on = ImaginedVectorEnv(model, N_ENVS, start_states=starts)
     off = ImaginedVectorEnv(model, N_ENVS, start_states=starts, pessimism=False)
-    _, _, _, ended_on = first_episode(on)
-    _, _, _, ended_off = first_episode(off)
-    np.testing.assert_array_equal(ended_on[0], u0 > limit)
-    assert 0 < ended_on[0].sum() < N_ENVS and not ended_off.any()
+    _, _, _, terminated_on, truncated_on = first_episode(on)
+    _, _, _, terminated_off, truncated_off = first_episode(off)
+    truncate = unsure_ends == "truncate"
+    ended, other = (truncated_on, terminated_on) if truncate else (terminated_on, truncated_on)
+    np.testing.assert_array_equal(ended[0], u0 > limit)
+    assert 0 < ended[0].sum() < N_ENVS and not other[0].any()
+    assert not terminated_off.any() and not truncated_off[:-1].any()   # one plan: the time limit at H only
     assert model.config.disagreement_limit == limit
+    # what SB3 sees: a truncated end is bootstrapped from the critic (TimeLimit.truncated), a terminated not
+    sb3 = ImaginedSB3VecEnv(ImaginedVectorEnv(model, N_ENVS, start_states=starts))
+    sb3.seed(0)
+    sb3.reset()
+    _, _, dones, infos = sb3.step(sb3.imagined.planned_actions())
+    np.testing.assert_array_equal(dones, u0 > limit)
+    assert [infos[i]["TimeLimit.truncated"] for i in np.flatnonzero(dones)] == [truncate] * int(dones.sum())
+
+
+def test_unsure_ends_must_be_known():
+    with pytest.raises(ValueError, match="unsure_ends must be one of terminate, truncate, got 'stop'"):
+        dataclasses.replace(TINY_CONFIG, unsure_ends="stop")
 
 
 def test_a_model_without_pessimism_is_used_as_it_is():

@@ -463,13 +463,16 @@ class _FixedDenoiser(nn.Module):
         return self.rows.expand_as(x).clone()
 
 
-def test_disagreement_penalty_and_limit_against_a_hand_computation():
+@pytest.mark.parametrize("unsure_ends", ["truncate", "terminate"])
+def test_disagreement_penalty_and_limit_against_a_hand_computation(unsure_ends):
     normaliser = Normaliser.fit(linear_buffer(n_episodes=5), -1.0, 1.0)
     config = dataclasses.replace(TINY_CONFIG, readout="mean", scale_actions=False, n_members=3,
-                                 disagreement_penalty=0.7, disagreement_limit=0.9,
-                                 condition_on_last_action=False)
+                                 disagreement_penalty=0.7, disagreement_limit=0.7,
+                                 condition_on_last_action=False, unsure_ends=unsure_ends)
     model = WorldModel(LINEAR_SPEC, config, normaliser, "cpu")
     rows = np.random.default_rng(0).normal(size=(3, H + 1, OBS + 2)).astype(np.float32)
+    rows[:, :, OBS + 1] = -100.0                  # no terminal flag ...
+    rows[:, [1, 3], OBS + 1] = 100.0              # ... but at transitions 1 and 3 (all members agree on it)
     model.ema = DenoiserEnsemble([_FixedDenoiser(torch.as_tensor(r)) for r in rows])
     s0 = np.random.default_rng(1).normal(size=(4, OBS)).astype(np.float32)
     out = model.imagine(s0, actions=np.zeros((4, H, ACT), np.float32))
@@ -481,8 +484,16 @@ def test_disagreement_penalty_and_limit_against_a_hand_computation():
     terminal = rows[:, :H, OBS + 1].mean(axis=0) * normaliser.terminal_std[0] + normaliser.terminal_mean[0]
     np.testing.assert_allclose(out.disagreement.numpy(), np.tile(u, (4, 1)), rtol=1e-5)
     np.testing.assert_allclose(out.rewards.numpy(), np.tile(reward - 0.7 * u, (4, 1)), rtol=1e-5, atol=1e-5)
-    assert (u > 0.9).any() and (u < 0.9).any()                     # the limit ends some steps, not all
-    np.testing.assert_array_equal(out.terminations.numpy(), np.tile((terminal > 0.5) | (u > 0.9), (4, 1)))
+    unsure, task = u > 0.7, terminal > 0.5
+    # both at transition 1, the limit alone at 2, the task alone at 3
+    assert list(unsure) == [False, True, True, False] and list(task) == [False, True, False, True]
+    if unsure_ends == "terminate":
+        np.testing.assert_array_equal(out.terminations.numpy(), np.tile(task | unsure, (4, 1)))
+        assert out.truncations is None
+    else:   # the task's end wins where both fall on one step
+        np.testing.assert_array_equal(out.terminations.numpy(), np.tile(task, (4, 1)))
+        np.testing.assert_array_equal(out.truncations.numpy(), np.tile([False, False, True, False], (4, 1)))
+    np.testing.assert_array_equal(out.ended.numpy(), np.tile(task | unsure, (4, 1)))    # either way, it ends
     states = rows[:, 1:, :OBS].mean(axis=0) * normaliser.obs_std + normaliser.obs_mean
     np.testing.assert_allclose(out.observations[:, 1:].numpy(), np.tile(states, (4, 1, 1)),
                                rtol=1e-5, atol=1e-5)
