@@ -4,13 +4,17 @@ evaluated on the real task (deterministic episodes): do the shipped models teach
 the real task, and does longer training keep it? Rows on the same seeds: the shipped env as it ships
 (pessimism on), with pessimism off (what the guard buys), the same env and start states with MuJoCo in
 place of the world model (the ceiling these learner settings reach, so the table reads "fraction of the
-oracle reached"), and uniform random actions (the floor). Prints a table with the shipped models' bars,
+oracle reached"), and uniform random actions (the floor); on request, the shipped env with the episodes
+its model is unsure of truncated (bootstrapped) instead of terminated. `--learner zoo` trains the RL Zoo's
+tuned PPO of the task (with VecNormalize, 16 envs, rollouts of 8 plans) in place of the snippet's SB3
+defaults: how much of the gap to a bar is the learner's. Prints a table with the shipped models' bars,
 writes JSON and a plot. Each (task, row, seed) run writes its result as it ends; `--resume` skips those.
 
     python benchmarks/shipped_envs.py                     # every shipped task, seeds 0,1,2, 50k/100k/200k
     python benchmarks/shipped_envs.py --quick             # smoke run: one task, one seed, 2 short checkpoints
     python benchmarks/shipped_envs.py --resume --jobs 2   # continue a stopped run
     python benchmarks/shipped_envs.py --envs HalfCheetah-v4 --model out/  # an export or build-model folder
+    python benchmarks/shipped_envs.py --envs HalfCheetah-v4 --rows shipped,oracle --learner zoo
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -32,25 +36,35 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.vec_env import VecNormalize
 
 from agents import ImaginationPPO, make_imagined_vec_env
 from agents.demo import random_return
 from agents.env_factory import DEFAULT_N_ENVS
-from agents.real_evaluation import evaluate_real, quiet_stderr
+from agents.plan_following import imagined_horizon
+from agents.real_evaluation import evaluate_real
 from agents.simulator_model import ORACLE_TASKS, SimulatorModel
+from agents.zoo import zoo_settings
 from imagined_env.pretrained import pretrained_paths, serves
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
 
 TASKS = ("HalfCheetah-v4", "Hopper-v4", "Walker2d-v4", "HalfCheetah-v5", "Hopper-v5", "Walker2d-v5")
 ROWS = {"shipped": "shipped model", "no-pessimism": "shipped model, pessimism off",
-        "oracle": "MuJoCo oracle", "random": "random actions"}
+        "oracle": "MuJoCo oracle", "random": "random actions",
+        "unsure-truncates": "shipped model, unsure ends truncated"}
+DEFAULT_ROWS = ("shipped", "no-pessimism", "oracle", "random")
 QUICK_STEPS = (2_560, 5_120)
 TARGETS = {"HalfCheetah": ("at", 50_000, 1500.0), "Hopper": ("within", 200_000, 1000.0),
            "Walker2d": ("within", 200_000, 1000.0)}
 """Bars of the shipped row: the real return to reach at, or at some checkpoint within, the imagined steps."""
 HOLD = (50_000, 200_000, 0.10)
 """The return at 200k imagined steps may be lower than at 50k by at most 10% (of |return at 50k|)."""
+LEARNERS = {"sb3": "the README snippet's ImaginationPPO (SB3's defaults, 256 envs)",
+            "zoo": "the RL Zoo's tuned PPO + VecNormalize (16 envs, n_steps 8 H)"}
+ZOO_N_ENVS = 16
+"""Envs of the `zoo` learner: with n_steps 8 H, a rollout of 128 H transitions, near the Zoo's 512 and a
+multiple of its mini-batches."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +85,8 @@ class Unit:
     model_dir: str | None = None
     """A folder `imagined-env export` or `build-model` wrote, measured in place of the shipped model (None:
     shipped)."""
+    learner: str = "sb3"
+    """A key of LEARNERS."""
 
     @property
     def name(self) -> str:
@@ -91,7 +107,7 @@ def shipped_tasks() -> list[str]:
 
 def row_label(row: str, model_dir: str | None) -> str:
     """The row's name in tables and plots: the shipped rows name the exported model when one is given."""
-    if model_dir is not None and row in ("shipped", "no-pessimism"):
+    if model_dir is not None and row in ("shipped", "no-pessimism", "unsure-truncates"):
         return ROWS[row].replace("shipped model", f"model of {Path(model_dir).resolve().name}")
     return ROWS[row]
 
@@ -138,13 +154,19 @@ def row_kwargs(unit: Unit) -> dict[str, Any] | None:
     given = None if unit.model_dir is None else {"world_model": str(wm_path), "start_states": str(starts)}
     if unit.row == "no-pessimism":
         return {**(given or {}), "pessimism": False}
+    if unit.row == "unsure-truncates":
+        # episodes at the disagreement limit are truncated (bootstrapped), not terminated as shipped
+        model = WorldModel.load(wm_path, device="auto", env_id=unit.env_id)
+        if model.config.disagreement_limit is None:
+            raise ValueError(f"{unit.name}: the model has no disagreement limit, so this row would be the "
+                             "shipped one")
+        model.config = replace(model.config, unsure_ends="truncate")
+        return {"world_model": model, "start_states": str(starts)}
     if unit.row == "oracle":
         horizon = WorldModel.load(wm_path, device="cpu").horizon
         # No pessimism against an exact model: the oracle is the ceiling of the learner settings.
         off = {"pessimism": False} if unit.pessimism_option else {}
-        with quiet_stderr():
-            oracle = SimulatorModel(unit.env_id, horizon)
-        return {"world_model": oracle, "start_states": starts, **off}
+        return {"world_model": SimulatorModel(unit.env_id, horizon), "start_states": starts, **off}
     return given
 
 
@@ -166,8 +188,7 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
         result["real_return"] = random_return(unit.env_id, unit.n_episodes, unit.seed)
     else:
         try:
-            model = ImaginationPPO("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit),
-                                   verbose=0)
+            model = learner(unit)
         except TypeError as err:
             if "pessimism" in str(err):
                 raise ValueError(f"{unit.name}: the imagined env refuses pessimism= ({err}); "
@@ -181,7 +202,7 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
             elif target > model.num_timesteps:
                 model.learn(target - model.num_timesteps, reset_num_timesteps=False)
             t2 = time.perf_counter()
-            mean, std = evaluate_real(model, unit.env_id, unit.n_episodes, unit.seed)
+            mean, std = evaluate_real(model, unit.env_id, unit.n_episodes, unit.seed, model.get_env())
             checkpoints.append({"steps": target, "imagined_steps": int(model.num_timesteps),
                                 "real_return": mean, "real_return_std": std, "learn_seconds": t2 - t1,
                                 "eval_seconds": time.perf_counter() - t2})
@@ -191,6 +212,22 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
     with atomic_path(parts / f"{unit.name}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=2))
     return result
+
+
+def learner(unit: Unit) -> ImaginationPPO:
+    """The unit's PPO on its env: the README snippet's, or the Zoo's tuned PPO of the task over VecNormalize
+    (observations and rewards, its gamma the learner's), evaluated with its frozen statistics. The zoo
+    learner's env has no VecMonitor (SB3 copies statistics between identical wrapper stacks), so it logs no
+    imagined episode returns."""
+    if unit.learner == "sb3":
+        return ImaginationPPO("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit),
+                              verbose=0)
+    kwargs = zoo_settings("ppo", unit.env_id).kwargs
+    imagined = make_imagined_vec_env(unit.env_id, ZOO_N_ENVS, **(env_kwargs(unit) or {}))
+    kwargs["n_steps"] = 8 * imagined_horizon(imagined)
+    # on the SB3 adapter itself: evaluation copies the statistics by walking both wrapper stacks in step
+    venv = VecNormalize(imagined.venv, gamma=kwargs["gamma"])
+    return ImaginationPPO("MlpPolicy", venv, seed=unit.seed, verbose=0, **kwargs)
 
 
 def read_part(path: Path, unit: Unit) -> dict[str, Any]:
@@ -250,7 +287,8 @@ def summarise(results: dict[str, dict[str, Any]], units: list[Unit]) -> dict[str
         tasks[env_id] = {"pessimism_option": task_units[0].pessimism_option, "model": task_units[0].model,
                          "model_dir": task_units[0].model_dir,
                          "rows": rows,
-                         "bars": bars(env_id, rows.get("shipped"), task_units[0].model_dir is None)}
+                         "bars": bars(env_id, rows.get("shipped"),     # the targets are the snippet's
+                                      task_units[0].model_dir is None and task_units[0].learner == "sb3")}
     return tasks
 
 
@@ -284,12 +322,13 @@ def bars(env_id: str, shipped: dict[str, Any] | None, targets: bool = True) -> l
     return out
 
 
-def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_episodes: int) -> str:
+def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_episodes: int,
+          learner_key: str = "sb3") -> str:
     """The printed table: rows by task, a column per checkpoint."""
     width = 24
-    lines = [f"Real return of PPO trained in the frozen imagined env (README snippet, {DEFAULT_N_ENVS} envs) "
-             f"over {n_episodes} deterministic real episode{'s' * (n_episodes != 1)}; "
-             f"mean +- std over seeds {','.join(map(str, seeds))}"]
+    lines = [f"Real return of PPO trained in the frozen imagined env over {n_episodes} deterministic real "
+             f"episode{'s' * (n_episodes != 1)}; mean +- std over seeds {','.join(map(str, seeds))}",
+             f"learner: {LEARNERS[learner_key]}"]
     for env_id, task in tasks.items():
         labels = {row: row_label(row, task.get("model_dir")) + ("" if summary["complete"]
                                                                 else " (some seeds missing)")
@@ -317,7 +356,8 @@ def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_epi
     return "\n".join(lines)
 
 
-def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: Path) -> bool:
+def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: Path,
+         learner_key: str = "sb3") -> bool:
     """Real return vs imagined steps, a panel per task, a line per row with a band of +- std over seeds;
     False when matplotlib is not installed."""
     try:
@@ -337,7 +377,8 @@ def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: 
             color = f"C{list(ROWS).index(row)}"  # a row's colour is the same in every panel
             ax.plot(steps, mean, marker="o", color=color, label=row_label(row, task.get("model_dir")))
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
-        ax.set_title(f"{env_id}: seeds {','.join(map(str, seeds))}, band +- std", fontsize=10)
+        learner_note = "" if learner_key == "sb3" else f", {learner_key} learner"
+        ax.set_title(f"{env_id}: seeds {','.join(map(str, seeds))}, band +- std{learner_note}", fontsize=10)
         ax.set_xlabel("imagined steps")
         ax.set_xticks(steps, [f"{s / 1000:g}k" for s in steps])
         ax.grid(alpha=0.3)
@@ -358,11 +399,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--envs", help="comma-separated task ids [default: every shipped one among "
                    f"{', '.join(TASKS)}; --quick: the first of them]")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"rows to run [default {','.join(ROWS)}]")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"rows to run, some of {','.join(ROWS)} [default {','.join(DEFAULT_ROWS)}]")
     p.add_argument("--seeds", type=int_list, help="[default 0,1,2; --quick: 0]")
     p.add_argument("--steps", type=int_list, help="imagined-step checkpoints of one continuing run "
                    f"[default 50000,100000,200000; --quick: {','.join(map(str, QUICK_STEPS))}]")
     p.add_argument("--episodes", type=int, default=5, help="real evaluation episodes [default 5]")
+    p.add_argument("--learner", choices=list(LEARNERS), default="sb3",
+                   help="; ".join(f"{k}: {v}" for k, v in LEARNERS.items()) + " [default sb3]")
     p.add_argument("--episode-steps", type=int, default=None,
                    help="imagined steps per episode [default: the registered ids' own]; e.g. 5 for "
                         "episodes of one plan")
@@ -433,7 +477,7 @@ def plan(args: argparse.Namespace) -> list[Unit]:
                       f"simulator state (oracle tasks: {', '.join(ORACLE_TASKS)})")
                 continue
             units += [Unit(env_id, row, seed, args.steps, args.episodes, digest, option, args.episode_steps,
-                           args.model) for seed in args.seeds]
+                           args.model, args.learner) for seed in args.seeds]
     return units
 
 
@@ -499,15 +543,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     new, failed = run_all([u for u in units if u.name not in results], parts, args.jobs)
     results.update(new)
     tasks = summarise(results, units)
-    print("\n" + table(tasks, args.seeds, args.steps, args.episodes))
+    print("\n" + table(tasks, args.seeds, args.steps, args.episodes, args.learner))
     png = args.out.with_suffix(".png")
-    plotted = plot(tasks, args.seeds, args.steps, png)
+    plotted = plot(tasks, args.seeds, args.steps, png, args.learner)
     command = ["python", "benchmarks/shipped_envs.py", *(sys.argv[1:] if argv is None else argv)]
     report = {"command": " ".join(command),
               "settings": {"envs": args.envs, "rows": args.rows, "seeds": args.seeds,
                            "steps": list(args.steps), "eval_episodes": args.episodes,
                            "episode_steps": args.episode_steps, "model": args.model, "jobs": args.jobs,
-                           "n_envs": DEFAULT_N_ENVS, "torch_threads": 1},
+                           "learner": args.learner,
+                           "n_envs": DEFAULT_N_ENVS if args.learner == "sb3" else ZOO_N_ENVS,
+                           "torch_threads": 1},
               "tasks": tasks, "runs": {u.name: results[u.name] for u in units if u.name in results},
               "failed": failed, "seconds": time.perf_counter() - t0}
     with atomic_path(args.out) as tmp:

@@ -3,7 +3,8 @@ over seeds: mean +- std, IQM with its 95% bootstrap interval, and each group's d
 (the baseline) at every imagined-step checkpoint, with intervals that resample both groups' seeds; and
 each group's change from its first checkpoint to its last, seed by seed (does PPO hold its return?).
 
-Runs of one model on different seeds (e.g. seeds 0-2 in one file, 3-7 in another) make one group; a group
+Runs of one model on different seeds (e.g. seeds 0-2 in one file, 3-7 in another) make one group (the
+runs of one row of `shipped_envs.py`: shipped unless the label says `LABEL@ROW`); a group
 whose runs differ in anything but the seed (model digest, checkpoints, episodes, envs) or repeat a seed
 is refused, as are groups measured at different checkpoints.
 
@@ -25,8 +26,11 @@ import numpy as np
 from agents.statistics import difference_ci, not_a_claim_note, summarise
 from imagined_env.utils import atomic_path
 
-SAME_IN_A_GROUP = ("env_id", "row", "steps", "n_episodes", "model", "pessimism_option", "episode_steps")
+SAME_IN_A_GROUP = ("env_id", "row", "steps", "n_episodes", "model", "pessimism_option", "episode_steps",
+                   "learner")
 """Unit fields every run of a group shares: one model, measured the same way (the seed differs)."""
+LATER_FIELDS = {"learner": "sb3"}
+"""Unit fields that older result files lack, with the value those runs had."""
 
 
 def read_group(task: str, files: list[Path],
@@ -46,7 +50,8 @@ def read_group(task: str, files: list[Path],
                 unit = run["unit"]
                 if unit["env_id"] != task or unit["row"] != row:
                     continue
-                these = {**{k: unit.get(k) for k in SAME_IN_A_GROUP}, "steps": list(unit["steps"]),
+                these = {**{k: unit.get(k, LATER_FIELDS.get(k)) for k in SAME_IN_A_GROUP},
+                         "steps": list(unit["steps"]),
                          "n_envs": n_envs}
                 if shared is not None and these != shared:
                     differ = sorted(k for k in these if these[k] != shared[k])
@@ -64,13 +69,14 @@ def read_group(task: str, files: list[Path],
     return shared, returns
 
 
-def compare(task: str, groups: dict[str, list[Path]]) -> dict[str, Any]:
+def compare(task: str, groups: dict[str, list[Path]], rows: dict[str, str] | None = None) -> dict[str, Any]:
     """Every group's summary at each checkpoint and its change from the first checkpoint to the last, and
-    each later group's difference from the first group; the groups must share their checkpoints."""
+    each later group's difference from the first group; the groups must share their checkpoints. A group
+    reads the runs of its row in `rows` (default: shipped)."""
     out: dict[str, Any] = {"task": task, "steps": None, "groups": {}}
     arrays = {}
     for label, files in groups.items():
-        shared, returns = read_group(task, files)
+        shared, returns = read_group(task, files, (rows or {}).get(label, "shipped"))
         if out["steps"] is not None and shared["steps"] != out["steps"]:
             raise ValueError(f"group {label!r} was measured at {shared['steps']} imagined steps, the first "
                              f"group at {out['steps']}")
@@ -141,36 +147,39 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     return True
 
 
-def parse_group(text: str) -> tuple[str, list[Path]]:
-    label, sep, files = text.partition("=")
+def parse_group(text: str) -> tuple[str, str, list[Path]]:
+    """(label, row, files) of `LABEL[@ROW]=FILE[,FILE...]` (row default: shipped)."""
+    head, sep, files = text.partition("=")
+    label, at, row = head.partition("@")
     paths = [Path(f) for f in files.split(",") if f]
-    if not sep or not label or not paths:
-        raise argparse.ArgumentTypeError(f"expected LABEL=FILE[,FILE...], got {text!r}")
+    if not sep or not label or not paths or (at and not row):
+        raise argparse.ArgumentTypeError(f"expected LABEL[@ROW]=FILE[,FILE...], got {text!r}")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise argparse.ArgumentTypeError(f"{text!r}: no such file {', '.join(missing)}")
-    return label, paths
+    return label, row or "shipped", paths
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", required=True, help="task id of the runs, e.g. Walker2d-v4")
     p.add_argument("--group", type=parse_group, action="append", required=True,
-                   help="LABEL=FILE[,FILE...]: shipped_envs.py results of one model; the first is the "
-                        "baseline")
+                   help="LABEL[@ROW]=FILE[,FILE...]: shipped_envs.py results of one model, their runs of "
+                        "ROW (default shipped); the first group is the baseline")
     p.add_argument("--out", type=Path, required=True, help="JSON to write (the plot beside it, .png)")
     args = p.parse_args(argv)
-    labels = [label for label, _ in args.group]
+    labels = [label for label, _, _ in args.group]
     if len(set(labels)) != len(labels):
         p.error(f"--group labels must differ, got {labels}")
     if args.out.suffix != ".json":
         p.error(f"--out {args.out}: expected a .json path (the plot goes beside it as .png)")
-    inputs = {f.resolve() for _, files in args.group for f in files}
+    inputs = {f.resolve() for _, _, files in args.group for f in files}
     if {args.out.resolve(), args.out.with_suffix(".png").resolve()} & (
             inputs | {f.with_suffix(".png") for f in inputs}):
         p.error(f"--out {args.out}: would overwrite an input file or its plot")
     try:
-        result = compare(args.task, dict(args.group))
+        result = compare(args.task, {label: files for label, _, files in args.group},
+                         {label: row for label, row, _ in args.group})
     except ValueError as err:
         p.error(str(err))
     print(table(result))

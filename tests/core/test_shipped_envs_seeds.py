@@ -21,12 +21,14 @@ def seeds_script():
 
 
 def results(path: Path, model: str, returns: dict[int, list[float]], task: str = "Walker2d-v4",
-            steps: tuple[int, ...] = (1, 2), episode_steps: int | None = None) -> Path:
+            steps: tuple[int, ...] = (1, 2), episode_steps: int | None = None, row: str = "shipped",
+            learner: str | None = None) -> Path:
     def unit(row, seed):
-        return {"env_id": task, "row": row, "seed": seed, "steps": list(steps), "n_episodes": 5,
-                "model": model, "pessimism_option": True, "episode_steps": episode_steps, "model_dir": None}
+        fields = {"env_id": task, "row": row, "seed": seed, "steps": list(steps), "n_episodes": 5,
+                  "model": model, "pessimism_option": True, "episode_steps": episode_steps, "model_dir": None}
+        return fields if learner is None else {**fields, "learner": learner}   # older files have none
 
-    runs = {f"{task}_shipped_seed{s}": {"unit": unit("shipped", s),
+    runs = {f"{task}_{row}_seed{s}": {"unit": unit(row, s),
                                        "checkpoints": [{"steps": n, "real_return": r}
                                                        for n, r in zip(steps, values)]}
             for s, values in returns.items()}
@@ -88,3 +90,26 @@ def test_the_output_may_not_replace_an_input_and_is_json(seeds_script, tmp_path,
     before = a.read_text()
     seeds_script.main(["--task", "Walker2d-v4", "--group", f"x={a}", "--out", str(tmp_path / "out.json")])
     assert a.read_text() == before and json.loads((tmp_path / "out.json").read_text())["steps"] == [1, 2]
+
+
+def test_a_group_reads_its_row_and_pools_files_from_before_the_learner_field(seeds_script, tmp_path, capsys):
+    before = results(tmp_path / "before.json", "m", {0: [1.0, 2.0]})
+    after = results(tmp_path / "after.json", "m", {1: [3.0, 4.0]}, learner="sb3")
+    cut = results(tmp_path / "cut.json", "m", {0: [5.0, 6.0], 1: [7.0, 9.0]}, row="unsure-truncates",
+                  learner="sb3")
+    out = seeds_script.main(["--task", "Walker2d-v4", "--group", f"as shipped={before},{after}",
+                             "--group", f"truncated@unsure-truncates={cut}",
+                             "--out", str(tmp_path / "o.json")])
+    assert out["groups"]["as shipped"]["per_seed"] == [[1.0, 2.0], [3.0, 4.0]]
+    truncated = out["groups"]["truncated"]
+    assert truncated["per_seed"] == [[5.0, 6.0], [7.0, 9.0]]
+    assert truncated["measured"]["row"] == "unsure-truncates"
+    # (5 + 7) / 2 - (1 + 3) / 2 and (6 + 9) / 2 - (2 + 4) / 2
+    assert [d["mean"]["value"] for d in truncated["minus_baseline"]] == [4.0, 4.5]
+    zoo = results(tmp_path / "zoo.json", "m", {2: [0.0, 0.0]}, learner="zoo")
+    with pytest.raises(ValueError, match=r"differs from the group's other runs in \['learner'\]"):
+        seeds_script.read_group("Walker2d-v4", [before, zoo])
+    with pytest.raises(SystemExit):
+        seeds_script.main(["--task", "Walker2d-v4", "--group", f"x@={before}",
+                           "--out", str(tmp_path / "p.json")])
+    assert "expected LABEL[@ROW]=FILE[,FILE...]" in capsys.readouterr().err

@@ -205,3 +205,35 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_the_unsure_truncates_row_is_the_shipped_model_with_unsure_ends_truncated(bench):
+    unit = bench.Unit("Hopper-v4", "unsure-truncates", 0, (1,), 1, "digest", True)
+    kwargs = bench.env_kwargs(unit)
+    model, shipped_config = kwargs["world_model"], bench.WorldModel.load(pretrained_paths("Hopper-v4")[0],
+                                                                         device="cpu").config
+    assert shipped_config.unsure_ends == "terminate" and shipped_config.disagreement_limit is not None
+    assert model.config == dataclasses.replace(shipped_config, unsure_ends="truncate")
+    assert kwargs["start_states"] == str(pretrained_paths("Hopper-v4")[1])
+    assert "unsure-truncates" not in bench.DEFAULT_ROWS
+    assert bench.row_label("unsure-truncates", None) == "shipped model, unsure ends truncated"
+
+
+def test_the_zoo_learner_is_the_tasks_tuned_ppo_over_vecnormalize(bench):
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    from agents.real_evaluation import evaluate_real
+    from agents.zoo import ZOO_PPO
+
+    model = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True, learner="zoo"))
+    tuned = ZOO_PPO["Hopper"]
+    env = model.get_env()
+    assert isinstance(env, VecNormalize) and env.num_envs == bench.ZOO_N_ENVS and env.gamma == tuned["gamma"]
+    assert model.imagined is not None and model.n_steps == 8 * model.imagined.horizon
+    assert (model.batch_size, model.n_epochs, model.gamma, model.gae_lambda) == (
+        tuned["batch_size"], tuned["n_epochs"], tuned["gamma"], tuned["gae_lambda"])
+    assert (model.n_steps * env.num_envs) % model.batch_size == 0           # whole mini-batches
+    model.learn(model.n_steps * env.num_envs)
+    evaluate_real(model, "Hopper-v4", 1, 0, model.get_env())       # the statistics reach the real env
+    plain = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True))
+    assert plain.n_steps == plain.imagined.horizon and plain.n_envs == bench.DEFAULT_N_ENVS

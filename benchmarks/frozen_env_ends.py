@@ -1,0 +1,133 @@
+"""What PPO meets in a frozen shipped imagined env as it trains (README snippet form, one seed), beside
+what its policy does on the real task: at each checkpoint the real return and episode length
+(deterministic), the imagined episodes' return and length (the last 100 finished, as SB3 logs them), and
+why the plans generated since the last checkpoint ended (first end: the ensemble's disagreement past the
+model's limit, or a task / learned termination) with the mean disagreement of their first transition
+against the limit. A policy that falls at once on the real task while its imagined episodes grow long,
+and few plans end at the limit, is exploiting an error the members agree on.
+
+    python benchmarks/frozen_env_ends.py --env Hopper-v4 --seed 3
+    python benchmarks/frozen_env_ends.py --env HalfCheetah-v4 --steps 5000,10000 --out /tmp/x.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from shipped_envs import int_list  # a sibling benchmark (the script's folder is on the path)
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from agents import ImaginationPPO
+from agents.real_evaluation import real_env
+from imagined_env.utils import atomic_path
+from imagined_env.world_model import Imagination, WorldModel
+
+
+class EndCounter:
+    """Stands in for the env's world model and counts why its policy-guided plans end (a plan regenerated
+    around a taken action is not counted: its first action is not the policy's draw)."""
+
+    def __init__(self, model: WorldModel):
+        self.model = model
+        self.limit = model.config.disagreement_limit
+        self.counts: dict[str, float] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "model":     # not set yet (a copy being made): no delegation to fall back on
+            raise AttributeError(name)
+        return getattr(self.model, name)
+
+    def imagine(self, *args: Any, **kwargs: Any) -> Imagination:
+        out = self.model.imagine(*args, **kwargs)
+        if kwargs.get("actions") is None and out.disagreement is not None and self.limit is not None:
+            self.count(out.disagreement.cpu(), out.terminations.cpu(), self.limit)
+        return out
+
+    def count(self, u: torch.Tensor, ended: torch.Tensor, limit: float) -> None:
+        """Add plans [B, H]: `ended` holds both kinds of end (with unsure ends terminating, as shipped), so a
+        task end on a step past the limit counts as an unsure end."""
+        unsure = u > limit
+        task = ended & ~unsure
+        h = u.shape[1]
+        first_unsure = torch.where(unsure.any(1), unsure.float().argmax(1), torch.tensor(h))
+        first_task = torch.where(task.any(1), task.float().argmax(1), torch.tensor(h))
+        c = self.counts
+        c["plans"] = c.get("plans", 0) + len(u)
+        c["unsure_first"] = c.get("unsure_first", 0) + int((first_unsure < first_task).sum())
+        c["task_first"] = c.get("task_first", 0) + int((first_task < first_unsure).sum())
+        c["u_first_sum"] = c.get("u_first_sum", 0.0) + float(u[:, 0].sum())
+
+    def take(self) -> dict[str, float]:
+        """The shares since the last call, and reset."""
+        c, self.counts = self.counts, {}
+        n = c.get("plans", 0)
+        if not n:
+            return {"plans": 0}
+        return {"plans": int(n), "ended_unsure_first": c["unsure_first"] / n,
+                "ended_task_first": c["task_first"] / n, "first_disagreement": c["u_first_sum"] / n,
+                "limit": float(self.limit)}
+
+
+def run(env_id: str, seed: int, steps: list[int], n_episodes: int) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)
+    model = ImaginationPPO("MlpPolicy", env_id, seed=seed, verbose=0)
+    assert model.imagined is not None
+    counter = EndCounter(model.imagined.model)
+    if counter.limit is None:
+        raise SystemExit(f"{env_id}'s shipped model has no disagreement limit: nothing to count")
+    model.imagined.replay.model = counter     # type: ignore[assignment]  (generation goes through the replay)
+    rows = []
+    for target in steps:
+        t0 = time.perf_counter()
+        model.learn(target - model.num_timesteps, reset_num_timesteps=False)
+        env = real_env(env_id, seed)
+        returns, lengths = evaluate_policy(model, env, n_eval_episodes=n_episodes, deterministic=True,
+                                           return_episode_rewards=True, warn=False)
+        env.close()
+        episodes = list(model.ep_info_buffer)
+        row = {"steps": target, "real_return": float(np.mean(returns)),
+               "real_length": float(np.mean(lengths)),
+               "imagined_return": float(np.mean([e["r"] for e in episodes])),
+               "imagined_length": float(np.mean([e["l"] for e in episodes])),
+               "policy_std": float(torch.exp(model.policy.log_std.detach()).mean()),
+               **counter.take(), "seconds": time.perf_counter() - t0}
+        rows.append(row)
+        print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+              flush=True)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="Hopper-v4", help="a task with a shipped model [Hopper-v4]")
+    p.add_argument("--seed", type=int, default=0, help="PPO seed [0]")
+    p.add_argument("--steps", default="25000,50000,75000,100000,150000,200000",
+                   help="imagined-step checkpoints of one continuing run [25000,50000,75000,100000,150000,"
+                        "200000]")
+    p.add_argument("--episodes", type=int, default=5, help="real evaluation episodes [5]")
+    p.add_argument("--out", type=Path, help="JSON to write [benchmarks/results/shipped_envs/ends/"
+                   "<env>_seed<seed>.json]")
+    args = p.parse_args(argv)
+    steps = int_list(args.steps)
+    if any(s < 1 for s in steps) or steps != sorted(set(steps)):
+        p.error(f"--steps must be increasing positive checkpoints, got {args.steps}")
+    out = args.out or Path(f"benchmarks/results/shipped_envs/ends/{args.env}_seed{args.seed}.json")
+    rows = run(args.env, args.seed, steps, args.episodes)
+    report = {"command": " ".join(["python", "benchmarks/frozen_env_ends.py",
+                                   *(sys.argv[1:] if argv is None else argv)]),
+              "env": args.env, "seed": args.seed, "checkpoints": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
