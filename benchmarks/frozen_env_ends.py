@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from shipped_envs import int_list  # a sibling benchmark (the script's folder is on the path)
+from shipped_envs import int_list, quiet  # a sibling benchmark (the script's folder is on the path)
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from agents import ImaginationPPO
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--episodes", type=int, default=5, help="real evaluation episodes [5]")
     p.add_argument("--out", type=Path, help="JSON to write [benchmarks/results/shipped_envs/ends/"
                    "<env>_seed<seed>.json]")
+    quiet()
     args = p.parse_args(argv)
     steps = int_list(args.steps)
     if any(s < 1 for s in steps) or steps != sorted(set(steps)):
