@@ -46,13 +46,13 @@ class EndCounter:
     def imagine(self, *args: Any, **kwargs: Any) -> Imagination:
         out = self.model.imagine(*args, **kwargs)
         if kwargs.get("actions") is None and out.disagreement is not None and self.limit is not None:
-            self.count(out.disagreement.cpu(), out.terminations.cpu(), self.limit)
+            self.count(out.disagreement.cpu(), out.terminations.cpu())
         return out
 
-    def count(self, u: torch.Tensor, ended: torch.Tensor, limit: float) -> None:
+    def count(self, u: torch.Tensor, ended: torch.Tensor) -> None:
         """Add plans [B, H]: `ended` holds both kinds of end (with unsure ends terminating, as shipped), so a
         task end on a step past the limit counts as an unsure end."""
-        unsure = u > limit
+        unsure = u > self.limit
         task = ended & ~unsure
         h = u.shape[1]
         first_unsure = torch.where(unsure.any(1), unsure.float().argmax(1), torch.tensor(h))

@@ -28,7 +28,7 @@ def test_plans_are_counted_by_their_first_end(ends):
                       [0.2, 0.1, 0.1]])    # runs to the end
     task = torch.tensor([[False, False, False], [True, False, False], [False, False, True],
                          [False, False, False]])
-    counter.count(u, task | (u > 0.3), 0.3)    # as shipped: unsure ends are terminations too
+    counter.count(u, task | (u > 0.3))         # as shipped: unsure ends are terminations too
     assert counter.horizon == 3                # anything else is the model's
     shares = counter.take()
     assert shares == pytest.approx({"plans": 4, "ended_unsure_first": 2 / 4, "ended_task_first": 1 / 4,
