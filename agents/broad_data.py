@@ -7,6 +7,7 @@ frozen model leaves them and is rewarded for the model's errors. So the data mix
    VecNormalize) trained from scratch, each of its episodes recorded with the exploration noise of its
    stochastic policy, then thinned evenly over its training steps;
 3. the final policy's mean action plus Gaussian noise of several widths, around the best states seen.
+`collect_quiet_actions` adds, for either source of a build, zero-mean Gaussian actions of small widths.
 """
 from __future__ import annotations
 
@@ -220,3 +221,26 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
     for episode in [*random_episodes, *kept, *finals]:
         episode.add_to(buffer)
     return buffer, report
+
+
+def collect_quiet_actions(env_id: str, stds: tuple[float, ...], steps_per_std: int, seed: int
+                          ) -> tuple[list[RecordedEpisode], DataReport]:
+    """Real episodes of zero-mean Gaussian actions N(0, std^2) (clipped to the action space),
+    `steps_per_std` real steps at each width: the first actions of a learner whose policy starts
+    near-deterministic, which neither uniform random actions nor a trained policy's data cover."""
+    report, episodes = DataReport(), []
+    rng = np.random.default_rng(seed)
+    for std in stds:
+        part: list[RecordedEpisode] = []
+        env = EpisodeRecorder(make_quietly(env_id), part.append)
+        space = cast(gym.spaces.Box, env.action_space)
+        env.reset(seed=int(rng.integers(2**31)))
+        for _ in range(steps_per_std):
+            action = np.clip(std * rng.standard_normal(space.shape), space.low, space.high)
+            _, _, terminated, truncated, _ = env.step(action.astype(np.float32))
+            if terminated or truncated:
+                env.reset()
+        env.close()
+        report.add(f"random actions N(0, {std:g}^2)", part)
+        episodes.extend(part)
+    return episodes, report

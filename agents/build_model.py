@@ -19,7 +19,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.broad_data import BroadDataConfig, collect_broad_data
+from agents.broad_data import BroadDataConfig, collect_broad_data, collect_quiet_actions
 from agents.presets import build_preset, resolve
 from agents.real_evaluation import make_quietly
 from agents.run_data import RunDataConfig, collect_run_data, final_return
@@ -59,6 +59,14 @@ class BuildConfig:
     own transitions (None: never), so the limit follows the model's scale of doubt rather than a guess."""
     n_start_states: int = 4096
     """Real observations shipped to start imagined episodes from, drawn evenly from all the data."""
+    quiet_action_stds: tuple[float, ...] = ()
+    """Widths of zero-mean Gaussian random actions added to either source's data, `quiet_action_steps`
+    real steps each. A learner whose policy starts near-deterministic (the RL Zoo's log_std_init -2)
+    first acts near zero, which uniform random actions and trained policies never do; there the members
+    agree on a wrong prediction (a HalfCheetah at rest imagined running backwards), which no disagreement
+    signal can flag, only data."""
+    quiet_action_steps: int = 3000
+    """Real steps of random actions at each width of `quiet_action_stds`."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -77,6 +85,12 @@ class BuildConfig:
                              f"got {self.disagreement_quantile}")
         if not (isinstance(self.n_start_states, int) and self.n_start_states >= 1):
             raise ValueError(f"n_start_states must be an int >= 1, got {self.n_start_states!r}")
+        stds = self.quiet_action_stds
+        if not (isinstance(stds, tuple) and all(isinstance(x, (int, float)) and 0 < x < float("inf")
+                                                for x in stds)):
+            raise ValueError(f"quiet_action_stds must be a tuple of finite numbers > 0, got {stds!r}")
+        if not (isinstance(self.quiet_action_steps, int) and self.quiet_action_steps >= 1):
+            raise ValueError(f"quiet_action_steps must be an int >= 1, got {self.quiet_action_steps!r}")
         check_terminations(self.terminations)
 
 
@@ -104,6 +118,12 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
         else:
             buffer, report = collect_broad_data(env_id, config.data, log)
             parts = report.parts
+        if config.quiet_action_stds:
+            episodes, quiet = collect_quiet_actions(env_id, config.quiet_action_stds,
+                                                    config.quiet_action_steps, config.data.seed)
+            for episode in episodes:
+                episode.add_to(buffer)
+            parts = {**parts, **quiet.parts}
         with atomic_path(report_file) as tmp:
             tmp.write_text(json.dumps({"data": data_settings, "parts": parts,
                                        "seconds": time.perf_counter() - t0}, indent=2))
@@ -156,6 +176,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     collected = config.run_data.steps if config.source == "run" else (
         parts["uniform random"]["transitions"] + config.data.ppo_steps
         + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
+    collected += len(config.quiet_action_stds) * config.quiet_action_steps
     record = {"env_id": env_id, "origin": data_origin(config), "real_steps_collected": int(collected),
               "transitions_kept": buffer.n_transitions, "parts": parts,
               "reference": data_reference(config, parts, work_dir)}
@@ -173,11 +194,14 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
 
 def data_stage_settings(config: BuildConfig) -> dict[str, object]:
     """What the data stage depends on (a broad stage records its config alone, as builds always have)."""
+    # the quiet actions are recorded only when asked for, so earlier builds' records still match
+    quiet = ({"quiet_action_stds": list(config.quiet_action_stds),
+              "quiet_action_steps": config.quiet_action_steps} if config.quiet_action_stds else {})
     if config.source == "broad":
-        return asdict(config.data)
+        return {**asdict(config.data), **quiet}
     run = asdict(config.run_data)
     del run["skill_parts"]                       # only the report depends on it
-    return {"source": "run", **run, "preset": resolve(config.run_data.preset)}
+    return {"source": "run", **run, "preset": resolve(config.run_data.preset), **quiet}
 
 
 def data_origin(config: BuildConfig) -> str:

@@ -15,7 +15,7 @@ import torch
 
 import agents.build_model as build_module
 import imagined_env  # noqa: F401  (registers the Imagined-* ids)
-from agents.broad_data import BroadDataConfig
+from agents.broad_data import BroadDataConfig, DataReport
 from agents.build_model import BuildConfig, build_model
 from agents.cli import main
 from imagined_env.data.buffer import EpisodeBuffer
@@ -210,6 +210,7 @@ def test_new_pessimism_or_start_settings_reuse_the_stages_and_ship_them(built, t
     ({"fit_steps": 21}, "model stage"),
     ({"n_members": 4}, "model stage"),
     ({"preset": "cpu-v4"}, "model stage"),
+    ({"quiet_action_stds": (0.1,)}, "data stage"),
 ])
 def test_other_stage_settings_in_the_same_work_folder_are_refused_before_anything_changes(
         built, tmp_path, monkeypatch, change, stage):
@@ -220,6 +221,37 @@ def test_other_stage_settings_in_the_same_work_folder_are_refused_before_anythin
     with pytest.raises(ValueError, match=f"holds a {stage}"):
         build(out, work, replace(TINY, **change))
     assert snapshot(work, out) == before
+
+
+def test_quiet_random_actions_are_added_to_the_data_and_its_records(built, tmp_path, monkeypatch):
+    """The data stage made anew with quiet actions: the source's episodes first, then the quiet ones (each
+    width's part named, its real steps counted), and the model fitted on them all."""
+    _, work = built
+    work = copy_of(work, tmp_path / "work")
+    source = EpisodeBuffer.load(work / "data.npz")
+    parts = json.loads((work / "data.json").read_text())["parts"]
+    for name in ("data.npz", "data.json", "world_model.pt", "model.json"):
+        (work / name).unlink()
+    monkeypatch.setattr(build_module, "collect_broad_data",
+                        lambda *_a, **_k: (EpisodeBuffer.load(built[1] / "data.npz"),
+                                           DataReport(dict(parts))))
+    config = replace(TINY, quiet_action_stds=(0.1, 0.3), quiet_action_steps=150)
+    out = build(tmp_path / "out", work, config)
+    data = EpisodeBuffer.load(work / "data.npz")
+    assert len(data) > len(source)
+    for i, episode in enumerate(source.episodes):
+        np.testing.assert_array_equal(data.episodes[i].actions, episode.actions)
+    quiet = np.concatenate([e.actions for e in data.episodes[len(source):]])
+    assert quiet.shape[0] == data.n_transitions - source.n_transitions <= 300
+    assert 0.1 < float(quiet.std()) < 0.3      # both widths, zero mean
+    assert abs(float(quiet.mean())) < 0.05
+    record = json.loads((out / "data.json").read_text())
+    assert list(record["parts"])[-2:] == ["random actions N(0, 0.1^2)", "random actions N(0, 0.3^2)"]
+    assert sum(record["parts"][k]["transitions"] for k in list(record["parts"])[-2:]) == quiet.shape[0]
+    collected = json.loads((built[0] / "data.json").read_text())["real_steps_collected"]
+    assert record["real_steps_collected"] == collected + 300
+    assert "random actions N(0, 0.3^2)" in (out / "COMMAND.txt").read_text()
+    assert json.loads((work / "model.json").read_text())["model"]["data"]["quiet_action_stds"] == [0.1, 0.3]
 
 
 def test_a_model_stage_fitted_on_other_data_is_refused_when_the_data_stage_is_made_anew(

@@ -171,3 +171,20 @@ def test_parts_can_be_left_out_and_the_seed_matters():
     assert parts["RL Zoo PPO training (0 steps, thinned)"]["episodes"] == 0
     other, _, _ = collected(BroadDataConfig(random_episodes=2, ppo_steps=0, final_noise_stds=(), seed=2))
     assert not np.array_equal(other.episodes[0].actions[:5], buffer.episodes[0].actions[:5])
+
+
+def test_quiet_actions_are_seeded_zero_mean_draws_of_each_width_recorded_as_the_simulator_ran_them():
+    from agents.broad_data import collect_quiet_actions
+    episodes, report = collect_quiet_actions("HalfCheetah-v4", (0.05, 0.2), 1000, seed=5)
+    again, _ = collect_quiet_actions("HalfCheetah-v4", (0.05, 0.2), 1000, seed=5)
+    assert [e.length for e in episodes] == [1000, 1000]         # one whole time-limited episode per width
+    assert list(report.parts) == ["random actions N(0, 0.05^2)", "random actions N(0, 0.2^2)"]
+    for episode, width in zip(episodes, (0.05, 0.2)):
+        actions = np.stack(episode.actions)
+        assert abs(actions.std() / width - 1) < 0.05 and abs(actions.mean()) < 0.02
+        assert not episode.terminated
+    for a, b in zip(episodes, again):
+        np.testing.assert_array_equal(np.stack(a.actions), np.stack(b.actions))
+        np.testing.assert_array_equal(np.stack(a.observations), np.stack(b.observations))
+    other, _ = collect_quiet_actions("HalfCheetah-v4", (0.05,), 1000, seed=6)
+    assert not np.array_equal(np.stack(other[0].actions), np.stack(episodes[0].actions))

@@ -1,0 +1,42 @@
+"""benchmarks/quiet_action_error.py: chained plans from reset states, imagined beside MuJoCo. With the
+simulator itself as the model, the imagined and real rewards must agree plan by plan: the chaining of
+plans (each from the last imagined state) and the real envs' steps line up."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.simulator_model import SimulatorModel
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quiet_action_error.py"
+pytestmark = [pytest.mark.mujoco, pytest.mark.filterwarnings("ignore:.*is out of date")]
+
+
+@pytest.fixture
+def chained(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))   # the script imports a sibling benchmark
+    spec = importlib.util.spec_from_file_location("quiet_action_error", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.chained
+
+
+@pytest.mark.parametrize("width", [0.0, 0.3])
+def test_the_simulator_as_the_model_imagines_the_real_rewards_plan_by_plan(chained, width):
+    model = SimulatorModel("HalfCheetah-v4", horizon=4)
+    row = chained(model, "HalfCheetah-v4", width, n_envs=3, n_plans=5, seed=2)
+    assert len(row["imagined_reward"]) == len(row["real_reward"]) == 5
+    np.testing.assert_allclose(row["imagined_reward"], row["real_reward"], rtol=0, atol=1e-3)
+    assert row["disagreement"] == [] and row["alive_at_end"] == 1.0
+    if width:    # a wider draw moves the cheetah: the rewards are not all the same
+        assert np.ptp(row["real_reward"]) > 1e-3
+
+
+def test_a_terminating_task_counts_only_envs_alive_in_both(chained):
+    model = SimulatorModel("Hopper-v4", horizon=5)
+    row = chained(model, "Hopper-v4", 1.0, n_envs=4, n_plans=30, seed=0)
+    assert row["alive_at_end"] < 1.0               # random Hopper falls within 150 steps
+    np.testing.assert_allclose(row["imagined_reward"], row["real_reward"], rtol=0, atol=1e-3)
