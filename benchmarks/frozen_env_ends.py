@@ -4,7 +4,10 @@ what its policy does on the real task: at each checkpoint the real return and ep
 why the plans generated since the last checkpoint ended (first end: the ensemble's disagreement past the
 model's limit, or a task / learned termination) with the mean disagreement of their first transition
 against the limit. A policy that falls at once on the real task while its imagined episodes grow long,
-and few plans end at the limit, is exploiting an error the members agree on.
+and few plans end at the limit, is exploiting an error the members agree on. And where every real episode
+begins, the task's own reset states: the share of imagined episodes started there that end within a few
+plans, first at the limit or by a task end, against real episodes running the same actions open-loop. If
+the limit ends them all, the learner is never taught how a real episode begins.
 
     python benchmarks/frozen_env_ends.py --env Hopper-v4 --seed 3
     python benchmarks/frozen_env_ends.py --env HalfCheetah-v4 --steps 5000,10000 --out /tmp/x.json
@@ -24,7 +27,8 @@ from shipped_envs import int_list, quiet  # a sibling benchmark (the script's fo
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from agents import ImaginationPPO
-from agents.real_evaluation import real_env
+from agents.real_evaluation import make_quietly, real_env
+from agents.sb3_guidance import sb3_guide
 from imagined_env.utils import atomic_path
 from imagined_env.world_model import Imagination, WorldModel
 
@@ -74,6 +78,39 @@ class EndCounter:
                 "limit": float(self.limit)}
 
 
+def from_resets(learner: ImaginationPPO, model: WorldModel, env_id: str, n_starts: int = 128,
+                n_plans: int = 4, seed: int = 10_000) -> dict[str, float]:
+    """Imagined episodes of `n_plans` chained policy-guided plans from `n_starts` reset states of the task
+    (seeds `seed`..), and real envs from the same states running the same actions open-loop: the share of
+    episodes ended within the plans, first at the disagreement limit or by a task end (as `EndCounter`),
+    and of real ones ended."""
+    envs = [make_quietly(env_id) for _ in range(n_starts)]
+    starts = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
+    state = torch.as_tensor(starts, dtype=torch.float32)
+    low, high = envs[0].action_space.low, envs[0].action_space.high
+    counter = EndCounter(model)
+    policy = sb3_guide(learner.policy, None)
+    u_all, ended_all, real = [], [], np.zeros(n_starts, bool)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(n_plans):
+        with torch.no_grad():
+            out = model.imagine(state, policy, generator=generator)
+        u_all.append(out.disagreement.cpu())
+        ended_all.append(out.terminations.cpu())
+        for i, env in enumerate(envs):
+            for action in out.actions[i].cpu().numpy():
+                if real[i]:
+                    break
+                real[i] = env.step(np.clip(action, low, high))[2]
+        state = out.observations[:, -1]
+    for env in envs:
+        env.close()
+    counter.count(torch.cat(u_all, 1), torch.cat(ended_all, 1))
+    shares = counter.take()
+    return {"reset_ended_unsure_first": shares["ended_unsure_first"],
+            "reset_ended_task_first": shares["ended_task_first"], "reset_real_ended": float(real.mean())}
+
+
 def run(env_id: str, seed: int, steps: list[int], n_episodes: int) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
     model = ImaginationPPO("MlpPolicy", env_id, seed=seed, verbose=0)
@@ -96,7 +133,8 @@ def run(env_id: str, seed: int, steps: list[int], n_episodes: int) -> list[dict[
                "imagined_return": float(np.mean([e["r"] for e in episodes])),
                "imagined_length": float(np.mean([e["l"] for e in episodes])),
                "policy_std": float(torch.exp(model.policy.log_std.detach()).mean()),
-               **counter.take(), "seconds": time.perf_counter() - t0}
+               **counter.take(), **from_resets(model, counter.model, env_id),
+               "seconds": time.perf_counter() - t0}
         rows.append(row)
         print(" ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
               flush=True)

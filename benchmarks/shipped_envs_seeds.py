@@ -33,10 +33,12 @@ LATER_FIELDS = {"learner": "sb3"}
 """Unit fields that older result files lack, with the value those runs had."""
 
 
-def read_group(task: str, files: list[Path],
-               row: str = "shipped") -> tuple[dict[str, Any], dict[int, list[float]]]:
-    """(what the group's runs share, {seed: real returns at each checkpoint}) of `row` on `task` in `files`;
-    ValueError naming the file when they differ in anything but the seed, or a seed repeats."""
+def read_group(task: str, files: list[Path], row: str = "shipped", steps: list[int] | None = None
+               ) -> tuple[dict[str, Any], dict[int, list[float]]]:
+    """(what the group's runs share, {seed: real returns at each checkpoint}) of `row` on `task` in `files`,
+    at the checkpoints `steps` only when given (a run continues past a checkpoint unchanged by later ones);
+    ValueError naming the file when they differ in anything but the seed, a seed repeats, or a checkpoint
+    asked for is missing."""
     shared: dict[str, Any] | None = None
     returns: dict[int, list[float]] = {}
     for path in files:
@@ -50,9 +52,13 @@ def read_group(task: str, files: list[Path],
                 unit = run["unit"]
                 if unit["env_id"] != task or unit["row"] != row:
                     continue
+                at = {c["steps"]: c["real_return"] for c in run["checkpoints"]}
+                kept = list(unit["steps"]) if steps is None else steps
+                missing = [k for k in kept if k not in at]
+                if missing:
+                    raise ValueError(f"{path}: {name} has no checkpoint at {missing} imagined steps")
                 these = {**{k: unit.get(k, LATER_FIELDS.get(k)) for k in SAME_IN_A_GROUP},
-                         "steps": list(unit["steps"]),
-                         "n_envs": n_envs}
+                         "steps": kept, "n_envs": n_envs}
                 if shared is not None and these != shared:
                     differ = sorted(k for k in these if these[k] != shared[k])
                     raise ValueError(f"{path}: {name} differs from the group's other runs in {differ}; "
@@ -61,7 +67,7 @@ def read_group(task: str, files: list[Path],
                     raise ValueError(f"{path}: seed {unit['seed']} of {task} is already in this group "
                                      f"({name})")
                 shared = these
-                returns[unit["seed"]] = [c["real_return"] for c in run["checkpoints"]]
+                returns[unit["seed"]] = [at[k] for k in kept]
         except KeyError as err:
             raise ValueError(f"{path}: not a shipped_envs.py result (no {err} field)") from None
     if shared is None:
@@ -69,14 +75,15 @@ def read_group(task: str, files: list[Path],
     return shared, returns
 
 
-def compare(task: str, groups: dict[str, list[Path]], rows: dict[str, str] | None = None) -> dict[str, Any]:
+def compare(task: str, groups: dict[str, list[Path]], rows: dict[str, str] | None = None,
+            steps: list[int] | None = None) -> dict[str, Any]:
     """Every group's summary at each checkpoint and its change from the first checkpoint to the last, and
-    each later group's difference from the first group; the groups must share their checkpoints. A group
-    reads the runs of its row in `rows` (default: shipped)."""
+    each later group's difference from the first group; the groups must share their checkpoints (or hold
+    `steps`, when given). A group reads the runs of its row in `rows` (default: shipped)."""
     out: dict[str, Any] = {"task": task, "steps": None, "groups": {}}
     arrays = {}
     for label, files in groups.items():
-        shared, returns = read_group(task, files, (rows or {}).get(label, "shipped"))
+        shared, returns = read_group(task, files, (rows or {}).get(label, "shipped"), steps)
         if out["steps"] is not None and shared["steps"] != out["steps"]:
             raise ValueError(f"group {label!r} was measured at {shared['steps']} imagined steps, the first "
                              f"group at {out['steps']}")
@@ -166,8 +173,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--group", type=parse_group, action="append", required=True,
                    help="LABEL[@ROW]=FILE[,FILE...]: shipped_envs.py results of one model, their runs of "
                         "ROW (default shipped); the first group is the baseline")
+    p.add_argument("--steps", help="compare at these imagined-step checkpoints only (every run must hold "
+                                   "them), e.g. 50000 [default: the runs' own]")
     p.add_argument("--out", type=Path, required=True, help="JSON to write (the plot beside it, .png)")
     args = p.parse_args(argv)
+    try:
+        steps = None if args.steps is None else [int(x) for x in args.steps.split(",")]
+    except ValueError:
+        p.error(f"--steps must be comma-separated integers, got {args.steps!r}")
+    if steps is not None and (not steps or steps != sorted(set(steps)) or steps[0] < 1):
+        p.error(f"--steps must be increasing positive checkpoints, got {args.steps!r}")
     labels = [label for label, _, _ in args.group]
     if len(set(labels)) != len(labels):
         p.error(f"--group labels must differ, got {labels}")
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.error(f"--out {args.out}: would overwrite an input file or its plot")
     try:
         result = compare(args.task, {label: files for label, _, files in args.group},
-                         {label: row for label, row, _ in args.group})
+                         {label: row for label, row, _ in args.group}, steps)
     except ValueError as err:
         p.error(str(err))
     print(table(result))

@@ -41,3 +41,38 @@ def test_the_counter_can_be_copied(ends):
 
     counter = ends.EndCounter(SimpleNamespace(config=SimpleNamespace(disagreement_limit=0.3), horizon=3))
     assert copy.copy(counter).horizon == 3
+
+
+@pytest.mark.mujoco
+@pytest.mark.filterwarnings("ignore:.*is out of date")
+def test_episodes_from_reset_states_count_their_first_end_over_the_chained_plans(ends, monkeypatch):
+    """A stand-in model: start 0 goes past the limit in the second plan, start 1 has a task end in the
+    first, starts 2 and 3 run through; it steps zero actions, which keep the real Hopper up for 10 steps."""
+    import numpy as np
+
+    from imagined_env.world_model import Imagination
+
+    calls = []
+
+    def imagine(state, policy, generator=None):
+        plan = len(calls)
+        calls.append(state.clone())
+        u = torch.full((4, 5), 0.1)
+        ended = torch.zeros(4, 5, dtype=torch.bool)
+        if plan == 1:
+            u[0, 2] = 0.5
+            ended[0, 2] = True                # as shipped: the unsure end terminates
+        if plan == 0:
+            ended[1, 3] = True
+        obs = state[:, None].repeat(1, 6, 1) + plan + 1
+        return Imagination(observations=obs, actions=torch.zeros(4, 5, 3), rewards=torch.zeros(4, 5),
+                           terminations=ended, spread=1.0, disagreement=u)
+
+    model = SimpleNamespace(config=SimpleNamespace(disagreement_limit=0.3), imagine=imagine)
+    monkeypatch.setattr(ends, "sb3_guide", lambda policy, vec_normalize: None)
+    shares = ends.from_resets(SimpleNamespace(policy=None), model, "Hopper-v4", n_starts=4, n_plans=2)
+    assert shares == {"reset_ended_unsure_first": 0.25, "reset_ended_task_first": 0.25,
+                      "reset_real_ended": 0.0}
+    assert len(calls) == 2
+    np.testing.assert_allclose(calls[1], calls[0] + 1)     # the second plan starts at the first's last state
+    assert float(calls[0][:, 0].min()) > 1.2              # reset states: the hopper stands

@@ -113,3 +113,20 @@ def test_a_group_reads_its_row_and_pools_files_from_before_the_learner_field(see
         seeds_script.main(["--task", "Walker2d-v4", "--group", f"x@={before}",
                            "--out", str(tmp_path / "p.json")])
     assert "expected LABEL[@ROW]=FILE[,FILE...]" in capsys.readouterr().err
+
+
+def test_groups_measured_at_other_checkpoints_compare_at_the_ones_asked_for(seeds_script, tmp_path, capsys):
+    long = results(tmp_path / "a.json", "one", {0: [1.0, 5.0, 9.0], 1: [2.0, 6.0, 10.0]}, steps=(1, 2, 3))
+    short = results(tmp_path / "b.json", "two", {0: [4.0], 1: [8.0]}, steps=(1,))
+    out = seeds_script.compare("Walker2d-v4", {"long": [long], "short": [short]}, steps=[1])
+    assert out["steps"] == [1] and out["groups"]["long"]["per_seed"] == [[1.0], [2.0]]
+    assert out["groups"]["short"]["minus_baseline"][0]["mean"]["value"] == pytest.approx(4.5)
+    picked = seeds_script.compare("Walker2d-v4", {"long": [long]}, steps=[1, 3])
+    assert picked["groups"]["long"]["per_seed"] == [[1.0, 9.0], [2.0, 10.0]]
+    with pytest.raises(ValueError, match=r"has no checkpoint at \[2\] imagined steps"):
+        seeds_script.compare("Walker2d-v4", {"long": [long], "short": [short]}, steps=[1, 2])
+    for bad in ("2,1", "x", "0"):
+        with pytest.raises(SystemExit):
+            seeds_script.main(["--task", "Walker2d-v4", "--group", f"x={long}", "--steps", bad,
+                               "--out", str(tmp_path / "o.json")])
+        assert "--steps must be" in capsys.readouterr().err
