@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from shipped_envs import int_list, quiet  # a sibling benchmark (the script's folder is on the path)
+from shipped_envs import int_list, model_paths, quiet  # a sibling benchmark (its folder is on the path)
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from agents import ImaginationPPO
@@ -111,9 +111,12 @@ def from_resets(learner: ImaginationPPO, model: WorldModel, env_id: str, n_start
             "reset_ended_task_first": shares["ended_task_first"], "reset_real_ended": float(real.mean())}
 
 
-def run(env_id: str, seed: int, steps: list[int], n_episodes: int) -> list[dict[str, Any]]:
+def run(env_id: str, seed: int, steps: list[int], n_episodes: int, model_dir: str | None = None
+        ) -> list[dict[str, Any]]:
     torch.set_num_threads(1)
-    model = ImaginationPPO("MlpPolicy", env_id, seed=seed, verbose=0)
+    world_model, starts = model_paths(env_id, model_dir)
+    given = None if model_dir is None else {"world_model": str(world_model), "start_states": str(starts)}
+    model = ImaginationPPO("MlpPolicy", env_id, seed=seed, verbose=0, env_kwargs=given)
     assert model.imagined is not None
     counter = EndCounter(model.imagined.model)
     if counter.limit is None:
@@ -149,6 +152,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="imagined-step checkpoints of one continuing run [25000,50000,75000,100000,150000,"
                         "200000]")
     p.add_argument("--episodes", type=int, default=5, help="real evaluation episodes [5]")
+    p.add_argument("--model", help="the model of an export or build-model folder in place of the shipped one")
     p.add_argument("--out", type=Path, help="JSON to write [benchmarks/results/shipped_envs/ends/"
                    "<env>_seed<seed>.json]")
     quiet()
@@ -157,10 +161,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if any(s < 1 for s in steps) or steps != sorted(set(steps)):
         p.error(f"--steps must be increasing positive checkpoints, got {args.steps}")
     out = args.out or Path(f"benchmarks/results/shipped_envs/ends/{args.env}_seed{args.seed}.json")
-    rows = run(args.env, args.seed, steps, args.episodes)
+    rows = run(args.env, args.seed, steps, args.episodes, args.model)
     report = {"command": " ".join(["python", "benchmarks/frozen_env_ends.py",
                                    *(sys.argv[1:] if argv is None else argv)]),
-              "env": args.env, "seed": args.seed, "checkpoints": rows}
+              "env": args.env, "seed": args.seed, "model": args.model or "shipped", "checkpoints": rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         tmp.write_text(json.dumps(report, indent=2))

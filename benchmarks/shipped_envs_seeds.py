@@ -117,7 +117,7 @@ def table(result: dict[str, Any]) -> str:
                 diffs = [d[name] for d in group["minus_baseline"]]
                 lines.append(f"{'  minus baseline, ' + name:44} {'':>5}  " + "  ".join(
                     f"{d['value']:+8.1f} [{d['low']:+7.1f}, {d['high']:+7.1f}]".rjust(30) for d in diffs))
-    for label, group in groups.items():
+    for label, group in groups.items() if len(steps) > 1 else ():   # one checkpoint: no change to show
         c = group["last_minus_first"]
         lines.append(f"{label}: last minus first checkpoint, per seed: mean {c['mean']:+.1f}, IQM "
                      f"{c['iqm']:+.1f} [95% CI {c['iqm_low']:+.1f}, {c['iqm_high']:+.1f}]")
@@ -126,7 +126,8 @@ def table(result: dict[str, Any]) -> str:
 
 
 def plot(result: dict[str, Any], path: Path) -> bool:
-    """IQM vs imagined steps with its 95% interval as a band, a line per group; False without matplotlib."""
+    """IQM vs imagined steps with its 95% interval as a band (as error bars at one checkpoint, side by
+    side), a line per group; False without matplotlib."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -135,16 +136,26 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         return False
     steps = result["steps"]
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    for label, group in result["groups"].items():
+    for i, (label, group) in enumerate(result["groups"].items()):
         s = group["summary"]
-        line, = ax.plot(steps, [x["iqm"] for x in s], marker="o",
-                        label=f"{label} ({len(group['seeds'])} seeds)")
-        ax.fill_between(steps, [x["iqm_low"] for x in s], [x["iqm_high"] for x in s], color=line.get_color(),
-                        alpha=0.2)
+        iqm, low, high = ([x[k] for x in s] for k in ("iqm", "iqm_low", "iqm_high"))
+        name = f"{label} ({len(group['seeds'])} seeds)"
+        if len(steps) == 1:
+            ax.errorbar([i], iqm, yerr=[[iqm[0] - low[0]], [high[0] - iqm[0]]], marker="o", capsize=6,
+                        label=name)
+            continue
+        line, = ax.plot(steps, iqm, marker="o", label=name)
+        ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
     ax.set_title(f"{result['task']}: PPO in the frozen model, IQM and 95% CI", fontsize=10)
-    ax.set_xlabel("imagined steps")
     ax.set_ylabel("real return")
-    ax.set_xticks(steps, [f"{s / 1000:g}k" for s in steps])
+    if len(steps) == 1:
+        n = len(result["groups"])
+        ax.set_xlim(-0.7, n - 0.3)
+        ax.set_xticks(range(n), [f"{steps[0] / 1000:g}k"] * n)
+        ax.set_xlabel("imagined steps, by group")
+    else:
+        ax.set_xlabel("imagined steps")
+        ax.set_xticks(steps, [f"{s / 1000:g}k" for s in steps])
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

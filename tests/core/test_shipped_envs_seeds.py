@@ -125,6 +125,8 @@ def test_groups_measured_at_other_checkpoints_compare_at_the_ones_asked_for(seed
     assert picked["groups"]["long"]["per_seed"] == [[1.0, 9.0], [2.0, 10.0]]
     with pytest.raises(ValueError, match=r"has no checkpoint at \[2\] imagined steps"):
         seeds_script.compare("Walker2d-v4", {"long": [long], "short": [short]}, steps=[1, 2])
+    assert "last minus first" not in seeds_script.table(out)     # one checkpoint: nothing changes
+    assert "last minus first" in seeds_script.table(picked)
     for bad in ("2,1", "x", "0"):
         with pytest.raises(SystemExit):
             seeds_script.main(["--task", "Walker2d-v4", "--group", f"x={long}", "--steps", bad,
