@@ -1,23 +1,17 @@
 """The frozen-env diagnostic's count of why plans end, against a hand count."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "frozen_env_ends.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture
 def ends(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))   # the script imports a sibling benchmark
-    spec = importlib.util.spec_from_file_location("frozen_env_ends", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("frozen_env_ends", monkeypatch)
 
 
 def test_plans_are_counted_by_their_first_end(ends):

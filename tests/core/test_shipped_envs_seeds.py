@@ -2,22 +2,18 @@
 baseline by hand."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "shipped_envs_seeds.py"
+from tests.benchmark_scripts import load_benchmark
 
 
 @pytest.fixture
-def seeds_script():
-    spec = importlib.util.spec_from_file_location("shipped_envs_seeds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def seeds_script(monkeypatch):
+    return load_benchmark("shipped_envs_seeds", monkeypatch)
 
 
 def results(path: Path, model: str, returns: dict[int, list[float]], task: str = "Walker2d-v4",

@@ -2,24 +2,20 @@
 checkpoint, ranks at every sigma asked for, writes its JSON, and refuses a folder without a checkpoint."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from agents.coordinator import Coordinator
+from tests.benchmark_scripts import load_benchmark
 from tests.integration.test_coordinator import TINY
 
 pytestmark = [pytest.mark.slow, pytest.mark.mujoco, pytest.mark.filterwarnings("ignore:.*settotalmass")]
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "advantage_ranking.py"
 
 
-def test_ranks_a_checkpoint_by_return_and_by_the_learners_advantage(tmp_path, one_torch_thread):
-    spec = importlib.util.spec_from_file_location("advantage_ranking", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_ranks_a_checkpoint_by_return_and_by_the_learners_advantage(tmp_path, one_torch_thread, monkeypatch):
+    bench = load_benchmark("advantage_ranking", monkeypatch)
     Coordinator(TINY, tmp_path / "run", verbose=0).learn(400, progress_bar=False).close()
     report = bench.main([str(tmp_path / "run"), "--states", "8", "--sigmas", "0.3,1", "--out",
                          str(tmp_path / "out.json")])

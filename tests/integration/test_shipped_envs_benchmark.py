@@ -3,7 +3,6 @@ it writes, and `--resume` skipping finished runs; the bars' reading of the shipp
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,18 +14,12 @@ from types import SimpleNamespace
 import pytest
 
 from imagined_env.pretrained import pretrained_paths
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+from tests.benchmark_scripts import BENCHMARKS, load_benchmark
 
 
 @pytest.fixture
 def bench(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports a sibling benchmark
-    spec = importlib.util.spec_from_file_location("shipped_envs", BENCHMARKS / "shipped_envs.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "shipped_envs", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("shipped_envs", monkeypatch)
 
 
 def shipped(means: dict[int, float], complete: bool = True) -> dict:

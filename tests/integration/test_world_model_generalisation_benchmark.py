@@ -2,26 +2,21 @@
 measurement, an ensemble size is honoured, and bad arguments stop it before any data is collected."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
 
+from tests.benchmark_scripts import load_benchmark
+
 pytestmark = [pytest.mark.slow, pytest.mark.mujoco, pytest.mark.filterwarnings("ignore:.*settotalmass"),
               pytest.mark.filterwarnings("ignore:.*out of date")]
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "world_model_generalisation.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
     with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(SCRIPT.parent))  # the script imports its sibling benchmarks
-        spec = importlib.util.spec_from_file_location("world_model_generalisation", SCRIPT)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        yield module
+        yield load_benchmark("world_model_generalisation", patch)
 
 
 def test_every_model_is_measured_on_rollouts_and_recorded_windows(bench, tmp_path, one_torch_thread):

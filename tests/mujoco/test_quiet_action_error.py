@@ -3,25 +3,18 @@ simulator itself as the model, the imagined and real rewards must agree plan by 
 plans (each from the last imagined state) and the real envs' steps line up."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from agents.simulator_model import SimulatorModel
+from tests.benchmark_scripts import load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quiet_action_error.py"
 pytestmark = [pytest.mark.mujoco, pytest.mark.filterwarnings("ignore:.*is out of date")]
 
 
 @pytest.fixture
 def chained(monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPT.parent))   # the script imports a sibling benchmark
-    spec = importlib.util.spec_from_file_location("quiet_action_error", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.chained
+    return load_benchmark("quiet_action_error", monkeypatch).chained
 
 
 @pytest.mark.parametrize("width", [0.0, 0.3])
