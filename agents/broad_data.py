@@ -44,7 +44,7 @@ class BroadDataConfig:
     """Real steps of the final policy at each noise width."""
     seed: int = 0
     """Seeds the random actions, PPO and the noise of the final policy; with either source, also the
-    ensemble's fit and the windows its disagreement limit is calibrated on."""
+    quiet actions, the ensemble's fit and the windows its disagreement limit is calibrated on."""
 
     def __post_init__(self) -> None:
         counts = {"random_episodes": self.random_episodes, "ppo_steps": self.ppo_steps,
@@ -109,6 +109,12 @@ class EpisodeRecorder(gym.Wrapper):
             self.on_episode(self._episode)
             self._episode = None
         return obs, reward, terminated, truncated, info
+
+    def flush(self) -> None:
+        """Hands over the episode under way, cut short (not terminated), if it has a transition."""
+        if self._episode is not None and self._episode.length:
+            self.on_episode(self._episode)
+        self._episode = None
 
     def _record_state(self, obs: np.ndarray) -> None:
         assert self._episode is not None
@@ -226,8 +232,9 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
 def collect_quiet_actions(env_id: str, stds: tuple[float, ...], steps_per_std: int, seed: int
                           ) -> tuple[list[RecordedEpisode], DataReport]:
     """Real episodes of zero-mean Gaussian actions N(0, std^2) (clipped to the action space),
-    `steps_per_std` real steps at each width: the first actions of a learner whose policy starts
-    near-deterministic, which neither uniform random actions nor a trained policy's data cover."""
+    `steps_per_std` real steps at each width, all kept (the last episode cut short): the first actions of
+    a learner whose policy starts near-deterministic, which neither uniform random actions nor a trained
+    policy's data cover."""
     report, episodes = DataReport(), []
     rng = np.random.default_rng(seed)
     for std in stds:
@@ -240,6 +247,7 @@ def collect_quiet_actions(env_id: str, stds: tuple[float, ...], steps_per_std: i
             _, _, terminated, truncated, _ = env.step(action.astype(np.float32))
             if terminated or truncated:
                 env.reset()
+        env.flush()
         env.close()
         report.add(f"random actions N(0, {std:g}^2)", part)
         episodes.extend(part)

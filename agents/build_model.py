@@ -196,7 +196,8 @@ def data_stage_settings(config: BuildConfig) -> dict[str, object]:
     """What the data stage depends on (a broad stage records its config alone, as builds always have)."""
     # the quiet actions are recorded only when asked for, so earlier builds' records still match
     quiet = ({"quiet_action_stds": list(config.quiet_action_stds),
-              "quiet_action_steps": config.quiet_action_steps} if config.quiet_action_stds else {})
+              "quiet_action_steps": config.quiet_action_steps, "quiet_action_seed": config.data.seed}
+             if config.quiet_action_stds else {})
     if config.source == "broad":
         return {**asdict(config.data), **quiet}
     run = asdict(config.run_data)

@@ -120,7 +120,8 @@ def run(env_id: str, seed: int, steps: list[int], n_episodes: int, model_dir: st
     assert model.imagined is not None
     counter = EndCounter(model.imagined.model)
     if counter.limit is None:
-        raise SystemExit(f"{env_id}'s shipped model has no disagreement limit: nothing to count")
+        raise SystemExit(f"{env_id}'s model ({model_dir or 'shipped'}) has no disagreement limit: nothing to "
+                         "count")
     model.imagined.replay.model = counter     # type: ignore[assignment]  (generation goes through the replay)
     rows = []
     for target in steps:

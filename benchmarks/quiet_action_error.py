@@ -28,16 +28,20 @@ from imagined_env.world_model import WorldModel
 
 def chained(model: WorldModel, env_id: str, width: float, n_envs: int, n_plans: int, seed: int
             ) -> dict[str, Any]:
-    """Imagined and real reward per step of each plan (mean over the envs alive in both), and the imagined
-    plans' mean disagreement, for `n_plans` chained plans of N(0, width^2) actions from reset states."""
+    """Imagined and real reward per step of each plan (mean over the steps before either side ended an
+    env's episode), the share of envs alive at each plan's start, and the imagined plans' mean
+    disagreement, for up to `n_plans` chained plans of N(0, width^2) actions from reset states (fewer
+    when every episode has ended)."""
     h, act_dim = model.horizon, model.spec.act_dim
     envs = [make_quietly(env_id) for _ in range(n_envs)]
     obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)]).astype(np.float32)
     low, high = envs[0].action_space.low, envs[0].action_space.high
     rng = np.random.default_rng(seed)
     state, alive = torch.as_tensor(obs), np.ones(n_envs, bool)
-    imagined, real, doubt = [], [], []
+    imagined, real, doubt, alive_share = [], [], [], []
     for _ in range(n_plans):
+        if not alive.any():
+            break
         actions = np.clip(width * rng.standard_normal((n_envs, h, act_dim)), low, high).astype(np.float32)
         with torch.no_grad():
             out = model.imagine(state, actions=torch.as_tensor(actions))
@@ -47,19 +51,20 @@ def chained(model: WorldModel, env_id: str, width: float, n_envs: int, n_plans: 
             for k in range(h):
                 if alive[i] and not real_end[i, :k].any():
                     _, real_reward[i, k], real_end[i, k], _, _ = env.step(actions[i, k])
-        counted = alive.copy()
-        alive &= ~model_end.any(1) & ~real_end.any(1)
-        if not counted.any():
-            break
+        # a step counts while neither side has ended the episode before it (the ending step counts)
+        ended_before = np.cumsum(model_end | real_end, axis=1) - (model_end | real_end) > 0
+        counted = alive[:, None] & ~ended_before
+        alive_share.append(float(alive.mean()))
         imagined.append(float(model_reward[counted].mean()))
         real.append(float(real_reward[counted].mean()))
         if out.disagreement is not None:
-            doubt.append(float(out.disagreement[torch.as_tensor(counted)].mean()))
+            doubt.append(float(out.disagreement.numpy()[counted].mean()))
+        alive &= ~model_end.any(1) & ~real_end.any(1)
         state = out.observations[:, -1]
     for env in envs:
         env.close()
     return {"width": width, "imagined_reward": imagined, "real_reward": real, "disagreement": doubt,
-            "alive_at_end": float(alive.mean())}
+            "alive": alive_share, "alive_at_end": float(alive.mean())}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -72,7 +77,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path,
                    help="JSON to write [benchmarks/results/quiet_action_error/<env>.json]")
     args = p.parse_args(argv)
-    widths = [float(w) for w in args.widths.split(",")]
+    try:
+        widths = [float(w) for w in args.widths.split(",")]
+    except ValueError:
+        p.error(f"--widths must be comma-separated numbers, got {args.widths!r}")
+    if args.model is not None and Path(args.model).resolve().name == "shipped":
+        p.error(f"--model {args.model}: a folder named 'shipped' would be read as the shipped model's row")
     if any(not 0 <= w < float("inf") for w in widths) or args.envs < 1 or args.plans < 1:
         p.error(f"--widths must be finite numbers >= 0 and --envs, --plans >= 1, got {args.widths}, "
                 f"{args.envs}, {args.plans}")
@@ -82,18 +92,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {"command": " ".join(["python", "benchmarks/quiet_action_error.py",
                                                    *(sys.argv[1:] if argv is None else argv)]),
                               "env": args.env, "models": {}}
-    print(f"{args.env}: reward per step, imagined / real (plans 1, {args.plans // 2}, {args.plans})")
+    print(f"{args.env}: reward per step, imagined / real, at plans 1, the middle one and the last one "
+          f"(of {args.plans}, fewer when every episode ended; alive: share of envs at the last one)")
     for name, folder in models.items():
         model = WorldModel.load(model_paths(args.env, folder)[0], device="cpu", env_id=args.env)
         limit = model.config.disagreement_limit
         rows = [chained(model, args.env, w, args.envs, args.plans, seed=0) for w in widths]
         report["models"][name] = {"limit": limit, "rows": rows}
         for r in rows:
-            picks = [0, len(r["real_reward"]) // 2 - 1, len(r["real_reward"]) - 1]
-            cells = "  ".join(f"{r['imagined_reward'][i]:6.2f} / {r['real_reward'][i]:6.2f}" for i in picks)
+            n = len(r["real_reward"])
+            picks = [0, max(n // 2 - 1, 0), n - 1]
+            cells = "  ".join(f"{i + 1:>2}: {r['imagined_reward'][i]:6.2f} / {r['real_reward'][i]:6.2f}"
+                              for i in picks)
             doubt = np.mean(r["disagreement"]) if r["disagreement"] else float("nan")
-            print(f"  {name:>12}  width {r['width']:<5g} {cells}   disagreement {doubt:.3f} "
-                  f"(limit {limit if limit is not None else float('nan'):.3f})")
+            print(f"  {name:>12}  width {r['width']:<5g} {cells}   alive {r['alive'][-1]:.2f}   disagreement "
+                  f"{doubt:.3f} (limit {limit if limit is not None else float('nan'):.3f})")
     out = args.out or Path(f"benchmarks/results/quiet_action_error/{args.env}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:

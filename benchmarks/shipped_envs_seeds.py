@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from shipped_envs import int_list  # a sibling benchmark (the script's folder is on the path)
 
 from agents.statistics import difference_ci, not_a_claim_note, summarise
 from imagined_env.utils import atomic_path
@@ -90,11 +91,11 @@ def compare(task: str, groups: dict[str, list[Path]], rows: dict[str, str] | Non
         out["steps"] = shared["steps"]
         per_seed = np.array([returns[s] for s in sorted(returns)])
         arrays[label] = per_seed
-        change = per_seed[:, -1] - per_seed[:, 0]
         out["groups"][label] = {"files": [os.path.relpath(f) for f in files], "measured": shared,
                                 "seeds": sorted(returns), "per_seed": per_seed.tolist(),
-                                "summary": [vars(summarise(column)) for column in per_seed.T],
-                                "last_minus_first": vars(summarise(change))}
+                                "summary": [vars(summarise(column)) for column in per_seed.T]}
+        if per_seed.shape[1] > 1:   # one checkpoint: no change to report
+            out["groups"][label]["last_minus_first"] = vars(summarise(per_seed[:, -1] - per_seed[:, 0]))
     baseline = next(iter(arrays))
     for label, per_seed in list(arrays.items())[1:]:
         out["groups"][label]["minus_baseline"] = [
@@ -117,7 +118,7 @@ def table(result: dict[str, Any]) -> str:
                 diffs = [d[name] for d in group["minus_baseline"]]
                 lines.append(f"{'  minus baseline, ' + name:44} {'':>5}  " + "  ".join(
                     f"{d['value']:+8.1f} [{d['low']:+7.1f}, {d['high']:+7.1f}]".rjust(30) for d in diffs))
-    for label, group in groups.items() if len(steps) > 1 else ():   # one checkpoint: no change to show
+    for label, group in groups.items() if len(steps) > 1 else ():
         c = group["last_minus_first"]
         lines.append(f"{label}: last minus first checkpoint, per seed: mean {c['mean']:+.1f}, IQM "
                      f"{c['iqm']:+.1f} [95% CI {c['iqm_low']:+.1f}, {c['iqm_high']:+.1f}]")
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, required=True, help="JSON to write (the plot beside it, .png)")
     args = p.parse_args(argv)
     try:
-        steps = None if args.steps is None else [int(x) for x in args.steps.split(",")]
+        steps = None if args.steps is None else int_list(args.steps)
     except ValueError:
         p.error(f"--steps must be comma-separated integers, got {args.steps!r}")
     if steps is not None and (not steps or steps != sorted(set(steps)) or steps[0] < 1):

@@ -41,7 +41,8 @@ def test_the_counter_can_be_copied(ends):
 @pytest.mark.filterwarnings("ignore:.*is out of date")
 def test_episodes_from_reset_states_count_their_first_end_over_the_chained_plans(ends, monkeypatch):
     """A stand-in model: start 0 goes past the limit in the second plan, start 1 has a task end in the
-    first, starts 2 and 3 run through; it steps zero actions, which keep the real Hopper up for 10 steps."""
+    first and goes past the limit in the second (a task end first), starts 2 and 3 run through; it steps
+    zero actions, which keep the real Hopper up for 10 steps."""
     import numpy as np
 
     from imagined_env.world_model import Imagination
@@ -54,8 +55,8 @@ def test_episodes_from_reset_states_count_their_first_end_over_the_chained_plans
         u = torch.full((4, 5), 0.1)
         ended = torch.zeros(4, 5, dtype=torch.bool)
         if plan == 1:
-            u[0, 2] = 0.5
-            ended[0, 2] = True                # as shipped: the unsure end terminates
+            u[0, 2] = u[1, 0] = 0.5
+            ended[0, 2] = ended[1, 0] = True  # as shipped: the unsure end terminates
         if plan == 0:
             ended[1, 3] = True
         obs = state[:, None].repeat(1, 6, 1) + plan + 1

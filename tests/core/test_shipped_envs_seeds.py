@@ -122,6 +122,7 @@ def test_groups_measured_at_other_checkpoints_compare_at_the_ones_asked_for(seed
     with pytest.raises(ValueError, match=r"has no checkpoint at \[2\] imagined steps"):
         seeds_script.compare("Walker2d-v4", {"long": [long], "short": [short]}, steps=[1, 2])
     assert "last minus first" not in seeds_script.table(out)     # one checkpoint: nothing changes
+    assert "last_minus_first" not in out["groups"]["long"]
     assert "last minus first" in seeds_script.table(picked)
     for bad in ("2,1", "x", "0"):
         with pytest.raises(SystemExit):

@@ -188,3 +188,6 @@ def test_quiet_actions_are_seeded_zero_mean_draws_of_each_width_recorded_as_the_
         np.testing.assert_array_equal(np.stack(a.observations), np.stack(b.observations))
     other, _ = collect_quiet_actions("HalfCheetah-v4", (0.05,), 1000, seed=6)
     assert not np.array_equal(np.stack(other[0].actions), np.stack(episodes[0].actions))
+    cut, report = collect_quiet_actions("HalfCheetah-v4", (0.05,), 1500, seed=5)
+    assert [e.length for e in cut] == [1000, 500] and not cut[1].terminated     # the tail is kept, cut
+    assert report.parts["random actions N(0, 0.05^2)"]["transitions"] == 1500
