@@ -15,7 +15,6 @@ the limit ends them all, the learner is never taught how a real episode begins.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,13 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from shipped_envs import int_list, model_paths, quiet  # a sibling benchmark (its folder is on the path)
+from shipped_envs import int_list, model_paths, quiet, write_report  # a sibling benchmark (on the path)
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from agents import ImaginationPPO
 from agents.real_evaluation import make_quietly, real_env
 from agents.sb3_guidance import sb3_guide
-from imagined_env.utils import atomic_path
 from imagined_env.world_model import Imagination, WorldModel
 
 
@@ -166,11 +164,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = {"command": " ".join(["python", "benchmarks/frozen_env_ends.py",
                                    *(sys.argv[1:] if argv is None else argv)]),
               "env": args.env, "seed": args.seed, "model": args.model or "shipped", "checkpoints": rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
-    return report
+    return write_report(out, report)
 
 
 if __name__ == "__main__":

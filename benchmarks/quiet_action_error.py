@@ -12,17 +12,15 @@ agree, the learner is taught by the error and no pessimism flags it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from shipped_envs import model_paths, quiet  # a sibling benchmark (the script's folder is on the path)
+from shipped_envs import model_paths, quiet, write_report  # a sibling benchmark (its folder is on the path)
 
 from agents.real_evaluation import make_quietly
-from imagined_env.utils import atomic_path
 from imagined_env.world_model import WorldModel
 
 
@@ -108,11 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"  {name:>12}  width {r['width']:<5g} {cells}   alive {r['alive'][-1]:.2f}   disagreement "
                   f"{doubt:.3f} (limit {limit if limit is not None else float('nan'):.3f})")
     out = args.out or Path(f"benchmarks/results/quiet_action_error/{args.env}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    print(f"wrote {out}")
-    return report
+    return write_report(out, report)
 
 
 if __name__ == "__main__":

@@ -391,6 +391,16 @@ def plot(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], path: 
     return True
 
 
+def write_report(out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """`report` written as JSON to `out` (its folder made, the file replaced atomically), said, and returned:
+    the end of this folder's one-file diagnostics."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
+    return report
+
+
 def int_list(text: str) -> list[int]:
     return [int(part.replace("_", "")) for part in text.split(",")]
 
