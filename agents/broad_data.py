@@ -4,9 +4,11 @@ A model trained on one policy's data is only right near that policy's states; a 
 frozen model leaves them and is rewarded for the model's errors. So the data mixes:
 1. uniform random actions;
 2. every skill level of a learner that improves on the real task: RL-Zoo-tuned PPO (with its
-   VecNormalize) trained from scratch, each of its episodes recorded with the exploration noise of its
-   stochastic policy, then thinned evenly over its training steps;
-3. the final policy's mean action plus Gaussian noise of several widths, around the best states seen.
+   VecNormalize) or SAC trained from scratch, each of its episodes recorded with the exploration noise of
+   its stochastic policy (SAC's first 10,000 steps: uniform random actions), then thinned evenly over its
+   training steps;
+3. the final policy's deterministic action plus Gaussian noise of several widths, around the best states
+   seen.
 `collect_quiet_actions` adds, for either source of a build, zero-mean Gaussian actions of small widths.
 """
 from __future__ import annotations
@@ -17,15 +19,20 @@ from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
-from stable_baselines3 import PPO
+from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
 from agents.real_evaluation import make_quietly
-from agents.zoo import zoo_settings
+from agents.zoo import ZOO_SAC, zoo_settings
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.data.collect import buffer_for_env, mujoco_state
+
+DATA_ALGOS = {"ppo": PPO, "sac": SAC}
+"""Learners whose training `collect_broad_data` can record."""
+ZOO_SAC_WARM_UP = min(settings["learning_starts"] for settings in ZOO_SAC.values())
+"""Steps of uniform random actions before the Zoo's SAC learns (the same on every task)."""
 
 
 @dataclass(frozen=True)
@@ -34,17 +41,25 @@ class BroadDataConfig:
 
     random_episodes: int = 10
     """Episodes of uniform random actions."""
+    algo: str = "ppo"
+    """The RL-Zoo-tuned learner whose training is recorded: "ppo" or "sac". SAC reaches a higher skill in
+    fewer real steps (on Hopper PPO's training can stop at standing still, so its data holds no hops), but
+    takes a gradient step per real step (slower on CPU) and acts uniformly at random for its first
+    10,000."""
     ppo_steps: int = 300_000
-    """Real steps of RL-Zoo-tuned PPO training, all recorded, then thinned to `ppo_kept_steps`."""
+    """Real steps of the learner's training (`algo`, PPO by default), all recorded, then thinned to
+    `ppo_kept_steps`."""
     ppo_kept_steps: int = 150_000
-    """Transitions of PPO's training episodes kept, whole episodes spread evenly over its training."""
+    """Transitions of the learner's training episodes kept, whole episodes spread evenly over its
+    training."""
     final_noise_stds: tuple[float, ...] = (0.1, 0.3)
-    """Widths of the Gaussian noise added to the final policy's mean action (policy units)."""
+    """Widths of the Gaussian noise added to the final policy's deterministic action (policy units)."""
     final_steps_per_noise: int = 10_000
     """Real steps of the final policy at each noise width."""
     seed: int = 0
-    """Seeds the random actions, PPO and the noise of the final policy; with either source, also the
-    quiet actions, the ensemble's fit and the windows its disagreement limit is calibrated on."""
+    """Seeds the random actions, the learner (`algo`) and the noise of the final policy; with either
+    source, also the quiet actions, the ensemble's fit and the windows its disagreement limit is calibrated
+    on."""
 
     def __post_init__(self) -> None:
         counts = {"random_episodes": self.random_episodes, "ppo_steps": self.ppo_steps,
@@ -53,6 +68,12 @@ class BroadDataConfig:
         for name, value in counts.items():
             if not (isinstance(value, int) and value >= 0):
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+        if self.algo not in DATA_ALGOS:
+            raise ValueError(f"algo must be one of {', '.join(DATA_ALGOS)}, got {self.algo!r}")
+        warm_up = ZOO_SAC_WARM_UP if self.algo == "sac" else 0
+        if 0 < self.ppo_steps <= warm_up:
+            raise ValueError(f"ppo_steps must exceed SAC's {warm_up} steps of uniform random actions, or its "
+                             f"final policy is untrained; got {self.ppo_steps}")
         stds = self.final_noise_stds
         if not (isinstance(stds, tuple)
                 and all(isinstance(s, (int, float)) and 0 <= s < float("inf") for s in stds)):
@@ -192,19 +213,22 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
     env.close()
     report.add("uniform random", random_episodes)
 
-    ppo_episodes: list[RecordedEpisode] = []
-    settings = zoo_settings("ppo", env_id)
-    venv = VecNormalize(DummyVecEnv([record(ppo_episodes)]), norm_obs=settings.norm_obs,
+    training_episodes: list[RecordedEpisode] = []
+    name = config.algo.upper()
+    settings = zoo_settings(config.algo, env_id)
+    # SAC's Zoo settings normalise nothing, which makes this wrapper pass observations through unchanged
+    venv = VecNormalize(DummyVecEnv([record(training_episodes)]), norm_obs=settings.norm_obs,
                         norm_reward=settings.norm_reward, gamma=settings.gamma)
     venv.seed(config.seed)
-    model = PPO("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0, **settings.kwargs)
+    model = DATA_ALGOS[config.algo]("MlpPolicy", venv, seed=config.seed, device="cpu", verbose=0,
+                                    **settings.kwargs)
     if config.ppo_steps:
         def progress(n: int) -> None:
-            recent = [e.episode_return for e in ppo_episodes[-5:]] or [float("nan")]
-            log(f"PPO {n}/{config.ppo_steps} real steps, last returns {np.mean(recent):.0f}")
+            recent = [e.episode_return for e in training_episodes[-5:]] or [float("nan")]
+            log(f"{name} {n}/{config.ppo_steps} real steps, last returns {np.mean(recent):.0f}")
         model.learn(config.ppo_steps, callback=_Progress(progress))
-    kept = thin_evenly(ppo_episodes, config.ppo_kept_steps)
-    report.add(f"RL Zoo PPO training ({config.ppo_steps} steps, thinned)", kept)
+    kept = thin_evenly(training_episodes, config.ppo_kept_steps)
+    report.add(f"RL Zoo {name} training ({config.ppo_steps} steps, thinned)", kept)
     venv.training = False
 
     finals: list[RecordedEpisode] = []
@@ -221,7 +245,7 @@ def collect_broad_data(env_id: str, config: BroadDataConfig, log: Callable[[str]
             if terminated or truncated:
                 obs, _ = env.reset()
         env.close()
-        report.add(f"final PPO policy + N(0, {std:g}^2)", noisy)
+        report.add(f"final {name} policy + N(0, {std:g}^2)", noisy)
         finals.extend(noisy)
     venv.close()
     for episode in [*random_episodes, *kept, *finals]:

@@ -1,6 +1,6 @@
 """Make a world model to ship: real data of many skill levels (a training run in imagination,
-`agents.run_data`, or RL Zoo PPO and random actions, `agents.broad_data`), an ensemble fitted on it, and
-the files an imagined env loads (`imagined_env/pretrained/<name>/`).
+`agents.run_data`, or RL Zoo PPO or SAC and random actions, `agents.broad_data`), an ensemble fitted on
+it, and the files an imagined env loads (`imagined_env/pretrained/<name>/`).
 
 Each stage writes its result into a work folder before the next starts, so a killed build resumes from
 the last finished stage (the data run from its last checkpoint): `data.npz` (the real episodes),
@@ -37,11 +37,11 @@ class BuildConfig:
 
     source: str = "run"
     """Where the real data comes from: "run", a training run in imagination (the states a learner from
-    scratch passes through); "broad", RL Zoo PPO through its training and random actions."""
+    scratch passes through); "broad", RL Zoo PPO (or SAC) through its training and random actions."""
     run_data: RunDataConfig = field(default_factory=RunDataConfig)
     """The data run (source "run")."""
     data: BroadDataConfig = field(default_factory=BroadDataConfig)
-    """The RL Zoo PPO and random data (source "broad")."""
+    """The RL Zoo learner's and random data (source "broad")."""
     preset: str = "cpu-v5"
     """The world model's architecture, chain and training settings come from this preset."""
     n_members: int = 3
@@ -193,13 +193,17 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
 
 
 def data_stage_settings(config: BuildConfig) -> dict[str, object]:
-    """What the data stage depends on (a broad stage records its config alone, as builds always have)."""
+    """What the data stage depends on (a broad stage records its config, without `algo` when it is PPO, so
+    earlier builds' records still match)."""
     # the quiet actions are recorded only when asked for, so earlier builds' records still match
     quiet = ({"quiet_action_stds": list(config.quiet_action_stds),
               "quiet_action_steps": config.quiet_action_steps, "quiet_action_seed": config.data.seed}
              if config.quiet_action_stds else {})
     if config.source == "broad":
-        return {**asdict(config.data), **quiet}
+        data = asdict(config.data)
+        if data["algo"] == "ppo":
+            del data["algo"]
+        return {**data, **quiet}
     run = asdict(config.run_data)
     del run["skill_parts"]                       # only the report depends on it
     return {"source": "run", **run, "preset": resolve(config.run_data.preset), **quiet}
@@ -208,7 +212,7 @@ def data_stage_settings(config: BuildConfig) -> dict[str, object]:
 def data_origin(config: BuildConfig) -> str:
     """Where the data came from, in words, for the shipped records and the demo."""
     if config.source == "broad":
-        return "RL Zoo PPO and random data"
+        return f"RL Zoo {config.data.algo.upper()} and random data"
     return (f"a training run in imagination (preset {resolve(config.run_data.preset)}, "
             f"{config.run_data.steps} real steps, seed {config.run_data.seed})")
 
@@ -219,11 +223,12 @@ def data_reference(config: BuildConfig, parts: dict[str, dict[str, float]],
     if config.source == "run":
         return {"policy": "the data run's final policy, deterministic",
                 "mean_return": final_return(work_dir / "run")}
-    finals = [(name, part) for name, part in parts.items() if name.startswith("final PPO policy")]
+    algo = config.data.algo.upper()
+    finals = [(name, part) for name, part in parts.items() if name.startswith(f"final {algo} policy")]
     if not finals:
         return None
     name, part = max(finals, key=lambda item: item[1]["mean_return"])
-    return {"policy": f"RL Zoo PPO's final policy{name.removeprefix('final PPO policy')} action noise",
+    return {"policy": f"RL Zoo {algo}'s final policy{name.removeprefix(f'final {algo} policy')} action noise",
             "mean_return": part["mean_return"]}
 
 

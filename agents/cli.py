@@ -593,9 +593,10 @@ def add_build_model_parser(sub: Any, parent: argparse.ArgumentParser) -> None:
                        description=paragraphs(
                            "Collects real episodes of every skill level: by default a training run in "
                            "imagination (uniform random actions, then the improving policy with its "
-                           "exploration noise), or with --source broad RL Zoo PPO through its training, "
-                           "its final policy with noise and random actions. Then fits an ensemble world "
-                           "model with a disagreement penalty, and writes OUT_DIR/world_model.pt, "
+                           "exploration noise), or with --source broad RL Zoo PPO (SAC with --data.algo "
+                           "sac) through its training, its final policy with noise and random actions. "
+                           "Then fits an ensemble world model with a disagreement penalty, and writes "
+                           "OUT_DIR/world_model.pt, "
                            "start_states.npy and COMMAND.txt (this is how imagined_env/pretrained/ is "
                            "made). Stages are kept in the work folder (the data run in WORK/run): a killed "
                            "build resumes there."))

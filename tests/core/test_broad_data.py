@@ -2,6 +2,7 @@
 settings checked before any work."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -133,3 +134,28 @@ def test_the_defaults_and_edge_values_are_accepted():
                 n_start_states=1)
     BuildConfig(disagreement_quantile=None)
     BuildConfig(terminations="learned")
+
+
+# ---- the records of the data's learner -------------------------------------------------------------
+def test_the_data_learner_is_keyed_and_named_only_when_it_is_not_ppo():
+    """Earlier builds' stage records (PPO, no `algo` key) must still match; SAC data is keyed, and the
+    shipped origin and reference name the learner its parts came from."""
+    from pathlib import Path
+
+    from agents.build_model import data_origin, data_reference, data_stage_settings
+    ppo = BuildConfig(source="broad")
+    sac = BuildConfig(source="broad", data=BroadDataConfig(algo="sac"))
+    # the record of every build before `algo` existed (imagined_env/pretrained/Hopper-v4/COMMAND.txt)
+    assert json.loads(json.dumps(data_stage_settings(ppo))) == {
+        "random_episodes": 10, "ppo_steps": 300000, "ppo_kept_steps": 150000, "final_noise_stds": [0.1, 0.3],
+        "final_steps_per_noise": 10000, "seed": 0}
+    assert data_stage_settings(sac)["algo"] == "sac"
+    assert {k: v for k, v in data_stage_settings(sac).items() if k != "algo"} == data_stage_settings(ppo)
+    assert data_origin(ppo) == "RL Zoo PPO and random data"
+    assert data_origin(sac) == "RL Zoo SAC and random data"
+    part = {"episodes": 1, "transitions": 10}
+    parts = {"final SAC policy + N(0, 0.1^2)": {**part, "mean_return": 2900.0},
+             "final SAC policy + N(0, 0.3^2)": {**part, "mean_return": 1200.0}}
+    assert data_reference(sac, parts, Path(".")) == {
+        "policy": "RL Zoo SAC's final policy + N(0, 0.1^2) action noise", "mean_return": 2900.0}
+    assert data_reference(ppo, parts, Path(".")) is None       # no PPO part: nothing to name

@@ -191,3 +191,36 @@ def test_quiet_actions_are_seeded_zero_mean_draws_of_each_width_recorded_as_the_
     cut, report = collect_quiet_actions("HalfCheetah-v4", (0.05,), 1500, seed=5)
     assert [e.length for e in cut] == [1000, 500] and not cut[1].terminated     # the tail is kept, cut
     assert report.parts["random actions N(0, 0.05^2)"]["transitions"] == 1500
+
+
+def test_sac_data_is_the_zoo_sacs_training_then_its_deterministic_policy_with_noise(monkeypatch):
+    """With `algo="sac"` the learner recorded is SB3's SAC with the Zoo's settings and no normalisation
+    (here learning after 100 steps instead of 10,000, so that it updates); with noise 0 the final part is
+    exactly its deterministic action of each recorded observation."""
+    import agents.broad_data as broad
+    made = []
+
+    class Spy(broad.SAC):
+        def __init__(self, *args, **kwargs):
+            made.append((self, dict(kwargs)))
+            super().__init__(*args, **{**kwargs, "learning_starts": 100, "batch_size": 32})
+
+    monkeypatch.setitem(broad.DATA_ALGOS, "sac", Spy)
+    monkeypatch.setattr(broad, "ZOO_SAC_WARM_UP", 100)
+    config = BroadDataConfig(random_episodes=1, algo="sac", ppo_steps=400, ppo_kept_steps=400,
+                             final_noise_stds=(0.0,), final_steps_per_noise=600, seed=0)
+    buffer, parts, _ = collected(config)
+    assert list(parts) == ["uniform random", "RL Zoo SAC training (400 steps, thinned)",
+                           "final SAC policy + N(0, 0^2)"]
+    (model, kwargs), = made
+    assert kwargs["learning_starts"] == 10_000 and model.num_timesteps == 400 and model._n_updates > 0
+    assert not (model.get_env().norm_obs or model.get_env().norm_reward)
+    assert parts["RL Zoo SAC training (400 steps, thinned)"]["episodes"] >= 1
+    n_final = int(parts["final SAC policy + N(0, 0^2)"]["episodes"])
+    assert n_final >= 1
+    for episode in buffer.episodes[-n_final:]:
+        expected, _ = model.predict(episode.observations[:-1], deterministic=True)
+        np.testing.assert_allclose(episode.actions, expected, atol=1e-6)
+    again, parts_again, _ = collected(config)
+    assert parts_again == parts
+    np.testing.assert_array_equal(again.transitions().actions, buffer.transitions().actions)
