@@ -224,3 +224,24 @@ def test_sac_data_is_the_zoo_sacs_training_then_its_deterministic_policy_with_no
     again, parts_again, _ = collected(config)
     assert parts_again == parts
     np.testing.assert_array_equal(again.transitions().actions, buffer.transitions().actions)
+
+
+def test_an_episode_longer_than_the_recorders_first_arrays_is_recorded_whole():
+    """Without a time limit the recorder starts with room for 1000 steps and grows: a 1500-step
+    HalfCheetah episode (it never terminates) is recorded step for step as the simulator ran it."""
+    episodes: list[RecordedEpisode] = []
+    sim = Simulator(gym.make("HalfCheetah-v4").env)                      # its TimeLimit removed
+    env = EpisodeRecorder(sim, episodes.append)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(1500):
+        env.step(rng.uniform(-1, 1, 6).astype(np.float32))
+    env.flush()
+    assert [e.length for e in episodes] == [1500] and not episodes[0].terminated
+    episode = episodes[0]
+    np.testing.assert_allclose(np.stack(episode.actions), np.stack(sim.controls), rtol=0, atol=1e-7)
+    assert episode.rewards == sim.rewards
+    np.testing.assert_array_equal(np.stack(episode.observations),
+                                  np.stack(sim.observations).astype(np.float32))
+    assert len(episode.qpos) == len(episode.qvel) == 1501
+    np.testing.assert_array_equal(episode.qpos[-1], sim.unwrapped.data.qpos)
