@@ -324,8 +324,11 @@ def bars(env_id: str, shipped: dict[str, Any] | None, targets: bool = True) -> l
 
 def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_episodes: int,
           learner_key: str = "sb3") -> str:
-    """The printed table: rows by task, a column per checkpoint."""
-    width = 24
+    """The printed table: rows by task, a column per checkpoint, wide enough for every seed's return."""
+    seed_cells = [" ".join(f"{v:.1f}" for v in cell["per_seed"].values())
+                  for task in tasks.values() for row, summary in task["rows"].items()
+                  for cell in ([summary] if row == "random" else summary["steps"].values())]
+    width = max([24, *(len(cell) + 3 for cell in seed_cells)])
     lines = [f"Real return of PPO trained in the frozen imagined env over {n_episodes} deterministic real "
              f"episode{'s' * (n_episodes != 1)}; mean +- std over seeds {','.join(map(str, seeds))}",
              f"learner: {LEARNERS[learner_key]}"]

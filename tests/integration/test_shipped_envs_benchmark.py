@@ -43,6 +43,18 @@ def test_bars_read_the_shipped_rows_mean(bench):
     assert verdicts(bench.bars("HalfCheetah-v4", None)) == [None, None]
 
 
+def test_the_tables_per_seed_cells_stay_apart_with_eight_seeds(bench):
+    """Eight seeds' returns are wider than the default column: every value still reads on its own."""
+    per_seed = {str(k): 1000.0 + k + 0.25 for k in range(8)}
+    cell = {"mean": 1003.5, "std": 2.3, "per_seed": per_seed}
+    tasks = {"Hopper-v4": {"model": "abc", "model_dir": None, "pessimism_option": True, "bars": [],
+                           "rows": {"shipped": {"complete": True,
+                                                "steps": {"50000": cell, "100000": cell}}}}}
+    text = bench.table(tasks, list(range(8)), (50_000, 100_000), 5)
+    row = next(line for line in text.splitlines() if line.startswith("  per seed"))
+    assert row.split()[2:] == [f"{v:.1f}" for v in per_seed.values()] * 2
+
+
 @pytest.mark.mujoco
 def test_oracle_run_writes_table_json_parts_and_resume_skips_it(bench, tmp_path, capsys, monkeypatch):
     out = tmp_path / "tiny.json"
