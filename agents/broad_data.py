@@ -42,10 +42,9 @@ class BroadDataConfig:
     random_episodes: int = 10
     """Episodes of uniform random actions."""
     algo: str = "ppo"
-    """The RL-Zoo-tuned learner whose training is recorded: "ppo" or "sac". SAC reaches a higher skill in
-    fewer real steps (on Hopper PPO's training can stop at standing still, so its data holds no hops), but
-    takes a gradient step per real step (slower on CPU) and acts uniformly at random for its first
-    10,000."""
+    """The RL-Zoo-tuned learner whose training is recorded: "ppo" or "sac". SAC learns to hop in fewer real
+    steps (on Hopper PPO's training can stop at standing still, so its data holds no hops), but takes a
+    gradient step per real step (slower on CPU) and acts uniformly at random for its first 10,000."""
     ppo_steps: int = 300_000
     """Real steps of the learner's training (`algo`, PPO by default), all recorded, then thinned to
     `ppo_kept_steps`."""
@@ -70,11 +69,10 @@ class BroadDataConfig:
                 raise ValueError(f"{name} must be an int >= 0, got {value!r}")
         if self.algo not in DATA_ALGOS:
             raise ValueError(f"algo must be one of {', '.join(DATA_ALGOS)}, got {self.algo!r}")
-        warm_up = ZOO_SAC_WARM_UP if self.algo == "sac" else 0
-        if 0 < self.ppo_steps <= warm_up:
-            raise ValueError(f"ppo_steps must exceed SAC's {warm_up} steps of uniform random actions, or its "
-                             f"final policy is untrained; got {self.ppo_steps}")
         stds = self.final_noise_stds
+        if self.algo == "sac" and self.ppo_steps <= ZOO_SAC_WARM_UP and (self.ppo_steps or stds):
+            raise ValueError(f"ppo_steps must exceed SAC's {ZOO_SAC_WARM_UP} steps of uniform random "
+                             f"actions, or its data and final policy are untrained; got {self.ppo_steps}")
         if not (isinstance(stds, tuple)
                 and all(isinstance(s, (int, float)) and 0 <= s < float("inf") for s in stds)):
             raise ValueError(f"final_noise_stds must be a tuple of finite numbers >= 0, got {stds!r}")
@@ -168,7 +166,8 @@ class EpisodeRecorder(gym.Wrapper):
         self._arrays["qvel"][row] = qvel
 
     def _fit(self, rows: int) -> None:
-        """Doubles the arrays until they hold `rows` rows (episodes longer than the env's time limit)."""
+        """Doubles the arrays until they hold `rows` rows (episodes longer than the first allocation: an env
+        without a time limit)."""
         while len(self._arrays["rewards"]) < rows:
             self._arrays = {k: np.concatenate([v, np.zeros_like(v)]) for k, v in self._arrays.items()}
 

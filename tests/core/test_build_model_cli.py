@@ -25,6 +25,7 @@ from agents.cli import main
     (["--data.seed", "-1"], "seed must be an int >= 0"),
     (["--data.algo", "td3"], "algo must be one of ppo, sac, got 'td3'"),
     (["--data.algo", "sac", "--data.ppo-steps", "10000"], "ppo_steps must exceed SAC's 10000 steps"),
+    (["--data.algo", "sac", "--data.ppo-steps", "0"], "ppo_steps must exceed SAC's 10000 steps"),
     (["--source", "rerun"], "source must be one of run, broad, got 'rerun'"),
     (["--run-data.steps", "0"], "run_data.steps must be an int >= 1"),
     (["--run-data.preset", "cpu-v99"], "unknown preset 'cpu-v99'"),

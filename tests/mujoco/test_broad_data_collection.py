@@ -93,7 +93,16 @@ def test_only_complete_episodes_reach_the_callback_and_each_once():
             env.step(np.full(3, 0.1 * seed, np.float32))
     assert [e.length for e in episodes] == [4, 4]
     assert episodes[0] is not episodes[1]
+    # the first episode is its own, not overwritten by the second one's steps
+    np.testing.assert_array_equal(episodes[0].actions, np.full((4, 3), 0.1, np.float32))
     np.testing.assert_array_equal(episodes[1].actions, np.full((4, 3), 0.2, np.float32))
+    probe = gym.make("Hopper-v4")
+    probe.reset(seed=1)
+    first = episodes[0]
+    for action, obs, qpos, qvel in zip(first.actions, first.observations[1:], first.qpos[1:], first.qvel[1:]):
+        np.testing.assert_array_equal(probe.step(action)[0].astype(np.float32), obs)
+        np.testing.assert_array_equal(probe.unwrapped.data.qpos, qpos)
+        np.testing.assert_array_equal(probe.unwrapped.data.qvel, qvel)
     with pytest.raises(RuntimeError, match="before reset"):
         env.step(np.zeros(3, np.float32))                # the last episode ended: a step needs a reset
 
