@@ -76,7 +76,10 @@ def test_the_shipped_and_work_folders_hold_their_files(built):
     assert text.startswith(COMMAND + "\n")
     settings = json.loads(text.split("build settings: ", 1)[1])
     assert settings == json.loads(json.dumps(asdict(TINY)))
-    assert json.loads((work / "data.json").read_text())["data"] == settings["data"]
+    # the data stage's record: the data settings, without the learner when it is PPO (as before `algo`)
+    assert settings["data"]["algo"] == "ppo"
+    stage = json.loads((work / "data.json").read_text())["data"]
+    assert stage == {k: v for k, v in settings["data"].items() if k != "algo"}
     shipped = json.loads((out / "data.json").read_text())
     assert shipped["origin"] == "RL Zoo PPO and random data"
     finals = {name: p["mean_return"] for name, p in shipped["parts"].items() if name.startswith("final PPO")}
@@ -265,7 +268,8 @@ def test_a_model_stage_fitted_on_other_data_is_refused_when_the_data_stage_is_ma
     other = replace(TINY.data, seed=4)
     (work / "data.npz").unlink()
     stored = json.loads((work / "data.json").read_text())
-    (work / "data.json").write_text(json.dumps({**stored, "data": asdict(other)}))
+    stage = build_module.data_stage_settings(replace(TINY, data=other))
+    (work / "data.json").write_text(json.dumps({**stored, "data": stage}))
     shutil.copy(built[1] / "data.npz", work / "data.npz")    # stands in for the data collected anew
     forbid(monkeypatch, "collect_broad_data", "fit_world_model")
     with pytest.raises(ValueError, match="holds a model stage"):
