@@ -259,7 +259,10 @@ def _learner_kwargs(config: CoordinatorConfig) -> dict[str, Any]:
         "max_grad_norm": learner.max_grad_norm, "normalize_advantage": learner.normalize_advantage,
         "policy_kwargs": {"net_arch": {"pi": list(policy.pi), "vf": list(policy.vf)},
                           "activation_fn": ACTIVATIONS[policy.activation],
-                          "log_std_init": policy.log_std_init, "ortho_init": policy.ortho_init},
+                          "log_std_init": policy.log_std_init, "ortho_init": policy.ortho_init,
+                          # the run normalises by VecNormalize (`normalize`) or not at all, as its
+                          # presets were measured; not by the policy's own statistics
+                          "normalize_observations": False},
     }
     if config.algo == "ppo":
         kwargs.update(n_epochs=learner.n_epochs, batch_size=learner.batch_size, clip_range=learner.clip_range,

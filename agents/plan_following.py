@@ -21,6 +21,7 @@ from typing import Any, ClassVar, cast
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3 import A2C, PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.policies import (
@@ -29,6 +30,7 @@ from stable_baselines3.common.policies import (
     BasePolicy,
     MultiInputActorCriticPolicy,
 )
+from stable_baselines3.common.torch_layers import FlattenExtractor
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv, VecEnvWrapper, VecMonitor, VecNormalize
 
 from agents.env_factory import DEFAULT_N_ENVS, make_imagined_vec_env
@@ -38,13 +40,94 @@ from imagined_env.registration import imagined_id
 from imagined_env.single_env import ImaginedEnv
 from imagined_env.vector_env import ImaginedVectorEnv, torch_threads
 
+OBS_CLIP = 10.0
+"""Normalised observations are clipped to +-OBS_CLIP, as SB3's VecNormalize clips them."""
+OBS_MIN_STD = 1e-2
+"""Floor of the observation stds: a dimension constant over the start states must not blow up."""
+
+
+class NormalisingFlatten(FlattenExtractor):
+    """SB3's flattening features extractor after a fixed z-scoring and a clip to +-OBS_CLIP (identity until
+    `fit`). Every path of an SB3 policy (rollout, update, `predict`, values) goes through its features
+    extractors, so this is where the policy's own normalisation lives."""
+
+    obs_mean: torch.Tensor
+    obs_std: torch.Tensor
+    obs_fitted: torch.Tensor
+
+    def __init__(self, observation_space: spaces.Box):
+        super().__init__(observation_space)
+        shape = observation_space.shape
+        if len(shape) != 1:
+            raise ValueError(f"normalize_observations needs flat Box observations, got {observation_space}; "
+                             "pass policy_kwargs={'normalize_observations': False}")
+        self.register_buffer("obs_mean", torch.zeros(shape))
+        self.register_buffer("obs_std", torch.ones(shape))
+        self.register_buffer("obs_fitted", torch.zeros((), dtype=torch.bool))
+
+    def fit(self, observations: np.ndarray) -> None:
+        """Fix the statistics to the mean and std (floored at OBS_MIN_STD) of `observations` [n, obs]."""
+        obs = np.asarray(observations, dtype=np.float64)
+        self.obs_mean.copy_(torch.as_tensor(obs.mean(0)))
+        self.obs_std.copy_(torch.as_tensor(np.maximum(obs.std(0), OBS_MIN_STD)))
+        self.obs_fitted.fill_(True)
+
+    def forward(self, observations: torch.Tensor) -> torch.Tensor:
+        normalised = ((observations - self.obs_mean) / self.obs_std).clamp(-OBS_CLIP, OBS_CLIP)
+        # where, not `if`: reading the flag on the host would synchronise a GPU at every call
+        return super().forward(torch.where(self.obs_fitted, normalised, observations))
+
 
 class PlanFollowingPolicy(ActorCriticPolicy):
-    """An MlpPolicy whose rollout action is the imagined plan's next action, when wired to a plan."""
+    """An MlpPolicy whose rollout action is the imagined plan's next action, when wired to a plan.
+
+    With `normalize_observations` (the imagination learners' default on an imagined env; files saved
+    before it existed load without it) the policy z-scores its observations, clipped to
+    +-OBS_CLIP (`NormalisingFlatten`), by fixed statistics: those of the start states (real data) of the
+    first imagined env it is wired to. Raw MuJoCo observations mix positions near 0.1 with velocities
+    near 10, and SB3's default PPO learns several times slower on them. Statistics that instead kept
+    following the imagined rollouts measured worse: the learner's drift into states the model gets wrong
+    moved its own inputs. Unlike a VecNormalize wrapper the statistics live in the policy and travel with
+    it: `predict` and `evaluate_policy` on the real task's raw observations just work. Until fitted (any
+    other env) it is SB3's MlpPolicy.
+    """
 
     plan_source: ImaginedVectorEnv | None = None
     plan_observer: Callable[[torch.Tensor, torch.Tensor], None] | None = None
     """Called with the observations and planned actions of each rollout step that follows a plan."""
+
+    def __init__(self, *args: Any, normalize_observations: bool = False, **kwargs: Any):
+        if normalize_observations:
+            if kwargs.get("features_extractor_class", NormalisingFlatten) is not NormalisingFlatten:
+                raise ValueError(f"normalize_observations replaces the features extractor; to use "
+                                 f"{kwargs['features_extractor_class'].__name__}, pass "
+                                 "policy_kwargs={'normalize_observations': False}")
+            kwargs["features_extractor_class"] = NormalisingFlatten
+        self.normalize_observations = normalize_observations
+        super().__init__(*args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return {**super()._get_constructor_parameters(),
+                "normalize_observations": self.normalize_observations}
+
+    def _normalisers(self) -> list[NormalisingFlatten]:
+        extractors = {id(e): e for e in (self.features_extractor, self.pi_features_extractor,
+                                         self.vf_features_extractor)}
+        return [e for e in extractors.values() if isinstance(e, NormalisingFlatten)]
+
+    @property
+    def observations_fitted(self) -> bool:
+        """Whether the policy normalises its observations (on, and fitted)."""
+        return any(bool(e.obs_fitted) for e in self._normalisers())
+
+    def fit_observations(self, observations: np.ndarray) -> bool:
+        """Fix the normalisation to the statistics of `observations` [n, obs] unless it is off or already
+        fitted (a loaded policy keeps its own); True when fitted now."""
+        if not self._normalisers() or self.observations_fitted:
+            return False
+        for extractor in self._normalisers():
+            extractor.fit(observations)
+        return True
 
     def forward(self, obs: torch.Tensor, deterministic: bool = False):
         if self.plan_source is None:
@@ -214,6 +297,10 @@ class _ImaginationMixin:
         horizon = imagined_horizon(env)
         if horizon is not None:
             kwargs["n_steps"] = n_steps_for(horizon, kwargs.get("n_steps"))
+            plan_following = isinstance(policy, type) and issubclass(policy, PlanFollowingPolicy)
+            if policy == "MlpPolicy" or plan_following:
+                given = kwargs.get("policy_kwargs") or {}
+                kwargs["policy_kwargs"] = {"normalize_observations": True, **given}
         elif kwargs.get("n_steps", 0) is None:
             del kwargs["n_steps"]  # not imagined: SB3's own default
         super().__init__(policy, env, **kwargs)  # type: ignore[call-arg]
@@ -223,8 +310,20 @@ class _ImaginationMixin:
         self._wire(self.env)  # type: ignore[attr-defined]
 
     def set_env(self, env: Any, force_reset: bool = True) -> None:
+        self._check_normalised_once(env)
         super().set_env(env, force_reset)  # type: ignore[misc]
         self._wire(self.env)  # type: ignore[attr-defined]
+
+    def _check_normalised_once(self, env: Any) -> None:
+        """ValueError when a policy that normalises its own observations meets a VecNormalize that also
+        normalises them (by `set_env`, or `load(..., env=)`): observations would be normalised twice."""
+        policy = getattr(self, "policy", None)
+        _, vec_normalize = find_imagined(env) if isinstance(env, VecEnv) else (None, None)
+        if isinstance(policy, PlanFollowingPolicy) and policy.observations_fitted and \
+                vec_normalize is not None and vec_normalize.norm_obs:
+            raise ValueError("this policy normalises its observations itself (policy_kwargs "
+                             "normalize_observations=True), so its env must not: wrap it in "
+                             "VecNormalize(..., norm_obs=False), or drop the VecNormalize")
 
     def _wire(self, env: VecEnv | None) -> None:
         imagined, vec_normalize = find_imagined(env)
@@ -233,6 +332,9 @@ class _ImaginationMixin:
         if isinstance(policy, PlanFollowingPolicy):
             policy.plan_source = imagined
         if imagined is not None:
+            if isinstance(policy, PlanFollowingPolicy) and vec_normalize is None \
+                    and self.num_timesteps == 0:  # type: ignore[attr-defined]  # weights trained on raw ones
+                policy.fit_observations(imagined.start_observations())
             imagined.set_policy(sb3_guide(policy, vec_normalize))
             self.finite_steps = FiniteSteps.on(policy.optimizer)
 
@@ -246,6 +348,7 @@ class _ImaginationMixin:
         its generation does, and truncated envs (every env at H) are bootstrapped in one batch."""
         if self.imagined is None:
             return super().collect_rollouts(env, callback, *args, **kwargs)  # type: ignore[misc]
+        self._check_normalised_once(env)
         with torch_threads(self.imagined.torch_threads):
             return super().collect_rollouts(env, BatchedBootstrap(callback, self), *args,  # type: ignore[misc]
                                             **kwargs)

@@ -7,7 +7,9 @@ place of the world model (the ceiling these learner settings reach, so the table
 oracle reached"), and uniform random actions (the floor); on request, the shipped env with the episodes
 its model is unsure of truncated (bootstrapped) instead of terminated. `--learner zoo` trains the RL Zoo's
 tuned PPO of the task (with VecNormalize, 16 envs, rollouts of 8 plans) in place of the snippet's SB3
-defaults: how much of the gap to a bar is the learner's. Prints a table with the shipped models' bars,
+defaults: how much of the gap to a bar is the learner's; `sb3-norm`, `sb3-norm-obs` and
+`sb3-norm-reward` put the snippet's PPO over VecNormalize (its own normalisation then off): which
+normalisation matters. Prints a table with the shipped models' bars,
 writes JSON and a plot. Each (task, row, seed) run writes its result as it ends; `--resume` skips those.
 
     python benchmarks/shipped_envs.py                     # every shipped task, seeds 0,1,2, 50k/100k/200k
@@ -60,7 +62,12 @@ TARGETS = {"HalfCheetah": ("at", 50_000, 1500.0), "Hopper": ("within", 200_000, 
 """Bars of the shipped row: the real return to reach at, or at some checkpoint within, the imagined steps."""
 HOLD = (50_000, 200_000, 0.10)
 """The return at 200k imagined steps may be lower than at 50k by at most 10% (of |return at 50k|)."""
-LEARNERS = {"sb3": "the README snippet's ImaginationPPO (SB3's defaults, 256 envs)",
+LEARNERS = {"sb3": "the README snippet's ImaginationPPO (SB3's defaults, its own observation normalisation, "
+                   "256 envs)",
+            "sb3-norm": "the README snippet's ImaginationPPO over VecNormalize of observations and rewards",
+            "sb3-norm-obs": "the README snippet's ImaginationPPO over VecNormalize of observations",
+            "sb3-norm-reward": "the README snippet's ImaginationPPO over VecNormalize of rewards (no "
+                               "normalised observations)",
             "zoo": "the RL Zoo's tuned PPO + VecNormalize (16 envs, n_steps 8 H)"}
 ZOO_N_ENVS = 16
 """Envs of the `zoo` learner: with n_steps 8 H, a rollout of 128 H transitions, near the Zoo's 512 and a
@@ -215,13 +222,19 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
 
 
 def learner(unit: Unit) -> ImaginationPPO:
-    """The unit's PPO on its env: the README snippet's, or the Zoo's tuned PPO of the task over VecNormalize
-    (observations and rewards, its gamma the learner's), evaluated with its frozen statistics. The zoo
-    learner's env has no VecMonitor (SB3 copies statistics between identical wrapper stacks), so it logs no
-    imagined episode returns."""
+    """The unit's PPO on its env: the README snippet's; the snippet's over VecNormalize (`sb3-norm*`, the
+    policy's own normalisation then off); or the Zoo's tuned PPO of the task over VecNormalize
+    (observations and rewards, its gamma the learner's). VecNormalize learners are evaluated with its frozen
+    statistics, and their env has no VecMonitor (SB3 copies statistics between identical wrapper stacks),
+    so they log no imagined episode returns."""
     if unit.learner == "sb3":
         return ImaginationPPO("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit),
                               verbose=0)
+    if unit.learner.startswith("sb3-norm"):
+        imagined = make_imagined_vec_env(unit.env_id, **(env_kwargs(unit) or {}))
+        norm = VecNormalize(imagined.venv, norm_obs=unit.learner != "sb3-norm-reward",
+                            norm_reward=unit.learner != "sb3-norm-obs")
+        return ImaginationPPO("MlpPolicy", norm, seed=unit.seed, verbose=0)
     kwargs = zoo_settings("ppo", unit.env_id).kwargs
     imagined = make_imagined_vec_env(unit.env_id, ZOO_N_ENVS, **(env_kwargs(unit) or {}))
     kwargs["n_steps"] = 8 * imagined_horizon(imagined)
@@ -565,7 +578,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                            "steps": list(args.steps), "eval_episodes": args.episodes,
                            "episode_steps": args.episode_steps, "model": args.model, "jobs": args.jobs,
                            "learner": args.learner,
-                           "n_envs": DEFAULT_N_ENVS if args.learner == "sb3" else ZOO_N_ENVS,
+                           "n_envs": ZOO_N_ENVS if args.learner == "zoo" else DEFAULT_N_ENVS,
                            "torch_threads": 1},
               "tasks": tasks, "runs": {u.name: results[u.name] for u in units if u.name in results},
               "failed": failed, "seconds": time.perf_counter() - t0}

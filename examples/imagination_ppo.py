@@ -1,6 +1,7 @@
 """SB3 PPO on HalfCheetah-v4, with SB3's default settings. Twins: model_free_ppo.py learns on the real
 task; imagination_ppo.py learns in imagination, on the world model shipped with the package, and needs
-no real step. They differ in one import line: `diff examples/model_free_ppo.py examples/imagination_ppo.py`.
+no real step (its policy also z-scores observations by the imagined start states, saved with it).
+They differ in one import line: `diff examples/model_free_ppo.py examples/imagination_ppo.py`.
 
     python examples/model_free_ppo.py --steps 5000
     python examples/imagination_ppo.py --steps 5000

@@ -219,6 +219,10 @@ class ImaginedVectorEnv(VectorEnv):
         self._check_usable()
         self._starts = start_state_array(start_states, self.model)
 
+    def start_observations(self) -> np.ndarray:
+        """[n, obs] the real observations episodes start from (a copy)."""
+        return self._starts.copy()
+
     @property
     def autoreset_mode(self) -> AutoresetMode:
         return self.metadata["autoreset_mode"]

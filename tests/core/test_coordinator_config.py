@@ -101,14 +101,16 @@ def test_learner_settings_become_the_sb3_arguments_of_before():
     """The SB3 arguments the untyped learner_kwargs of the cpu and paper presets produced."""
     cpu = _learner_kwargs(CoordinatorConfig())
     assert cpu.pop("policy_kwargs") == {"net_arch": {"pi": [256, 256], "vf": [256, 256]},
-                                        "activation_fn": nn.ReLU, "log_std_init": 0.0, "ortho_init": False}
+                                        "activation_fn": nn.ReLU, "log_std_init": 0.0, "ortho_init": False,
+                                        "normalize_observations": False}  # the policy's own: off in runs
     assert cpu == {"n_steps": 5, "gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "n_epochs": 5,
                    "batch_size": 256, "clip_range": 0.2, "target_kl": 0.1, "ent_coef": 0.03,
                    "max_grad_norm": 0.5,
                    "vf_coef": 0.5, "normalize_advantage": True}  # the last two: SB3's PPO defaults
     paper = _learner_kwargs(CoordinatorConfig.preset("paper"))
     assert paper.pop("policy_kwargs") == {"net_arch": {"pi": [64, 64], "vf": [64, 64]},
-                                          "activation_fn": nn.Tanh, "log_std_init": 0.0, "ortho_init": True}
+                                          "activation_fn": nn.Tanh, "log_std_init": 0.0, "ortho_init": True,
+                                          "normalize_observations": False}
     assert paper == {"n_steps": 10, "gamma": 0.99, "gae_lambda": 0.9, "learning_rate": 3e-4, "ent_coef": 1e-5,
                      "max_grad_norm": 0.1, "normalize_advantage": True, "use_rms_prop": False, "vf_coef": 0.5}
 

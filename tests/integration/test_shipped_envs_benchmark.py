@@ -242,3 +242,18 @@ def test_the_zoo_learner_is_the_tasks_tuned_ppo_over_vecnormalize(bench):
     evaluate_real(model, "Hopper-v4", 1, 0, model.get_env())       # the statistics reach the real env
     plain = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True))
     assert plain.n_steps == plain.imagined.horizon and plain.n_envs == bench.DEFAULT_N_ENVS
+
+
+@pytest.mark.parametrize("key,obs,reward", [("sb3-norm", True, True), ("sb3-norm-obs", True, False),
+                                            ("sb3-norm-reward", False, True)])
+def test_the_vecnormalize_learners_normalise_what_they_name_and_turn_the_policys_own_off(bench, key, obs,
+                                                                                           reward):
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    model = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True, learner=key))
+    env = model.get_env()
+    assert isinstance(env, VecNormalize) and (env.norm_obs, env.norm_reward) == (obs, reward)
+    assert env.num_envs == bench.DEFAULT_N_ENVS and model.n_steps == model.imagined.horizon
+    assert not model.policy.observations_fitted
+    plain = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True))
+    assert plain.policy.observations_fitted          # the snippet's own normalisation
