@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from stable_baselines3.common.vec_env import VecNormalize
 
-from agents import ImaginationPPO, make_imagined_vec_env
+from agents import ImaginationA2C, ImaginationPPO, make_imagined_vec_env
 from agents.demo import random_return
 from agents.env_factory import DEFAULT_N_ENVS
 from agents.plan_following import imagined_horizon
@@ -64,6 +64,11 @@ HOLD = (50_000, 200_000, 0.10)
 """The return at 200k imagined steps may be lower than at 50k by at most 10% (of |return at 50k|)."""
 LEARNERS = {"sb3": "the README snippet's ImaginationPPO (SB3's defaults, its own observation normalisation, "
                    "256 envs)",
+            "sb3-raw": "the README snippet's ImaginationPPO with SB3's policy exactly (no observation "
+                       "normalisation)",
+            "a2c": "the README snippet with ImaginationA2C (SB3's defaults, its own observation "
+                   "normalisation)",
+            "a2c-raw": "the README snippet with ImaginationA2C and SB3's policy exactly",
             "sb3-norm": "the README snippet's ImaginationPPO over VecNormalize of observations and rewards",
             "sb3-norm-obs": "the README snippet's ImaginationPPO over VecNormalize of observations",
             "sb3-norm-reward": "the README snippet's ImaginationPPO over VecNormalize of rewards (no "
@@ -221,15 +226,17 @@ def run_unit(unit: Unit, parts: Path) -> dict[str, Any]:
     return result
 
 
-def learner(unit: Unit) -> ImaginationPPO:
-    """The unit's PPO on its env: the README snippet's; the snippet's over VecNormalize (`sb3-norm*`, the
+def learner(unit: Unit) -> ImaginationPPO | ImaginationA2C:
+    """The unit's learner on its env: the README snippet's PPO, or A2C in its place, each with SB3's
+    policy exactly on request (`-raw`); the snippet's PPO over VecNormalize (`sb3-norm*`, the
     policy's own normalisation then off); or the Zoo's tuned PPO of the task over VecNormalize
     (observations and rewards, its gamma the learner's). VecNormalize learners are evaluated with its frozen
     statistics, and their env has no VecMonitor (SB3 copies statistics between identical wrapper stacks),
     so they log no imagined episode returns."""
-    if unit.learner == "sb3":
-        return ImaginationPPO("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit),
-                              verbose=0)
+    if unit.learner in ("sb3", "sb3-raw", "a2c", "a2c-raw"):
+        algo = ImaginationA2C if unit.learner.startswith("a2c") else ImaginationPPO
+        raw = {"policy_kwargs": {"normalize_observations": False}} if unit.learner.endswith("-raw") else {}
+        return algo("MlpPolicy", unit.env_id, seed=unit.seed, env_kwargs=env_kwargs(unit), verbose=0, **raw)
     if unit.learner.startswith("sb3-norm"):
         imagined = make_imagined_vec_env(unit.env_id, **(env_kwargs(unit) or {}))
         norm = VecNormalize(imagined.venv, norm_obs=unit.learner != "sb3-norm-reward",
@@ -342,8 +349,8 @@ def table(tasks: dict[str, Any], seeds: list[int], steps: tuple[int, ...], n_epi
                   for task in tasks.values() for row, summary in task["rows"].items()
                   for cell in ([summary] if row == "random" else summary["steps"].values())]
     width = max([24, *(len(cell) + 3 for cell in seed_cells)])
-    lines = [f"Real return of PPO trained in the frozen imagined env over {n_episodes} deterministic real "
-             f"episode{'s' * (n_episodes != 1)}; mean +- std over seeds {','.join(map(str, seeds))}",
+    lines = [f"Real return of the learner trained in the frozen imagined env over {n_episodes} deterministic "
+             f"real episode{'s' * (n_episodes != 1)}; mean +- std over seeds {','.join(map(str, seeds))}",
              f"learner: {LEARNERS[learner_key]}"]
     for env_id, task in tasks.items():
         labels = {row: row_label(row, task.get("model_dir")) + ("" if summary["complete"]

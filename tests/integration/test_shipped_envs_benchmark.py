@@ -257,3 +257,14 @@ def test_the_vecnormalize_learners_normalise_what_they_name_and_turn_the_policys
     assert not model.policy.observations_fitted
     plain = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True))
     assert plain.policy.observations_fitted          # the snippet's own normalisation
+
+
+@pytest.mark.parametrize("key,algo,normalising", [("sb3", "ImaginationPPO", True),
+                                                  ("sb3-raw", "ImaginationPPO", False),
+                                                  ("a2c", "ImaginationA2C", True),
+                                                  ("a2c-raw", "ImaginationA2C", False)])
+def test_the_snippet_learners_are_ppo_or_a2c_with_or_without_the_policys_normalisation(bench, key, algo,
+                                                                                        normalising):
+    model = bench.learner(bench.Unit("Hopper-v4", "shipped", 3, (1,), 1, "digest", True, learner=key))
+    assert type(model).__name__ == algo and model.policy.observations_fitted == normalising
+    assert model.n_envs == bench.DEFAULT_N_ENVS and model.n_steps == model.imagined.horizon
