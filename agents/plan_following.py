@@ -85,9 +85,9 @@ class PlanFollowingPolicy(ActorCriticPolicy):
     before it existed load without it) the policy z-scores its observations, clipped to
     +-OBS_CLIP (`NormalisingFlatten`), by fixed statistics: those of the start states (real data) of the
     first imagined env it is wired to. Raw MuJoCo observations mix positions near 0.1 with velocities
-    near 10, and SB3's default PPO learns several times slower on them. Statistics that instead kept
-    following the imagined rollouts measured worse: the learner's drift into states the model gets wrong
-    moved its own inputs. Unlike a VecNormalize wrapper the statistics live in the policy and travel with
+    near 10; on HalfCheetah, with MuJoCo in place of the model, SB3's default PPO learnt far slower on
+    them (benchmarks/RESULTS.md). Statistics that kept following the imagined rollouts measured worse in
+    a pilot. Unlike a VecNormalize wrapper the statistics live in the policy and travel with
     it: `predict` and `evaluate_policy` on the real task's raw observations just work. Until fitted (any
     other env) it is SB3's MlpPolicy.
     """
@@ -298,8 +298,9 @@ class _ImaginationMixin:
         if horizon is not None:
             kwargs["n_steps"] = n_steps_for(horizon, kwargs.get("n_steps"))
             plan_following = isinstance(policy, type) and issubclass(policy, PlanFollowingPolicy)
-            if policy == "MlpPolicy" or plan_following:
-                given = kwargs.get("policy_kwargs") or {}
+            given = kwargs.get("policy_kwargs") or {}
+            # a features extractor of the caller's own replaces the normalising one: then it stays off
+            if (policy == "MlpPolicy" or plan_following) and "features_extractor_class" not in given:
                 kwargs["policy_kwargs"] = {"normalize_observations": True, **given}
         elif kwargs.get("n_steps", 0) is None:
             del kwargs["n_steps"]  # not imagined: SB3's own default
@@ -316,7 +317,8 @@ class _ImaginationMixin:
 
     def _check_normalised_once(self, env: Any) -> None:
         """ValueError when a policy that normalises its own observations meets a VecNormalize that also
-        normalises them (by `set_env`, or `load(..., env=)`): observations would be normalised twice."""
+        normalises them (at `set_env`, and before each rollout, which covers `load(..., env=)`):
+        observations would be normalised twice."""
         policy = getattr(self, "policy", None)
         _, vec_normalize = find_imagined(env) if isinstance(env, VecEnv) else (None, None)
         if isinstance(policy, PlanFollowingPolicy) and policy.observations_fitted and \

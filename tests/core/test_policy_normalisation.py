@@ -154,3 +154,10 @@ def test_the_statistics_stay_those_of_the_start_states_while_learning():
     obs = start_states(seed=1) * 3.0
     np.testing.assert_allclose(model.policy.extract_features(torch.as_tensor(obs)).numpy(),
                                reference_features(obs, starts), rtol=1e-5, atol=1e-5)
+
+
+def test_a_features_extractor_of_the_callers_own_leaves_the_normalisation_off():
+    from stable_baselines3.common.torch_layers import FlattenExtractor
+    model = ImaginationPPO("MlpPolicy", imagined(start_states()), n_steps=5, batch_size=40, seed=0,
+                           policy_kwargs={"features_extractor_class": FlattenExtractor})
+    assert type(model.policy.features_extractor) is FlattenExtractor and not model.policy.observations_fitted
