@@ -334,7 +334,8 @@ class _ImaginationMixin:
         if isinstance(policy, PlanFollowingPolicy):
             policy.plan_source = imagined
         if imagined is not None:
-            if isinstance(policy, PlanFollowingPolicy) and vec_normalize is None \
+            observations_raw = vec_normalize is None or not vec_normalize.norm_obs  # rewards alone: raw
+            if isinstance(policy, PlanFollowingPolicy) and observations_raw \
                     and self.num_timesteps == 0:  # type: ignore[attr-defined]  # weights trained on raw ones
                 policy.fit_observations(imagined.start_observations())
             imagined.set_policy(sb3_guide(policy, vec_normalize))

@@ -241,7 +241,9 @@ def learner(unit: Unit) -> ImaginationPPO | ImaginationA2C:
         imagined = make_imagined_vec_env(unit.env_id, **(env_kwargs(unit) or {}))
         norm = VecNormalize(imagined.venv, norm_obs=unit.learner != "sb3-norm-reward",
                             norm_reward=unit.learner != "sb3-norm-obs")
-        return ImaginationPPO("MlpPolicy", norm, seed=unit.seed, verbose=0)
+        # no observation normalisation at all for `sb3-norm-reward`: the policy's own is turned off too
+        return ImaginationPPO("MlpPolicy", norm, seed=unit.seed, verbose=0,
+                              policy_kwargs={"normalize_observations": False})
     kwargs = zoo_settings("ppo", unit.env_id).kwargs
     imagined = make_imagined_vec_env(unit.env_id, ZOO_N_ENVS, **(env_kwargs(unit) or {}))
     kwargs["n_steps"] = 8 * imagined_horizon(imagined)

@@ -73,6 +73,17 @@ def test_under_vecnormalize_or_when_turned_off_the_policy_leaves_observations_al
     assert not any("obs_mean" in key for key in turned_off.policy.state_dict())   # older files still load
 
 
+def test_a_vecnormalize_of_rewards_alone_leaves_the_policys_normalisation_on():
+    starts = start_states()
+    model = ImaginationPPO("MlpPolicy", VecNormalize(imagined(starts), norm_obs=False), n_steps=5,
+                           batch_size=40, seed=0)
+    obs = start_states(seed=1) * 3.0
+    np.testing.assert_allclose(model.policy.extract_features(torch.as_tensor(obs)).numpy(),
+                               reference_features(obs, starts), rtol=1e-5, atol=1e-5)
+    mean, _ = model.imagined.replay.policy(torch.as_tensor(obs))   # guidance: normalised once, by it
+    torch.testing.assert_close(mean, model.policy.get_distribution(torch.as_tensor(obs)).distribution.mean)
+
+
 def test_on_a_real_env_it_is_sb3_ppo_exactly():
     """Not wired to an imagined env, nothing is fitted: same actions and values as SB3's PPO."""
     ours = ImaginationPPO("MlpPolicy", "Pendulum-v1", seed=0)
