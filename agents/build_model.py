@@ -59,6 +59,11 @@ class BuildConfig:
     own transitions (None: never), so the limit follows the model's scale of doubt rather than a guess."""
     n_start_states: int = 4096
     """Real observations shipped to start imagined episodes from, drawn evenly from all the data."""
+    reset_start_share: float = 0.0
+    """Share of the start states replaced (at random places) by the task's own reset observations, where
+    every real episode begins. Drawn evenly from the data, hardly any start states are episode starts, so
+    a learner is rarely taught the first steps of a real episode; this helps only where the data hold
+    enough episode starts for the model to be sure there (else the disagreement limit ends them at once)."""
     quiet_action_stds: tuple[float, ...] = ()
     """Widths of zero-mean Gaussian random actions added to either source's data, `quiet_action_steps`
     real steps each. A learner whose policy starts near-deterministic (the RL Zoo's log_std_init -2)
@@ -85,6 +90,8 @@ class BuildConfig:
                              f"got {self.disagreement_quantile}")
         if not (isinstance(self.n_start_states, int) and self.n_start_states >= 1):
             raise ValueError(f"n_start_states must be an int >= 1, got {self.n_start_states!r}")
+        if not (isinstance(self.reset_start_share, (int, float)) and 0 <= self.reset_start_share < 1):
+            raise ValueError(f"reset_start_share must be in [0, 1), got {self.reset_start_share!r}")
         stds = self.quiet_action_stds
         if not (isinstance(stds, tuple) and all(isinstance(x, (int, float)) and 0 < x < float("inf")
                                                 for x in stds)):
@@ -159,6 +166,9 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     model.config = replace(model.config, readout=readout, terminations=config.terminations,
                            disagreement_penalty=config.disagreement_penalty, disagreement_limit=limit)
     starts = evenly_drawn_starts(buffer, config.n_start_states)
+    n_resets = round(config.reset_start_share * len(starts))
+    if n_resets:
+        starts = with_reset_starts(starts, env_id, n_resets, config.data.seed)
     # every record is made before the first file is written, so a failure leaves the folder as it was
     lines = [command, "",
              f"{env_id}: {data_origin(config)}, {buffer.n_transitions} real transitions in "
@@ -171,7 +181,8 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
              f"{np.quantile(on_data, 0.99):.4f}; imagined reward minus {config.disagreement_penalty:g} x "
              f"disagreement; episodes end above {'never' if limit is None else f'{limit:.4f}'}; "
              f"terminations: {config.terminations}",
-             f"start states: {len(starts)} real observations drawn evenly from the data",
+             f"start states: {len(starts)} real observations drawn evenly from the data"
+             + (f", {n_resets} of them replaced by the task's reset states" if n_resets else ""),
              f"build settings: {json.dumps(asdict(config))}"]
     collected = config.run_data.steps if config.source == "run" else (
         parts["uniform random"]["transitions"] + config.data.ppo_steps
@@ -251,6 +262,21 @@ def check_same(record: Path, key: str, settings: dict[str, object], result: Path
     if stored != json.loads(json.dumps(settings)):
         raise ValueError(f"{record.parent} holds a {key} stage built with {stored}, not the {settings} asked "
                          f"for: use another work folder or delete {result} to make the stage anew")
+
+
+RESET_SEED = 20_000
+"""Reset seeds of the task's start observations (`with_reset_starts`): RESET_SEED, RESET_SEED + 1, ...,
+apart from the seeds real evaluations reset with (10_000 and up)."""
+
+
+def with_reset_starts(starts: np.ndarray, env_id: str, n: int, seed: int) -> np.ndarray:
+    """A copy of `starts` with `n` rows, chosen by `seed`, replaced by the task's reset observations."""
+    env = make_quietly(env_id)
+    resets = np.stack([env.reset(seed=RESET_SEED + i)[0] for i in range(n)]).astype(np.float32)
+    env.close()
+    out = starts.copy()
+    out[np.random.default_rng(seed).choice(len(starts), n, replace=False)] = resets
+    return out
 
 
 def evenly_drawn_starts(buffer: EpisodeBuffer, n: int) -> np.ndarray:

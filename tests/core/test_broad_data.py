@@ -119,6 +119,8 @@ def test_bad_data_settings_name_their_field(field, value):
     ("disagreement_penalty", -0.5), ("disagreement_penalty", math.nan), ("disagreement_penalty", math.inf),
     ("disagreement_quantile", 0.0), ("disagreement_quantile", 1.5), ("disagreement_quantile", math.nan),
     ("n_start_states", 0), ("n_start_states", 10.0), ("terminations", "rule"), ("terminations", None),
+    ("reset_start_share", -0.1), ("reset_start_share", 1.0), ("reset_start_share", math.nan),
+    ("reset_start_share", "0.25"),
 ])
 def test_bad_build_settings_name_their_field(field, value):
     with pytest.raises(ValueError, match=field):
@@ -133,6 +135,8 @@ def test_the_defaults_and_edge_values_are_accepted():
     BuildConfig(preset="cpu", n_members=2, fit_steps=1, disagreement_penalty=0.0, disagreement_quantile=1.0,
                 n_start_states=1)
     BuildConfig(disagreement_quantile=None)
+    BuildConfig(reset_start_share=0.0)
+    BuildConfig(reset_start_share=0.99)
     BuildConfig(terminations="learned")
 
 

@@ -16,6 +16,7 @@ from agents.cli import main
     (["--disagreement-penalty", "-1"], "disagreement_penalty must be a finite number >= 0"),
     (["--disagreement-quantile", "1.5"], "disagreement_quantile must be in (0, 1] or None"),
     (["--n-start-states", "0"], "n_start_states must be an int >= 1"),
+    (["--reset-start-share", "1"], "reset_start_share must be in [0, 1), got 1.0"),
     (["--quiet-action-stds", "0.1,0"], "quiet_action_stds must be a tuple of finite numbers > 0"),
     (["--quiet-action-steps", "0"], "quiet_action_steps must be an int >= 1"),
     (["--terminations", "rule"], "terminations must be one of learned, task, got 'rule'"),

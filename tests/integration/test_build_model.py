@@ -317,3 +317,18 @@ def test_the_cli_with_a_finished_builds_flags_reuses_it_and_prints_its_record(bu
     record = (tmp_path / "out" / "COMMAND.txt").read_text()
     assert record.startswith("imagined-env " + " ".join(argv) + "\n")
     assert record in capsys.readouterr().out
+
+
+def test_a_reset_share_reuses_both_stages_and_replaces_that_share_of_starts(built, tmp_path, monkeypatch):
+    out, work = built
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model")
+    again = build(tmp_path / "out", copy_of(work, tmp_path / "work"), replace(TINY, reset_start_share=0.2))
+    before, after = np.load(out / "start_states.npy"), np.load(again / "start_states.npy")
+    changed = np.flatnonzero((before != after).any(1))
+    assert len(changed) == 10                                       # 0.2 of 50
+    env = gym.make(TASK)
+    resets = {tuple(env.reset(seed=build_module.RESET_SEED + i)[0].astype(np.float32)) for i in range(10)}
+    assert set(map(tuple, after[changed])) == resets
+    assert "50 real observations drawn evenly from the data, 10 of them replaced by the task's reset " \
+           "states" in (again / "COMMAND.txt").read_text()
+    assert (again / "data.json").read_text() == (out / "data.json").read_text()
