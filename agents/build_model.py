@@ -90,7 +90,8 @@ class BuildConfig:
                              f"got {self.disagreement_quantile}")
         if not (isinstance(self.n_start_states, int) and self.n_start_states >= 1):
             raise ValueError(f"n_start_states must be an int >= 1, got {self.n_start_states!r}")
-        if not (isinstance(self.reset_start_share, (int, float)) and 0 <= self.reset_start_share < 1):
+        share = self.reset_start_share
+        if isinstance(share, bool) or not (isinstance(share, (int, float)) and 0 <= share < 1):
             raise ValueError(f"reset_start_share must be in [0, 1), got {self.reset_start_share!r}")
         stds = self.quiet_action_stds
         if not (isinstance(stds, tuple) and all(isinstance(x, (int, float)) and 0 < x < float("inf")
@@ -272,8 +273,10 @@ apart from the seeds real evaluations reset with (10_000 and up)."""
 def with_reset_starts(starts: np.ndarray, env_id: str, n: int, seed: int) -> np.ndarray:
     """A copy of `starts` with `n` rows, chosen by `seed`, replaced by the task's reset observations."""
     env = make_quietly(env_id)
-    resets = np.stack([env.reset(seed=RESET_SEED + i)[0] for i in range(n)]).astype(np.float32)
-    env.close()
+    try:
+        resets = np.stack([env.reset(seed=RESET_SEED + i)[0] for i in range(n)]).astype(np.float32)
+    finally:
+        env.close()
     out = starts.copy()
     out[np.random.default_rng(seed).choice(len(starts), n, replace=False)] = resets
     return out

@@ -120,7 +120,7 @@ def test_bad_data_settings_name_their_field(field, value):
     ("disagreement_quantile", 0.0), ("disagreement_quantile", 1.5), ("disagreement_quantile", math.nan),
     ("n_start_states", 0), ("n_start_states", 10.0), ("terminations", "rule"), ("terminations", None),
     ("reset_start_share", -0.1), ("reset_start_share", 1.0), ("reset_start_share", math.nan),
-    ("reset_start_share", "0.25"),
+    ("reset_start_share", "0.25"), ("reset_start_share", True),
 ])
 def test_bad_build_settings_name_their_field(field, value):
     with pytest.raises(ValueError, match=field):
