@@ -1,11 +1,13 @@
 """Make a world model to ship: real data of many skill levels (a training run in imagination,
 `agents.run_data`, or RL Zoo PPO or SAC and random actions, `agents.broad_data`), an ensemble fitted on
-it, and the files an imagined env loads (`imagined_env/pretrained/<name>/`).
+it, optionally refitted on real episodes of a learner trained in it (`agents.learner_data`), and the
+files an imagined env loads (`imagined_env/pretrained/<name>/`).
 
 Each stage writes its result into a work folder before the next starts, so a killed build resumes from
 the last finished stage (the data run from its last checkpoint): `data.npz` (the real episodes),
-`world_model.pt` (the fitted ensemble), then the shipped folder: the model without its training-only
-weights, start states, and `COMMAND.txt` (how it was made and what the data holds).
+`world_model.pt` (the fitted ensemble), for each round r of learner data `learner_data_<r>.npz` and
+`world_model_<r>.pt`, then the shipped folder: the last model without its training-only weights, start
+states, and `COMMAND.txt` (how it was made and what the data holds).
 """
 from __future__ import annotations
 
@@ -20,13 +22,14 @@ import numpy as np
 import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data, collect_quiet_actions
+from agents.learner_data import LearnerDataConfig, collect_learner_data, joined
 from agents.presets import build_preset, resolve
 from agents.real_evaluation import make_quietly
 from agents.run_data import RunDataConfig, collect_run_data, final_return
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.training import fit_world_model, spec_from_env
 from imagined_env.utils import atomic_path
-from imagined_env.world_model import WorldModel, check_terminations
+from imagined_env.world_model import WorldModel, WorldModelConfig, check_terminations
 
 SOURCES = ("run", "broad")
 
@@ -72,6 +75,9 @@ class BuildConfig:
     signal can flag, only data."""
     quiet_action_steps: int = 3000
     """Real steps of random actions at each width of `quiet_action_stds`."""
+    learner_data: LearnerDataConfig = field(default_factory=LearnerDataConfig)
+    """Rounds of refitting on real episodes of the snippet's PPO trained in the model itself: where the
+    members agree on an error the learner finds, data there is the only cure."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -104,7 +110,7 @@ class BuildConfig:
 
 def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: BuildConfig, command: str,
                 log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """Run (or resume) the three stages; returns the shipped folder (world_model.pt, start_states.npy,
+    """Run (or resume) the stages; returns the shipped folder (world_model.pt, start_states.npy,
     data.json: what the data holds, for references such as the demo's; COMMAND.txt)."""
     gym.spec(env_id)  # unknown ids fail here, before any work
     out_dir, work_dir = Path(out_dir), Path(work_dir)
@@ -115,7 +121,6 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     wm_config = replace(preset.world_model, n_members=config.n_members, readout=readout)
     work_dir.mkdir(parents=True, exist_ok=True)
     data_file, report_file = work_dir / "data.npz", work_dir / "data.json"
-    model_file = work_dir / "world_model.pt"
     data_settings = data_stage_settings(config)
     if data_file.is_file():
         check_same(report_file, "data", data_settings, data_file)
@@ -143,33 +148,20 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     # the data too: a data stage made anew must be refitted
     fit_settings = {"data": data_settings, "preset": config.preset, "n_members": config.n_members,
                     "fit_steps": config.fit_steps, "seed": config.data.seed}
-    if model_file.is_file():
-        check_same(work_dir / "model.json", "model", fit_settings, model_file)
-    else:
-        env = make_quietly(env_id)
-        spec = spec_from_env(env, env_id)
-        env.close()
-        model, losses = fit_world_model(buffer, spec, config.fit_steps, wm_config,
-                                        replace(preset.train, seed=config.data.seed), device="cpu",
-                                        progress=progress)
-        chain = preset.n_sample_steps
-        model.set_default_chain(chain)
-        with atomic_path(work_dir / "model.json") as tmp:  # first: a kill between the two files refits
-            tmp.write_text(json.dumps({"model": fit_settings}, indent=2))
-        model.save(model_file)
-        log(f"fitted {config.n_members} members for {config.fit_steps} steps, final loss "
-            f"{np.mean(losses[-100:]):.4f}")
-    model = WorldModel.load(model_file, device="cpu")
-    on_data = data_disagreement(model, buffer, np.random.default_rng(config.data.seed))
-    limit = None if config.disagreement_quantile is None else float(np.quantile(on_data,
-                                                                                config.disagreement_quantile))
-    # the read-out is set here too: a model stage fitted before it was part of the recipe ships it
-    model.config = replace(model.config, readout=readout, terminations=config.terminations,
-                           disagreement_penalty=config.disagreement_penalty, disagreement_limit=limit)
-    starts = evenly_drawn_starts(buffer, config.n_start_states)
+    model = fit_stage(env_id, buffer, work_dir, "", fit_settings, config, wm_config, log, progress)
+    rounds = config.learner_data
+    for round_ in range(1, rounds.rounds + 1):
+        _, _, starts = ship_ready(model, buffer, config, readout, env_id)
+        # what round r depends on: the model it trains in (the settings before it) and the learners
+        fit_settings = {**fit_settings, f"learner_round_{round_}": learner_round_settings(rounds)}
+        learned, parts = learner_stage(env_id, model, starts, rounds, round_, work_dir, fit_settings, buffer,
+                                       parts, log)
+        buffer = joined(buffer, learned)
+        log(f"data with learner round {round_}: {buffer.n_transitions} transitions in {len(buffer)} episodes")
+        model = fit_stage(env_id, buffer, work_dir, f"_{round_}", fit_settings, config, wm_config, log,
+                          progress)
+    on_data, limit, starts = ship_ready(model, buffer, config, readout, env_id)
     n_resets = round(config.reset_start_share * len(starts))
-    if n_resets:
-        starts = with_reset_starts(starts, env_id, n_resets, config.data.seed)
     # every record is made before the first file is written, so a failure leaves the folder as it was
     lines = [command, "",
              f"{env_id}: {data_origin(config)}, {buffer.n_transitions} real transitions in "
@@ -177,7 +169,10 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
              *(f"- {name}: {p['episodes']:.0f} episodes, {p['transitions']:.0f} transitions, return mean "
                f"{p['mean_return']:.1f}, max {p['max_return']:.1f}" for name, p in parts.items()),
              f"model: preset {config.preset} world model, {config.n_members} members of "
-             f"{model.n_parameters() // config.n_members} parameters, {config.fit_steps} Adam steps each; "
+             f"{model.n_parameters() // config.n_members} parameters, {config.fit_steps} Adam steps each"
+             + (f", refitted after {rounds.rounds} round{'s' * (rounds.rounds > 1)} of learner data"
+                if rounds.rounds else "")
+             + "; "
              f"members' disagreement on the data's transitions: median {np.median(on_data):.4f}, 99% "
              f"{np.quantile(on_data, 0.99):.4f}; imagined reward minus {config.disagreement_penalty:g} x "
              f"disagreement; episodes end above {'never' if limit is None else f'{limit:.4f}'}; "
@@ -189,6 +184,7 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
         parts["uniform random"]["transitions"] + config.data.ppo_steps
         + len(config.data.final_noise_stds) * config.data.final_steps_per_noise)
     collected += len(config.quiet_action_stds) * config.quiet_action_steps
+    collected += rounds.rounds * len(rounds.seeds) * rounds.checkpoints * rounds.real_steps
     record = {"env_id": env_id, "origin": data_origin(config), "real_steps_collected": int(collected),
               "transitions_kept": buffer.n_transitions, "parts": parts,
               "reference": data_reference(config, parts, work_dir)}
@@ -202,6 +198,75 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     with atomic_path(out_dir / "COMMAND.txt") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return out_dir
+
+
+def fit_stage(env_id: str, buffer: EpisodeBuffer, work_dir: Path, suffix: str, settings: dict[str, object],
+              config: BuildConfig, wm_config: WorldModelConfig, log: Callable[[str], None], progress: bool
+              ) -> WorldModel:
+    """The ensemble fitted on `buffer` (work folder `world_model{suffix}.pt`, its settings in
+    `model{suffix}.json`), fitted now unless stored with the same settings."""
+    model_file, record = work_dir / f"world_model{suffix}.pt", work_dir / f"model{suffix}.json"
+    if model_file.is_file():
+        check_same(record, "model", settings, model_file)
+    else:
+        preset = build_preset(config.preset, env_id)
+        env = make_quietly(env_id)
+        spec = spec_from_env(env, env_id)
+        env.close()
+        model, losses = fit_world_model(buffer, spec, config.fit_steps, wm_config,
+                                        replace(preset.train, seed=config.data.seed), device="cpu",
+                                        progress=progress)
+        model.set_default_chain(preset.n_sample_steps)
+        with atomic_path(record) as tmp:  # first: a kill between the two files refits
+            tmp.write_text(json.dumps({"model": settings}, indent=2))
+        model.save(model_file)
+        log(f"fitted {config.n_members} members for {config.fit_steps} steps, final loss "
+            f"{np.mean(losses[-100:]):.4f}")
+    return WorldModel.load(model_file, device="cpu")
+
+
+def ship_ready(model: WorldModel, buffer: EpisodeBuffer, config: BuildConfig, readout: str, env_id: str
+               ) -> tuple[np.ndarray, float | None, np.ndarray]:
+    """Sets `model`'s pessimism as it ships (its limit calibrated on `buffer`); returns the members'
+    disagreement on the data, the limit and the start states."""
+    on_data = data_disagreement(model, buffer, np.random.default_rng(config.data.seed))
+    limit = None if config.disagreement_quantile is None else float(np.quantile(on_data,
+                                                                                config.disagreement_quantile))
+    # the read-out is set here too: a model stage fitted before it was part of the recipe ships it
+    model.config = replace(model.config, readout=readout, terminations=config.terminations,
+                           disagreement_penalty=config.disagreement_penalty, disagreement_limit=limit)
+    starts = evenly_drawn_starts(buffer, config.n_start_states)
+    n_resets = round(config.reset_start_share * len(starts))
+    if n_resets:
+        starts = with_reset_starts(starts, env_id, n_resets, config.data.seed)
+    return on_data, limit, starts
+
+
+def learner_round_settings(config: LearnerDataConfig) -> dict[str, object]:
+    """What one round of learner data depends on besides the model (not how many rounds follow)."""
+    settings = asdict(config)
+    del settings["rounds"]
+    return settings
+
+
+def learner_stage(env_id: str, model: WorldModel, starts: np.ndarray, config: LearnerDataConfig, round_: int,
+                  work_dir: Path, settings: dict[str, object], like: EpisodeBuffer,
+                  parts: dict[str, dict[str, float]], log: Callable[[str], None]
+                  ) -> tuple[EpisodeBuffer, dict[str, dict[str, float]]]:
+    """Round `round_`'s learner episodes in a buffer shaped `like` (work folder `learner_data_{round_}.npz`,
+    recorded now unless stored with the same settings) and the data's parts with them."""
+    data_file, report_file = work_dir / f"learner_data_{round_}.npz", work_dir / f"learner_data_{round_}.json"
+    if data_file.is_file():
+        check_same(report_file, "learner_data", settings, data_file)
+    else:
+        episodes, report = collect_learner_data(env_id, model, starts, config, round_, log)
+        buffer = EpisodeBuffer(like.obs_dim, like.act_dim, like.nq, like.nv, env_id=like.env_id)
+        for episode in episodes:
+            episode.add_to(buffer)
+        with atomic_path(report_file) as tmp:
+            tmp.write_text(json.dumps({"learner_data": settings, "parts": report.parts}, indent=2))
+        buffer.save(data_file)
+    return EpisodeBuffer.load(data_file), {**parts, **json.loads(report_file.read_text())["parts"]}
 
 
 def data_stage_settings(config: BuildConfig) -> dict[str, object]:

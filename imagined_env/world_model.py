@@ -399,8 +399,10 @@ class WorldModel:
         else:
             payload["denoiser"], payload["ema"] = self.denoiser.state_dict(), self.ema.state_dict()
         payload["checksum"] = content_checksum(payload)
-        with atomic_path(path) as tmp:
-            torch.save(payload, tmp)
+        # written through a handle: given a path, torch names the archive's records after the (temporary)
+        # file, so the same model would be saved as different bytes each time
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            torch.save(payload, handle)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "auto",

@@ -27,6 +27,8 @@ from agents.cli import main
     (["--data.algo", "td3"], "algo must be one of ppo, sac, got 'td3'"),
     (["--data.algo", "sac", "--data.ppo-steps", "10000"], "ppo_steps must exceed SAC's 10000 steps"),
     (["--data.algo", "sac", "--data.ppo-steps", "0"], "ppo_steps must exceed SAC's 10000 steps"),
+    (["--learner-data.rounds", "-1"], "rounds must be an int >= 0"),
+    (["--learner-data.seeds", "7,7"], "seeds must be a non-empty tuple of distinct ints >= 0"),
     (["--source", "rerun"], "source must be one of run, broad, got 'rerun'"),
     (["--run-data.steps", "0"], "run_data.steps must be an int >= 1"),
     (["--run-data.preset", "cpu-v99"], "unknown preset 'cpu-v99'"),

@@ -134,3 +134,13 @@ def test_bad_compact_saves_are_refused_before_writing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     model.save(tmp_path / "c.pt")                                       # a full file holds it
     assert WorldModel.load(tmp_path / "c.pt").ema.inp.weight[0, 0] == 1e6
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_the_same_model_saved_twice_under_other_names_is_the_same_bytes(tmp_path, compact):
+    """A model's file identifies it (benchmarks digest the shipped files): no temporary name in it."""
+    model = _ensemble()
+    first, second = tmp_path / "a.pt", tmp_path / "sub" / "world_model.pt"
+    model.save(first, compact=compact)
+    model.save(second, compact=compact)
+    assert first.read_bytes() == second.read_bytes()

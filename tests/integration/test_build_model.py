@@ -18,6 +18,7 @@ import imagined_env  # noqa: F401  (registers the Imagined-* ids)
 from agents.broad_data import BroadDataConfig, DataReport
 from agents.build_model import BuildConfig, build_model
 from agents.cli import main
+from agents.learner_data import LEARNER_RESET_SEED, LearnerDataConfig, joined
 from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.world_model import WorldModel
 
@@ -332,3 +333,90 @@ def test_a_reset_share_reuses_both_stages_and_replaces_that_share_of_starts(buil
     assert "50 real observations drawn evenly from the data, 10 of them replaced by the task's reset " \
            "states" in (again / "COMMAND.txt").read_text()
     assert (again / "data.json").read_text() == (out / "data.json").read_text()
+
+
+ROUNDS = LearnerDataConfig(rounds=1, seeds=(5, 6), imagined_steps=1000, checkpoints=2, real_steps=60)
+
+
+@pytest.fixture(scope="module")
+def with_round(built, tmp_path_factory) -> tuple[Path, Path]:
+    """(shipped folder, work folder) of the tiny build with one round of learner data added."""
+    root = tmp_path_factory.mktemp("round")
+    work = copy_of(built[1], root / "work")
+    return build(root / "out", work, replace(TINY, learner_data=ROUNDS)), work
+
+
+def test_a_learner_round_records_the_learners_real_episodes_and_ships_the_model_refitted_on_them(
+        built, with_round):
+    out, work = with_round
+    base = EpisodeBuffer.load(work / "data.npz")
+    learned = EpisodeBuffer.load(work / "learner_data_1.npz")
+    # every learner recorded real_steps at each checkpoint, the last episode of each cut short
+    assert learned.n_transitions == 2 * 2 * 60
+    record = json.loads((out / "data.json").read_text())
+    names = [f"learner in the model, round 1, seed {s}" for s in (5, 6)]
+    assert list(record["parts"])[-2:] == names
+    assert [record["parts"][n]["transitions"] for n in names] == [120, 120]
+    assert record["transitions_kept"] == base.n_transitions + 240
+    collected = json.loads((built[0] / "data.json").read_text())["real_steps_collected"]
+    assert record["real_steps_collected"] == collected + 240
+    # the first episode of a learner begins at the reset its seeded draw names
+    env = gym.make(TASK)
+    first = np.random.default_rng([LEARNER_RESET_SEED, 1, 5]).integers(2**31)
+    np.testing.assert_array_equal(learned.episodes[0].observations[0],
+                                  env.reset(seed=int(first))[0].astype(np.float32))
+    # real episodes: the recorded actions, replayed from the recorded simulator state, give its next states
+    episode = learned.episodes[1]
+    env.reset(seed=0)
+    env.unwrapped.set_state(episode.qpos[0], episode.qvel[0])
+    for t in range(episode.length):
+        obs, reward, *_ = env.step(episode.actions[t])
+        np.testing.assert_allclose(obs, episode.observations[t + 1], rtol=1e-5, atol=1e-5)
+    # the shipped model is the one refitted on data and learner episodes, its limit calibrated on both
+    refit = WorldModel.load(work / "world_model_1.pt", device="cpu")
+    shipped = WorldModel.load(out / "world_model.pt", device="cpu")
+    first_fit = WorldModel.load(work / "world_model.pt", device="cpu")
+    windows = learned.sample_windows(64, refit.horizon, np.random.default_rng(1))
+    h = refit.horizon
+
+    def imagined(model: WorldModel) -> torch.Tensor:
+        with torch.no_grad():
+            return model.imagine(windows.states[:, 0], actions=windows.actions[:, :h]).observations
+
+    torch.testing.assert_close(imagined(shipped), imagined(refit), atol=0.05, rtol=0.05)  # float16 copy
+    assert (imagined(refit) - imagined(first_fit)).abs().max() > 0.1
+    both = joined(base, learned)
+    on_data = build_module.data_disagreement(refit, both, np.random.default_rng(TINY.data.seed))
+    assert shipped.config.disagreement_limit == pytest.approx(float(np.quantile(on_data, 0.9)), rel=1e-12)
+    text = (out / "COMMAND.txt").read_text()
+    assert "20 Adam steps each, refitted after 1 round of learner data;" in text and names[0] in text
+    settings = json.loads(text.split("build settings: ", 1)[1])
+    assert settings["learner_data"] == asdict(ROUNDS) | {"seeds": [5, 6]}
+
+
+def test_a_build_with_a_round_resumes_each_round_and_refuses_other_learner_settings(
+        with_round, tmp_path, monkeypatch):
+    out, work = with_round
+    work = copy_of(work, tmp_path / "work")
+    before = snapshot(work)
+    forbid(monkeypatch, "collect_broad_data", "fit_world_model", "collect_learner_data")
+    again = build(tmp_path / "out", work, replace(TINY, learner_data=ROUNDS))
+    assert snapshot(work) == before
+    assert (again / "COMMAND.txt").read_text() == (out / "COMMAND.txt").read_text()
+    with pytest.raises(ValueError, match="holds a learner_data stage"):
+        build(tmp_path / "other", work, replace(TINY, learner_data=replace(ROUNDS, real_steps=61)))
+    assert snapshot(work) == before and not (tmp_path / "other").exists()
+    # a second round reuses the first: only round 2 is recorded and fitted anew
+    monkeypatch.undo()
+    rounds_run = []
+    real_collect = build_module.collect_learner_data
+
+    def collect(*args, **kwargs):
+        rounds_run.append(args[4])
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "collect_learner_data", collect)
+    forbid(monkeypatch, "collect_broad_data")
+    build(tmp_path / "two", work, replace(TINY, learner_data=replace(ROUNDS, rounds=2)))
+    assert rounds_run == [2]
+    assert (work / "world_model_2.pt").is_file() and (work / "learner_data_2.npz").is_file()
