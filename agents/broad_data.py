@@ -289,17 +289,31 @@ def collect_quiet_actions(env_id: str, stds: tuple[float, ...], steps_per_std: i
     report, episodes = DataReport(), []
     rng = np.random.default_rng(seed)
     for std in stds:
-        part: list[RecordedEpisode] = []
-        env = EpisodeRecorder(make_quietly(env_id), part.append)
-        space = cast(gym.spaces.Box, env.action_space)
-        env.reset(seed=int(rng.integers(2**31)))
-        for _ in range(steps_per_std):
-            action = np.clip(std * rng.standard_normal(space.shape), space.low, space.high)
-            _, _, terminated, truncated, _ = env.step(action.astype(np.float32))
-            if terminated or truncated:
-                env.reset()
-        env.flush()
-        env.close()
+        reset_seed = int(rng.integers(2**31))
+
+        def act(_obs: np.ndarray, space: gym.spaces.Box, std: float = std) -> np.ndarray:
+            return np.clip(std * rng.standard_normal(space.shape), space.low, space.high).astype(np.float32)
+
+        part = record_steps(env_id, act, steps_per_std, reset_seed)
         report.add(f"random actions N(0, {std:g}^2)", part)
         episodes.extend(part)
     return episodes, report
+
+
+def record_steps(env_id: str, act: Callable[[np.ndarray, gym.spaces.Box], np.ndarray], steps: int,
+                 reset_seed: int) -> list[RecordedEpisode]:
+    """`steps` real steps of `env_id` with the actions `act(observation, action space)`, every episode
+    recorded (the first reset with `reset_seed`, the last episode cut short)."""
+    episodes: list[RecordedEpisode] = []
+    env = EpisodeRecorder(make_quietly(env_id), episodes.append)
+    try:
+        space = cast(gym.spaces.Box, env.action_space)
+        obs, _ = env.reset(seed=reset_seed)
+        for _ in range(steps):
+            obs, _, terminated, truncated, _ = env.step(act(obs, space))
+            if terminated or truncated:
+                obs, _ = env.reset()
+        env.flush()
+    finally:
+        env.close()
+    return episodes

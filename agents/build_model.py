@@ -11,6 +11,7 @@ states, and `COMMAND.txt` (how it was made and what the data holds).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from agents.broad_data import BroadDataConfig, collect_broad_data, collect_quiet_actions
-from agents.learner_data import LearnerDataConfig, collect_learner_data, joined
+from agents.learner_data import LearnerDataConfig, collect_learner_data
 from agents.presets import build_preset, resolve
 from agents.real_evaluation import make_quietly
 from agents.run_data import RunDataConfig, collect_run_data, final_return
@@ -151,17 +152,20 @@ def build_model(env_id: str, out_dir: str | Path, work_dir: str | Path, config: 
     model = fit_stage(env_id, buffer, work_dir, "", fit_settings, config, wm_config, log, progress)
     rounds = config.learner_data
     for round_ in range(1, rounds.rounds + 1):
-        _, _, starts = ship_ready(model, buffer, config, readout, env_id)
-        # what round r depends on: the model it trains in (the settings before it) and the learners
-        fit_settings = {**fit_settings, f"learner_round_{round_}": learner_round_settings(rounds)}
+        _, _, starts, _ = ship_ready(model, buffer, config, readout, env_id)
+        # what round r depends on: the model it trains in, as it ships (its file, the settings it was
+        # fitted with, its pessimism and start states) and the learners
+        trained_in = work_dir / f"world_model{'' if round_ == 1 else f'_{round_ - 1}'}.pt"
+        digest = hashlib.sha256(trained_in.read_bytes()).hexdigest()
+        fit_settings = {**fit_settings, f"learner_round_{round_}": {
+            **learner_round_settings(rounds), "model_sha256": digest, **ship_settings(config)}}
         learned, parts = learner_stage(env_id, model, starts, rounds, round_, work_dir, fit_settings, buffer,
                                        parts, log)
-        buffer = joined(buffer, learned)
+        buffer = buffer.joined(learned)
         log(f"data with learner round {round_}: {buffer.n_transitions} transitions in {len(buffer)} episodes")
         model = fit_stage(env_id, buffer, work_dir, f"_{round_}", fit_settings, config, wm_config, log,
                           progress)
-    on_data, limit, starts = ship_ready(model, buffer, config, readout, env_id)
-    n_resets = round(config.reset_start_share * len(starts))
+    on_data, limit, starts, n_resets = ship_ready(model, buffer, config, readout, env_id)
     # every record is made before the first file is written, so a failure leaves the folder as it was
     lines = [command, "",
              f"{env_id}: {data_origin(config)}, {buffer.n_transitions} real transitions in "
@@ -225,10 +229,17 @@ def fit_stage(env_id: str, buffer: EpisodeBuffer, work_dir: Path, suffix: str, s
     return WorldModel.load(model_file, device="cpu")
 
 
+def ship_settings(config: BuildConfig) -> dict[str, object]:
+    """The settings `ship_ready` applies to a fitted model."""
+    names = ("terminations", "disagreement_penalty", "disagreement_quantile", "n_start_states",
+             "reset_start_share")
+    return {name: getattr(config, name) for name in names}
+
+
 def ship_ready(model: WorldModel, buffer: EpisodeBuffer, config: BuildConfig, readout: str, env_id: str
-               ) -> tuple[np.ndarray, float | None, np.ndarray]:
+               ) -> tuple[np.ndarray, float | None, np.ndarray, int]:
     """Sets `model`'s pessimism as it ships (its limit calibrated on `buffer`); returns the members'
-    disagreement on the data, the limit and the start states."""
+    disagreement on the data, the limit, the start states and how many of them are reset states."""
     on_data = data_disagreement(model, buffer, np.random.default_rng(config.data.seed))
     limit = None if config.disagreement_quantile is None else float(np.quantile(on_data,
                                                                                 config.disagreement_quantile))
@@ -239,7 +250,7 @@ def ship_ready(model: WorldModel, buffer: EpisodeBuffer, config: BuildConfig, re
     n_resets = round(config.reset_start_share * len(starts))
     if n_resets:
         starts = with_reset_starts(starts, env_id, n_resets, config.data.seed)
-    return on_data, limit, starts
+    return on_data, limit, starts, n_resets
 
 
 def learner_round_settings(config: LearnerDataConfig) -> dict[str, object]:
@@ -260,7 +271,7 @@ def learner_stage(env_id: str, model: WorldModel, starts: np.ndarray, config: Le
         check_same(report_file, "learner_data", settings, data_file)
     else:
         episodes, report = collect_learner_data(env_id, model, starts, config, round_, log)
-        buffer = EpisodeBuffer(like.obs_dim, like.act_dim, like.nq, like.nv, env_id=like.env_id)
+        buffer = like.empty_like()
         for episode in episodes:
             episode.add_to(buffer)
         with atomic_path(report_file) as tmp:

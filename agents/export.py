@@ -35,10 +35,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, n_episodes: int, comman
     model = WorldModel.load(checkpoint / "world_model.pt", device="cpu")
     buffer = EpisodeBuffer.load(checkpoint / "buffer.npz")
     picks = np.unique(np.linspace(0, len(buffer) - 1, min(n_episodes, len(buffer))).round().astype(int))
-    starts = EpisodeBuffer(buffer.obs_dim, buffer.act_dim, buffer.nq, buffer.nv, env_id=buffer.env_id)
+    starts = buffer.empty_like()
     for i in picks:
-        ep = buffer.episodes[int(i)]
-        starts.add_episode(ep.observations, ep.actions, ep.rewards, ep.terminated, ep.qpos, ep.qvel)
+        starts.add(buffer.episodes[int(i)])
     # the run imagined with its own chain length: make it the exported model's default
     chain = CoordinatorConfig.from_dict(read_state(checkpoint)["config"]).n_sample_steps
     model.set_default_chain(chain)

@@ -14,15 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from agents.broad_data import DataReport, EpisodeRecorder, RecordedEpisode
+from agents.broad_data import DataReport, RecordedEpisode, record_steps
 from agents.plan_following import ImaginationPPO
-from agents.real_evaluation import make_quietly
-from imagined_env.data.buffer import EpisodeBuffer
 from imagined_env.world_model import WorldModel
 
 LEARNER_RESET_SEED = 30_000
-"""Real episodes of round r, learner seed s start from reset seeds drawn from (LEARNER_RESET_SEED, r, s):
-apart from the seeds evaluations (10_000 and up) and shipped reset start states (20_000 and up) use."""
+"""The real episodes of round r, learner seed s reset with seeds drawn by a generator keyed
+(LEARNER_RESET_SEED, r, s)."""
 
 
 @dataclass(frozen=True)
@@ -33,11 +31,13 @@ class LearnerDataConfig:
     rounds: int = 0
     """Rounds of learner data and refitting (0: none)."""
     seeds: tuple[int, ...] = (1000, 1001, 1002, 1003)
-    """Seeds of the learners trained in each round, apart from the seeds benchmarks evaluate (0 and up)."""
+    """Seeds of the learners trained in each round; the defaults are apart from the seeds the benchmarks
+    evaluate the shipped envs on (0-15)."""
     imagined_steps: int = 200_000
     """Imagined steps each learner trains for."""
     checkpoints: int = 4
-    """Evenly spaced points of its training at which the learner's policy is recorded on the real task."""
+    """Evenly spaced points of its training at which the learner's policy is recorded on the real task; at
+    least one PPO rollout (n_envs x horizon imagined steps) apart."""
     real_steps: int = 2_000
     """Real steps recorded at each checkpoint (the last episode cut short), with the policy's own noise."""
 
@@ -57,26 +57,38 @@ class LearnerDataConfig:
             raise ValueError(f"imagined_steps ({self.imagined_steps}) must be at least checkpoints "
                              f"({self.checkpoints})")
 
+    def marks(self) -> np.ndarray:
+        """The imagined-step counts at which the policy is recorded."""
+        return np.linspace(0, self.imagined_steps, self.checkpoints + 1).round().astype(int)[1:]
+
 
 def collect_learner_data(env_id: str, model: WorldModel, starts: np.ndarray, config: LearnerDataConfig,
                          round_: int, log: Callable[[str], None] = print
                          ) -> tuple[list[RecordedEpisode], DataReport]:
-    """Round `round_`'s real episodes: for each seed, the snippet's PPO trained in an imagined env of
-    `model` (as it ships: its pessimism, started from `starts`), recorded `real_steps` real steps at each
-    of `checkpoints` points of its training."""
+    """Round `round_`'s real episodes: for each seed, the snippet's PPO trained (on the CPU, so that a
+    build does not depend on the machine) in an imagined env of `model` (its pessimism set as it ships,
+    started from `starts`), recorded `real_steps` real steps at each of `checkpoints` points of its
+    training. ValueError, before any training, when the points are closer than one PPO rollout (a
+    learner would be recorded twice without learning between)."""
     report, episodes = DataReport(), []
-    marks = np.linspace(0, config.imagined_steps, config.checkpoints + 1).round().astype(int)[1:]
+    marks = config.marks()
     for seed in config.seeds:
-        learner = ImaginationPPO("MlpPolicy", env_id, seed=seed, verbose=0,
-                                 env_kwargs={"world_model": model, "start_states": starts})
+        learner = ImaginationPPO("MlpPolicy", env_id, seed=seed, verbose=0, device="cpu",
+                                 env_kwargs={"world_model": model, "start_states": starts, "device": "cpu"})
         env = learner.get_env()
         assert env is not None
         rng = np.random.default_rng([LEARNER_RESET_SEED, round_, seed])
         part: list[RecordedEpisode] = []
         try:
+            rollout = learner.n_steps * learner.n_envs
+            if int(np.diff(marks, prepend=0).min()) < rollout:
+                raise ValueError(f"learner_data checkpoints must be at least one PPO rollout ({rollout} "
+                                 f"imagined steps) apart: imagined_steps {config.imagined_steps} / "
+                                 f"checkpoints {config.checkpoints} is less")
             for mark in marks:
                 learner.learn(int(mark) - learner.num_timesteps, reset_num_timesteps=False)
-                part.extend(record_policy(learner, env_id, config.real_steps, int(rng.integers(2**31))))
+                part.extend(record_steps(env_id, lambda obs, _space: learner.predict(obs)[0],
+                                         config.real_steps, int(rng.integers(2**31))))
         finally:
             env.close()
         returns = [e.episode_return for e in part]
@@ -85,30 +97,3 @@ def collect_learner_data(env_id: str, model: WorldModel, starts: np.ndarray, con
         report.add(f"learner in the model, round {round_}, seed {seed}", part)
         episodes.extend(part)
     return episodes, report
-
-
-def record_policy(learner: ImaginationPPO, env_id: str, steps: int, reset_seed: int) -> list[RecordedEpisode]:
-    """`steps` real steps of `learner`'s stochastic policy (episodes reset from `reset_seed`, the last cut
-    short)."""
-    episodes: list[RecordedEpisode] = []
-    env = EpisodeRecorder(make_quietly(env_id), episodes.append)
-    try:
-        obs, _ = env.reset(seed=reset_seed)
-        for _ in range(steps):
-            action, _ = learner.predict(obs, deterministic=False)
-            obs, _, terminated, truncated, _ = env.step(action)
-            if terminated or truncated:
-                obs, _ = env.reset()
-        env.flush()
-    finally:
-        env.close()
-    return episodes
-
-
-def joined(first: EpisodeBuffer, second: EpisodeBuffer) -> EpisodeBuffer:
-    """A new buffer holding `first`'s episodes, then `second`'s (of the same task)."""
-    out = EpisodeBuffer(first.obs_dim, first.act_dim, first.nq, first.nv, env_id=first.env_id)
-    for buffer in (first, second):
-        for e in buffer.episodes:
-            out.add_episode(e.observations, e.actions, e.rewards, e.terminated, e.qpos, e.qvel)
-    return out

@@ -215,6 +215,23 @@ class EpisodeBuffer:
         self._lengths.append(np.array([length]))
         self._terminated.append(np.array([bool(terminated)]))
 
+    def empty_like(self) -> EpisodeBuffer:
+        """An empty buffer of the same row widths and task."""
+        return EpisodeBuffer(self.obs_dim, self.act_dim, self.nq, self.nv, env_id=self.env_id)
+
+    def add(self, episode: Episode) -> None:
+        """Store a copy of `episode` (from this or another buffer of the same widths)."""
+        self.add_episode(episode.observations, episode.actions, episode.rewards, episode.terminated,
+                         episode.qpos, episode.qvel)
+
+    def joined(self, other: EpisodeBuffer) -> EpisodeBuffer:
+        """A new buffer holding this buffer's episodes, then `other`'s (both are left unchanged)."""
+        out = self.empty_like()
+        for buffer in (self, other):
+            for episode in buffer.episodes:
+                out.add(episode)
+        return out
+
     def _episode(self, index: int) -> Episode:
         lengths = self._lengths.view
         t0 = int(lengths[:index].sum())

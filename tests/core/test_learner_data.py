@@ -1,10 +1,11 @@
-"""Learner-data settings are refused by name, and `joined` keeps both buffers' episodes in order."""
+"""Learner-data settings are refused by name, and `EpisodeBuffer.joined` keeps both buffers' episodes in
+order."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agents.learner_data import LearnerDataConfig, joined
+from agents.learner_data import LearnerDataConfig
 from imagined_env.data.buffer import EpisodeBuffer
 
 
@@ -25,6 +26,8 @@ def test_fewer_imagined_steps_than_checkpoints_are_refused():
 
 def test_the_defaults_and_edge_values_are_accepted():
     assert LearnerDataConfig().rounds == 0                   # off unless asked for
+    assert LearnerDataConfig().marks().tolist() == [50_000, 100_000, 150_000, 200_000]
+    assert LearnerDataConfig(imagined_steps=10, checkpoints=3).marks().tolist() == [3, 7, 10]
     LearnerDataConfig(rounds=2, seeds=(0,), imagined_steps=1, checkpoints=1, real_steps=1)
 
 
@@ -39,7 +42,7 @@ def test_joined_holds_the_first_buffers_episodes_then_the_seconds():
     made = [episode(rng, n, n % 2 == 0) for n in (3, 5, 2, 4)]
     for i, e in enumerate(made):
         (first if i < 2 else second).add_episode(*e)
-    both = joined(first, second)
+    both = first.joined(second)
     assert both.env_id == "Hopper-v4" and len(both) == 4 and both.n_transitions == 14
     for got, want in zip(both.episodes, made):
         np.testing.assert_array_equal(got.observations, want[0].astype(np.float32))
