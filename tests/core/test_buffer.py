@@ -400,3 +400,24 @@ def test_start_observations_exclude_terminal_final_observations():
     for bad in (0, 2.5):
         with pytest.raises(ValueError, match=f"last must be None or an integer >= 1, got {bad}"):
             buf.start_observations(last=bad)
+
+
+def random_episode(rng: np.random.Generator, length: int, terminated: bool) -> tuple:
+    return (rng.normal(size=(length + 1, 3)), rng.normal(size=(length, 2)), rng.normal(size=length),
+            terminated, rng.normal(size=(length + 1, 2)), rng.normal(size=(length + 1, 2)))
+
+
+def test_joined_holds_the_first_buffers_episodes_then_the_seconds():
+    rng = np.random.default_rng(0)
+    first, second = (EpisodeBuffer(3, 2, 2, 2, env_id="Hopper-v4") for _ in range(2))
+    made = [random_episode(rng, n, n % 2 == 0) for n in (3, 5, 2, 4)]
+    for i, e in enumerate(made):
+        (first if i < 2 else second).add_episode(*e)
+    both = first.joined(second)
+    assert both.env_id == "Hopper-v4" and len(both) == 4 and both.n_transitions == 14
+    for got, want in zip(both.episodes, made):
+        np.testing.assert_array_equal(got.observations, want[0].astype(np.float32))
+        np.testing.assert_array_equal(got.actions, want[1].astype(np.float32))
+        np.testing.assert_array_equal(got.qvel, want[5])
+        assert got.terminated == want[3]
+    assert len(first) == 2 and len(second) == 2              # the inputs are unchanged

@@ -1,12 +1,9 @@
-"""Learner-data settings are refused by name, and `EpisodeBuffer.joined` keeps both buffers' episodes in
-order."""
+"""Learner-data settings are refused by name; the default checkpoints are evenly spaced."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from agents.learner_data import LearnerDataConfig
-from imagined_env.data.buffer import EpisodeBuffer
 
 
 @pytest.mark.parametrize("field,value", [
@@ -29,24 +26,3 @@ def test_the_defaults_and_edge_values_are_accepted():
     assert LearnerDataConfig().marks().tolist() == [50_000, 100_000, 150_000, 200_000]
     assert LearnerDataConfig(imagined_steps=10, checkpoints=3).marks().tolist() == [3, 7, 10]
     LearnerDataConfig(rounds=2, seeds=(0,), imagined_steps=1, checkpoints=1, real_steps=1)
-
-
-def episode(rng: np.random.Generator, length: int, terminated: bool) -> tuple:
-    return (rng.normal(size=(length + 1, 3)), rng.normal(size=(length, 2)), rng.normal(size=length),
-            terminated, rng.normal(size=(length + 1, 2)), rng.normal(size=(length + 1, 2)))
-
-
-def test_joined_holds_the_first_buffers_episodes_then_the_seconds():
-    rng = np.random.default_rng(0)
-    first, second = (EpisodeBuffer(3, 2, 2, 2, env_id="Hopper-v4") for _ in range(2))
-    made = [episode(rng, n, n % 2 == 0) for n in (3, 5, 2, 4)]
-    for i, e in enumerate(made):
-        (first if i < 2 else second).add_episode(*e)
-    both = first.joined(second)
-    assert both.env_id == "Hopper-v4" and len(both) == 4 and both.n_transitions == 14
-    for got, want in zip(both.episodes, made):
-        np.testing.assert_array_equal(got.observations, want[0].astype(np.float32))
-        np.testing.assert_array_equal(got.actions, want[1].astype(np.float32))
-        np.testing.assert_array_equal(got.qvel, want[5])
-        assert got.terminated == want[3]
-    assert len(first) == 2 and len(second) == 2              # the inputs are unchanged
